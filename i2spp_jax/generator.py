@@ -1,0 +1,285 @@
+"""The StyleGAN2 generator: a static config, a params pytree, and pure functions over both.
+
+    G = load_generator("demo")                     # or a converted checkpoint dir, or a source file
+    ws = G.mapping(z, truncation_psi=0.7)           # [N, num_ws, w_dim]
+    img = G.synthesis(ws, noise="const")            # [N, H, W, C], about [-1, 1]
+
+`Generator` is a pytree (params are leaves, the config is static), so it can be passed straight into
+`jax.jit`, `jax.grad` and `jax.vmap`. Nothing here draws random numbers: noise maps are inputs.
+"""
+
+import dataclasses
+import json
+from typing import Any, Optional, Sequence, Union
+
+import flax.struct
+import flax.traverse_util
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from i2spp_jax import networks
+from i2spp_jax.networks import Edits, NoiseInput
+
+Params = Any  # {"mapping": {...}, "synthesis": {...}}
+NoiseSpec = Union[str, None, Sequence[NoiseInput]]
+
+
+@dataclasses.dataclass(frozen=True)
+class GeneratorConfig:
+    """Everything that fixes the generator's topology (what a .pkl stores as init_kwargs)."""
+
+    z_dim: int  # input latent (Z) dimensionality
+    w_dim: int  # intermediate latent (W) dimensionality
+    img_resolution: int  # output resolution, a power of two >= 4
+    img_channels: int = 3  # output colour channels
+    channels: tuple[int, ...] = ()  # feature maps per block, resolutions 4 .. img_resolution
+    mapping_layers: int = 8  # dense layers in the mapping network
+    mapping_layer_features: Optional[int] = None  # hidden width of the mapping network, None = w_dim
+    mapping_lr_multiplier: float = 0.01  # equalized-lr multiplier of the mapping layers
+    conv_clamp: Optional[float] = None  # clamp conv outputs to +-X (stylegan2-ada), None = off
+    resample_filter: tuple[float, ...] = (1.0, 3.0, 3.0, 1.0)  # FIR taps for upsampling
+
+    def __post_init__(self):
+        r = self.img_resolution
+        if r < 4 or r & (r - 1):
+            raise ValueError(f"img_resolution must be a power of two >= 4, got {r}")
+        if len(self.channels) != len(self.block_resolutions):
+            raise ValueError(f"channels has {len(self.channels)} entries; a {r}x{r} generator has "
+                             f"{len(self.block_resolutions)} blocks ({self.block_resolutions})")
+
+    @classmethod
+    def from_channel_base(cls, *, img_resolution: int, channel_base: int = 32768, channel_max: int = 512,
+                          **kwargs) -> "GeneratorConfig":
+        """Channels as stylegan2-ada-pytorch computes them: min(channel_base // res, channel_max)."""
+        log2 = int(np.log2(img_resolution))
+        chans = tuple(min(channel_base // 2**i, channel_max) for i in range(2, log2 + 1))
+        return cls(img_resolution=img_resolution, channels=chans, **kwargs)
+
+    @property
+    def block_resolutions(self) -> list[int]:
+        return [2**i for i in range(2, int(np.log2(self.img_resolution)) + 1)]
+
+    @property
+    def num_ws(self) -> int:
+        """W+ layers: one per conv plus the last ToRGB (18 at 1024x1024)."""
+        return 2 * len(self.block_resolutions)
+
+    @property
+    def noise_names(self) -> list[str]:
+        """Noise maps in synthesis order, with stylegan2-ada names: b4.conv1, b8.conv0, b8.conv1, ..."""
+        names = ["b4.conv1"]
+        for res in self.block_resolutions[1:]:
+            names += [f"b{res}.conv0", f"b{res}.conv1"]
+        return names
+
+    @property
+    def noise_shapes(self) -> list[tuple[int, int]]:
+        return [(int(n.split(".")[0][1:]),) * 2 for n in self.noise_names]
+
+    @property
+    def activation_names(self) -> list[str]:
+        """Points whose tensors synthesis can return and replace: b{R}.conv0, b{R}.x, b{R}.img."""
+        names = []
+        for res in self.block_resolutions:
+            names += ([f"b{res}.conv0"] if res > 4 else []) + [f"b{res}.x", f"b{res}.img"]
+        return names
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), indent=1)
+
+    @classmethod
+    def from_json(cls, text: str) -> "GeneratorConfig":
+        d = json.loads(text)
+        d["channels"] = tuple(d["channels"])
+        d["resample_filter"] = tuple(d["resample_filter"])
+        return cls(**d)
+
+    def mapping_module(self) -> networks.MappingNetwork:
+        return networks.MappingNetwork(
+            z_dim=self.z_dim, w_dim=self.w_dim, num_ws=self.num_ws, num_layers=self.mapping_layers,
+            layer_features=self.mapping_layer_features, lr_multiplier=self.mapping_lr_multiplier,
+        )
+
+    def synthesis_module(self) -> networks.SynthesisNetwork:
+        return networks.SynthesisNetwork(
+            w_dim=self.w_dim, img_resolution=self.img_resolution, img_channels=self.img_channels,
+            channels=self.channels, conv_clamp=self.conv_clamp, resample_filter=self.resample_filter,
+        )
+
+
+def init_params(config: GeneratorConfig, key: jax.Array) -> Params:
+    """Random parameters with the original initialisation (noise strengths and w_avg are zero)."""
+    k_map, k_syn = jax.random.split(key)
+    z = jnp.zeros((1, config.z_dim))
+    ws = jnp.zeros((1, config.num_ws, config.w_dim))
+    mapping = config.mapping_module().init(k_map, z)["params"]
+    synthesis = config.synthesis_module().init(k_syn, ws, ["const"] * len(config.noise_names))["params"]
+    return {"mapping": mapping, "synthesis": synthesis}
+
+
+def mapping(config: GeneratorConfig, params: Params, z: jax.Array, *, truncation_psi: float = 1.0,
+            truncation_cutoff: Optional[int] = None) -> jax.Array:
+    """z [N, z_dim] -> ws [N, num_ws, w_dim]. Truncation lerps toward w_avg for the first
+    `truncation_cutoff` ws (all when None)."""
+    z = jnp.asarray(z)
+    if z.ndim != 2 or z.shape[1] != config.z_dim:
+        raise ValueError(f"z has shape {z.shape}; expected [N, {config.z_dim}]")
+    return config.mapping_module().apply({"params": params["mapping"]}, z, truncation_psi, truncation_cutoff)
+
+
+def noise_list(config: GeneratorConfig, noise: NoiseSpec) -> list[NoiseInput]:
+    """Expands "const" / "none" / a list of maps into one entry per noise layer, checking the count."""
+    n = len(config.noise_names)
+    if isinstance(noise, str):
+        if noise == "const":
+            return ["const"] * n
+        if noise == "none":
+            return [None] * n
+        raise ValueError(f"noise={noise!r}: use 'const', 'none', or a list of {n} maps "
+                         "(the generator draws no random numbers; see make_noise)")
+    if noise is None:
+        return [None] * n
+    noise = list(noise)
+    if len(noise) != n:
+        raise ValueError(f"noise has {len(noise)} maps; this generator has {n}: {config.noise_names}")
+    return noise
+
+
+def synthesis(config: GeneratorConfig, params: Params, ws: jax.Array, *, noise: NoiseSpec = "const",
+              fused_modconv: bool = True, edits: Optional[Edits] = None,
+              return_activations: bool = False):
+    """ws [N, num_ws, w_dim] -> image [N, R, R, C] (about [-1, 1]).
+
+    Args:
+      noise: "const" (the stored maps), "none", or one entry per noise layer in synthesis order
+        (`config.noise_names`), each [R, R] (shared by the batch), [N, R, R], "const" or None.
+      fused_modconv: modulate weights and run a grouped convolution (True), or modulate activations
+        around one shared convolution (False). Same numbers, different speed.
+      edits: {activation name: fn}; the tensor at that point is replaced by fn(tensor) and synthesis
+        continues from it (activation-tensor editing). Names: `config.activation_names`.
+      return_activations: also return {name: tensor} for every activation point (after edits).
+    Returns:
+      image, or (image, activations) when return_activations.
+    """
+    ws = jnp.asarray(ws)
+    if ws.ndim != 3 or ws.shape[1:] != (config.num_ws, config.w_dim):
+        raise ValueError(f"ws has shape {ws.shape}; expected [N, {config.num_ws}, {config.w_dim}]")
+    unknown = set(edits or {}) - set(config.activation_names)
+    if unknown:
+        raise ValueError(f"edits name unknown activation points {sorted(unknown)}; "
+                         f"valid: {config.activation_names}")
+    img, aux = config.synthesis_module().apply(
+        {"params": params["synthesis"]}, ws, noise_list(config, noise), fused_modconv, edits,
+        return_activations,
+    )
+    return (img, aux) if return_activations else img
+
+
+def make_noise(config: GeneratorConfig, key: jax.Array, batch: Optional[int] = None) -> list[jax.Array]:
+    """N(0, I) noise maps, one per layer, from an explicit key (fold_in(key, layer index)).
+
+    Returns [R, R] maps, or [batch, R, R] when batch is given.
+    """
+    lead = () if batch is None else (batch,)
+    return [jax.random.normal(jax.random.fold_in(key, i), lead + shape)
+            for i, shape in enumerate(config.noise_shapes)]
+
+
+@flax.struct.dataclass
+class Generator:
+    """A StyleGAN2 generator: static `config` and a `params` pytree. Itself a pytree."""
+
+    params: Params
+    config: GeneratorConfig = flax.struct.field(pytree_node=False)
+
+    # Topology, with NVIDIA's names.
+    @property
+    def z_dim(self) -> int:
+        return self.config.z_dim
+
+    @property
+    def w_dim(self) -> int:
+        return self.config.w_dim
+
+    @property
+    def num_ws(self) -> int:
+        return self.config.num_ws
+
+    @property
+    def img_resolution(self) -> int:
+        return self.config.img_resolution
+
+    @property
+    def img_channels(self) -> int:
+        return self.config.img_channels
+
+    @property
+    def noise_names(self) -> list[str]:
+        return self.config.noise_names
+
+    @property
+    def noise_shapes(self) -> list[tuple[int, int]]:
+        return self.config.noise_shapes
+
+    @property
+    def w_avg(self) -> jax.Array:
+        """[w_dim] mean latent w̄ (the tracked average of mapping outputs)."""
+        return self.params["mapping"]["w_avg"]
+
+    @property
+    def noise_const(self) -> list[jax.Array]:
+        """The stored noise maps, [R, R] each, synthesis order (not scaled by noise_strength)."""
+        syn = self.params["synthesis"]
+        return [syn[b][c]["noise_const"] for b, c in (n.split(".") for n in self.noise_names)]
+
+    def mapping(self, z: jax.Array, truncation_psi: float = 1.0, truncation_cutoff: Optional[int] = None):
+        return mapping(self.config, self.params, z, truncation_psi=truncation_psi,
+                       truncation_cutoff=truncation_cutoff)
+
+    def synthesis(self, ws: jax.Array, noise: NoiseSpec = "const", **kwargs):
+        return synthesis(self.config, self.params, ws, noise=noise, **kwargs)
+
+    def make_noise(self, key: jax.Array, batch: Optional[int] = None) -> list[jax.Array]:
+        return make_noise(self.config, key, batch)
+
+
+# The built-in demo generator: small enough for 2 CPU cores, no files. Its weights are the original
+# initialisation from a fixed seed with three stated changes, so that every parameter matters and
+# images land in about [-1, 1]: biases ~ N(0, 0.1^2), noise strengths ~ U[0.05, 0.2] per layer,
+# ToRGB weights scaled by 0.25; w_avg is the mean of mapping() over 4096 z from a fixed seed.
+DEMO_CONFIG = GeneratorConfig.from_channel_base(
+    img_resolution=64,  # 64x64 RGB
+    channel_base=4096,  # widths 128 (4..32) and 64 (64x64)
+    channel_max=128,
+    z_dim=128,
+    w_dim=128,
+    mapping_layers=4,
+)
+DEMO_SEED = 2020
+DEMO_NOISE_STRENGTH = (0.05, 0.2)
+DEMO_TORGB_SCALE = 0.25
+
+
+def demo_generator(seed: int = DEMO_SEED) -> Generator:
+    """The small seeded generator used by the demo and the tests (see DEMO_CONFIG)."""
+    config = DEMO_CONFIG
+    key = jax.random.PRNGKey(seed)
+    params = init_params(config, key)
+    flat = flax.traverse_util.flatten_dict(params)
+    out = {}
+    for i, (path, leaf) in enumerate(sorted(flat.items())):
+        k = jax.random.fold_in(key, i + 1)
+        name = path[-1]
+        if name == "bias" and "affine" not in path:
+            leaf = 0.1 * jax.random.normal(k, leaf.shape)
+        elif name == "noise_strength":
+            lo, hi = DEMO_NOISE_STRENGTH
+            leaf = jax.random.uniform(k, leaf.shape, minval=lo, maxval=hi)
+        elif name == "weight" and "torgb" in path and "affine" not in path:
+            leaf = leaf * DEMO_TORGB_SCALE
+        out[path] = leaf
+    params = flax.traverse_util.unflatten_dict(out)
+    z = jax.random.normal(jax.random.fold_in(key, 0), (4096, config.z_dim))
+    params["mapping"]["w_avg"] = jnp.mean(mapping(config, params, z)[:, 0], axis=0)
+    return Generator(params=params, config=config)

@@ -1,0 +1,249 @@
+"""Flax modules of the StyleGAN2 generator (stylegan2-ada-pytorch's 'skip' architecture), NHWC.
+
+Parameter names follow stylegan2-ada-pytorch (`mapping/fc0/weight`, `synthesis/b8/conv0/affine/bias`,
+`synthesis/b8/conv0/noise_const`, ...) so that the converters read as a renaming table. Layouts are
+JAX's: dense weights [in, out], conv weights [k, k, in, out], `const` [4, 4, C]. Stored weights are
+the raw parameters; equalized-learning-rate gains and lr multipliers are applied in the forward pass,
+as in the original. `w_avg` and `noise_const` are buffers in PyTorch; here they sit in the params tree
+because nothing here trains the generator.
+"""
+
+from typing import Callable, Mapping, Optional, Sequence, Union
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from i2spp_jax import ops
+
+NoiseInput = Union[None, str, jax.Array]  # None = no noise, "const" = the stored map, or a map
+Edits = Mapping[str, Callable[[jax.Array], jax.Array]]
+
+
+class FullyConnectedLayer(nn.Module):
+    """Equalized-lr dense layer: y = act(x @ (W * lr / sqrt(in)) + b * lr)."""
+
+    features: int  # output features
+    activation: str = "linear"  # 'linear' or 'lrelu'
+    lr_multiplier: float = 1.0  # learning-rate multiplier of the equalized-lr parametrisation
+    bias_init: float = 0.0  # initial bias value (1 for the style affines)
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        in_features = x.shape[-1]
+        weight = self.param(
+            "weight",
+            lambda k, s: jax.random.normal(k, s) / self.lr_multiplier,
+            (in_features, self.features),
+        )
+        bias = self.param("bias", lambda k, s: jnp.full(s, self.bias_init, jnp.float32), (self.features,))
+        w = weight * (self.lr_multiplier / np.sqrt(in_features))
+        return ops.bias_act(x @ w, bias * self.lr_multiplier, act=self.activation)
+
+
+class MappingNetwork(nn.Module):
+    """z [N, z_dim] -> ws [N, num_ws, w_dim], with truncation toward `w_avg`."""
+
+    z_dim: int  # input latent (Z) dimensionality
+    w_dim: int  # intermediate latent (W) dimensionality
+    num_ws: int  # number of ws to broadcast to
+    num_layers: int = 8  # dense layers
+    layer_features: Optional[int] = None  # hidden width, None = w_dim
+    lr_multiplier: float = 0.01  # learning-rate multiplier of the mapping layers
+
+    @nn.compact
+    def __call__(
+        self,
+        z: jax.Array,  # [N, z_dim]
+        truncation_psi: float = 1.0,
+        truncation_cutoff: Optional[int] = None,
+    ) -> jax.Array:
+        hidden = self.layer_features or self.w_dim
+        x = ops.normalize_2nd_moment(z.astype(jnp.float32))
+        for idx in range(self.num_layers):
+            out = self.w_dim if idx == self.num_layers - 1 else hidden
+            x = FullyConnectedLayer(out, "lrelu", self.lr_multiplier, name=f"fc{idx}")(x)
+        w_avg = self.param("w_avg", nn.initializers.zeros, (self.w_dim,))
+        x = jnp.broadcast_to(x[:, None, :], (x.shape[0], self.num_ws, self.w_dim))
+        if truncation_psi != 1:
+            truncated = w_avg + truncation_psi * (x - w_avg)  # torch.lerp(w_avg, x, psi)
+            if truncation_cutoff is None:
+                x = truncated
+            else:
+                layer = jnp.arange(self.num_ws)[None, :, None]
+                x = jnp.where(layer < truncation_cutoff, truncated, x)
+        return x
+
+
+def _noise_map(noise: NoiseInput, const: jax.Array, n: int, res: int) -> Optional[jax.Array]:
+    """One layer's noise input as [N or 1, res, res, 1], or None."""
+    if noise is None:
+        return None
+    if isinstance(noise, str):
+        if noise != "const":
+            raise ValueError(f"noise entry {noise!r}: use 'const', None, or an array")
+        noise = const
+    noise = jnp.asarray(noise)
+    if noise.ndim == 2:
+        noise = noise[None]
+    if noise.shape[-2:] != (res, res) or noise.ndim != 3 or noise.shape[0] not in (1, n):
+        raise ValueError(f"noise map for a {res}x{res} layer has shape {noise.shape}; expected "
+                         f"[{res}, {res}] or [{n}, {res}, {res}]")
+    return noise[..., None]
+
+
+class SynthesisLayer(nn.Module):
+    """Modulated 3x3 conv (optionally 2x up), noise, bias, lrelu * sqrt(2), optional clamp."""
+
+    out_channels: int  # output feature maps
+    resolution: int  # output resolution
+    up: int = 1  # 1 or 2
+    conv_clamp: Optional[float] = None  # clamp activations to +-X, None = off
+    resample_filter: Sequence[float] = (1, 3, 3, 1)  # FIR taps for upsampling
+    kernel_size: int = 3
+
+    @nn.compact
+    def __call__(
+        self,
+        x: jax.Array,  # [N, H, W, I]
+        w: jax.Array,  # [N, w_dim]
+        noise: NoiseInput,
+        fused_modconv: bool = True,
+    ) -> jax.Array:
+        in_channels = x.shape[-1]
+        styles = FullyConnectedLayer(in_channels, bias_init=1.0, name="affine")(w)  # [N, I]
+        k = self.kernel_size
+        weight = self.param("weight", nn.initializers.normal(1.0), (k, k, in_channels, self.out_channels))
+        noise_const = self.param("noise_const", nn.initializers.normal(1.0), (self.resolution, self.resolution))
+        noise_strength = self.param("noise_strength", nn.initializers.zeros, ())
+        bias = self.param("bias", nn.initializers.zeros, (self.out_channels,))
+
+        x, dcoefs = ops.modulated_conv2d(
+            x, weight, styles, up=self.up, resample_filter=ops.setup_filter(self.resample_filter),
+            fused_modconv=fused_modconv,
+        )
+        if dcoefs is not None:
+            x = x * dcoefs[:, None, None, :].astype(x.dtype)
+        n_map = _noise_map(noise, noise_const, x.shape[0], self.resolution)
+        if n_map is not None:
+            x = x + (n_map * noise_strength).astype(x.dtype)
+        return ops.bias_act(x, bias, act="lrelu", clamp=self.conv_clamp)
+
+
+class ToRGBLayer(nn.Module):
+    """Modulated 1x1 conv without demodulation, plus bias (linear), optional clamp."""
+
+    out_channels: int  # image channels
+    conv_clamp: Optional[float] = None
+
+    @nn.compact
+    def __call__(self, x: jax.Array, w: jax.Array, fused_modconv: bool = True) -> jax.Array:
+        in_channels = x.shape[-1]
+        styles = FullyConnectedLayer(in_channels, bias_init=1.0, name="affine")(w)
+        styles = styles * (1.0 / np.sqrt(in_channels))
+        weight = self.param("weight", nn.initializers.normal(1.0), (1, 1, in_channels, self.out_channels))
+        bias = self.param("bias", nn.initializers.zeros, (self.out_channels,))
+        x, _ = ops.modulated_conv2d(x, weight, styles, demodulate=False, fused_modconv=fused_modconv)
+        return ops.bias_act(x, bias, clamp=self.conv_clamp)
+
+
+class SynthesisBlock(nn.Module):
+    """One resolution of the 'skip' synthesis network: [conv0 (up)], conv1, torgb, skip image."""
+
+    in_channels: int  # 0 = the first (4x4, constant-input) block
+    out_channels: int
+    resolution: int
+    img_channels: int
+    conv_clamp: Optional[float] = None
+    resample_filter: Sequence[float] = (1, 3, 3, 1)
+
+    @property
+    def num_conv(self) -> int:
+        return 1 if self.in_channels == 0 else 2
+
+    @nn.compact
+    def __call__(
+        self,
+        x: Optional[jax.Array],  # [N, R/2, R/2, in_channels] or None for the first block
+        img: Optional[jax.Array],  # [N, R/2, R/2, img_channels] or None
+        ws: jax.Array,  # [N, num_conv + 1, w_dim]
+        noise: Sequence[NoiseInput],  # one entry per conv
+        fused_modconv: bool,
+        edits: Edits,
+        aux: Optional[dict],
+    ) -> tuple[jax.Array, jax.Array]:
+        name = f"b{self.resolution}"
+
+        def tap(point: str, t: jax.Array) -> jax.Array:
+            key = f"{name}.{point}"
+            if key in edits:
+                t = edits[key](t)
+            if aux is not None:
+                aux[key] = t
+            return t
+
+        layer = dict(resolution=self.resolution, conv_clamp=self.conv_clamp, resample_filter=self.resample_filter)
+        if self.in_channels == 0:
+            const = self.param("const", nn.initializers.normal(1.0), (self.resolution, self.resolution, self.out_channels))
+            x = jnp.broadcast_to(const[None], (ws.shape[0],) + const.shape)
+            x = SynthesisLayer(self.out_channels, name="conv1", **layer)(x, ws[:, 0], noise[0], fused_modconv)
+        else:
+            x = SynthesisLayer(self.out_channels, up=2, name="conv0", **layer)(x, ws[:, 0], noise[0], fused_modconv)
+            x = tap("conv0", x)
+            x = SynthesisLayer(self.out_channels, name="conv1", **layer)(x, ws[:, 1], noise[1], fused_modconv)
+        x = tap("x", x)
+
+        if img is not None:
+            img = ops.upsample2d(img, ops.setup_filter(self.resample_filter))
+        y = ToRGBLayer(self.img_channels, conv_clamp=self.conv_clamp, name="torgb")(x, ws[:, self.num_conv], fused_modconv)
+        y = y.astype(jnp.float32)
+        img = y if img is None else img + y
+        img = tap("img", img)
+        return x, img
+
+
+class SynthesisNetwork(nn.Module):
+    """ws [N, num_ws, w_dim] -> image [N, R, R, img_channels] (about [-1, 1]) and named activations."""
+
+    w_dim: int
+    img_resolution: int
+    img_channels: int
+    channels: Sequence[int]  # feature maps per block resolution, 4 .. img_resolution
+    conv_clamp: Optional[float] = None
+    resample_filter: Sequence[float] = (1, 3, 3, 1)
+
+    @nn.compact
+    def __call__(
+        self,
+        ws: jax.Array,  # [N, num_ws, w_dim]
+        noise: Sequence[NoiseInput],  # one entry per noise layer, synthesis order
+        fused_modconv: bool = True,
+        edits: Optional[Edits] = None,
+        return_activations: bool = False,
+    ) -> tuple[jax.Array, dict]:
+        log2 = int(np.log2(self.img_resolution))
+        resolutions = [2**i for i in range(2, log2 + 1)]
+        edits = dict(edits or {})
+        aux = {} if return_activations else None
+        ws = ws.astype(jnp.float32)
+        x = img = None
+        w_idx = noise_idx = 0
+        for i, res in enumerate(resolutions):
+            block = SynthesisBlock(
+                in_channels=0 if i == 0 else self.channels[i - 1],
+                out_channels=self.channels[i],
+                resolution=res,
+                img_channels=self.img_channels,
+                conv_clamp=self.conv_clamp,
+                resample_filter=self.resample_filter,
+                name=f"b{res}",
+            )
+            num_conv = 1 if i == 0 else 2
+            x, img = block(
+                x, img, ws[:, w_idx : w_idx + num_conv + 1], noise[noise_idx : noise_idx + num_conv],
+                fused_modconv, edits, aux,
+            )
+            w_idx += num_conv
+            noise_idx += num_conv
+        return img, (aux or {})

@@ -1,0 +1,178 @@
+"""StyleGAN2's low-level operations in JAX, NHWC.
+
+The numerics follow stylegan2-ada-pytorch's reference implementations (`upfirdn2d._upfirdn2d_ref`,
+`bias_act._bias_act_ref`, `modulated_conv2d`, `conv2d_resample`) so that a converted network gives
+the official numbers. Every function is pure and works under jit, grad and vmap.
+"""
+
+from typing import Optional, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+_DIMS = ("NHWC", "HWIO", "NHWC")
+LRELU_ALPHA = 0.2
+LRELU_GAIN = float(np.sqrt(2.0))
+
+
+def normalize_2nd_moment(x: jax.Array, axis: int = -1, eps: float = 1e-8) -> jax.Array:
+    """Pixel norm of the mapping network's input: x / sqrt(mean(x**2) + eps) along `axis`."""
+    return x * jax.lax.rsqrt(jnp.mean(jnp.square(x), axis=axis, keepdims=True) + eps)
+
+
+def bias_act(
+    x: jax.Array,
+    b: Optional[jax.Array] = None,
+    *,
+    act: str = "linear",
+    gain: Optional[float] = None,
+    clamp: Optional[float] = None,
+) -> jax.Array:
+    """Adds a per-channel bias (last axis), applies `act`, scales by `gain`, clamps to +-clamp.
+
+    `gain` defaults to the activation's own (sqrt(2) for lrelu, 1 for linear), as in the original.
+    """
+    if b is not None:
+        x = x + b.astype(x.dtype)
+    if act == "lrelu":
+        x = jnp.where(x >= 0, x, x * LRELU_ALPHA)
+        default_gain = LRELU_GAIN
+    elif act == "linear":
+        default_gain = 1.0
+    else:
+        raise ValueError(f"bias_act: unsupported activation {act!r} (StyleGAN2 uses 'lrelu' and 'linear')")
+    gain = default_gain if gain is None else gain
+    if gain != 1:
+        x = x * gain
+    if clamp is not None:
+        x = jnp.clip(x, -clamp, clamp)
+    return x
+
+
+def setup_filter(taps: Sequence[float]) -> np.ndarray:
+    """Normalised separable 1-D FIR filter: [1, 3, 3, 1] -> [1, 3, 3, 1] / 8 (2-D sum is 1)."""
+    f = np.asarray(taps, dtype=np.float32)
+    if f.ndim != 1 or f.size == 0:
+        raise ValueError(f"resample filter must be a non-empty list of taps, got {taps!r}")
+    return f / f.sum()
+
+
+def _fir_1d(x: jax.Array, f: np.ndarray, axis: int) -> jax.Array:
+    """Valid correlation of x with the flipped 1-D filter along `axis` (true convolution)."""
+    taps = f[::-1]
+    out_len = x.shape[axis] - len(taps) + 1
+    acc = None
+    for j, t in enumerate(taps):
+        term = jax.lax.slice_in_dim(x, j, j + out_len, axis=axis) * t
+        acc = term if acc is None else acc + term
+    return acc
+
+
+def upfirdn2d(
+    x: jax.Array,  # [N, H, W, C]
+    f: np.ndarray,  # [taps], normalised separable filter
+    *,
+    up: int = 1,
+    padding: Sequence[int] = (0, 0, 0, 0),  # (x0, x1, y0, y1), may be negative (crop)
+    gain: float = 1.0,
+) -> jax.Array:
+    """Upsample (zero insertion), pad, FIR-filter: `upfirdn2d._upfirdn2d_ref` with down=1.
+
+    The 2-D filter is the outer product of `f` with itself, times `gain`.
+    """
+    px0, px1, py0, py1 = padding
+    # The reference inserts up-1 zeros after every sample; interior padding puts them between
+    # samples, so the trailing zeros are added to the high-side padding.
+    zero = jnp.zeros((), x.dtype)
+    cfg = [(0, 0, 0), (py0, py1 + up - 1, up - 1), (px0, px1 + up - 1, up - 1), (0, 0, 0)]
+    x = jax.lax.pad(x, zero, cfg)
+    f1 = f * np.float32(np.sqrt(gain))
+    x = _fir_1d(x, f1, axis=1)
+    x = _fir_1d(x, f1, axis=2)
+    return x
+
+
+def upsample2d(x: jax.Array, f: np.ndarray, up: int = 2) -> jax.Array:
+    """2x FIR upsampling of the ToRGB skip image: `upfirdn2d.upsample2d` (gain up**2)."""
+    fw = len(f)
+    p = ((fw + up - 1) // 2, (fw - up) // 2)
+    return upfirdn2d(x, f, up=up, padding=(p[0], p[1], p[0], p[1]), gain=up * up)
+
+
+def conv2d(x: jax.Array, w: jax.Array, *, groups: int = 1) -> jax.Array:
+    """'Same' correlation with an odd square kernel: x [N, H, W, I], w [k, k, I/groups, O]."""
+    p = w.shape[0] // 2
+    return jax.lax.conv_general_dilated(
+        x, w, (1, 1), [(p, p), (p, p)], dimension_numbers=_DIMS, feature_group_count=groups
+    )
+
+
+def conv2d_up2(x: jax.Array, w: jax.Array, f: np.ndarray, *, groups: int = 1) -> jax.Array:
+    """3x3 convolution with 2x upsampling, as `conv2d_resample(up=2, padding=1)`.
+
+    A stride-2 transposed convolution (output 2H+1) followed by the FIR filter with gain 4 and
+    padding 1 (output 2H). The transposed convolution is a correlation of the zero-dilated input
+    with the spatially flipped kernel.
+    """
+    k = w.shape[0]
+    fw = len(f)
+    up = 2
+    pad0 = k // 2 + (fw + up - 1) // 2 - (k - 1)  # the reference's px0 after its adjustments
+    pad1 = k // 2 + (fw - up) // 2 - (k - up)
+    x = jax.lax.conv_general_dilated(
+        x,
+        w[::-1, ::-1],
+        (1, 1),
+        [(k - 1, k - 1), (k - 1, k - 1)],
+        lhs_dilation=(up, up),
+        dimension_numbers=_DIMS,
+        feature_group_count=groups,
+    )
+    return upfirdn2d(x, f, padding=(pad0, pad1, pad0, pad1), gain=up * up)
+
+
+def modulated_conv2d(
+    x: jax.Array,  # [N, H, W, I]
+    weight: jax.Array,  # [k, k, I, O]
+    styles: jax.Array,  # [N, I]
+    *,
+    demodulate: bool = True,
+    up: int = 1,
+    resample_filter: Optional[np.ndarray] = None,
+    fused_modconv: bool = True,
+) -> tuple[jax.Array, Optional[jax.Array]]:
+    """StyleGAN2's modulated convolution. Returns (y, dcoefs) with y [N, H*up, W*up, O].
+
+    fused_modconv=True modulates (and demodulates) the weights per sample and runs one grouped
+    convolution; False scales the activations before the shared convolution and returns the
+    demodulation coefficients [N, O] for the caller to apply (they must be applied before the noise
+    is added). Both are the same function; which is faster depends on batch size and backend.
+    """
+    n, _, _, in_ch = x.shape
+    k, _, _, out_ch = weight.shape
+    dcoefs = None
+    if demodulate or fused_modconv:
+        w = weight[None] * styles[:, None, None, :, None]  # [N, k, k, I, O]
+    if demodulate:
+        dcoefs = jax.lax.rsqrt(jnp.sum(jnp.square(w), axis=(1, 2, 3)) + 1e-8)  # [N, O]
+
+    def conv(inp, kernel, groups):
+        if up == 1:
+            return conv2d(inp, kernel, groups=groups)
+        if up == 2:
+            return conv2d_up2(inp, kernel, resample_filter, groups=groups)
+        raise ValueError(f"modulated_conv2d: up={up} is not supported (1 or 2)")
+
+    if not fused_modconv:
+        y = conv(x * styles[:, None, None, :].astype(x.dtype), weight.astype(x.dtype), 1)
+        return y, dcoefs
+
+    if demodulate:
+        w = w * dcoefs[:, None, None, None, :]
+    # Grouped convolution: the batch becomes groups of channels.
+    xg = jnp.transpose(x, (1, 2, 0, 3)).reshape(1, x.shape[1], x.shape[2], n * in_ch)
+    wg = jnp.transpose(w, (1, 2, 3, 0, 4)).reshape(k, k, in_ch, n * out_ch)
+    y = conv(xg, wg.astype(x.dtype), n)  # [1, H', W', N*O]
+    y = y.reshape(y.shape[1], y.shape[2], n, out_ch).transpose(2, 0, 1, 3)
+    return y, None
