@@ -1,0 +1,232 @@
+"""Image2StyleGAN++'s loss (paper Eq. 1) as pure, batched functions over arrays.
+
+    L = λ_s · L_style(M_s, G, y) + λ_mse1 / N · ||M_m ⊙ (G − x)||² + λ_mse2 / N · ||(1 − M_m) ⊙ (G − y)||²
+        + λ_p · L_percept(M_p, G, x)
+
+Conventions:
+  * Images are [N, H, W, C] float32 in [-1, 1]; masks are [N, H, W, 1] or [N, H, W] in [0, 1],
+    1 = this pixel counts. A mask with leading size 1 is broadcast over the batch.
+  * Every function returns one value per image, shape [N]; nothing is averaged over the batch, so
+    `jax.vmap` and `jax.jit` apply directly and a batch equals a loop over its images.
+
+Pixel scale (what the λ values assume): the original Image2StyleGAN(++) Keras/TF code computed the
+MSE on images in [0, 255] and the perceptual/style features on the Keras-preprocessed image
+(BGR, [0, 255], minus ImageNet means). We do the same: the MSE terms here measure (G − x) on the
+[0, 255] scale, i.e. 127.5² times the MSE of [-1, 1] images, and VGG sees "keras" input. With the
+paper's λ_mse1 = λ_p = 1e-5 the two terms then keep the ratio the authors tuned (and the absolute
+size, which matters for the SGD variant's lr 0.8 and for Adam's epsilon). A VGG16 with "torchvision"
+preprocessing sees [0, 1] standardised input, so its features are about 58x smaller
+(255 · 0.226) and its perceptual term about 3400x smaller; scale λ_p / λ_s accordingly.
+"""
+
+import dataclasses
+from typing import Optional, Sequence, Union
+
+import jax
+import jax.numpy as jnp
+
+from i2spp_jax.vgg import PERCEPTUAL_LAYERS, VGG16
+
+PIXEL_SCALE = 127.5  # [-1, 1] differences times this are [0, 255] differences
+STYLE_LAYER = "conv3_3"
+Size = Union[int, tuple[int, int], None]
+
+
+@dataclasses.dataclass(frozen=True)
+class LossWeights:
+    """The λ of Eq. 1 (Python floats: static under jit; a 0 skips its term's VGG pass).
+
+    Defaults are the paper's masked W+ optimisation (W_l). Mk_n: mse2=1e-5, percept=0.
+    M_st: style=5e-7, mse1=mse2=percept=0 (plus a content term; see eq1_loss).
+    """
+
+    style: float = 0.0  # λ_s, Gram loss at conv3_3
+    mse1: float = 1e-5  # λ_mse1, M_m ⊙ (G − x), pixels on [0, 255]
+    mse2: float = 0.0  # λ_mse2, (1 − M_m) ⊙ (G − y), pixels on [0, 255]
+    percept: float = 1e-5  # λ_p, VGG16 features on Keras-preprocessed input
+
+
+# ---------------------------------------------------------------------------------------------
+# Shape checks and resizing
+
+
+def _check_image(img: jax.Array, name: str, *, like: Optional[jax.Array] = None, rgb: bool = False) -> None:
+    shape = tuple(img.shape)
+    if like is not None and shape != tuple(like.shape):
+        raise ValueError(f"{name} has shape {shape}; expected {tuple(like.shape)} (the shape of img)")
+    if len(shape) != 4:
+        raise ValueError(f"{name} has shape {shape}; expected [N, H, W, C]")
+    if rgb and shape[-1] != 3:
+        raise ValueError(f"{name} has shape {shape}; expected [N, H, W, 3] (VGG16 takes RGB)")
+
+
+def as_mask(mask: Optional[jax.Array], img: jax.Array, name: str) -> jax.Array:
+    """Validates `mask` against img [N, H, W, C]; returns it as [N or 1, H, W, 1] float32 (ones if None)."""
+    n, h, w, _ = img.shape
+    if mask is None:
+        return jnp.ones((1, h, w, 1), jnp.float32)
+    mask = jnp.asarray(mask, jnp.float32)
+    shape = tuple(mask.shape)
+    if mask.ndim == 3:
+        mask = mask[..., None]
+    if mask.ndim != 4 or mask.shape[-1] != 1 or mask.shape[1:3] != (h, w) or mask.shape[0] not in (1, n):
+        raise ValueError(f"{name} has shape {shape}; expected [{n}, {h}, {w}, 1] or [{n}, {h}, {w}] "
+                         "(leading size 1 broadcasts)")
+    return mask
+
+
+def resize(x: jax.Array, size: Size) -> jax.Array:
+    """Bilinear resize of [N, H, W, C] to size x size (or (h, w)); antialiased when shrinking. None = as is."""
+    if size is None:
+        return x
+    hw = (size, size) if isinstance(size, int) else tuple(size)
+    if tuple(x.shape[1:3]) == hw:
+        return x
+    return jax.image.resize(x, (x.shape[0], *hw, x.shape[3]), method="linear", antialias=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# The terms
+
+
+def mse_terms(img: jax.Array, x: jax.Array, y: jax.Array, mask_mse: Optional[jax.Array]) -> tuple[jax.Array, jax.Array]:
+    """The two masked MSE terms of Eq. 1, unweighted.
+
+    Args:
+      img: G(w, n), [N, H, W, C] in [-1, 1].
+      x: target inside the mask, [N, H, W, C] in [-1, 1].
+      y: target outside the mask, [N, H, W, C] in [-1, 1].
+      mask_mse: M_m, [N, H, W, 1] or [N, H, W] in [0, 1]; None = all ones (then mse2 = 0).
+
+    Returns:
+      (||M_m ⊙ (G − x)||² / N, ||(1 − M_m) ⊙ (G − y)||² / N), each [N], with pixel differences on the
+      [0, 255] scale and N = H·W·C the number of scalars in one image (not the mask's area).
+    """
+    _check_image(img, "img")
+    _check_image(x, "x", like=img)
+    _check_image(y, "y", like=img)
+    m = as_mask(mask_mse, img, "mask_mse")
+    d_x = (img - x) * PIXEL_SCALE
+    d_y = (img - y) * PIXEL_SCALE
+    mse1 = jnp.mean(jnp.square(m * d_x), axis=(1, 2, 3))
+    mse2 = jnp.mean(jnp.square((1.0 - m) * d_y), axis=(1, 2, 3))
+    return mse1, mse2
+
+
+def perceptual_distance(feats_g: dict, feats_x: dict, mask: jax.Array, layers: Sequence[str]) -> jax.Array:
+    """Σ_layers ||M_j ⊙ (F_j(G) − F_j(x))||² / size_j, [N]; M_j = `mask` resized to layer j's map.
+
+    Args:
+      feats_g, feats_x: {layer: [N, h, w, C]} (e.g. from `VGG16.features`).
+      mask: [N or 1, H, W, 1] in [0, 1] at the resolution VGG saw.
+    """
+    total = 0.0
+    for name in layers:
+        f_g, f_x = feats_g[name], feats_x[name]
+        m = resize(mask, f_g.shape[1:3])
+        total = total + jnp.mean(jnp.square(m * (f_g - f_x)), axis=(1, 2, 3))
+    return total
+
+
+def gram(feats: jax.Array, mask: jax.Array) -> jax.Array:
+    """Gram matrix of masked features: (M ⊙ F)ᵀ(M ⊙ F) / (h·w·C), [N, C, C]. feats [N, h, w, C]."""
+    n, h, w, c = feats.shape
+    f = (resize(mask, (h, w)) * feats).reshape(n, h * w, c)
+    return jnp.einsum("npc,npd->ncd", f, f) / (h * w * c)
+
+
+def style_distance(feats_g: jax.Array, feats_y: jax.Array, mask: jax.Array) -> jax.Array:
+    """Mean squared difference of the masked Gram matrices, [N]. feats [N, h, w, C]; mask [N or 1, H, W, 1]."""
+    return jnp.mean(jnp.square(gram(feats_g, mask) - gram(feats_y, mask)), axis=(1, 2))
+
+
+def _vgg_features(vgg: VGG16, images: Sequence[jax.Array], layers: Sequence[str], resize_to: Size) -> list[dict]:
+    """One VGG pass over several [N, H, W, 3] batches stacked together; returns one feature dict each."""
+    n = images[0].shape[0]
+    stacked = resize(jnp.concatenate(images, axis=0), resize_to)
+    feats = vgg.features(stacked, layers)
+    return [{k: v[i * n:(i + 1) * n] for k, v in feats.items()} for i in range(len(images))]
+
+
+def perceptual_loss(vgg: VGG16, img: jax.Array, x: jax.Array, mask: Optional[jax.Array], *,
+                    layers: Sequence[str] = PERCEPTUAL_LAYERS, resize_to: Size = 256) -> jax.Array:
+    """Masked perceptual loss L_percept(M_p, G, x), unweighted, [N].
+
+    Both images (and the mask) are resized to resize_to x resize_to (None: as they are), passed
+    through VGG16, and each layer's squared feature difference, times the mask resized to that
+    layer, is averaged over the layer's size h·w·C; the layers are summed.
+
+    Args:
+      vgg: a `VGG16` (its preprocessing is applied inside).
+      img: G(w, n), [N, H, W, 3] in [-1, 1].
+      x: target, [N, H, W, 3] in [-1, 1].
+      mask: M_p, [N, H, W, 1] or [N, H, W] in [0, 1]; None = all ones.
+      layers: VGG16 layers (PERCEPTUAL_LAYERS for Image2StyleGAN++, I2S_LAYERS for Image2StyleGAN).
+      resize_to: the side VGG sees (256 as in Image2StyleGAN), an (h, w) pair, or None.
+    """
+    _check_image(img, "img", rgb=True)
+    _check_image(x, "x", like=img)
+    m = as_mask(mask, img, "mask")
+    feats_g, feats_x = _vgg_features(vgg, [img, x], layers, resize_to)
+    return perceptual_distance(feats_g, feats_x, resize(m, resize_to), layers)
+
+
+def style_loss(vgg: VGG16, img: jax.Array, y: jax.Array, mask: Optional[jax.Array], *,
+               layer: str = STYLE_LAYER, resize_to: Size = 256) -> jax.Array:
+    """Masked Gram (style) loss L_style(M_s, G, y), unweighted, [N].
+
+    The mask multiplies both images' features before their Gram matrices
+    (M ⊙ F)ᵀ(M ⊙ F) / (h·w·C); the loss is the mean squared difference of the C x C entries.
+    Arguments as in `perceptual_loss`; y [N, H, W, 3] in [-1, 1] is the style image.
+    """
+    _check_image(img, "img", rgb=True)
+    _check_image(y, "y", like=img)
+    m = as_mask(mask, img, "mask")
+    feats_g, feats_y = _vgg_features(vgg, [img, y], (layer,), resize_to)
+    return style_distance(feats_g[layer], feats_y[layer], resize(m, resize_to))
+
+
+def eq1_loss(vgg: VGG16, img: jax.Array, x: jax.Array, y: jax.Array, *,
+             mask_mse: Optional[jax.Array] = None,
+             mask_percept: Optional[jax.Array] = None,
+             mask_style: Optional[jax.Array] = None,
+             weights: LossWeights = LossWeights(),
+             resize_to: Size = 256) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """Image2StyleGAN++ Eq. 1, per image.
+
+    Args:
+      vgg: a `VGG16` (pass it as a jit argument; it is a pytree).
+      img: G(w, n), [N, H, W, 3] in [-1, 1].
+      x: target of the mse1 and perceptual terms, [N, H, W, 3] in [-1, 1].
+      y: target of the mse2 and style terms, [N, H, W, 3] in [-1, 1] (may be x).
+      mask_mse, mask_percept, mask_style: M_m, M_p, M_s, [N, H, W, 1] or [N, H, W] in [0, 1]
+        (leading size 1 broadcasts); None = all ones.
+      weights: the λ values (static); a term whose λ is 0 is not computed and reported as 0,
+        and with λ_p = λ_s = 0 VGG does not run at all.
+      resize_to: the side VGG sees; 256 as in Image2StyleGAN.
+
+    Returns:
+      (total [N], {"mse1", "mse2", "percept", "style": [N] each, unweighted}).
+
+    Local style transfer (M_st) keeps the rest of the image with Eq. 1's own mse1 term: x = the
+    content image, mask_mse = 1 − M_s, λ_mse1 > 0; y = the style image.
+    """
+    _check_image(img, "img", rgb=weights.percept != 0 or weights.style != 0)
+    mse1, mse2 = mse_terms(img, x, y, mask_mse)
+    zeros = jnp.zeros(img.shape[0], jnp.float32)
+    percept, style = zeros, zeros
+    use_p, use_s = weights.percept != 0, weights.style != 0
+    m_p = resize(as_mask(mask_percept, img, "mask_percept"), resize_to)
+    m_s = resize(as_mask(mask_style, img, "mask_style"), resize_to)
+    if use_p or use_s:
+        layers = PERCEPTUAL_LAYERS if use_p else (STYLE_LAYER,)
+        if use_s and STYLE_LAYER not in layers:
+            layers = layers + (STYLE_LAYER,)
+        batches = [img] + ([x] if use_p else []) + ([y] if use_s else [])
+        feats = _vgg_features(vgg, batches, layers, resize_to)
+        if use_p:
+            percept = perceptual_distance(feats[0], feats[1], m_p, PERCEPTUAL_LAYERS)
+        if use_s:
+            style = style_distance(feats[0][STYLE_LAYER], feats[-1][STYLE_LAYER], m_s)
+    total = (weights.style * style + weights.mse1 * mse1 + weights.mse2 * mse2 + weights.percept * percept)
+    return total, {"mse1": mse1, "mse2": mse2, "percept": percept, "style": style}
