@@ -201,8 +201,9 @@ def eq1_loss(vgg: VGG16, img: jax.Array, x: jax.Array, y: jax.Array, *,
       y: target of the mse2 and style terms, [N, H, W, 3] in [-1, 1] (may be x).
       mask_mse, mask_percept, mask_style: M_m, M_p, M_s, [N, H, W, 1] or [N, H, W] in [0, 1]
         (leading size 1 broadcasts); None = all ones.
-      weights: the λ values (static); a term whose λ is 0 is not computed and reported as 0,
-        and with λ_p = λ_s = 0 VGG does not run at all.
+      weights: the λ values (static). A VGG term (percept, style) whose λ is 0 is not computed
+        and is reported as 0; with λ_p = λ_s = 0 VGG does not run at all. The MSE terms are
+        always reported.
       resize_to: the side VGG sees; 256 as in Image2StyleGAN.
 
     Returns:
@@ -216,17 +217,15 @@ def eq1_loss(vgg: VGG16, img: jax.Array, x: jax.Array, y: jax.Array, *,
     zeros = jnp.zeros(img.shape[0], jnp.float32)
     percept, style = zeros, zeros
     use_p, use_s = weights.percept != 0, weights.style != 0
-    m_p = resize(as_mask(mask_percept, img, "mask_percept"), resize_to)
-    m_s = resize(as_mask(mask_style, img, "mask_style"), resize_to)
+    m_p = as_mask(mask_percept, img, "mask_percept")  # validated even when its term is off
+    m_s = as_mask(mask_style, img, "mask_style")
     if use_p or use_s:
-        layers = PERCEPTUAL_LAYERS if use_p else (STYLE_LAYER,)
-        if use_s and STYLE_LAYER not in layers:
-            layers = layers + (STYLE_LAYER,)
+        layers = tuple(dict.fromkeys((PERCEPTUAL_LAYERS if use_p else ()) + ((STYLE_LAYER,) if use_s else ())))
         batches = [img] + ([x] if use_p else []) + ([y] if use_s else [])
         feats = _vgg_features(vgg, batches, layers, resize_to)
         if use_p:
-            percept = perceptual_distance(feats[0], feats[1], m_p, PERCEPTUAL_LAYERS)
+            percept = perceptual_distance(feats[0], feats[1], resize(m_p, resize_to), PERCEPTUAL_LAYERS)
         if use_s:
-            style = style_distance(feats[0][STYLE_LAYER], feats[-1][STYLE_LAYER], m_s)
+            style = style_distance(feats[0][STYLE_LAYER], feats[-1][STYLE_LAYER], resize(m_s, resize_to))
     total = (weights.style * style + weights.mse1 * mse1 + weights.mse2 * mse2 + weights.percept * percept)
     return total, {"mse1": mse1, "mse2": mse2, "percept": percept, "style": style}
