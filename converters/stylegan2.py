@@ -363,3 +363,69 @@ def convert_file(path: str, *, conv_clamp: Any = "unset", mapping_lr_multiplier:
         config = rosinality_config(sd, mapping_lr_multiplier=mapping_lr_multiplier)
         params = rosinality_params(sd, extras["latent_avg"], config)
     return Generator(params=jax.tree_util.tree_map(np.asarray, params), config=config)
+
+
+# ---------------------------------------------------------------------------------------------
+# CLI
+
+def self_check(G: Generator, dst: str, reference: Optional[str], seed: int = 0) -> dict:
+    """Reloads `dst`, renders fixed latents, and compares with the in-memory conversion and, when
+    given, the official network's outputs (a shared/parity NAME.reference.npz)."""
+    from i2spp_jax.checkpoint import load_generator
+
+    G2 = load_generator(dst)
+    z = np.random.RandomState(seed).randn(4, G.z_dim).astype(np.float32)
+    ws = G.mapping(z, truncation_psi=0.7)
+    a = np.asarray(G.synthesis(ws, noise="const"))
+    b = np.asarray(G2.synthesis(G2.mapping(z, truncation_psi=0.7), noise="const"))
+    report = {"reload_max_abs_diff": float(np.abs(a - b).max())}
+    if reference:
+        ref = np.load(reference)
+        got = np.asarray(G2.synthesis(ref["ws_plus"], noise="const")).transpose(0, 3, 1, 2)
+        want = ref["img_const"]
+        report["reference_max_abs_diff"] = float(np.abs(got - want).max())
+        report["reference_rel_error"] = float(np.linalg.norm(got - want) / np.linalg.norm(want))
+    return report
+
+
+def main(argv):
+    del argv
+    from absl import flags, logging
+
+    from i2spp_jax.checkpoint import save_generator
+
+    logging.set_verbosity(logging.WARNING)  # orbax logs every file operation at INFO
+
+    FLAGS = flags.FLAGS
+    G = convert_file(FLAGS.src, conv_clamp=FLAGS.conv_clamp, mapping_lr_multiplier=FLAGS.mapping_lr_multiplier)
+    c = G.config
+    print(f"converted {FLAGS.src}: {c.img_resolution}x{c.img_resolution}x{c.img_channels}, z_dim={c.z_dim}, "
+          f"w_dim={c.w_dim}, num_ws={c.num_ws}, {len(c.noise_names)} noise maps, channels={c.channels}, "
+          f"mapping_layers={c.mapping_layers}, conv_clamp={c.conv_clamp}")
+    save_generator(G, FLAGS.dst, source=os.path.abspath(FLAGS.src))
+    reference = FLAGS.reference
+    if reference is None:
+        guess = re.sub(r"\.weights$", "", os.path.splitext(FLAGS.src)[0]) + ".reference.npz"
+        reference = guess if os.path.exists(guess) else None
+    report = self_check(G, FLAGS.dst, reference)
+    for k, v in report.items():
+        print(f"self-check {k}: {v:.3g}")
+    print(f"wrote {FLAGS.dst}")
+
+
+def _define_flags():
+    from absl import flags
+
+    flags.DEFINE_string("src", None, "Source: .pkl (stylegan2-ada-pytorch), .pt/.pth/.npz (ada state dict "
+                        "or rosinality checkpoint).", required=True)
+    flags.DEFINE_string("dst", None, "Output checkpoint directory (must not exist yet).", required=True)
+    flags.DEFINE_string("conv_clamp", "unset", "For ada state dicts without NAME.json: 'none' or a value.")
+    flags.DEFINE_float("mapping_lr_multiplier", None, "Mapping lr multiplier if not 0.01 (state dicts only).")
+    flags.DEFINE_string("reference", None, "Optional NAME.reference.npz of the official network to compare.")
+
+
+if __name__ == "__main__":
+    from absl import app
+
+    _define_flags()
+    app.run(main)

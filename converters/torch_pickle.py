@@ -293,17 +293,18 @@ def load_file(path: str) -> Any:
     if head[:2] == b"PK":
         return load_zip(path)
     with open(path, "rb") as f:
-        if head[:1] != b"\x80":
-            raise pickle.UnpicklingError(f"{path} is neither a pickle nor a zip archive (starts {head!r})")
         # A legacy torch.save stream starts with the pickled magic number.
         try:
             first = RestrictedUnpickler(f).load()
         except EOFError:
             raise TruncatedFileError(f"{path} ends inside its first pickle") from None
-        except pickle.UnpicklingError as e:
+        except UnsafePickleError:
+            raise
+        except (pickle.UnpicklingError, ValueError, KeyError, IndexError, TypeError, UnicodeDecodeError) as e:
             if "truncated" in str(e):
                 raise TruncatedFileError(f"{path} is truncated ({e})") from None
-            raise
+            raise pickle.UnpicklingError(f"{path} is neither a pickle nor a zip archive "
+                                         f"(starts {head!r}: {type(e).__name__}: {e})") from None
         if first == LEGACY_MAGIC:
             f.seek(0)
             return load_legacy(f)

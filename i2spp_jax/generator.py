@@ -9,6 +9,7 @@
 """
 
 import dataclasses
+import functools
 import json
 from typing import Any, Optional, Sequence, Union
 
@@ -108,6 +109,7 @@ class GeneratorConfig:
         )
 
 
+@functools.partial(jax.jit, static_argnums=0)
 def init_params(config: GeneratorConfig, key: jax.Array) -> Params:
     """Random parameters with the original initialisation (noise strengths and w_avg are zero)."""
     k_map, k_syn = jax.random.split(key)
@@ -143,6 +145,9 @@ def noise_list(config: GeneratorConfig, noise: NoiseSpec) -> list[NoiseInput]:
     noise = list(noise)
     if len(noise) != n:
         raise ValueError(f"noise has {len(noise)} maps; this generator has {n}: {config.noise_names}")
+    for name, entry in zip(config.noise_names, noise):
+        if isinstance(entry, str) and entry != "const":
+            raise ValueError(f"noise entry for {name} is {entry!r}: use 'const', None, or an array")
     return noise
 
 
@@ -174,6 +179,17 @@ def synthesis(config: GeneratorConfig, params: Params, ws: jax.Array, *, noise: 
         return_activations,
     )
     return (img, aux) if return_activations else img
+
+
+@functools.partial(jax.jit, static_argnums=(0, 3, 4))
+def _mapping_jit(config, params, z, truncation_psi, truncation_cutoff):
+    return mapping(config, params, z, truncation_psi=truncation_psi, truncation_cutoff=truncation_cutoff)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 4, 5))
+def _synthesis_jit(config, params, ws, noise, fused_modconv, return_activations):
+    return synthesis(config, params, ws, noise=noise, fused_modconv=fused_modconv,
+                     return_activations=return_activations)
 
 
 def make_noise(config: GeneratorConfig, key: jax.Array, batch: Optional[int] = None) -> list[jax.Array]:
@@ -234,11 +250,22 @@ class Generator:
         return [syn[b][c]["noise_const"] for b, c in (n.split(".") for n in self.noise_names)]
 
     def mapping(self, z: jax.Array, truncation_psi: float = 1.0, truncation_cutoff: Optional[int] = None):
-        return mapping(self.config, self.params, z, truncation_psi=truncation_psi,
-                       truncation_cutoff=truncation_cutoff)
+        """z [N, z_dim] -> ws [N, num_ws, w_dim]; see `mapping`. Compiled once per shape."""
+        z = jnp.asarray(z)
+        if z.ndim != 2 or z.shape[1] != self.z_dim:
+            raise ValueError(f"z has shape {z.shape}; expected [N, {self.z_dim}]")
+        return _mapping_jit(self.config, self.params, z, float(truncation_psi), truncation_cutoff)
 
-    def synthesis(self, ws: jax.Array, noise: NoiseSpec = "const", **kwargs):
-        return synthesis(self.config, self.params, ws, noise=noise, **kwargs)
+    def synthesis(self, ws: jax.Array, noise: NoiseSpec = "const", *, fused_modconv: bool = True,
+                  edits: Optional[Edits] = None, return_activations: bool = False):
+        """ws [N, num_ws, w_dim] -> image [N, R, R, C]; see `synthesis`. Compiled once per shape
+        (calls with `edits` run the functional core directly: wrap them in your own jax.jit)."""
+        if edits:
+            return synthesis(self.config, self.params, ws, noise=noise, fused_modconv=fused_modconv,
+                             edits=edits, return_activations=return_activations)
+        # "const" entries become the stored maps (the same numbers), so that the noise is a pytree.
+        maps = [c if isinstance(n, str) else n for n, c in zip(noise_list(self.config, noise), self.noise_const)]
+        return _synthesis_jit(self.config, self.params, jnp.asarray(ws), maps, fused_modconv, return_activations)
 
     def make_noise(self, key: jax.Array, batch: Optional[int] = None) -> list[jax.Array]:
         return make_noise(self.config, key, batch)
@@ -281,5 +308,5 @@ def demo_generator(seed: int = DEMO_SEED) -> Generator:
         out[path] = leaf
     params = flax.traverse_util.unflatten_dict(out)
     z = jax.random.normal(jax.random.fold_in(key, 0), (4096, config.z_dim))
-    params["mapping"]["w_avg"] = jnp.mean(mapping(config, params, z)[:, 0], axis=0)
+    params["mapping"]["w_avg"] = jnp.mean(_mapping_jit(config, params, z, 1.0, None)[:, 0], axis=0)
     return Generator(params=params, config=config)

@@ -1,0 +1,362 @@
+"""Converters: pickles read without running anything, state dicts, round trips, and every error."""
+
+import collections
+import os
+import pickle
+import subprocess
+import sys
+import types
+
+import numpy as np
+import pytest
+
+import i2spp_jax
+from converters import stylegan2, torch_pickle
+
+torch = pytest.importorskip("torch", reason="these tests write PyTorch files with torch")
+
+
+def _ada_files(parity_dir, name):
+    weights = dict(np.load(os.path.join(parity_dir, f"{name}.weights.npz")))
+    ref = dict(np.load(os.path.join(parity_dir, f"{name}.reference.npz")))
+    import json
+
+    with open(os.path.join(parity_dir, f"{name}.json")) as f:
+        meta = json.load(f)
+    return weights, ref, meta
+
+
+def _rel(a, b):
+    return float(np.linalg.norm(np.asarray(a) - b) / np.linalg.norm(b))
+
+
+# --- ada network pickles, written the way stylegan2-ada-pytorch writes them ------------------------
+
+class _FakeModules:
+    """Registers stand-ins for `torch_utils.persistence` and `dnnlib.util` so that pickle records the
+    same globals a stylegan2-ada-pytorch snapshot does. Only the writer sees them; the reader must not."""
+
+    def __enter__(self):
+        self.saved = {k: sys.modules.get(k) for k in ("torch_utils", "torch_utils.persistence", "dnnlib", "dnnlib.util")}
+        persistence = types.ModuleType("torch_utils.persistence")
+
+        def _reconstruct_persistent_obj(meta):  # never called by our reader
+            raise AssertionError("the reader ran the pickle's reconstruct function")
+
+        _reconstruct_persistent_obj.__module__ = "torch_utils.persistence"
+        _reconstruct_persistent_obj.__qualname__ = "_reconstruct_persistent_obj"
+        persistence._reconstruct_persistent_obj = _reconstruct_persistent_obj
+        util = types.ModuleType("dnnlib.util")
+
+        class EasyDict(dict):
+            pass
+
+        EasyDict.__module__, EasyDict.__qualname__ = "dnnlib.util", "EasyDict"
+        util.EasyDict = EasyDict
+        sys.modules.update({"torch_utils": types.ModuleType("torch_utils"), "torch_utils.persistence": persistence,
+                            "dnnlib": types.ModuleType("dnnlib"), "dnnlib.util": util})
+        self.reconstruct, self.EasyDict = _reconstruct_persistent_obj, EasyDict
+        return self
+
+    def __exit__(self, *exc):
+        for k, v in self.saved.items():
+            if v is None:
+                sys.modules.pop(k, None)
+            else:
+                sys.modules[k] = v
+
+
+class _Persistent:
+    """Pickles like a @persistent_class module: (_reconstruct_persistent_obj, (meta,))."""
+
+    def __init__(self, reconstruct, class_name, state, module_src):
+        self.args = (reconstruct, dict(type="class", version=4, module_src=module_src,
+                                       class_name=class_name, state=state))
+
+    def __reduce__(self):
+        return self.args[0], (self.args[1],)
+
+
+def _module_tree(fake, weights: dict, init_kwargs: dict, module_src: str):
+    """G_ema as nested persistent modules with torch tensors, from a flat ada state dict."""
+    tree: dict = {}
+    for key, value in weights.items():
+        node = tree
+        *path, leaf = key.split(".")
+        for p in path:
+            node = node.setdefault(p, {})
+        node[leaf] = value
+
+    def build(name, node, kwargs=None):
+        params, buffers, modules = collections.OrderedDict(), collections.OrderedDict(), collections.OrderedDict()
+        for k, v in node.items():
+            if isinstance(v, dict):
+                modules[k] = build(k, v)
+            elif k in ("noise_const", "resample_filter", "w_avg"):
+                buffers[k] = torch.from_numpy(v)
+            else:
+                params[k] = torch.nn.Parameter(torch.from_numpy(v), requires_grad=False)
+        state = {"training": False, "_parameters": params, "_buffers": buffers, "_modules": modules,
+                 "_non_persistent_buffers_set": set(), "_forward_hooks": collections.OrderedDict(),
+                 "weight_gain": np.float64(0.25)}
+        if kwargs is not None:
+            state["_init_kwargs"] = fake.EasyDict(kwargs)
+        return _Persistent(fake.reconstruct, name, state, module_src)
+
+    return build("Generator", tree, init_kwargs)
+
+
+@pytest.mark.parametrize("name", ["ada_tiny", "ada_clamp"])
+def test_ada_pickle_converts_without_running_its_code(parity_dir, tmp_path, name):
+    weights, ref, meta = _ada_files(parity_dir, name)
+    marker = tmp_path / "pwned"
+    src = f"import pathlib\npathlib.Path({str(marker)!r}).write_text('ran')\n"
+    path = tmp_path / "network-snapshot.pkl"
+    with _FakeModules() as fake:
+        G_ema = _module_tree(fake, weights, meta["init_kwargs"], src)
+        with open(path, "wb") as f:
+            pickle.dump({"G": G_ema, "D": None, "G_ema": G_ema, "training_set_kwargs": {"path": "x"}}, f)
+    G = i2spp_jax.load_generator(str(path))
+    assert not marker.exists()
+    assert G.config.conv_clamp == meta["init_kwargs"]["synthesis_kwargs"]["conv_clamp"]
+    img = np.asarray(G.synthesis(ref["ws_plus"], noise="const")).transpose(0, 3, 1, 2)
+    assert _rel(img, ref["img_const"]) < 1e-5
+
+
+def test_pickle_naming_os_system_is_refused_unrun(tmp_path):
+    marker = tmp_path / "pwned"
+
+    class Evil:
+        def __reduce__(self):
+            return os.system, (f"touch {marker}",)
+
+    path = tmp_path / "evil.pkl"
+    path.write_bytes(pickle.dumps({"G_ema": Evil()}))
+    with pytest.raises(torch_pickle.UnsafePickleError, match=r"posix\.system|os\.system"):
+        stylegan2.convert_file(str(path))
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("global_name", ["builtins.eval", "subprocess.Popen", "torch_utils.persistence._src_to_module"])
+def test_any_other_global_is_refused_by_name(tmp_path, global_name):
+    module, name = global_name.rsplit(".", 1)
+    # A protocol-0 pickle calling module.name('x'): GLOBAL, MARK, STRING, TUPLE, REDUCE, STOP.
+    data = f"c{module}\n{name}\n(S'x'\ntR.".encode()
+    path = tmp_path / "x.pkl"
+    path.write_bytes(data)
+    with pytest.raises(torch_pickle.UnsafePickleError, match=global_name.replace(".", r"\.")):
+        torch_pickle.load_file(str(path))
+
+
+# --- state dicts and rosinality ---------------------------------------------------------------
+
+def test_ada_state_dict_pt_with_json_beside(parity_dir, tmp_path):
+    weights, ref, meta = _ada_files(parity_dir, "ada_clamp")
+    torch.save({k: torch.from_numpy(v) for k, v in weights.items()}, tmp_path / "G.pt")
+    (tmp_path / "G.json").write_text(__import__("json").dumps(meta))
+    G = stylegan2.convert_file(str(tmp_path / "G.pt"))
+    assert G.config.conv_clamp == 0.5
+    assert _rel(np.asarray(G.synthesis(ref["ws_plus"])).transpose(0, 3, 1, 2), ref["img_const"]) < 1e-5
+
+
+def test_ada_state_dict_needs_conv_clamp(parity_dir, tmp_path):
+    weights, ref, _ = _ada_files(parity_dir, "ada_clamp")
+    torch.save({k: torch.from_numpy(v) for k, v in weights.items()}, tmp_path / "G.pt")
+    with pytest.raises(stylegan2.ConversionError, match="conv_clamp"):
+        stylegan2.convert_file(str(tmp_path / "G.pt"))
+    G = stylegan2.convert_file(str(tmp_path / "G.pt"), conv_clamp="0.5")
+    assert _rel(np.asarray(G.synthesis(ref["ws_plus"])).transpose(0, 3, 1, 2), ref["img_const"]) < 1e-5
+
+
+def test_legacy_torch_save_stream(parity_dir, tmp_path):
+    weights, ref, _ = _ada_files(parity_dir, "ada_tiny")
+    path = tmp_path / "legacy.pt"
+    torch.save({k: torch.from_numpy(v) for k, v in weights.items()}, path, _use_new_zipfile_serialization=False)
+    G = stylegan2.convert_file(str(path), conv_clamp="none")
+    assert _rel(np.asarray(G.synthesis(ref["ws_plus"])).transpose(0, 3, 1, 2), ref["img_const"]) < 1e-5
+
+
+def test_round_trip_file_orbax_load_is_identical(parity_dir, tmp_path):
+    _, ref, _ = _ada_files(parity_dir, "ada_tiny")
+    G = stylegan2.convert_file(os.path.join(parity_dir, "ada_tiny.weights.npz"))
+    i2spp_jax.save_generator(G, str(tmp_path / "ck"))
+    G2 = i2spp_jax.load_generator(str(tmp_path / "ck"))
+    assert G2.config == G.config
+    np.testing.assert_array_equal(G2.synthesis(ref["ws_plus"]), G.synthesis(ref["ws_plus"]))
+    np.testing.assert_array_equal(G2.mapping(ref["z"], 0.7), G.mapping(ref["z"], 0.7))
+    with pytest.raises(FileExistsError):
+        i2spp_jax.save_generator(G, str(tmp_path / "ck"))
+
+
+def test_cli_converts_and_checks_itself(parity_dir, tmp_path):
+    dst = tmp_path / "out"
+    out = subprocess.run(
+        [sys.executable, "-m", "converters.stylegan2", f"--src={parity_dir}/ada_clamp.weights.npz", f"--dst={dst}"],
+        capture_output=True, text=True, check=True, cwd=os.path.dirname(os.path.dirname(__file__)),
+    ).stdout
+    assert "self-check reload_max_abs_diff: 0" in out
+    rel = float(out.split("self-check reference_rel_error: ")[1].split()[0])
+    assert rel < 1e-5
+    assert (dst / "config.json").exists()
+
+
+# --- errors that name their cause ----------------------------------------------------------------
+
+@pytest.fixture
+def tiny_weights(parity_dir):
+    return _ada_files(parity_dir, "ada_tiny")
+
+
+def _convert_dict(tmp_path, weights, **kw):
+    path = tmp_path / "sd.npz"
+    np.savez(path, **weights)
+    return stylegan2.convert_file(str(path), conv_clamp="none", **kw)
+
+
+def test_missing_key_is_named(tmp_path, tiny_weights):
+    weights = dict(tiny_weights[0])
+    del weights["synthesis.b16.conv0.affine.bias"]
+    with pytest.raises(stylegan2.ConversionError, match=r"missing key synthesis\.b16\.conv0\.affine\.bias"):
+        _convert_dict(tmp_path, weights)
+
+
+def test_unused_key_is_named(tmp_path, tiny_weights):
+    weights = dict(tiny_weights[0], **{"synthesis.b16.conv0.extra_gain": np.ones(3, np.float32)})
+    with pytest.raises(stylegan2.ConversionError, match=r"unused key synthesis\.b16\.conv0\.extra_gain"):
+        _convert_dict(tmp_path, weights)
+
+
+def test_shape_mismatch_is_named(tmp_path, tiny_weights):
+    weights = dict(tiny_weights[0])
+    weights["synthesis.b8.conv1.weight"] = weights["synthesis.b8.conv1.weight"][:, :, :2, :2]
+    with pytest.raises(stylegan2.ConversionError, match=r"shape mismatch for synthesis\.b8\.conv1\.weight"):
+        _convert_dict(tmp_path, weights)
+
+
+def test_wrong_resample_filter_is_refused(tmp_path, tiny_weights):
+    weights = dict(tiny_weights[0])
+    weights["synthesis.b8.resample_filter"] = np.full((4, 4), 1 / 16, np.float32)
+    with pytest.raises(stylegan2.ConversionError, match=r"synthesis\.b8\.resample_filter"):
+        _convert_dict(tmp_path, weights)
+
+
+def test_unknown_format(tmp_path):
+    np.savez(tmp_path / "other.npz", **{"encoder.layer1.weight": np.zeros((3, 3), np.float32)})
+    with pytest.raises(stylegan2.UnknownFormatError, match="unknown checkpoint format"):
+        stylegan2.convert_file(str(tmp_path / "other.npz"))
+    (tmp_path / "text.pt").write_text("not a checkpoint")
+    with pytest.raises(pickle.UnpicklingError, match="neither a pickle nor a zip"):
+        stylegan2.convert_file(str(tmp_path / "text.pt"))
+
+
+@pytest.mark.parametrize("kind", ["pkl", "zip", "npz"])
+def test_truncated_file(parity_dir, tmp_path, kind):
+    weights, _, _ = _ada_files(parity_dir, "ada_tiny")
+    path = tmp_path / f"full.{ 'pt' if kind == 'zip' else kind}"
+    tensors = {k: torch.from_numpy(v) for k, v in weights.items()}
+    if kind == "pkl":
+        path.write_bytes(pickle.dumps({"G_ema": tensors}))
+    elif kind == "zip":
+        torch.save(tensors, path)
+    else:
+        np.savez(path, **weights)
+    cut = tmp_path / f"cut{path.suffix}"
+    data = path.read_bytes()
+    cut.write_bytes(data[: len(data) * 2 // 3])
+    with pytest.raises(torch_pickle.TruncatedFileError):
+        stylegan2.convert_file(str(cut), conv_clamp="none")
+
+
+def test_conditional_generator_is_refused(tmp_path, tiny_weights):
+    weights = dict(tiny_weights[0], **{"mapping.embed.weight": np.zeros((32, 10), np.float32)})
+    with pytest.raises(stylegan2.ConversionError, match="conditional"):
+        _convert_dict(tmp_path, weights)
+
+
+# --- full-size checkpoints: 1024x1024, 18 ws, 17 noise maps, 512-wide w ---------------------------
+
+def _ffhq_ada_shapes() -> dict:
+    """Key -> shape of stylegan2-ada-pytorch's FFHQ config-f G_ema (channel_base 32768, max 512)."""
+    ch = {r: min(32768 // r, 512) for r in [2**i for i in range(2, 11)]}
+    s = {"mapping.w_avg": (512,)}
+    for i in range(8):
+        s[f"mapping.fc{i}.weight"], s[f"mapping.fc{i}.bias"] = (512, 512), (512,)
+    for r in ch:
+        b = f"synthesis.b{r}"
+        s[f"{b}.resample_filter"] = (4, 4)
+        convs = ["conv1"] if r == 4 else ["conv0", "conv1"]
+        if r == 4:
+            s[f"{b}.const"] = (512, 4, 4)
+        for c in convs:
+            cin = ch[r // 2] if c == "conv0" else ch[r]
+            s.update({f"{b}.{c}.weight": (ch[r], cin, 3, 3), f"{b}.{c}.bias": (ch[r],),
+                      f"{b}.{c}.noise_strength": (), f"{b}.{c}.noise_const": (r, r),
+                      f"{b}.{c}.resample_filter": (4, 4), f"{b}.{c}.affine.weight": (cin, 512),
+                      f"{b}.{c}.affine.bias": (cin,)})
+        s.update({f"{b}.torgb.weight": (3, ch[r], 1, 1), f"{b}.torgb.bias": (3,),
+                  f"{b}.torgb.affine.weight": (ch[r], 512), f"{b}.torgb.affine.bias": (ch[r],)})
+    return s
+
+
+def _ffhq_rosinality_shapes() -> dict:
+    """Key -> shape of rosinality's 1024 Generator (style_dim 512, n_mlp 8, channel_multiplier 2)."""
+    ch = {4: 512, 8: 512, 16: 512, 32: 512, 64: 512, 128: 256, 256: 128, 512: 64, 1024: 32}
+    s = {}
+    for i in range(1, 9):
+        s[f"style.{i}.weight"], s[f"style.{i}.bias"] = (512, 512), (512,)
+    s["input.input"] = (1, 512, 4, 4)
+
+    def styled(prefix, cin, cout, up):
+        s.update({f"{prefix}.conv.weight": (1, cout, cin, 3, 3), f"{prefix}.conv.modulation.weight": (cin, 512),
+                  f"{prefix}.conv.modulation.bias": (cin,), f"{prefix}.noise.weight": (1,),
+                  f"{prefix}.activate.bias": (cout,)})
+        if up:
+            s[f"{prefix}.conv.blur.kernel"] = (4, 4)
+
+    def rgb(prefix, cin, up):
+        s.update({f"{prefix}.conv.weight": (1, 3, cin, 1, 1), f"{prefix}.conv.modulation.weight": (cin, 512),
+                  f"{prefix}.conv.modulation.bias": (cin,), f"{prefix}.bias": (1, 3, 1, 1)})
+        if up:
+            s[f"{prefix}.upsample.kernel"] = (4, 4)
+
+    styled("conv1", 512, 512, False)
+    rgb("to_rgb1", 512, False)
+    s["noises.noise_0"] = (1, 1, 4, 4)
+    for i, r in enumerate([8, 16, 32, 64, 128, 256, 512, 1024]):
+        styled(f"convs.{2 * i}", ch[r // 2], ch[r], True)
+        styled(f"convs.{2 * i + 1}", ch[r], ch[r], False)
+        rgb(f"to_rgbs.{i}", ch[r], True)
+        s[f"noises.noise_{2 * i + 1}"] = s[f"noises.noise_{2 * i + 2}"] = (1, 1, r, r)
+    return s
+
+
+def _filled(shapes: dict, filter_gain: float) -> dict:
+    rng = np.random.RandomState(0)
+    f = np.outer([1, 3, 3, 1], [1, 3, 3, 1]).astype(np.float32) / 64 * filter_gain
+    return {k: (f if k.endswith(("resample_filter", "kernel")) else np.asarray(rng.randn(*v), np.float32))
+            for k, v in shapes.items()}
+
+
+def _check_ffhq(G):
+    assert (G.img_resolution, G.num_ws, G.w_dim, len(G.noise_shapes)) == (1024, 18, 512, 17)
+    assert G.noise_shapes[-1] == (1024, 1024)
+    assert G.params["synthesis"]["b1024"]["conv1"]["weight"].shape == (3, 3, 32, 32)
+
+
+def test_ffhq_sized_ada_state_dict_converts(tmp_path):
+    sd = _filled(_ffhq_ada_shapes(), 1.0)
+    torch.save({k: torch.from_numpy(v) for k, v in sd.items()}, tmp_path / "ffhq.pt")
+    G = stylegan2.convert_file(str(tmp_path / "ffhq.pt"), conv_clamp="none")
+    _check_ffhq(G)
+    np.testing.assert_array_equal(G.params["synthesis"]["b64"]["conv0"]["weight"],
+                                  sd["synthesis.b64.conv0.weight"].transpose(2, 3, 1, 0))
+
+
+def test_ffhq_sized_rosinality_checkpoint_converts(tmp_path):
+    sd = _filled(_ffhq_rosinality_shapes(), 4.0)
+    torch.save({"g_ema": {k: torch.from_numpy(v) for k, v in sd.items()},
+                "latent_avg": torch.zeros(512), "args": __import__("argparse").Namespace(size=1024)},
+               tmp_path / "550000.pt")
+    G = stylegan2.convert_file(str(tmp_path / "550000.pt"))
+    _check_ffhq(G)
+    np.testing.assert_array_equal(G.params["synthesis"]["b1024"]["conv1"]["noise_const"], sd["noises.noise_16"][0, 0])
