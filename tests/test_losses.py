@@ -161,6 +161,8 @@ def test_zero_weights_skip_vgg(vgg):
     total, terms = eq1_loss(vgg, img, x, y, weights=LossWeights(mse2=1e-5, percept=0.0), resize_to=None)
     np.testing.assert_array_equal(terms["percept"], [0.0])
     np.testing.assert_allclose(total, 1e-5 * (terms["mse1"] + terms["mse2"]), rtol=F32_TOL)
+    no_vgg, _ = eq1_loss(None, img, x, y, weights=LossWeights(mse2=1e-5, percept=0.0), resize_to=None)
+    np.testing.assert_array_equal(no_vgg, total)  # the engine passes vgg=None for MSE-only phases
 
 
 def test_batch_equals_loop_and_vmap(vgg):
