@@ -288,8 +288,9 @@ DEMO_NOISE_STRENGTH = (0.05, 0.2)
 DEMO_TORGB_SCALE = 0.25
 
 
+@functools.lru_cache(maxsize=2)
 def demo_generator(seed: int = DEMO_SEED) -> Generator:
-    """The small seeded generator used by the demo and the tests (see DEMO_CONFIG)."""
+    """The small seeded generator used by the demo and the tests (see DEMO_CONFIG). Cached."""
     config = DEMO_CONFIG
     key = jax.random.PRNGKey(seed)
     params = init_params(config, key)

@@ -1,0 +1,146 @@
+"""The generator's API: noise inputs, activation edits, jit/vmap/grad, configs, the demo network."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import i2spp_jax
+from i2spp_jax.generator import Generator, GeneratorConfig, init_params
+
+ATOL_F32 = 1e-5
+
+TINY = GeneratorConfig.from_channel_base(img_resolution=16, channel_base=256, channel_max=16, z_dim=8, w_dim=8,
+                                         mapping_layers=2)
+
+
+@pytest.fixture(scope="module")
+def G():
+    params = init_params(TINY, jax.random.PRNGKey(1))
+    # Non-zero noise strengths so that noise inputs matter.
+    params = jax.tree_util.tree_map_with_path(
+        lambda p, a: jnp.full_like(a, 0.5) if p[-1].key == "noise_strength" else a, params)
+    return Generator(params=params, config=TINY)
+
+
+@pytest.fixture(scope="module")
+def ws(G):
+    return G.mapping(jax.random.normal(jax.random.PRNGKey(2), (3, G.z_dim)))
+
+
+def test_topology_of_ffhq_config():
+    c = GeneratorConfig.from_channel_base(img_resolution=1024, z_dim=512, w_dim=512)
+    assert (c.num_ws, len(c.noise_names), c.channels[0], c.channels[-1]) == (18, 17, 512, 32)
+    assert c.noise_names[:3] == ["b4.conv1", "b8.conv0", "b8.conv1"]
+    shapes = jax.eval_shape(lambda: init_params(c, jax.random.PRNGKey(0)))
+    assert shapes["synthesis"]["b1024"]["conv0"]["noise_const"].shape == (1024, 1024)
+
+
+def test_config_json_round_trip_and_validation():
+    assert GeneratorConfig.from_json(TINY.to_json()) == TINY
+    with pytest.raises(ValueError, match="power of two"):
+        GeneratorConfig(z_dim=8, w_dim=8, img_resolution=48, channels=(8,) * 5)
+    with pytest.raises(ValueError, match="channels has 2 entries"):
+        GeneratorConfig(z_dim=8, w_dim=8, img_resolution=16, channels=(8, 8))
+
+
+def test_none_noise_equals_list_of_none_and_differs_from_const(G, ws):
+    a = G.synthesis(ws, noise="none")
+    np.testing.assert_array_equal(a, G.synthesis(ws, noise=[None] * len(G.noise_names)))
+    assert float(jnp.abs(a - G.synthesis(ws, noise="const")).max()) > 1e-3
+
+
+def test_per_image_noise_equals_separate_runs(G, ws):
+    maps = G.make_noise(jax.random.PRNGKey(3), batch=3)  # [3, R, R] each
+    batched = G.synthesis(ws, noise=maps)
+    for i in range(3):
+        single = G.synthesis(ws[i : i + 1], noise=[m[i] for m in maps])
+        np.testing.assert_allclose(batched[i : i + 1], single, atol=ATOL_F32)
+
+
+def test_make_noise_is_explicit_and_per_layer(G):
+    a, b = G.make_noise(jax.random.PRNGKey(0)), G.make_noise(jax.random.PRNGKey(0))
+    for x, y, shape in zip(a, b, G.noise_shapes):
+        assert x.shape == shape
+        np.testing.assert_array_equal(x, y)
+    assert not np.allclose(a[1], a[2])  # same shape, different layers, different draws
+
+
+def test_fused_and_unfused_modulation_agree(G, ws):
+    np.testing.assert_allclose(G.synthesis(ws, fused_modconv=True), G.synthesis(ws, fused_modconv=False),
+                               atol=ATOL_F32)
+
+
+@pytest.mark.parametrize("bad,match", [
+    (dict(noise="random"), "the generator draws no random numbers"),
+    (dict(noise=[None] * 3), "noise has 3 maps"),
+    (dict(noise=["const"] * 4 + [np.zeros((5, 5))]), r"16x16 layer has shape \(1, 5, 5\)"),
+    (dict(noise=["const"] * 4 + ["rand"]), "noise entry for b16.conv1"),
+])
+def test_bad_noise_is_named(G, ws, bad, match):
+    with pytest.raises(ValueError, match=match):
+        G.synthesis(ws, **bad)
+
+
+def test_bad_ws_and_z_shapes(G, ws):
+    with pytest.raises(ValueError, match=r"ws has shape \(3, 5, 8\)"):
+        G.synthesis(ws[:, :5])
+    with pytest.raises(ValueError, match=r"z has shape \(2, 3\)"):
+        G.mapping(np.zeros((2, 3)))
+
+
+def test_activations_can_be_read_and_replaced(G, ws):
+    img, acts = G.synthesis(ws, return_activations=True)
+    assert set(acts) == set(G.config.activation_names)
+    assert acts["b8.x"].shape == (3, 8, 8, G.config.channels[1])
+    same = G.synthesis(ws, edits={"b8.x": lambda t: t})
+    np.testing.assert_allclose(same, img, atol=ATOL_F32)
+    zeroed, acts2 = G.synthesis(ws, edits={"b8.x": jnp.zeros_like}, return_activations=True)
+    np.testing.assert_array_equal(acts2["b8.x"], 0.0)
+    assert float(jnp.abs(zeroed - img).max()) > 1e-3
+    np.testing.assert_allclose(acts2["b4.x"], acts["b4.x"], atol=ATOL_F32)  # upstream untouched
+    with pytest.raises(ValueError, match=r"unknown activation points \['b8.y'\]"):
+        G.synthesis(ws, edits={"b8.y": jnp.zeros_like})
+
+
+def test_spatial_copy_edit_has_gradients_for_both_codes(G, ws):
+    """Attribute-level feature transfer: M * A + (1 - M) * B at b8.x, differentiable in both ws."""
+    mask = jnp.zeros((1, 8, 8, 1)).at[:, :, :4].set(1.0)
+
+    def mixed(w1, w2):
+        _, a = G.synthesis(w1, return_activations=True)
+        return G.synthesis(w2, edits={"b8.x": lambda b: mask * a["b8.x"] + (1 - mask) * b})
+
+    g1, g2 = jax.grad(lambda w1, w2: jnp.sum(mixed(w1, w2) ** 2), argnums=(0, 1))(ws[:1], ws[1:2])
+    # ws layers that only feed b4/b8.conv layers of image 2 are cut off where the mask copies image 1.
+    assert float(jnp.abs(g1).sum()) > 0 and float(jnp.abs(g2).sum()) > 0
+
+
+def test_jit_vmap_grad(G, ws):
+    f = jax.jit(lambda G, w: G.synthesis(w))
+    per_image = jax.vmap(lambda w: f(G, w[None])[0])(ws)
+    np.testing.assert_allclose(per_image, G.synthesis(ws), atol=ATOL_F32)
+    noise = G.noise_const
+    g_ws, g_noise = jax.grad(lambda w, n: jnp.mean(G.synthesis(w, noise=n) ** 2), argnums=(0, 1))(ws, noise)
+    assert g_ws.shape == ws.shape and np.isfinite(g_ws).all()
+    assert all(g.shape == s for g, s in zip(g_noise, G.noise_shapes))
+
+
+def test_truncation_moves_toward_w_avg(G):
+    z = jax.random.normal(jax.random.PRNGKey(4), (2, G.z_dim))
+    ws, ws0 = G.mapping(z), G.mapping(z, truncation_psi=0.0)
+    np.testing.assert_allclose(ws0, jnp.broadcast_to(G.w_avg, ws0.shape), atol=ATOL_F32)
+    cut = G.mapping(z, truncation_psi=0.0, truncation_cutoff=2)
+    np.testing.assert_allclose(cut[:, 2:], ws[:, 2:], atol=ATOL_F32)
+    np.testing.assert_allclose(cut[:, :2], ws0[:, :2], atol=ATOL_F32)
+
+
+def test_demo_generator_is_seeded_and_states_itself():
+    a, b = i2spp_jax.load_generator("demo"), i2spp_jax.demo_generator.__wrapped__()  # cached, and fresh
+    for x, y in zip(jax.tree_util.tree_leaves(a.params), jax.tree_util.tree_leaves(b.params)):
+        np.testing.assert_array_equal(x, y)
+    assert (a.img_resolution, a.num_ws, a.w_dim, a.config.channels) == (64, 10, 128, (128, 128, 128, 128, 64))
+    strengths = [float(a.params["synthesis"][n.split(".")[0]][n.split(".")[1]]["noise_strength"]) for n in a.noise_names]
+    assert all(0.05 <= s <= 0.2 for s in strengths)
+    img = a.synthesis(a.mapping(jax.random.normal(jax.random.PRNGKey(0), (4, a.z_dim))))
+    assert 0.2 < float(img.std()) < 1.0  # images live in about [-1, 1]
