@@ -6,9 +6,12 @@
 
 import json
 import os
-from typing import Optional
+import shutil
+import tempfile
+from typing import Any, Optional
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
@@ -18,34 +21,50 @@ CONFIG_FILE = "config.json"
 PARAMS_DIR = "params"
 
 
-def save_generator(G: Generator, directory: str, *, source: Optional[str] = None) -> None:
-    """Writes G to `directory` (created; must not already hold a checkpoint). Waits for orbax."""
+def write_params_dir(directory: str, params: Any, meta: dict, meta_file: str) -> None:
+    """Writes `params` (orbax, float32) and `meta` (JSON) to `directory` atomically: built in a
+    sibling temp dir, then renamed into place. Raises FileExistsError if `directory` exists."""
     directory = os.path.abspath(directory)
-    if os.path.exists(os.path.join(directory, PARAMS_DIR)):
-        raise FileExistsError(f"{directory} already holds a generator checkpoint; choose a new --dst")
-    os.makedirs(directory, exist_ok=True)
-    params = jax.tree_util.tree_map(lambda a: np.asarray(a, np.float32), G.params)
+    if os.path.exists(directory):
+        raise FileExistsError(f"{directory} already exists; choose a new destination or delete it")
+    parent = os.path.dirname(directory)
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=os.path.basename(directory) + ".tmp-", dir=parent)
+    try:
+        params = jax.tree_util.tree_map(lambda a: np.asarray(a, np.float32), params)
+        with ocp.StandardCheckpointer() as ckptr:
+            ckptr.save(os.path.join(tmp, PARAMS_DIR), params)
+            ckptr.wait_until_finished()
+        with open(os.path.join(tmp, meta_file), "w") as f:
+            json.dump(meta, f, indent=1)
+        os.rename(tmp, directory)  # atomic; fails if a concurrent writer got there first
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def read_params_dir(directory: str, meta_file: str, what: str, how: str) -> tuple[Any, dict]:
+    """Reads what `write_params_dir` wrote: (params as jax arrays, meta)."""
+    meta_path = os.path.join(directory, meta_file)
+    if not os.path.exists(meta_path):
+        raise FileNotFoundError(f"{directory} is not a {what}: {meta_file} is missing (make one with {how})")
+    with open(meta_path) as f:
+        meta = json.load(f)
     with ocp.StandardCheckpointer() as ckptr:
-        ckptr.save(os.path.join(directory, PARAMS_DIR), params)
-        ckptr.wait_until_finished()
+        params = ckptr.restore(os.path.join(os.path.abspath(directory), PARAMS_DIR))
+    return jax.tree_util.tree_map(jnp.asarray, params), meta
+
+
+def save_generator(G: Generator, directory: str, *, source: Optional[str] = None) -> None:
+    """Writes G to `directory` (which must not exist yet), atomically."""
     meta = {"config": json.loads(G.config.to_json()), "source": source}
-    tmp = os.path.join(directory, CONFIG_FILE + ".tmp")
-    with open(tmp, "w") as f:
-        json.dump(meta, f, indent=1)
-    os.replace(tmp, os.path.join(directory, CONFIG_FILE))
+    write_params_dir(directory, G.params, meta, CONFIG_FILE)
 
 
 def _load_dir(directory: str) -> Generator:
-    cfg_path = os.path.join(directory, CONFIG_FILE)
-    if not os.path.exists(cfg_path):
-        raise FileNotFoundError(f"{directory} is not a generator checkpoint: {CONFIG_FILE} is missing "
-                                "(make one with python -m converters.stylegan2 --src=... --dst=DIR)")
-    with open(cfg_path) as f:
-        meta = json.load(f)
-    config = GeneratorConfig.from_json(json.dumps(meta["config"]))
-    with ocp.StandardCheckpointer() as ckptr:
-        params = ckptr.restore(os.path.join(os.path.abspath(directory), PARAMS_DIR))
-    return Generator(params=params, config=config)
+    params, meta = read_params_dir(directory, CONFIG_FILE, "generator checkpoint",
+                                   "python -m converters.stylegan2 --src=... --dst=DIR")
+    return Generator(params=params, config=GeneratorConfig.from_json(json.dumps(meta["config"])))
 
 
 def load_generator(path: str, **convert_kwargs) -> Generator:

