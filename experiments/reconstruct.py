@@ -152,9 +152,14 @@ def reconstruct(cfg: ReconstructConfig, log=logging.info) -> dict:
         log(f"phase {i + 1} ({phases[i].name}) done: {_quality(img[0], target)}; wrote {names[i]}.png")
 
     t0 = time.perf_counter()
-    result = embed.embed(G, target[None], phases=phases, init_vars=init, vgg=vgg, seed=cfg.seed,
-                         log_every=cfg.log_every, log=log, checkpoint_dir=os.path.join(cfg.out, "ckpt"),
-                         checkpoint_every=cfg.checkpoint_every, on_phase_end=on_phase_end)
+    try:
+        result = embed.embed(G, target[None], phases=phases, init_vars=init, vgg=vgg, seed=cfg.seed,
+                             log_every=cfg.log_every, log=log, checkpoint_dir=os.path.join(cfg.out, "ckpt"),
+                             checkpoint_every=cfg.checkpoint_every, on_phase_end=on_phase_end)
+    except embed.NonFiniteLossError as e:  # keep what was computed: finished phases are on disk already
+        np.savez(os.path.join(cfg.out, "history_partial.npz"), **e.history)
+        log(f"stopped: {e} The history so far is in {cfg.out}/history_partial.npz.")
+        raise
     seconds = time.perf_counter() - t0
     return _write_outputs(cfg, G, phases, names, result, target, truth, preset, resize_to, seconds, log)
 

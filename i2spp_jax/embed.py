@@ -385,7 +385,10 @@ HISTORY_KEYS = ("loss",) + LOSS_TERMS + ("psnr",)
 
 
 class NonFiniteLossError(FloatingPointError):
-    """The loss or the variables became NaN/inf; the last good checkpoint is kept."""
+    """The loss or the variables became NaN/inf; the last good checkpoint is kept.
+
+    Attributes: history (the finished iterations' history), phase_vars (finished phases' results).
+    """
 
 
 @dataclasses.dataclass
@@ -512,7 +515,7 @@ def embed(G: Generator, target_x, *, phases: Sequence[Phase], init_vars: Vars, t
                 new_vars, new_opt, m = fn(vars, opt_state, G, vgg, target_x, target_y, masks)
                 m = jax.device_get(m)
                 if not np.all(m["finite"]):
-                    _raise_nonfinite(m, t, phase, mgr, checkpoint_dir)
+                    _raise_nonfinite(m, t, phase, mgr, checkpoint_dir, history, phase_vars)
                 vars, opt_state = new_vars, new_opt
                 for k in HISTORY_KEYS:
                     history[k][t] = m[k]
@@ -562,7 +565,7 @@ def _resume(mgr, latest, phases, starts, vars, history, fingerprint, directory):
     return state["vars"], opt_state, list(state["phase_vars"]), history, t
 
 
-def _raise_nonfinite(m, t, phase, mgr, directory):
+def _raise_nonfinite(m, t, phase, mgr, directory, history, phase_vars):
     bad = [int(i) for i in np.flatnonzero(~np.asarray(m["finite"]))]
     terms = {k: float(np.asarray(m[k])[bad[0]]) for k in ("loss",) + LOSS_TERMS}
     where = "the loss" if not np.isfinite(terms["loss"]) else "the updated variables"
@@ -572,10 +575,13 @@ def _raise_nonfinite(m, t, phase, mgr, directory):
         last = mgr.latest_step()
         if last is not None:
             kept = f"the last good checkpoint (iteration {last}) is kept in {directory}"
-    raise NonFiniteLossError(
+    err = NonFiniteLossError(
         f"{where} became NaN/inf at iteration {t + 1} (phase {phase.name}, image(s) {bad}; terms {terms}); "
         f"stopping. Lower the learning rate (w_lr={phase.w_lr}, noise_lr={phase.noise_lr}) or check the "
         f"target and masks; {kept}.")
+    err.history = {k: v[:t] for k, v in history.items()}  # the iterations that did finish
+    err.phase_vars = list(phase_vars)  # results of the phases that did finish
+    raise err
 
 
 def history_to_json(history: dict) -> dict:

@@ -59,7 +59,7 @@ def _panel(d, box, series, title, ylabel_fmt, vlines=(), log=False):
         d.text((x0, yy - 6), ylabel_fmt(10**v if log else v), fill=_FG, font=font)
     for k in range(5):  # x ticks
         xx = left + (x1 - left) * k / 4
-        d.text((xx - 8, bottom + 3), str(int(round(n * k / 4))), fill=_FG, font=font)
+        d.text((min(xx - 8, x1 - 28), bottom + 3), str(int(round(n * k / 4))), fill=_FG, font=font)
     for v in vlines:
         xx = left + (x1 - left) * v / max(n, 1)
         d.line((xx, y0 + 16, xx, bottom), fill=(150, 150, 150))

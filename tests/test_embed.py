@@ -275,10 +275,12 @@ def test_nan_stops_and_keeps_last_good_checkpoint(tmp_path):
     phases = (embed.W_l(4, percept=0.0, resize_to=None), embed.Mk_n(5, lr=float("inf"), resize_to=None))
     ckpt = str(tmp_path / "ckpt")
     ended = []
-    with pytest.raises(embed.NonFiniteLossError, match=r"NaN/inf at iteration 5 \(phase Mk_n.*iteration 4\)"):
+    with pytest.raises(embed.NonFiniteLossError, match=r"NaN/inf at iteration 5 \(phase Mk_n.*iteration 4\)") as e:
         embed.embed(G, x, phases=phases, init_vars=v0, log_every=0, checkpoint_dir=ckpt, checkpoint_every=2,
                     on_phase_end=lambda i, v: ended.append(i))
     assert ended == [0]  # the W+ phase's result was handed out before the failure
+    assert len(e.value.phase_vars) == 1 and e.value.history["loss"].shape == (4, 2)
+    assert np.all(np.isfinite(e.value.history["loss"]))
     import orbax.checkpoint as ocp
     with ocp.CheckpointManager(ckpt) as mgr:
         assert mgr.latest_step() == 4
