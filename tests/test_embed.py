@@ -284,3 +284,22 @@ def test_nan_stops_and_keeps_last_good_checkpoint(tmp_path):
     import orbax.checkpoint as ocp
     with ocp.CheckpointManager(ckpt) as mgr:
         assert mgr.latest_step() == 4
+
+
+def test_style_transfer_block_with_vgg():
+    """M_st: Gram loss under M_s against y, content outside it against x (random-weight VGG)."""
+    from i2spp_jax import vgg as V
+
+    G = tiny_generator()
+    vgg = V.random_vgg16(jax.random.PRNGKey(0))
+    x, y = targets(G, 1, seed=1), targets(G, 1, seed=2)
+    region = np.zeros((16, 16, 1)); region[4:12, 4:12] = 1
+    masks = embed.make_masks(G, 1, mask_style=region, mask_mse=1 - region)
+    v0 = embed.initial_variables(G, 1, seed=0)
+    lines = []
+    r = embed.embed(G, x, target_y=y, phases=(embed.M_st(3, resize_to=None),), init_vars=v0, masks=masks, vgg=vgg,
+                    log_every=3, log=lines.append)
+    assert np.all(r.history["style"] > 0) and np.all(np.isfinite(r.history["loss"]))
+    assert "style" in lines[0] and "mse1" in lines[0]
+    assert_trees_equal(r.vars["noise"], v0["noise"])
+    assert not np.array_equal(r.vars["w_plus"], v0["w_plus"])
