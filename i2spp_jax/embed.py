@@ -424,6 +424,21 @@ def _restore(mgr, t, template):
     return jax.tree.unflatten(treedef, [jnp.asarray(x) for x in got.state]), got.meta
 
 
+def _check_vars(G, vars) -> int:
+    """Checks batched variables against the generator; returns the batch size."""
+    if not isinstance(vars, dict) or set(vars) != {"w_plus", "noise"}:
+        raise ValueError("init_vars must be {'w_plus': ..., 'noise': [...]} (see initial_variables)")
+    batch = np.shape(vars["w_plus"])[0] if np.ndim(vars["w_plus"]) == 3 else None
+    if np.shape(vars["w_plus"]) != (batch, G.num_ws, G.w_dim):
+        raise ValueError(f"init_vars['w_plus'] has shape {np.shape(vars['w_plus'])}; expected "
+                         f"[B, {G.num_ws}, {G.w_dim}] for this generator (initial_variables(G, batch=B))")
+    shapes = [tuple(np.shape(m)) for m in vars["noise"]]
+    want = [(batch,) + s for s in G.noise_shapes]
+    if shapes != want:
+        raise ValueError(f"init_vars['noise'] has shapes {shapes}; expected {want} ({G.noise_names})")
+    return batch
+
+
 def _check_targets(G, target, name, batch):
     t = np.asarray(target)
     want = (batch, G.img_resolution, G.img_resolution, G.img_channels)
@@ -469,10 +484,14 @@ def embed(G: Generator, target_x, *, phases: Sequence[Phase], init_vars: Vars, t
       NonFiniteLossError: the loss or the variables became NaN/inf (the last good checkpoint stays).
     """
     phases = tuple(phases)
-    B = jax.tree.leaves(init_vars)[0].shape[0]
+    B = _check_vars(G, init_vars)
     target_x = _check_targets(G, target_x, "target_x", B)
     target_y = target_x if target_y is None else _check_targets(G, target_y, "target_y", B)
     masks = make_masks(G, B) if masks is None else masks
+    for path, leaf in jax.tree_util.tree_leaves_with_path(masks):
+        if np.shape(leaf)[:1] != (B,):
+            raise ValueError(f"masks{jax.tree_util.keystr(path)} has shape {np.shape(leaf)}; expected a leading "
+                             f"batch axis of {B} (build them with make_masks(G, {B}, ...))")
     if any(p.weights.percept or p.weights.style for p in phases) and vgg is None:
         raise ValueError("a phase uses the perceptual or style term (λ_p / λ_s > 0) but no vgg was given")
     total = sum(p.num_steps for p in phases)
@@ -539,6 +558,8 @@ def embed(G: Generator, target_x, *, phases: Sequence[Phase], init_vars: Vars, t
                     callback(t, m)
             if phase.num_steps == 0:
                 phase_vars.append(vars)
+                if on_phase_end is not None:
+                    on_phase_end(pi, vars)
             opt_state = None
     finally:
         if mgr is not None:

@@ -180,6 +180,10 @@ def test_bad_targets_rejected():
     bad = np.zeros((2, 16, 16, 3)); bad[1, 3, 3, 0] = np.nan
     with pytest.raises(ValueError, match="NaN"):
         embed.embed(G, bad, phases=mse_schedule(), init_vars=v0)
+    with pytest.raises(ValueError, match=r"masks\['vars'\].* has shape \(3, .*leading batch axis of 2"):
+        embed.embed(G, np.zeros((2, 16, 16, 3)), phases=mse_schedule(), init_vars=v0, masks=embed.make_masks(G, 3))
+    with pytest.raises(ValueError, match=r"init_vars\['w_plus'\] has shape \(6, 16\)"):
+        embed.embed(G, np.zeros((1, 16, 16, 3)), phases=mse_schedule(), init_vars=embed.initial_variables(G))
     with pytest.raises(ValueError, match="no vgg"):
         embed.embed(G, np.zeros((2, 16, 16, 3)), phases=embed.schedule("w_only", 1, 1), init_vars=v0)
 
