@@ -161,7 +161,7 @@ def reconstruct(cfg: ReconstructConfig, log=logging.info) -> dict:
         log(f"stopped: {e} The history so far is in {cfg.out}/history_partial.npz.")
         raise
     seconds = time.perf_counter() - t0
-    return _write_outputs(cfg, G, phases, names, result, target, truth, preset, resize_to, seconds, log)
+    return _write_outputs(cfg, G, phases, names, result, target, truth, preset, resize_to, seconds, log, init)
 
 
 def _phase_files(schedule, phases):
@@ -170,7 +170,7 @@ def _phase_files(schedule, phases):
     return [f"phase{i + 1}_{p.name}" for i, p in enumerate(phases)]
 
 
-def _write_outputs(cfg, G, phases, names, result, target, truth, preset, resize_to, seconds, log):
+def _write_outputs(cfg, G, phases, names, result, target, truth, preset, resize_to, seconds, log, init):
     out = cfg.out
     final = result.vars
     imgs = [np.asarray(embed.evaluate(v, G, target[None])[0][0]) for v in result.phase_vars]
@@ -194,6 +194,10 @@ def _write_outputs(cfg, G, phases, names, result, target, truth, preset, resize_
                       "noise_shapes": G.noise_shapes},
         "per_phase": per_phase,
         "final": per_phase[-1],
+        # How much of the fit lives in the latent: the final W+ rendered with the *initial* noise.
+        # High = an editable W+ (the paper's reason for W+ first); low = the image sits in the noise maps.
+        "final_w_plus_with_initial_noise": _quality(
+            embed.evaluate({"w_plus": final["w_plus"], "noise": init["noise"]}, G, target[None])[0][0], target),
         "seconds": seconds,
         "iterations_per_second": float(len(result.history["phase"]) / max(result.seconds, 1e-9)),
         "machine": f"{jax.default_backend()} ({os.cpu_count()} cores)",

@@ -30,6 +30,7 @@ def test_demo_smoke_writes_everything(tmp_path):
     assert [q["phase"] for q in saved["per_phase"]] == ["W_l", "Mk_n"]
     assert saved["final"]["psnr"] == pytest.approx(m["final"]["psnr"]) and 5 < m["final"]["psnr"] < 60
     assert saved["vgg_resolution"] == 64 and "w_plus_rmse_vs_hidden" in saved["truth"]
+    assert saved["final_w_plus_with_initial_noise"]["psnr"] > 5
     h = np.load(os.path.join(out, "history.npz"))
     assert h["psnr"].shape == (7, 1) and h["phase"].tolist() == [0] * 4 + [1] * 3
     assert np.load(os.path.join(out, "w_plus.npy")).shape == (10, 128)
