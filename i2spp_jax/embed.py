@@ -35,16 +35,9 @@ import numpy as np
 import optax
 import orbax.checkpoint as ocp
 
+from i2spp_jax import losses as _losses
+from i2spp_jax import metrics as _metrics
 from i2spp_jax.generator import Generator
-
-try:  # helper-1's losses/metrics; the engine falls back to MSE-only until they are merged.
-    from i2spp_jax import losses as _losses
-except ImportError:  # pragma: no cover - only before losses.py exists
-    _losses = None
-try:
-    from i2spp_jax import metrics as _metrics
-except ImportError:  # pragma: no cover
-    _metrics = None
 
 logger = logging.getLogger(__name__)
 
@@ -55,44 +48,21 @@ LOSS_TERMS = ("mse1", "mse2", "percept", "style")
 
 
 # ----------------------------------------------------------------------------------------------
-# Loss weights (helper-1's losses.LossWeights when present).
+# Loss and PSNR (i2spp_jax.losses / metrics).
 
-if _losses is not None:
-    LossWeights = _losses.LossWeights
-else:  # pragma: no cover
-
-    @dataclasses.dataclass(frozen=True)
-    class LossWeights:
-        style: float = 0.0
-        mse1: float = 1e-5
-        mse2: float = 0.0
-        percept: float = 1e-5
+LossWeights = _losses.LossWeights
 
 
 def _eq1_loss(vgg, img, x, y, masks, weights, resize_to):
     """Paper Eq. 1 for [N, H, W, C] images in [-1, 1] -> (total [N], unweighted terms {name: [N]})."""
-    if _losses is not None:
-        return _losses.eq1_loss(vgg, img, x, y, mask_mse=masks.get("mse"), mask_percept=masks.get("percept"),
-                                mask_style=masks.get("style"), weights=weights, resize_to=resize_to)
-    if weights.percept or weights.style:  # pragma: no cover
-        raise NotImplementedError("i2spp_jax.losses is not available: only MSE terms can be used")
-    m = masks.get("mse")
-    m = jnp.ones_like(img[..., :1]) if m is None else m
-    n = img[0].size
-    mse1 = jnp.sum((m * (img - x)) ** 2, axis=(1, 2, 3)) / n
-    mse2 = jnp.sum(((1 - m) * (img - y)) ** 2, axis=(1, 2, 3)) / n
-    zero = jnp.zeros_like(mse1)
-    terms = {"mse1": mse1, "mse2": mse2, "percept": zero, "style": zero}
-    return weights.mse1 * mse1 + weights.mse2 * mse2, terms
+    return _losses.eq1_loss(vgg, img, x, y, mask_mse=masks.get("mse"), mask_percept=masks.get("percept"),
+                            mask_style=masks.get("style"), weights=weights, resize_to=resize_to)
 
 
 def _psnr(a, b):
     """PSNR in dB of [N, H, W, C] images in [-1, 1] (both clipped to [-1, 1]) -> [N]."""
     a, b = jnp.clip(a, -1, 1), jnp.clip(b, -1, 1)
-    if _metrics is not None:
-        return _metrics.psnr(a, b, data_range=2.0)
-    mse = jnp.mean((a - b) ** 2, axis=(1, 2, 3))  # pragma: no cover
-    return 10 * jnp.log10(4.0 / jnp.maximum(mse, 1e-20))  # pragma: no cover
+    return _metrics.psnr(a, b, data_range=2.0)
 
 
 # ----------------------------------------------------------------------------------------------
