@@ -1,19 +1,45 @@
 """i2spp_jax: Image2StyleGAN++ (Abdal, Qin, Wonka, CVPR 2020) in JAX.
 
     import i2spp_jax
-    G = i2spp_jax.load_generator("demo")        # or a converted checkpoint dir, or a .pkl / .pt file
+    G = i2spp_jax.load_generator("demo")        # or a converted checkpoint dir, or a .pkl / .pt
     ws = G.mapping(z, truncation_psi=0.7)        # [N, num_ws, w_dim]
     img = G.synthesis(ws, noise="const")         # [N, H, W, C], about [-1, 1]
+
+    vgg = i2spp_jax.load_vgg16()                 # ImageNet VGG16, converted once, cached
+    vars = i2spp_jax.initial_variables(G, batch=1, w_init="w_avg", noise_init="normal", seed=0)
+    result = i2spp_jax.embed.embed(G, target, phases=i2spp_jax.schedule("w_then_noise", 5000, 3000),
+                                   init_vars=vars, vgg=vgg)   # Algorithm 2: W+ then noise
+
+Modules: generator (StyleGAN2 port), checkpoint (orbax), vgg, losses (Eq. 1), metrics (PSNR, SSIM),
+embed (W+/noise optimisation: W_l, Mk_n, M_st), io (images), plots.
 """
 
-from i2spp_jax.generator import Generator, GeneratorConfig, demo_generator, make_noise
 from i2spp_jax.checkpoint import load_generator, save_generator
+from i2spp_jax import embed  # the module: embed.embed is the driver
+from i2spp_jax.embed import M_st, Mk_n, W_l, initial_variables, make_masks, schedule
+from i2spp_jax.generator import Generator, GeneratorConfig, demo_generator, make_noise
+from i2spp_jax.losses import LossWeights, eq1_loss
+from i2spp_jax.metrics import psnr, ssim
+from i2spp_jax.vgg import VGG16, load_vgg16
 
 __all__ = [
     "Generator",
     "GeneratorConfig",
+    "LossWeights",
+    "M_st",
+    "Mk_n",
+    "VGG16",
+    "W_l",
     "demo_generator",
+    "embed",
+    "eq1_loss",
+    "initial_variables",
     "load_generator",
+    "load_vgg16",
+    "make_masks",
     "make_noise",
+    "psnr",
     "save_generator",
+    "schedule",
+    "ssim",
 ]
