@@ -223,6 +223,14 @@ def rosinality_config(sd: StateDict, *, mapping_lr_multiplier: Optional[float] =
 # ---------------------------------------------------------------------------------------------
 # Weight tables: target path (our params) -> (source key, transform)
 
+def _drop_unit_axes(a: np.ndarray, ndim: int) -> np.ndarray:
+    """Drops leading size-1 axes down to `ndim` axes ([1, 1, H, W] -> [H, W]); ValueError otherwise."""
+    lead = a.ndim - ndim
+    if lead < 0 or any(s != 1 for s in a.shape[:lead]):
+        raise ValueError(f"cannot drop leading unit axes of {a.shape} to {ndim} dims")
+    return a.reshape(a.shape[lead:])
+
+
 _TRANSFORMS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
     "same": lambda a: a,
     "dense": lambda a: a.T,  # [out, in] -> [in, out]
@@ -231,8 +239,8 @@ _TRANSFORMS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
     "chw": lambda a: a.transpose(1, 2, 0),  # [C, 4, 4] -> [4, 4, C]
     "1chw": lambda a: a[0].transpose(1, 2, 0),
     "flat": lambda a: a.reshape(-1),  # [1, C, 1, 1] or [1, w_dim] -> [C]
-    "scalar": lambda a: a.reshape(()),  # [1] -> []
-    "hw": lambda a: a.reshape(a.shape[-2:]) if a.ndim == 4 and a.shape[:2] == (1, 1) else a[:0],  # [1, 1, H, W]
+    "scalar": lambda a: _drop_unit_axes(a, 0),  # [1] -> []
+    "hw": lambda a: _drop_unit_axes(a, 2),  # [1, 1, H, W] -> [H, W]
 }
 
 _ADA_TABLE = [
@@ -340,8 +348,9 @@ def rosinality_params(sd: StateDict, latent_avg: np.ndarray, config: GeneratorCo
 
 
 def _parse_clamp(value: Any) -> Any:
-    if value in (None, "unset"):
-        return "unset" if value == "unset" else None
+    """--conv_clamp: "unset" (not given), None / "none" (no clamp), or a number."""
+    if value is None or value == "unset":
+        return value
     if isinstance(value, str) and value.lower() in ("none", "null", ""):
         return None
     return float(value)

@@ -251,10 +251,8 @@ class Generator:
 
     def mapping(self, z: jax.Array, truncation_psi: float = 1.0, truncation_cutoff: Optional[int] = None):
         """z [N, z_dim] -> ws [N, num_ws, w_dim]; see `mapping`. Compiled once per shape."""
-        z = jnp.asarray(z)
-        if z.ndim != 2 or z.shape[1] != self.z_dim:
-            raise ValueError(f"z has shape {z.shape}; expected [N, {self.z_dim}]")
-        return _mapping_jit(self.config, self.params, z, float(truncation_psi), truncation_cutoff)
+        return _mapping_jit(self.config, self.params, jnp.asarray(z), float(truncation_psi),
+                            truncation_cutoff)
 
     def synthesis(self, ws: jax.Array, noise: NoiseSpec = "const", *, fused_modconv: bool = True,
                   edits: Optional[Edits] = None, return_activations: bool = False):
