@@ -22,13 +22,17 @@ from i2spp_jax import embed, metrics
 
 
 def table(root: str) -> str:
-    G = i2spp_jax.load_generator("demo")
+    generators = {}  # each run's own generator (the demo, or a checkpoint given with --generator)
     rows = [f"| run | phases | PSNR phase 1 | PSNR final | SSIM final | W+ alone, initial noise | W+ alone, no noise "
             "| W+ RMSE to truth | noise RMS |", "|" + " --- |" * 9]
     for d in sorted(glob.glob(os.path.join(root, "*"))):
         if not os.path.exists(os.path.join(d, "metrics.json")):
             continue
         m = json.load(open(os.path.join(d, "metrics.json")))
+        path = m["config"]["generator"]
+        if path not in generators:
+            generators[path] = i2spp_jax.load_generator(path)
+        G = generators[path]
         _, _, target = hidden_target(G, m["config"]["truth_seed"], m["config"]["truth_psi"])
         w = jnp.asarray(np.load(os.path.join(d, "w_plus.npy")))[None]
         noise = np.concatenate([np.load(f).ravel() for f in sorted(glob.glob(os.path.join(d, "noise", "*.npy")))])
