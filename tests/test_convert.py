@@ -360,3 +360,11 @@ def test_ffhq_sized_rosinality_checkpoint_converts(tmp_path):
     G = stylegan2.convert_file(str(tmp_path / "550000.pt"))
     _check_ffhq(G)
     np.testing.assert_array_equal(G.params["synthesis"]["b1024"]["conv1"]["noise_const"], sd["noises.noise_16"][0, 0])
+
+
+def test_load_generator_names_what_is_wrong(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no generator at"):
+        i2spp_jax.load_generator(str(tmp_path / "nothing_here"))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="config.json is missing"):
+        i2spp_jax.load_generator(str(tmp_path / "empty"))
