@@ -60,7 +60,7 @@ class MappingNetwork(nn.Module):
         truncation_cutoff: Optional[int] = None,
     ) -> jax.Array:
         hidden = self.layer_features or self.w_dim
-        x = ops.normalize_2nd_moment(z.astype(jnp.float32))
+        x = ops.normalize_2nd_moment(z.astype(_at_least_f32(z)))
         for idx in range(self.num_layers):
             out = self.w_dim if idx == self.num_layers - 1 else hidden
             x = FullyConnectedLayer(out, "lrelu", self.lr_multiplier, name=f"fc{idx}")(x)
@@ -74,6 +74,11 @@ class MappingNetwork(nn.Module):
                 layer = jnp.arange(self.num_ws)[None, :, None]
                 x = jnp.where(layer < truncation_cutoff, truncated, x)
         return x
+
+
+def _at_least_f32(x: jax.Array):
+    """float32 for lower precisions (as the original's .to(torch.float32)); float64 stays float64."""
+    return jnp.promote_types(x.dtype, jnp.float32)
 
 
 def _noise_map(noise: NoiseInput, const: jax.Array, n: int, res: int) -> Optional[jax.Array]:
@@ -197,7 +202,7 @@ class SynthesisBlock(nn.Module):
         if img is not None:
             img = ops.upsample2d(img, ops.setup_filter(self.resample_filter))
         y = ToRGBLayer(self.img_channels, conv_clamp=self.conv_clamp, name="torgb")(x, ws[:, self.num_conv], fused_modconv)
-        y = y.astype(jnp.float32)
+        y = y.astype(_at_least_f32(y))  # the skip image accumulates in float32 (float64 under x64)
         img = y if img is None else img + y
         img = tap("img", img)
         return x, img
@@ -226,7 +231,7 @@ class SynthesisNetwork(nn.Module):
         resolutions = [2**i for i in range(2, log2 + 1)]
         edits = dict(edits or {})
         aux = {} if return_activations else None
-        ws = ws.astype(jnp.float32)
+        ws = ws.astype(_at_least_f32(ws))
         x = img = None
         w_idx = noise_idx = 0
         for i, res in enumerate(resolutions):
