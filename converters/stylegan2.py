@@ -73,13 +73,19 @@ def _is_rosinality(keys) -> bool:
     return "input.input" in keys and any(k.startswith("style.") for k in keys)
 
 
-def sidecar_json(path: str) -> Optional[str]:
-    """NAME.json beside the file: for X.pt that is X.json; for X.weights.npz (shared/parity) X.json too."""
+def _beside(path: str, suffix: str) -> Optional[str]:
+    """NAME{suffix} beside the file: for X.pt that is X{suffix}; for X.weights.npz (shared/parity)
+    X{suffix} too. None if neither exists."""
     stem = os.path.splitext(path)[0]
-    for candidate in (stem + ".json", re.sub(r"\.weights$", "", stem) + ".json"):
+    for candidate in (stem + suffix, re.sub(r"\.weights$", "", stem) + suffix):
         if os.path.exists(candidate):
             return candidate
     return None
+
+
+def sidecar_json(path: str) -> Optional[str]:
+    """NAME.json beside the file (init_kwargs for ada state dicts), or None."""
+    return _beside(path, ".json")
 
 
 def read_source(path: str) -> tuple[str, StateDict, dict]:
@@ -412,10 +418,7 @@ def main(argv):
           f"w_dim={c.w_dim}, num_ws={c.num_ws}, {len(c.noise_names)} noise maps, channels={c.channels}, "
           f"mapping_layers={c.mapping_layers}, conv_clamp={c.conv_clamp}")
     save_generator(G, FLAGS.dst, source=os.path.abspath(FLAGS.src))
-    reference = FLAGS.reference
-    if reference is None:
-        guess = re.sub(r"\.weights$", "", os.path.splitext(FLAGS.src)[0]) + ".reference.npz"
-        reference = guess if os.path.exists(guess) else None
+    reference = FLAGS.reference or _beside(FLAGS.src, ".reference.npz")
     report = self_check(G, FLAGS.dst, reference)
     for k, v in report.items():
         print(f"self-check {k}: {v:.3g}")

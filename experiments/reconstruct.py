@@ -174,13 +174,13 @@ def _write_outputs(cfg, G, phases, names, result, target, truth, preset, resize_
     out = cfg.out
     final = result.vars
     imgs = [np.asarray(embed.evaluate(v, G, target[None])[0][0]) for v in result.phase_vars]
-    io.save_image(os.path.join(out, "diff.png"), io.difference_map(imgs[-1], np.asarray(target)))
+    diff = io.difference_map(imgs[-1], np.asarray(target))
+    io.save_image(os.path.join(out, "diff.png"), diff)
     io.save_npy(os.path.join(out, "w_plus.npy"), final["w_plus"][0])
     io.save_noise(os.path.join(out, "noise"), [m[0] for m in final["noise"]], G.noise_names)
     per_phase = [dict(phase=p.name, iterations=p.num_steps, **_quality(im, target)) for p, im in zip(phases, imgs)]
     captions = ["target"] + [f"{n}\n{q['psnr']:.2f} dB" for n, q in zip(names, per_phase)] + ["|diff| x4"]
-    plots.image_grid(os.path.join(out, "grid.png"), [np.asarray(target)] + imgs
-                     + [io.difference_map(imgs[-1], np.asarray(target))], captions)
+    plots.image_grid(os.path.join(out, "grid.png"), [np.asarray(target)] + imgs + [diff], captions)
     plots.curves(os.path.join(out, "curves.png"), result.history, phase_names=[p.name for p in phases])
     tmp = os.path.join(out, "history.tmp.npz")
     np.savez(tmp, **result.history)
