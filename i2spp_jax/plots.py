@@ -87,3 +87,52 @@ def curves(path: str, history: dict, *, phase_names: Optional[Sequence[str]] = N
     _panel(d, (8, 268, 710, 510), [("PSNR (dB)", np.asarray(history["psnr"])[:, image])],
            "PSNR vs target (dB) per iteration", lambda v: f"{v:.1f}", bounds)
     _save(out, path)
+
+
+def sample_grid(path: str, images: np.ndarray, *, nrow: int = 8, scale: int = 2) -> None:
+    """Images [N, H, W, C] in [-1, 1] tiled nrow per row with 2-pixel gaps, each upscaled `scale`x."""
+    n, h, w, _ = images.shape
+    ncol = -(-n // nrow)
+    gap = 2
+    out = Image.new("RGB", (nrow * (w * scale + gap) + gap, ncol * (h * scale + gap) + gap), _BG)
+    for i, img in enumerate(images):
+        t = to_pil(img).convert("RGB").resize((w * scale, h * scale), Image.NEAREST)
+        out.paste(t, (gap + (i % nrow) * (w * scale + gap), gap + (i // nrow) * (h * scale + gap)))
+    _save(out, path)
+
+
+def training_curves(path: str, history: dict) -> None:
+    """GAN losses against thousands of images shown (matplotlib): G and D losses, and R1."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    kimg = np.asarray(history["kimg"], np.float64)
+    if kimg.size < 2:
+        return
+    fig = Figure(figsize=(9, 6.5), dpi=100)
+    FigureCanvasAgg(fig)
+    ax, ax2 = fig.subplots(2, 1, sharex=True)
+    ax.plot(kimg, history["G_loss"], label="G loss: softplus(-D(G(z)))", lw=1)
+    ax.plot(kimg, history["D_loss"], label="D loss: softplus(D(G(z))) + softplus(-D(x))", lw=1)
+    ax.axhline(np.log(4), color="grey", ls=":", lw=1, label="D loss at equilibrium, 2 ln 2")
+    ax.set_ylabel("loss")
+    ax.set_title("StyleGAN2 training: non-saturating logistic loss")
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)
+    ax.grid(alpha=0.3)
+    r1 = np.asarray(history["R1"], np.float64)
+    keep = r1 > 0
+    ax2.plot(kimg, history["D_real"], label="mean D(x), reals", lw=1)
+    ax2.plot(kimg, history["D_fake"], label="mean D(G(z)), fakes", lw=1)
+    if keep.any():
+        ax3 = ax2.twinx()
+        ax3.plot(kimg[keep], r1[keep], color="tab:red", lw=1, label="R1 penalty (right axis)")
+        ax3.set_ylabel("R1 = E|grad D(x)|^2", color="tab:red")
+        ax3.legend(loc="lower left", bbox_to_anchor=(1.08, 0.0), fontsize=8, frameon=False)
+    ax2.set_xlabel("thousands of real images shown (kimg)")
+    ax2.set_ylabel("discriminator logit")
+    ax2.legend(loc="upper left", bbox_to_anchor=(1.08, 1.0), fontsize=8, frameon=False)
+    ax2.grid(alpha=0.3)
+    fig.tight_layout()
+    tmp = path + ".tmp.png"
+    fig.savefig(tmp)
+    os.replace(tmp, path)

@@ -1,0 +1,37 @@
+"""The command-line runner every experiments/ script uses: a user's mistake ends in one line.
+
+A `UserError`, or one of the library's input errors (a data set, an image or a checkpoint that
+cannot be read, a run folder that holds another run), prints `error: <cause and fix>` and exits
+with status 2, without a traceback; a bug anywhere else keeps its traceback.
+"""
+
+import sys
+import time
+
+from absl import app
+
+from i2spp_jax.datasets import DatasetError
+
+
+class UserError(ValueError):
+    """A mistake in the command line or its inputs; the message names the cause and the fix."""
+
+
+USER_ERRORS = (UserError, DatasetError, FileNotFoundError, FileExistsError, FloatingPointError)
+
+
+def log(msg: str) -> None:
+    print(time.strftime("%H:%M:%S"), msg, flush=True)
+
+
+def run(main) -> None:
+    """absl's app.run(main), with USER_ERRORS reported in one line (exit status 2)."""
+
+    def guarded(argv):
+        try:
+            return main(argv)
+        except USER_ERRORS as e:
+            print(f"error: {e}", file=sys.stderr, flush=True)
+            sys.exit(2)
+
+    app.run(guarded)
