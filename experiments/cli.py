@@ -11,13 +11,14 @@ import time
 from absl import app
 
 from i2spp_jax.datasets import DatasetError
+from i2spp_jax.io import ImageError
 
 
 class UserError(ValueError):
     """A mistake in the command line or its inputs; the message names the cause and the fix."""
 
 
-USER_ERRORS = (UserError, DatasetError, FileNotFoundError, FileExistsError, FloatingPointError)
+USER_ERRORS = (UserError, DatasetError, ImageError, FileNotFoundError, FileExistsError, FloatingPointError)
 
 
 def log(msg: str) -> None:

@@ -2,7 +2,7 @@
 
 Commands (each a complete configuration):
 
-    # The shipped demo generator: Fashion-MNIST (Debian's dataset-fashion-mnist), 32x32, 300 kimg.
+    # The shipped demo generator: Fashion-MNIST (Debian's dataset-fashion-mnist), 32x32, grey.
     python -m experiments.train_generator --out=runs/fmnist
 
     # A folder of your own images (centre-cropped and resized to --resolution).
@@ -167,6 +167,7 @@ def train(cfg: RunConfig, *, images: Optional[np.ndarray] = None, steps: Optiona
     os.makedirs(os.path.join(cfg.out, "samples"), exist_ok=True)
     t_prev, last_logged = time.perf_counter(), start
     elapsed = float(history["seconds"][-1]) if history["seconds"] else 0.0
+    r1_last = float("nan")
     rate = None  # images/s over the last logged interval (the first one of a call holds the compile)
 
     def checkpoint_now(step):
@@ -178,9 +179,11 @@ def train(cfg: RunConfig, *, images: Optional[np.ndarray] = None, steps: Optiona
         idx = datasets.batch_indices(len(images), tc.batch, step, tc.seed)
         reals = jnp.asarray(datasets.to_float(images[idx]))
         state, m = training.train_step(tc, state, reals, step % tc.r1_interval == 0)
+        if step % tc.r1_interval == 0:
+            r1_last = m["R1"]  # R1 runs every r1_interval steps: log the latest value
         done = step + 1
         if done % cfg.log_every == 0 or done == end:
-            m = jax.device_get(m)
+            m = dict(jax.device_get(m), R1=float(r1_last))
             now = time.perf_counter()
             if not m["finite"]:
                 raise FloatingPointError(
@@ -215,29 +218,32 @@ def train(cfg: RunConfig, *, images: Optional[np.ndarray] = None, steps: Optiona
 
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("data", "fashion-mnist", "'fashion-mnist' (apt-get install dataset-fashion-mnist), or a folder")
-flags.DEFINE_string("out", "runs/train", "output directory (rerun to resume)")
-flags.DEFINE_integer("resolution", 32, "image resolution (power of two)")
-flags.DEFINE_integer("img_channels", 3, "image channels (Fashion-MNIST's grey is replicated to RGB)")
-flags.DEFINE_list("channels", ["128", "64", "32", "16"], "G feature maps per block, 4x4 .. resolution")
-flags.DEFINE_list("d_channels", ["16", "32", "64", "128"], "D feature maps per block, resolution .. 4x4")
-flags.DEFINE_integer("z_dim", 128, "latent (Z) size")
-flags.DEFINE_integer("w_dim", 128, "intermediate latent (W) size")
-flags.DEFINE_integer("mapping_layers", 4, "mapping network depth")
-flags.DEFINE_float("mapping_lr_multiplier", 0.01, "mapping network lr multiplier")
-flags.DEFINE_integer("batch", 32, "images per step")
-flags.DEFINE_float("lr", 0.0025, "Adam learning rate")
-flags.DEFINE_float("r1_gamma", None, "R1 weight; default 0.0002 * resolution^2 / batch (official 'auto')")
-flags.DEFINE_integer("r1_interval", 16, "lazy R1 interval")
-flags.DEFINE_float("style_mixing_prob", 0.9, "style mixing probability")
-flags.DEFINE_float("ema_kimg", None, "G EMA half-life (kimg); default batch * 10 / 32 (official 'auto')")
-flags.DEFINE_boolean("mirror", True, "random horizontal flips")
-flags.DEFINE_float("kimg", 300, "training length in thousands of images")
-flags.DEFINE_integer("seed", 0, "initialisation and PRNG seed")
-flags.DEFINE_integer("log_every", 50, "progress line interval (steps)")
-flags.DEFINE_integer("sample_every", 500, "sample grid interval (steps)")
-flags.DEFINE_integer("checkpoint_every", 500, "checkpoint interval (steps)")
-flags.DEFINE_boolean("smoke", False, "tiny network on the toy set, a few steps")
+def define_flags() -> None:
+    """The command line's flags (defined on demand, so that modules import side by side)."""
+    flags.DEFINE_string("data", "fashion-mnist", "'fashion-mnist' (apt-get install dataset-fashion-mnist), or a folder")
+    flags.DEFINE_string("out", "runs/train", "output directory (rerun to resume)")
+    flags.DEFINE_integer("resolution", 32, "image resolution (power of two)")
+    flags.DEFINE_integer("img_channels", None, "image channels; default 1 for Fashion-MNIST (grey: shipped as "
+                         "RGB by replicate_channels), 3 for a folder")
+    flags.DEFINE_list("channels", ["128", "64", "32", "16"], "G feature maps per block, 4x4 .. resolution")
+    flags.DEFINE_list("d_channels", ["16", "32", "64", "128"], "D feature maps per block, resolution .. 4x4")
+    flags.DEFINE_integer("z_dim", 128, "latent (Z) size")
+    flags.DEFINE_integer("w_dim", 128, "intermediate latent (W) size")
+    flags.DEFINE_integer("mapping_layers", 4, "mapping network depth")
+    flags.DEFINE_float("mapping_lr_multiplier", 0.01, "mapping network lr multiplier")
+    flags.DEFINE_integer("batch", 32, "images per step")
+    flags.DEFINE_float("lr", 0.0025, "Adam learning rate")
+    flags.DEFINE_float("r1_gamma", 0.01, "R1 weight (0.01: the official 32x32 CIFAR value)")
+    flags.DEFINE_integer("r1_interval", 16, "lazy R1 interval")
+    flags.DEFINE_float("style_mixing_prob", 0.9, "style mixing probability")
+    flags.DEFINE_float("ema_kimg", None, "G EMA half-life (kimg); default batch * 10 / 32 (official 'auto')")
+    flags.DEFINE_boolean("mirror", True, "random horizontal flips")
+    flags.DEFINE_float("kimg", 300, "training length in thousands of images")
+    flags.DEFINE_integer("seed", 0, "initialisation and PRNG seed")
+    flags.DEFINE_integer("log_every", 50, "progress line interval (steps)")
+    flags.DEFINE_integer("sample_every", 500, "sample grid interval (steps)")
+    flags.DEFINE_integer("checkpoint_every", 500, "checkpoint interval (steps)")
+    flags.DEFINE_boolean("smoke", False, "tiny network on the toy set, a few steps")
 
 
 def config_from_flags() -> RunConfig:
@@ -248,10 +254,11 @@ def config_from_flags() -> RunConfig:
         return RunConfig(train=tc, data="toy", out=FLAGS.out, kimg=0.16, log_every=5, sample_every=10,
                          checkpoint_every=10)
     chans = tuple(int(x) for x in FLAGS.channels)
+    channels = FLAGS.img_channels or (1 if FLAGS.data == "fashion-mnist" else 3)
     g = GeneratorConfig(z_dim=FLAGS.z_dim, w_dim=FLAGS.w_dim, img_resolution=FLAGS.resolution,
-                        img_channels=FLAGS.img_channels, channels=chans, mapping_layers=FLAGS.mapping_layers,
+                        img_channels=channels, channels=chans, mapping_layers=FLAGS.mapping_layers,
                         mapping_lr_multiplier=FLAGS.mapping_lr_multiplier)
-    gamma = FLAGS.r1_gamma if FLAGS.r1_gamma is not None else 0.0002 * FLAGS.resolution**2 / FLAGS.batch
+    gamma = FLAGS.r1_gamma
     ema = FLAGS.ema_kimg if FLAGS.ema_kimg is not None else FLAGS.batch * 10 / 32
     tc = training.TrainConfig(g=g, d_channels=tuple(int(x) for x in FLAGS.d_channels), batch=FLAGS.batch,
                               lr=FLAGS.lr, r1_gamma=gamma, r1_interval=FLAGS.r1_interval,
@@ -269,4 +276,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    define_flags()
     cli.run(main)

@@ -1,7 +1,7 @@
 """i2spp_jax: Image2StyleGAN++ (Abdal, Qin, Wonka, CVPR 2020) in JAX.
 
     import i2spp_jax
-    G = i2spp_jax.load_generator("demo")        # or a converted checkpoint dir, or a .pkl / .pt
+    G = i2spp_jax.load_generator("demo")        # trained on Fashion-MNIST; or a converted dir, .pkl / .pt
     ws = G.mapping(z, truncation_psi=0.7)        # [N, num_ws, w_dim]
     img = G.synthesis(ws, noise="const")         # [N, H, W, C], about [-1, 1]
 
@@ -14,10 +14,10 @@ Modules: generator (StyleGAN2 port), checkpoint (orbax), vgg, losses (Eq. 1), me
 embed (W+/noise optimisation: W_l, Mk_n, M_st), io (images), plots.
 """
 
-from i2spp_jax.checkpoint import load_generator, save_generator
+from i2spp_jax.checkpoint import demo_generator, load_generator, save_generator
 from i2spp_jax import embed  # the module: embed.embed is the driver
 from i2spp_jax.embed import M_st, Mk_n, W_l, initial_variables, make_masks, schedule
-from i2spp_jax.generator import Generator, GeneratorConfig, demo_generator, make_noise
+from i2spp_jax.generator import Generator, GeneratorConfig, make_noise, random_demo_generator
 from i2spp_jax.losses import LossWeights, eq1_loss
 from i2spp_jax.metrics import psnr, ssim
 from i2spp_jax.vgg import VGG16, load_vgg16
@@ -39,6 +39,7 @@ __all__ = [
     "make_masks",
     "make_noise",
     "psnr",
+    "random_demo_generator",
     "save_generator",
     "schedule",
     "ssim",

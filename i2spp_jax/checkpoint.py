@@ -4,6 +4,7 @@
     DIR/params/         orbax StandardCheckpointer pytree, float32
 """
 
+import functools
 import json
 import os
 import shutil
@@ -15,10 +16,17 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
-from i2spp_jax.generator import Generator, GeneratorConfig, demo_generator
+from i2spp_jax.generator import Generator, GeneratorConfig, random_demo_generator
 
 CONFIG_FILE = "config.json"
 PARAMS_DIR = "params"
+ASSETS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "assets")
+# The shipped demo generator: trained by experiments/train_generator.py on Fashion-MNIST (32x32,
+# grey drawn in all three channels); see BUILD_NOTES.md for its command, figures and samples.
+DEMO_DIR = os.path.join(ASSETS_DIR, "demo_fmnist32")
+# Real Fashion-MNIST test images (never seen in training), 32x32, for the demo to embed.
+HELDOUT_DIR = os.path.join(ASSETS_DIR, "fmnist_test")
+GENERATOR_NAMES = ("demo", "demo-random")
 
 
 def write_params_dir(directory: str, params: Any, meta: dict, meta_file: str) -> None:
@@ -37,6 +45,7 @@ def write_params_dir(directory: str, params: Any, meta: dict, meta_file: str) ->
             ckptr.wait_until_finished()
         with open(os.path.join(tmp, meta_file), "w") as f:
             json.dump(meta, f, indent=1)
+        os.chmod(tmp, 0o755)  # mkdtemp makes it private; a checkpoint is readable like any file
         os.rename(tmp, directory)  # atomic; fails if a concurrent writer got there first
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -67,11 +76,26 @@ def _load_dir(directory: str) -> Generator:
     return Generator(params=params, config=GeneratorConfig.from_json(json.dumps(meta["config"])))
 
 
+@functools.lru_cache(maxsize=1)
+def demo_generator() -> Generator:
+    """The shipped trained demo generator (Fashion-MNIST, 32x32, 3 channels). Cached."""
+    if not os.path.isdir(DEMO_DIR):
+        raise FileNotFoundError(f"the demo generator is missing from {DEMO_DIR}; reinstall i2spp_jax "
+                                "(it ships inside the package) or run experiments/ship_demo.py")
+    return _load_dir(DEMO_DIR)
+
+
+def heldout_images() -> list[str]:
+    """Paths of the shipped held-out real images (Fashion-MNIST test split), sorted."""
+    return sorted(os.path.join(HELDOUT_DIR, n) for n in os.listdir(HELDOUT_DIR) if n.endswith(".png"))
+
+
 def load_generator(path: str, **convert_kwargs) -> Generator:
     """Loads a generator.
 
     Args:
-      path: "demo" (the built-in seeded generator, no files), a checkpoint directory written by
+      path: "demo" (the shipped generator trained on Fashion-MNIST, 32x32), "demo-random" (a
+        seeded random-weight 64x64 generator, no files; for tests), a checkpoint directory written by
         `save_generator` / the converter, or an official source file converted on the fly:
         a stylegan2-ada-pytorch .pkl, a state dict with ada key names (.pt/.pth/.npz, with a
         NAME.json beside it for settings the shapes cannot tell), or a rosinality .pt.
@@ -79,10 +103,12 @@ def load_generator(path: str, **convert_kwargs) -> Generator:
     """
     if path == "demo":
         return demo_generator()
+    if path == "demo-random":
+        return random_demo_generator()
     if os.path.isdir(path):
         return _load_dir(path)
     if not os.path.exists(path):
-        raise FileNotFoundError(f"no generator at {path!r}: give 'demo', a checkpoint directory, or a source file")
+        raise FileNotFoundError(f"no generator at {path!r}: give 'demo', 'demo-random', a checkpoint directory, or a source file")
     from converters import stylegan2  # source formats live with the converters
 
     return stylegan2.convert_file(path, **convert_kwargs)

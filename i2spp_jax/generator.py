@@ -269,7 +269,24 @@ class Generator:
         return make_noise(self.config, key, batch)
 
 
-# The built-in demo generator: small enough for 2 CPU cores, no files. Its weights are the original
+def replicate_channels(G: "Generator", img_channels: int) -> "Generator":
+    """A 1-channel generator as one with `img_channels` channels that draws the same (grey) image in
+    each: the ToRGB weights and biases are copied per channel, nothing else changes, so every
+    channel is the original output (ToRGB does not demodulate, so its output channels are
+    independent; float32 convolutions with 3 outputs may round differently, by ~1e-6)."""
+    if G.img_channels != 1:
+        raise ValueError(f"replicate_channels takes a 1-channel generator; this one has {G.img_channels}")
+    flat = flax.traverse_util.flatten_dict(G.params)
+    out = {}
+    for path, leaf in flat.items():
+        if "torgb" in path and "affine" not in path and path[-1] in ("weight", "bias"):
+            leaf = jnp.repeat(leaf, img_channels, axis=-1)
+        out[path] = leaf
+    config = dataclasses.replace(G.config, img_channels=img_channels)
+    return Generator(params=flax.traverse_util.unflatten_dict(out), config=config)
+
+
+# The random-weight demo generator ("demo-random"): no files, used by tests. Its weights are the original
 # initialisation from a fixed seed with three stated changes, so that every parameter matters and
 # images land in about [-1, 1]: biases ~ N(0, 0.1^2), noise strengths ~ U[0.05, 0.2] per layer,
 # ToRGB weights scaled by 0.25; w_avg is the mean of mapping() over 4096 z from a fixed seed.
@@ -287,8 +304,9 @@ DEMO_TORGB_SCALE = 0.25
 
 
 @functools.lru_cache(maxsize=2)
-def demo_generator(seed: int = DEMO_SEED) -> Generator:
-    """The small seeded generator used by the demo and the tests (see DEMO_CONFIG). Cached."""
+def random_demo_generator(seed: int = DEMO_SEED) -> Generator:
+    """The small seeded random-weight generator ("demo-random", see DEMO_CONFIG), for tests. Cached.
+    The trained demo generator is `i2spp_jax.demo_generator()` / load_generator("demo")."""
     config = DEMO_CONFIG
     key = jax.random.PRNGKey(seed)
     params = init_params(config, key)

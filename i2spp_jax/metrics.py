@@ -105,3 +105,34 @@ def ssim(a: jax.Array, b: jax.Array, mask: Optional[jax.Array] = None, data_rang
     if m is not None:
         m = m[:, r:-r, r:-r, :]
     return _masked_mean(values, m)
+
+
+def frechet_distance(feats_a: np.ndarray, feats_b: np.ndarray) -> float:
+    """Fréchet distance between Gaussians fitted to two feature sets [N, D] and [M, D] (as FID):
+    ||mu_a - mu_b||^2 + Tr(S_a + S_b - 2 (S_a S_b)^(1/2)), computed in float64 with numpy.
+
+    The matrix square root's trace is taken as sum sqrt(eig(S_a^(1/2) S_b S_a^(1/2))), which is
+    symmetric positive semi-definite, so no complex arithmetic is needed.
+    """
+    a, b = np.asarray(feats_a, np.float64), np.asarray(feats_b, np.float64)
+    if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[1]:
+        raise ValueError(f"feature sets have shapes {a.shape} and {b.shape}; expected [N, D] and [M, D]")
+    mu_a, mu_b = a.mean(0), b.mean(0)
+    s_a, s_b = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
+    ev, evec = np.linalg.eigh(s_a)
+    sqrt_a = (evec * np.sqrt(np.clip(ev, 0, None))) @ evec.T
+    cross = np.linalg.eigvalsh(sqrt_a @ s_b @ sqrt_a)
+    tr_sqrt = np.sum(np.sqrt(np.clip(cross, 0, None)))
+    return float(np.sum((mu_a - mu_b) ** 2) + np.trace(s_a) + np.trace(s_b) - 2 * tr_sqrt)
+
+
+def nearest_neighbour_distances(queries: np.ndarray, reference: np.ndarray, chunk: int = 512) -> np.ndarray:
+    """For each row of queries [N, D], the Euclidean distance to its nearest row of reference [M, D]."""
+    q, r = np.asarray(queries, np.float32), np.asarray(reference, np.float32)
+    r_sq = np.sum(r * r, axis=1)
+    out = []
+    for i in range(0, len(q), chunk):
+        qc = q[i:i + chunk]
+        d2 = np.sum(qc * qc, axis=1)[:, None] + r_sq[None, :] - 2.0 * qc @ r.T
+        out.append(np.sqrt(np.clip(d2.min(axis=1), 0, None)))
+    return np.concatenate(out)

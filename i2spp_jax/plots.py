@@ -1,15 +1,14 @@
-"""Result figures drawn with pillow only: an image grid with captions, and loss/PSNR curves."""
+"""Result figures: labelled image tables and loss/PSNR curves (matplotlib), sample grids (pillow)."""
 
 import os
-from typing import Optional, Sequence
+from typing import Sequence
 
 import numpy as np
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image
 
 from i2spp_jax.io import to_pil
 
-_BG, _FG, _GRID = (255, 255, 255), (0, 0, 0), (220, 220, 220)
-_COLOURS = [(31, 119, 180), (214, 39, 40), (44, 160, 44), (148, 103, 189), (255, 127, 14)]
+_BG = (255, 255, 255)
 
 
 def _save(im: Image.Image, path: str) -> None:
@@ -18,75 +17,85 @@ def _save(im: Image.Image, path: str) -> None:
     os.replace(tmp, path)
 
 
-def image_grid(path: str, images: Sequence[np.ndarray], captions: Sequence[str], *, min_size: int = 128) -> None:
-    """One row of [H, W, C] images in [-1, 1] with a caption under each (upscaled to min_size)."""
-    font = ImageFont.load_default()
-    tiles = []
-    for img in images:
-        t = to_pil(img).convert("RGB")
-        if t.width < min_size:
-            t = t.resize((min_size, min_size * t.height // t.width), Image.NEAREST)
-        tiles.append(t)
-    w, h, pad, cap = max(t.width for t in tiles), max(t.height for t in tiles), 4, 28
-    out = Image.new("RGB", (len(tiles) * (w + pad) + pad, h + cap + 2 * pad), _BG)
-    d = ImageDraw.Draw(out)
-    for i, (t, c) in enumerate(zip(tiles, captions)):
-        x = pad + i * (w + pad)
-        out.paste(t, (x, pad))
-        for j, line in enumerate(str(c).split("\n")[:2]):
-            d.text((x, h + pad + 2 + 12 * j), line, fill=_FG, font=font)
-    _save(out, path)
+def _figure(width: float, height: float):
+    """A matplotlib Figure on the Agg canvas (no global backend state is touched)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width, height), dpi=100)
+    FigureCanvasAgg(fig)
+    return fig
 
 
-def _panel(d, box, series, title, ylabel_fmt, vlines=(), log=False):
-    x0, y0, x1, y1 = box
-    font = ImageFont.load_default()
-    ys = [np.asarray(s, np.float64) for _, s in series]
-    allv = np.concatenate([y[np.isfinite(y)] for y in ys]) if ys else np.zeros(1)
-    if log:
-        allv = np.log10(np.maximum(allv, 1e-30))
-    lo, hi = (float(allv.min()), float(allv.max())) if allv.size else (0.0, 1.0)
-    if hi - lo < 1e-12:
-        lo, hi = lo - 0.5, hi + 0.5
-    n = max(len(y) for y in ys) if ys else 1
-    left, bottom = x0 + 52, y1 - 18
-    d.rectangle((left, y0 + 16, x1, bottom), outline=_FG)
-    d.text((left, y0), title, fill=_FG, font=font)
-    for k in range(5):  # y ticks
-        v = lo + (hi - lo) * k / 4
-        yy = bottom - (bottom - y0 - 16) * k / 4
-        d.line((left, yy, x1, yy), fill=_GRID)
-        d.text((x0, yy - 6), ylabel_fmt(10**v if log else v), fill=_FG, font=font)
-    for k in range(5):  # x ticks
-        xx = left + (x1 - left) * k / 4
-        d.text((min(xx - 8, x1 - 28), bottom + 3), str(int(round(n * k / 4))), fill=_FG, font=font)
-    for v in vlines:
-        xx = left + (x1 - left) * v / max(n, 1)
-        d.line((xx, y0 + 16, xx, bottom), fill=(150, 150, 150))
-    for c, ((name, _), y) in enumerate(zip(series, ys)):
-        yv = np.log10(np.maximum(y, 1e-30)) if log else y
-        pts = [(left + (x1 - left) * i / max(n - 1, 1), bottom - (bottom - y0 - 16) * (v - lo) / (hi - lo))
-               for i, v in enumerate(yv) if np.isfinite(v)]
-        if len(pts) > 1:
-            d.line(pts, fill=_COLOURS[c % len(_COLOURS)], width=2)
-        d.text((x1 - 150, y0 + 20 + 12 * c), name, fill=_COLOURS[c % len(_COLOURS)], font=font)
+def _savefig(fig, path: str) -> None:
+    tmp = path + ".tmp.png"
+    fig.savefig(tmp)
+    os.replace(tmp, path)
 
 
-def curves(path: str, history: dict, *, phase_names: Optional[Sequence[str]] = None, image: int = 0) -> None:
-    """Loss (log scale) and PSNR per iteration of one image, phase boundaries as grey lines.
+def image_grid(path: str, rows: Sequence[Sequence[np.ndarray]], titles: Sequence[Sequence[str]],
+               row_labels: Sequence[str] = (), *, panel_inches: float = 2.3) -> None:
+    """A table of images (matplotlib): rows of [H, W, C] images in [-1, 1], a title over each panel
+    and a label left of each row. Pixels are drawn as blocks (no smoothing), large enough to see."""
+    n_rows, n_cols = len(rows), max(len(r) for r in rows)
+    fig = _figure(panel_inches * n_cols + 0.6, panel_inches * n_rows + 0.5 * n_rows)
+    axes = np.asarray(fig.subplots(n_rows, n_cols, squeeze=False))
+    for i, (row, row_titles) in enumerate(zip(rows, titles)):
+        for j in range(n_cols):
+            ax = axes[i, j]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if j >= len(row):
+                ax.axis("off")
+                continue
+            ax.imshow(to_pil(np.asarray(row[j])).convert("RGB"), interpolation="nearest")
+            ax.set_title(row_titles[j], fontsize=9)
+            if j == 0 and i < len(row_labels):
+                ax.set_ylabel(row_labels[i], fontsize=9)
+    fig.tight_layout()
+    _savefig(fig, path)
+
+
+def curves(path: str, history: dict, *, phase_names: Sequence[str] = (), image_names: Sequence[str] = (),
+           phase_notes: Sequence[str] = ()) -> None:
+    """Loss (log scale) and PSNR against the iteration (matplotlib), a line per image, the phase
+    changes marked and explained, legends outside the plotting area.
 
     history: {"loss": [T, B], "psnr": [T, B], "phase": [T], ...} as returned by `embed`.
+    phase_notes: one note per phase change, printed beside its marker (why the loss jumps).
     """
+    loss, psnr_ = np.asarray(history["loss"], np.float64), np.asarray(history["psnr"], np.float64)
     phase = np.asarray(history["phase"])
+    it = np.arange(1, len(phase) + 1)
     bounds = [int(i) for i in np.flatnonzero(np.diff(phase)) + 1]
-    title = " -> ".join(phase_names) if phase_names else ""
-    out = Image.new("RGB", (720, 520), _BG)
-    d = ImageDraw.Draw(out)
-    _panel(d, (8, 8, 710, 250), [("loss (Eq. 1)", np.asarray(history["loss"])[:, image])],
-           f"loss, log scale   {title}", lambda v: f"{v:.1e}", bounds, log=True)
-    _panel(d, (8, 268, 710, 510), [("PSNR (dB)", np.asarray(history["psnr"])[:, image])],
-           "PSNR vs target (dB) per iteration", lambda v: f"{v:.1f}", bounds)
-    _save(out, path)
+    fig = _figure(11, 7)
+    ax_loss, ax_psnr = fig.subplots(2, 1, sharex=True)
+    names = list(image_names) or [f"image {b}" for b in range(loss.shape[1])]
+    for b, name in enumerate(names):
+        ax_loss.plot(it, loss[:, b], lw=1.2, label=name)
+        ax_psnr.plot(it, psnr_[:, b], lw=1.2, label=name)
+    ax_loss.set_yscale("log")
+    ax_loss.set_ylabel("loss of the phase (Eq. 1, log scale)")
+    ax_psnr.set_ylabel("PSNR against the target (dB)")
+    ax_psnr.set_xlabel("iteration")
+    title = " then ".join(phase_names) if phase_names else ""
+    ax_loss.set_title(f"Embedding: {title}" if title else "Embedding")
+    for k, x in enumerate(bounds):
+        for ax in (ax_loss, ax_psnr):
+            ax.axvline(x + 0.5, color="grey", ls="--", lw=1)
+        note = phase_notes[k] if k < len(phase_notes) else f"phase {k + 2} starts"
+        ax_loss.annotate(note, xy=(x + 0.5, 1.0), xycoords=("data", "axes fraction"), xytext=(4, -4),
+                         textcoords="offset points", va="top", fontsize=8, color="dimgrey", wrap=True)
+    if phase_names:
+        starts = [0] + bounds
+        for k, (s0, name) in enumerate(zip(starts, phase_names)):
+            ax_psnr.annotate(name, xy=(s0 + 1, 0.02), xycoords=("data", "axes fraction"), fontsize=8,
+                             color="dimgrey")
+    for ax in (ax_loss, ax_psnr):
+        ax.grid(alpha=0.3)
+        ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)
+    fig.tight_layout()
+    _savefig(fig, path)
 
 
 def sample_grid(path: str, images: np.ndarray, *, nrow: int = 8, scale: int = 2) -> None:
@@ -103,14 +112,10 @@ def sample_grid(path: str, images: np.ndarray, *, nrow: int = 8, scale: int = 2)
 
 def training_curves(path: str, history: dict) -> None:
     """GAN losses against thousands of images shown (matplotlib): G and D losses, and R1."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
     kimg = np.asarray(history["kimg"], np.float64)
     if kimg.size < 2:
         return
-    fig = Figure(figsize=(9, 6.5), dpi=100)
-    FigureCanvasAgg(fig)
+    fig = _figure(10, 6.5)
     ax, ax2 = fig.subplots(2, 1, sharex=True)
     ax.plot(kimg, history["G_loss"], label="G loss: softplus(-D(G(z)))", lw=1)
     ax.plot(kimg, history["D_loss"], label="D loss: softplus(D(G(z))) + softplus(-D(x))", lw=1)
@@ -133,6 +138,4 @@ def training_curves(path: str, history: dict) -> None:
     ax2.legend(loc="upper left", bbox_to_anchor=(1.08, 1.0), fontsize=8, frameon=False)
     ax2.grid(alpha=0.3)
     fig.tight_layout()
-    tmp = path + ".tmp.png"
-    fig.savefig(tmp)
-    os.replace(tmp, path)
+    _savefig(fig, path)

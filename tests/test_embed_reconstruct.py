@@ -7,11 +7,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from experiments import cli
 from experiments import reconstruct as R
-from i2spp_jax import io
+from i2spp_jax import checkpoint, io
 
-OUTPUTS = ["target.png", "w_result.png", "wn_result.png", "diff.png", "grid.png", "curves.png", "metrics.json",
-           "history.npz", "w_plus.npy", "w_plus_phase1.npy", "w_plus_phase2.npy"]
+SHARED = ["grid.png", "curves.png", "metrics.json", "history.npz", "run.json"]
+PER_TARGET = ["target.png", "w_result.png", "wn_result.png", "diff.png", "w_plus.npy", "w_plus_phase1.npy",
+              "w_plus_phase2.npy"]
 
 
 def smoke(tmp_path, **kw):
@@ -23,21 +25,33 @@ def smoke(tmp_path, **kw):
 
 def test_demo_smoke_writes_everything(tmp_path):
     m, lines, out = smoke(tmp_path)
-    for f in OUTPUTS:
+    for f in SHARED:
         assert os.path.exists(os.path.join(out, f)), f
-    assert len(os.listdir(os.path.join(out, "noise"))) == 9 and os.path.exists(os.path.join(out, "truth_w_plus.npy"))
+    assert sorted(m["targets"]) == ["real", "rendered"]  # the hidden-latent render and a held-out photo
+    for name in ("rendered", "real"):
+        for f in PER_TARGET:
+            assert os.path.exists(os.path.join(out, name, f)), (name, f)
+        assert len(os.listdir(os.path.join(out, name, "noise"))) == 7
+        assert np.load(os.path.join(out, name, "w_plus.npy")).shape == (8, 128)
+    assert os.path.exists(os.path.join(out, "rendered", "truth_w_plus.npy"))
+    assert not os.path.exists(os.path.join(out, "real", "truth_w_plus.npy"))
     saved = json.load(open(os.path.join(out, "metrics.json")))
-    assert [q["phase"] for q in saved["per_phase"]] == ["W_l", "Mk_n"]
-    assert saved["final"]["psnr"] == pytest.approx(m["final"]["psnr"]) and 5 < m["final"]["psnr"] < 60
-    assert saved["vgg_resolution"] == 64 and "w_plus_rmse_vs_hidden" in saved["truth"]
-    assert saved["final_w_plus_with_initial_noise"]["psnr"] > 5
+    rendered = saved["targets"]["rendered"]
+    assert [q["phase"] for q in rendered["per_phase"]] == ["W_l", "Mk_n"]
+    assert rendered["final"]["psnr"] == pytest.approx(m["targets"]["rendered"]["final"]["psnr"])
+    assert 5 < rendered["final"]["psnr"] < 60 and "w_plus_rmse_vs_hidden" in rendered["truth"]
+    assert "truth" not in saved["targets"]["real"] and "test" in saved["targets"]["real"]["source"]
+    assert saved["vgg_resolution"] == 32  # smoke: the generator's own resolution
+    # the real target is the shipped held-out image, converted to RGB
+    real = np.asarray(Image.open(os.path.join(out, "real", "target.png")))
+    held = np.asarray(Image.open(checkpoint.heldout_images()[0]))
+    np.testing.assert_array_equal(real[..., 0], held)
     h = np.load(os.path.join(out, "history.npz"))
-    assert h["psnr"].shape == (7, 1) and h["phase"].tolist() == [0] * 4 + [1] * 3
-    assert np.load(os.path.join(out, "w_plus.npy")).shape == (10, 128)
+    assert h["psnr"].shape == (7, 2) and h["phase"].tolist() == [0] * 4 + [1] * 3
     assert any("PSNR" in line and "it/s" in line for line in lines)
     # a rerun finds the finished checkpoint and rewrites the same results
     m2, lines2, _ = smoke(tmp_path)
-    assert any("resumed" in line for line in lines2) and m2["final"] == m["final"]
+    assert any("resumed" in line for line in lines2) and m2["targets"] == m["targets"]
 
 
 def test_user_image_converted_with_messages(tmp_path):
@@ -45,9 +59,41 @@ def test_user_image_converted_with_messages(tmp_path):
     Image.fromarray(a, "RGBA").save(tmp_path / "in.png")
     m, lines, out = smoke(tmp_path, image=str(tmp_path / "in.png"), schedule="w_only")
     assert any("centre-cropped from 80x50 to 50x50" in line for line in lines)
-    assert any("resized from 50x50 to 64x64" in line for line in lines)
-    assert os.path.exists(os.path.join(out, "phase1_W_l.png")) and "truth" not in m
-    assert Image.open(os.path.join(out, "target.png")).size == (64, 64)
+    assert any("resized from 50x50 to 32x32" in line for line in lines)
+    assert os.path.exists(os.path.join(out, "in", "phase1_W_l.png")) and list(m["targets"]) == ["in"]
+    assert "truth" not in m["targets"]["in"]
+    assert Image.open(os.path.join(out, "in", "target.png")).size == (32, 32)
+
+
+def test_another_image_into_an_existing_out_is_refused(tmp_path):
+    """The new-user bug: a second --image into the same --out must not resume the first one's run."""
+    for name, seed in (("a.png", 0), ("b.png", 1)):
+        a = np.random.default_rng(seed).integers(0, 256, (32, 32, 3), dtype=np.uint8)
+        Image.fromarray(a).save(tmp_path / name)
+    smoke(tmp_path, image=str(tmp_path / "a.png"), schedule="w_only")
+    before = np.load(os.path.join(tmp_path, "out", "a", "w_plus.npy"))
+    with pytest.raises(cli.UserError, match="other targets"):
+        smoke(tmp_path, image=str(tmp_path / "b.png"), schedule="w_only")
+    with pytest.raises(cli.UserError, match="other settings \\(w_lr\\)"):
+        smoke(tmp_path, image=str(tmp_path / "a.png"), schedule="w_only", w_lr=0.02)
+    np.testing.assert_array_equal(np.load(os.path.join(tmp_path, "out", "a", "w_plus.npy")), before)
+    assert not os.path.exists(os.path.join(tmp_path, "out", "b"))
+
+
+def test_cli_mistakes_end_in_one_line(tmp_path):
+    import subprocess
+    import sys
+
+    (tmp_path / "bad.jpg").write_bytes(b"\xff\xd8\xff garbage")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    for args, words in (([f"--image={tmp_path}/bad.jpg"], "corrupt"), (["--generator=/no/such/dir"], "no generator"),
+                        (["--paper"], "exclude")):
+        extra = ["--smoke"] if args != ["--paper"] else ["--smoke", "--paper"]
+        p = subprocess.run([sys.executable, "-m", "experiments.reconstruct", f"--out={tmp_path}/o", *extra, *args],
+                           cwd=root, capture_output=True, text=True, timeout=300)
+        assert p.returncode == 2, (args, p.stderr[-2000:])
+        assert "Traceback" not in p.stderr and p.stderr.strip().splitlines()[-1].startswith("error: ")
+        assert words in p.stderr, (args, p.stderr)
 
 
 def test_corrupt_image_refused(tmp_path):
@@ -61,7 +107,7 @@ def test_presets():
     class G:  # noqa: D401 - a stand-in with the one attribute _resolve reads
         img_resolution = 1024
     assert R._resolve(R.ReconstructConfig(generator="ckpt/ffhq"), G)[:4] == ("paper", 5000, 3000, 256)
-    G.img_resolution = 64
+    G.img_resolution = 32
     assert R._resolve(R.ReconstructConfig(), G) == ("demo", 600, 600, 64)
 
 
@@ -87,11 +133,11 @@ def test_sigkill_and_resume_bit_identical(tmp_path):
             break
         time.sleep(0.05)
     assert p.wait() == -signal.SIGKILL, "the run finished before it could be killed"
-    assert not os.path.exists(os.path.join(killed, "wn_result.png"))
+    assert not os.path.exists(os.path.join(killed, "rendered", "wn_result.png"))
     subprocess.run(cmd(killed), cwd=root, check=True, capture_output=True)
     full = str(tmp_path / "full")
     subprocess.run(cmd(full), cwd=root, check=True, capture_output=True)
-    for f in ["w_plus.npy", "w_plus_phase1.npy"]:
+    for f in ["rendered/w_plus.npy", "rendered/w_plus_phase1.npy", "real/w_plus.npy"]:
         np.testing.assert_array_equal(np.load(os.path.join(killed, f)), np.load(os.path.join(full, f)))
     a, b = np.load(os.path.join(killed, "history.npz")), np.load(os.path.join(full, "history.npz"))
     for k in a.files:

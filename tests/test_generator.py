@@ -135,8 +135,8 @@ def test_truncation_moves_toward_w_avg(G):
     np.testing.assert_allclose(cut[:, :2], ws0[:, :2], atol=ATOL_F32)
 
 
-def test_demo_generator_is_seeded_and_states_itself():
-    a, b = i2spp_jax.load_generator("demo"), i2spp_jax.demo_generator.__wrapped__()  # cached, and fresh
+def test_random_demo_generator_is_seeded_and_states_itself():
+    a, b = i2spp_jax.load_generator("demo-random"), i2spp_jax.random_demo_generator.__wrapped__()  # cached, and fresh
     for x, y in zip(jax.tree_util.tree_leaves(a.params), jax.tree_util.tree_leaves(b.params)):
         np.testing.assert_array_equal(x, y)
     assert (a.img_resolution, a.num_ws, a.w_dim, a.config.channels) == (64, 10, 128, (128, 128, 128, 128, 64))

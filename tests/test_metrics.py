@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
+from i2spp_jax import metrics
 from i2spp_jax.metrics import psnr, ssim
 
 F32_TOL = 1e-5
@@ -118,3 +119,24 @@ def test_bad_shapes_name_the_argument(metric):
 def test_ssim_rejects_images_smaller_than_its_window():
     with pytest.raises(ValueError, match="a has shape"):
         ssim(jnp.zeros((1, 8, 8, 3)), jnp.zeros((1, 8, 8, 3)))
+
+
+def test_frechet_distance_of_diagonal_gaussians_by_hand():
+    rng = np.random.default_rng(0)
+    n = 200000
+    a = rng.normal(size=(n, 3)) * np.array([1.0, 2.0, 0.5])
+    b = rng.normal(size=(n, 3)) * np.array([3.0, 1.0, 0.5]) + np.array([1.0, 0.0, -2.0])
+    # ||mu||^2 + sum (s_a - s_b)^2 for diagonal covariances with standard deviations s
+    want = (1 + 0 + 4) + (1 - 3) ** 2 + (2 - 1) ** 2 + 0.0
+    assert metrics.frechet_distance(a, b) == pytest.approx(want, rel=0.02)
+    assert abs(metrics.frechet_distance(a, a)) < 1e-6
+    # a full covariance: a rotated copy of a has the same spectrum, so only the cross term differs
+    rot = np.linalg.qr(rng.normal(size=(3, 3)))[0]
+    fd = metrics.frechet_distance(a, a @ rot.T)
+    assert fd > 0.1 and fd == pytest.approx(metrics.frechet_distance(a @ rot.T, a), rel=1e-6)
+
+
+def test_nearest_neighbour_distances_by_hand():
+    ref = np.array([[0.0, 0.0], [3.0, 4.0]])
+    q = np.array([[0.0, 1.0], [3.0, 4.0], [6.0, 8.0]])
+    np.testing.assert_allclose(metrics.nearest_neighbour_distances(q, ref, chunk=2), [1.0, 0.0, 5.0], atol=1e-5)
