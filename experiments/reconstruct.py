@@ -123,7 +123,8 @@ class Target:
 
     name: str
     image: jax.Array  # [H, W, C] in [-1, 1]
-    source: str  # what it is, for the figures and metrics.json
+    source: str  # what it is, for metrics.json
+    label: str  # what it is, in two short lines for grid.png
     truth: Optional[dict] = None  # {"w_plus", "noise"} for a rendered target
 
 
@@ -139,16 +140,18 @@ def _targets(cfg: ReconstructConfig, G, log) -> list[Target]:
             name = os.path.splitext(os.path.basename(path))[0]
             if name in [t.name for t in out]:
                 name = f"{name}_{len(out)}"
-            out.append(Target(name, jnp.asarray(img), f"image {path}"))
+            out.append(Target(name, jnp.asarray(img), f"image {path}", f"your image\n{os.path.basename(path)}"))
         return out
     ws_true, noise_true, img = hidden_target(G, cfg.truth_seed, cfg.truth_psi)
     out = [Target("rendered", img, f"rendered from a hidden latent (seed {cfg.truth_seed}, psi {cfg.truth_psi}) "
-                  "and hidden noise: PSNR is against the true answer", {"w_plus": ws_true, "noise": noise_true})]
+                  "and hidden noise: PSNR is against the true answer", "rendered by G from a\nhidden latent (truth known)",
+                  {"w_plus": ws_true, "noise": noise_true})]
     if cfg.generator == "demo" and cfg.real_image:
         path = checkpoint.heldout_images()[0] if cfg.real_image == "heldout" else cfg.real_image
         img, _ = io.load_image(path, G.img_resolution, G.img_channels)
         out.append(Target("real", jnp.asarray(img),
-                          f"real photograph {os.path.basename(path)} (Fashion-MNIST test split, never trained on)"))
+                          f"real photograph {os.path.basename(path)} (Fashion-MNIST test split, never trained on)",
+                          f"real photo, held out\n{os.path.splitext(os.path.basename(path))[0]}"))
     return out
 
 
@@ -276,7 +279,7 @@ def _write_outputs(cfg, G, phases, names, result, targets, preset, resize_to, se
         titles.append(["target"] + [f"after {_PHASE_LABELS.get(p.name, p.name)}\n{q['iterations']} it: "
                                     f"{q['psnr']:.2f} dB" for p, q in zip(phases, per_phase)]
                       + [f"|final result - target| x4\n(black = equal)"])
-    labels = ["rendered from a hidden latent" if t.truth is not None else t.source.split(" (")[0] for t in targets]
+    labels = [t.label for t in targets]
     plots.image_grid(os.path.join(out, "grid.png"), rows, titles, labels)
     notes = [_PHASE_NOTES.get((a.name, b.name), f"{a.name} -> {b.name}") for a, b in zip(phases, phases[1:])]
     plots.curves(os.path.join(out, "curves.png"), result.history,

@@ -34,6 +34,7 @@ from experiments import cli
 from i2spp_jax import checkpoint, datasets, plots, training
 from i2spp_jax.generator import Generator, GeneratorConfig
 
+# One row per progress line: losses and logits are means over the steps since the previous line.
 HISTORY_KEYS = ("step", "kimg", "G_loss", "D_loss", "R1", "D_real", "D_fake", "seconds")
 
 
@@ -167,7 +168,7 @@ def train(cfg: RunConfig, *, images: Optional[np.ndarray] = None, steps: Optiona
     os.makedirs(os.path.join(cfg.out, "samples"), exist_ok=True)
     t_prev, last_logged = time.perf_counter(), start
     elapsed = float(history["seconds"][-1]) if history["seconds"] else 0.0
-    r1_last = float("nan")
+    sums, count, r1_sum, r1_count = None, 0, 0.0, 0  # on-device sums since the last progress line
     rate = None  # images/s over the last logged interval (the first one of a call holds the compile)
 
     def checkpoint_now(step):
@@ -179,11 +180,17 @@ def train(cfg: RunConfig, *, images: Optional[np.ndarray] = None, steps: Optiona
         idx = datasets.batch_indices(len(images), tc.batch, step, tc.seed)
         reals = jnp.asarray(datasets.to_float(images[idx]))
         state, m = training.train_step(tc, state, reals, step % tc.r1_interval == 0)
-        if step % tc.r1_interval == 0:
-            r1_last = m["R1"]  # R1 runs every r1_interval steps: log the latest value
+        finite = m.pop("finite")
+        sums = m if sums is None else jax.tree.map(jnp.add, sums, m)
+        all_finite = finite if count == 0 else jnp.logical_and(all_finite, finite)
+        count += 1
+        if step % tc.r1_interval == 0:  # R1 runs every r1_interval steps: average those
+            r1_sum, r1_count = r1_sum + m["R1"], r1_count + 1
         done = step + 1
-        if done % cfg.log_every == 0 or done == end:
-            m = dict(jax.device_get(m), R1=float(r1_last))
+        if done % cfg.log_every == 0 or done % cfg.checkpoint_every == 0 or done == end:  # check before saving
+            m = {k: float(v) / count for k, v in jax.device_get(sums).items()}
+            m.update(finite=bool(all_finite), R1=float(r1_sum) / r1_count if r1_count else float("nan"))
+            sums, count, r1_sum, r1_count = None, 0, 0.0, 0
             now = time.perf_counter()
             if not m["finite"]:
                 raise FloatingPointError(
