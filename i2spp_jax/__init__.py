@@ -15,6 +15,7 @@ embed (W+/noise optimisation: W_l, Mk_n, M_st), io (images), plots.
 """
 
 from i2spp_jax.checkpoint import demo_generator, load_generator, save_generator
+from i2spp_jax import checkpoint, io  # the modules (io: images in and out)
 from i2spp_jax import embed  # the module: embed.embed is the driver
 from i2spp_jax.embed import M_st, Mk_n, W_l, initial_variables, make_masks, schedule
 from i2spp_jax.generator import Generator, GeneratorConfig, make_noise, random_demo_generator
