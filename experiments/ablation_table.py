@@ -1,4 +1,4 @@
-"""Prints the ablation table from reconstruct.py output directories (demo generator, hidden truth).
+"""Prints the ablation table from reconstruct.py output directories (the rendered target, hidden truth).
 
     python -m experiments.ablation_table runs/ablation
 
@@ -34,15 +34,17 @@ def table(root: str) -> str:
             generators[path] = i2spp_jax.load_generator(path)
         G = generators[path]
         _, _, target = hidden_target(G, m["config"]["truth_seed"], m["config"]["truth_psi"])
-        w = jnp.asarray(np.load(os.path.join(d, "w_plus.npy")))[None]
-        noise = np.concatenate([np.load(f).ravel() for f in sorted(glob.glob(os.path.join(d, "noise", "*.npy")))])
+        w = jnp.asarray(np.load(os.path.join(d, "rendered", "w_plus.npy")))[None]
+        noise = np.concatenate([np.load(f).ravel()
+                                for f in sorted(glob.glob(os.path.join(d, "rendered", "noise", "*.npy")))])
         bare = float(metrics.psnr(jnp.clip(G.synthesis(w, noise="none"), -1, 1), target[None])[0])
-        rmse = m.get("truth", {}).get("w_plus_rmse_vs_hidden", float("nan"))
+        t = m["targets"]["rendered"]
+        rmse = t.get("truth", {}).get("w_plus_rmse_vs_hidden", float("nan"))
         c = m["config"]
         init_noise = embed.initial_variables(G, noise_init=c["noise_init"], seed=c["seed"])["noise"]
         alone = float(metrics.psnr(jnp.clip(G.synthesis(w, noise=[n[None] for n in init_noise]), -1, 1),
                                    target[None])[0])
-        pp = m["per_phase"]
+        pp = t["per_phase"]
         phases = " → ".join(f"{p['phase']} {p['iterations']}" for p in pp)
         rows.append(f"| {os.path.basename(d)} | {phases} | {pp[0]['psnr']:.2f} | {pp[-1]['psnr']:.2f} | "
                     f"{pp[-1]['ssim']:.4f} | {alone:.2f} | {bare:.2f} | {rmse:.3f} | {np.sqrt(np.mean(noise ** 2)):.2f} |")

@@ -130,9 +130,10 @@ def main(argv):
                       log=cli.log)
     fakes, nearest, dist = result.pop("_pairs")
     os.makedirs(FLAGS.out, exist_ok=True)
-    rows = [[a, b] for a, b in zip(fakes, nearest)]
-    titles = [[f"generated (NN dist {d:.2f})", "nearest training image"] for d in dist]
-    plots.image_grid(os.path.join(FLAGS.out, "nearest_neighbours.png"), rows[:4], titles[:4], panel_inches=1.6)
+    titles = [[f"distance {d:.2f}" for d in dist], ["" for _ in dist]]
+    plots.image_grid(os.path.join(FLAGS.out, "nearest_neighbours.png"), [list(fakes), list(nearest)], titles,
+                     ["generated (the 8 closest\nto a training image)", "their nearest\ntraining image"],
+                     panel_inches=1.3)
     result["generator"] = FLAGS.generator
     result["command"] = "python -m experiments.evaluate_generator " + " ".join(
         f"--{k}={getattr(FLAGS, k)}" for k in ("generator", "n", "n_nn", "vgg_resolution", "seed"))

@@ -320,6 +320,8 @@ flags.DEFINE_string("generator", _D.generator, "'demo', a converted checkpoint d
 flags.DEFINE_string("image", None, "image(s) to embed, comma-separated (default: a target rendered from a "
                     "hidden latent, and on the demo generator a real held-out image too)")
 flags.DEFINE_string("out", _D.out, "output directory")
+flags.DEFINE_string("real_image", _D.real_image, "demo generator: the real image embedded beside the rendered "
+                    "one ('heldout' = the first shipped test image; empty = none)")
 flags.DEFINE_bool("paper", False, "the paper's settings: W+ 5000 + noise 3000, VGG at 256")
 flags.DEFINE_bool("smoke", False, "a seconds-long run: 10 + 10 iterations, random-weight VGG")
 flags.DEFINE_enum("schedule", _D.schedule, list(embed.SCHEDULES), "phase order (the ablation)")
@@ -345,7 +347,8 @@ def main(argv):
         raise cli.UserError("--paper and --smoke exclude each other: give one")
     preset = "paper" if FLAGS.paper else "smoke" if FLAGS.smoke else None
     cfg = ReconstructConfig(
-        generator=FLAGS.generator, image=FLAGS.image, out=FLAGS.out, preset=preset, schedule=FLAGS.schedule,
+        generator=FLAGS.generator, image=FLAGS.image, real_image=FLAGS.real_image or None, out=FLAGS.out,
+        preset=preset, schedule=FLAGS.schedule,
         w_steps=FLAGS.w_steps, noise_steps=FLAGS.noise_steps, w_lr=FLAGS.w_lr, w_optimizer=FLAGS.w_optimizer,
         noise_lr=FLAGS.noise_lr, percept=FLAGS.percept, resize_to=FLAGS.resize_to,
         vgg="random" if FLAGS.smoke and FLAGS.vgg == _D.vgg else FLAGS.vgg, w_init=FLAGS.w_init,

@@ -67,9 +67,9 @@ def ship(run: str, *, from_checkpoint: bool = False, assets: str = checkpoint.AS
     shutil.rmtree(tmp, ignore_errors=True)
     checkpoint.save_generator(G, tmp, source=source)
     samples = render_samples(G)
-    plots.sample_grid(os.path.join(tmp, "samples.png"), samples, nrow=8, scale=1)
+    plots.sample_grid(os.path.join(tmp, "samples.png"), samples, nrow=8, scale=2)
     with open(os.path.join(tmp, "samples.json"), "w") as f:
-        json.dump({"seed": SAMPLE_SEED, "count": SAMPLE_COUNT, "truncation_psi": 1.0, "nrow": 8, "scale": 1,
+        json.dump({"seed": SAMPLE_SEED, "count": SAMPLE_COUNT, "truncation_psi": 1.0, "nrow": 8, "scale": 2,
                    "noise": "make_noise(fold_in(PRNGKey(seed), 1), batch=count)", "source": source}, f, indent=1)
     shutil.rmtree(dst, ignore_errors=True)
     os.rename(tmp, dst)

@@ -129,7 +129,7 @@ def _mapping_mixed(cfg: TrainConfig, g_params, key, n):
 
 
 def generate(cfg: TrainConfig, g_params, key, n):
-    """Training-mode fakes [n, R, R, C] (style mixing, random noise) and their unmixed ws mean."""
+    """Training-mode fakes [n, R, R, C] (style mixing, random noise) and their ws [n, num_ws, w_dim]."""
     k_map, k_noise = jax.random.split(key)
     ws = _mapping_mixed(cfg, g_params, k_map, n)
     img = gen.synthesis(cfg.g, g_params, ws, noise=_random_noise(cfg, k_noise, n), fused_modconv=False)
