@@ -12,7 +12,7 @@ Commands (each a complete configuration):
     python -m experiments.train_generator --smoke --out=/tmp/smoke
 
 Rerunning the same command resumes from the last checkpoint in --out (bit-identically); a run
-with other settings in an existing --out is refused. Outputs in --out: ckpt/ (orbax: the whole
+with other settings in an existing --out is refused (a larger --kimg extends a run). Outputs in --out: ckpt/ (orbax: the whole
 training state), history.npz (every logged step's losses), losses.png, samples/NNNNNN.png (a fixed
 8x8 grid of the EMA generator), samples_latest.png, run.json (the settings), and at the end
 generator/ (the EMA generator, loadable with i2spp_jax.load_generator).
@@ -21,6 +21,7 @@ generator/ (the EMA generator, loadable with i2spp_jax.load_generator).
 import dataclasses
 import json
 import os
+import shutil
 import time
 from typing import Callable, Optional
 
@@ -214,13 +215,16 @@ def train(cfg: RunConfig, *, images: Optional[np.ndarray] = None, steps: Optiona
             plots.sample_grid(os.path.join(cfg.out, "samples_latest.png"), grid, nrow=8)
         if done % cfg.checkpoint_every == 0 or done == end:
             checkpoint_now(done)
-    if end == cfg.total_steps:
+    if end == cfg.total_steps:  # (re)write the EMA generator of the last step (--kimg may have grown)
         gen_dir = os.path.join(cfg.out, "generator")
-        if not os.path.exists(gen_dir):
-            G = Generator(params=state["G_ema"], config=tc.g)
-            checkpoint.save_generator(G, gen_dir, source=f"experiments.train_generator: {cfg.data}, "
-                                                         f"{end} steps of {tc.batch}")
-            log(f"wrote the EMA generator to {gen_dir}")
+        tmp_dir = gen_dir + ".new"
+        shutil.rmtree(tmp_dir, ignore_errors=True)
+        G = Generator(params=state["G_ema"], config=tc.g)
+        checkpoint.save_generator(G, tmp_dir, source=f"experiments.train_generator: {cfg.data}, "
+                                                     f"{end} steps of {tc.batch}")
+        shutil.rmtree(gen_dir, ignore_errors=True)
+        os.rename(tmp_dir, gen_dir)
+        log(f"wrote the EMA generator of step {end} to {gen_dir}")
     return {"state": state, "history": history, "step": end}
 
 

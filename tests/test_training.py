@@ -128,3 +128,23 @@ def test_idx_reader_refuses_a_truncated_file(tmp_path):
         datasets.read_idx(str(p))
     p.write_bytes(header + bytes(2 * 28 * 28))
     assert datasets.read_idx(str(p)).shape == (2, 28, 28)
+
+
+def test_image_folder_crops_resizes_and_names_a_bad_file(tmp_path):
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 256, (40, 60, 3), dtype=np.uint8)).save(tmp_path / "a.png")
+    Image.fromarray(rng.integers(0, 256, (16, 16), dtype=np.uint8), "L").save(tmp_path / "b.jpg")
+    (tmp_path / "notes.txt").write_text("not an image")
+    x = datasets.image_folder(str(tmp_path), 16)
+    assert x.shape == (2, 16, 16, 3) and x.dtype == np.uint8
+    assert np.array_equal(x[1, ..., 0], x[1, ..., 2])  # grey converted to RGB
+    (tmp_path / "c.png").write_bytes(b"\x89PNG broken")
+    with pytest.raises(datasets.DatasetError, match="c.png"):
+        datasets.image_folder(str(tmp_path), 16)
+
+
+def test_train_refuses_images_of_the_wrong_size(tmp_path):
+    with pytest.raises(cli.UserError, match="the generator makes"):
+        T.train(_run(tmp_path), images=datasets.toy_set(16, 32), log=lambda m: None)
