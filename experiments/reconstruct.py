@@ -275,10 +275,13 @@ def _write_outputs(cfg, G, phases, names, result, targets, preset, resize_to, se
                 "w_plus_rmse_vs_hidden": float(jnp.sqrt(jnp.mean((final["w_plus"][b] - t.truth["w_plus"]) ** 2))),
                 "target": "rendered from a hidden latent and hidden noise; PSNR is against the true answer"}
         per_target[t.name] = entry
-        rows.append([target] + [im[b] for im in phase_imgs] + [diff])
-        titles.append(["target"] + [f"after {_PHASE_LABELS.get(p.name, p.name)}\n{q['iterations']} it: "
-                                    f"{q['psnr']:.2f} dB" for p, q in zip(phases, per_phase)]
-                      + [f"|final result - target| x4\n(black = equal)"])
+        row, row_titles = [target], ["target"]
+        for p, q, im in zip(phases, per_phase, phase_imgs):  # each phase's result and its difference map
+            row += [im[b], io.difference_map(im[b], target)]
+            row_titles += [f"after {_PHASE_LABELS.get(p.name, p.name)}\n{q['iterations']} it: {q['psnr']:.2f} dB",
+                           f"|that result - target| x4\n(black = equal)"]
+        rows.append(row)
+        titles.append(row_titles)
     labels = [t.label for t in targets]
     plots.image_grid(os.path.join(out, "grid.png"), rows, titles, labels)
     notes = [_PHASE_NOTES.get((a.name, b.name), f"{a.name} -> {b.name}") for a, b in zip(phases, phases[1:])]
