@@ -10,8 +10,9 @@
     result = i2spp_jax.embed.embed(G, target, phases=i2spp_jax.schedule("w_then_noise", 5000, 3000),
                                    init_vars=vars, vgg=vgg)   # Algorithm 2: W+ then noise
 
-Modules: generator (StyleGAN2 port), checkpoint (orbax), vgg, losses (Eq. 1), metrics (PSNR, SSIM),
-embed (W+/noise optimisation: W_l, Mk_n, M_st), io (images), plots.
+Modules: generator (StyleGAN2 port), checkpoint (orbax; the shipped demo generator), vgg, losses
+(Eq. 1), metrics (PSNR, SSIM, Fréchet distance), embed (W+/noise optimisation: W_l, Mk_n, M_st),
+io (images), plots, and for training the project's own generators: discriminator, training, datasets.
 """
 
 from i2spp_jax.checkpoint import demo_generator, load_generator, save_generator
