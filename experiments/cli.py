@@ -5,9 +5,11 @@ cannot be read, a run folder that holds another run), prints `error: <cause and 
 with status 2, without a traceback; a bug anywhere else keeps its traceback.
 """
 
+import os
 import sys
 import time
 
+import jax
 from absl import app
 
 from i2spp_jax.datasets import DatasetError
@@ -25,10 +27,19 @@ def log(msg: str) -> None:
     print(time.strftime("%H:%M:%S"), msg, flush=True)
 
 
+def compilation_cache_dir() -> str:
+    """$I2SPP_CACHE/xla, else ~/.cache/i2spp_jax/xla: XLA programs kept between command-line runs."""
+    root = os.environ.get("I2SPP_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "i2spp_jax")
+    return os.path.join(root, "xla")
+
+
 def run(main) -> None:
-    """absl's app.run(main), with USER_ERRORS reported in one line (exit status 2)."""
+    """absl's app.run(main), with a persistent compilation cache (a rerun or a resume skips most
+    compiling) and USER_ERRORS reported in one line (exit status 2)."""
 
     def guarded(argv):
+        jax.config.update("jax_compilation_cache_dir", compilation_cache_dir())
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
         try:
             return main(argv)
         except USER_ERRORS as e:

@@ -344,6 +344,14 @@ def evaluate(vars: Vars, G: Generator, target_x: jax.Array) -> tuple[jax.Array, 
 
 
 def _compiled_step(phase: Phase):
+    """The jitted, vmapped step of `phase`, one per phase setting for the life of the process, so
+    that every embed() call with the same settings and shapes reuses one compiled program (the
+    number of iterations and the name do not enter the step, so they do not split the cache)."""
+    return _compiled_step_for(dataclasses.replace(phase, num_steps=0, name=""))
+
+
+@functools.lru_cache(maxsize=None)
+def _compiled_step_for(phase: Phase):
     fn = functools.partial(step, phase=phase)
     return jax.jit(jax.vmap(fn, in_axes=(0, 0, None, None, 0, 0, 0)))
 

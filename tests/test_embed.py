@@ -200,6 +200,29 @@ def test_no_retracing(monkeypatch):
     assert np.all(np.isfinite(r.history["loss"]))
 
 
+def test_step_compiles_once_across_embed_calls(monkeypatch):
+    """Chained applications and photo after photo: one trace per (phase settings, shapes) per process."""
+    embed._compiled_step_for.cache_clear()
+    traces = []
+    original = embed.step
+
+    def counting_step(*args, **kw):
+        traces.append(kw["phase"].name)
+        return original(*args, **kw)
+
+    monkeypatch.setattr(embed, "step", counting_step)
+    G = tiny_generator()
+    for seed, steps in ((1, 5), (2, 7), (3, 3)):  # other targets, other lengths: the same program
+        r = embed.embed(G, targets(G, 2, seed=seed), phases=mse_schedule(w_steps=steps, noise_steps=steps),
+                        init_vars=embed.initial_variables(G, 2, seed=seed), log_every=0)
+        assert np.all(np.isfinite(r.history["loss"]))
+    assert len(traces) == 2, traces  # W_l once and Mk_n once, for all three calls
+    embed.embed(G, targets(G, 3), phases=mse_schedule(w_steps=2, noise_steps=2),
+                init_vars=embed.initial_variables(G, 3), log_every=0)
+    assert len(traces) == 4  # a new batch size is a new shape: compiled once more per phase
+    embed._compiled_step_for.cache_clear()  # drop the programs built around the counting wrapper
+
+
 def test_batch_equals_separate_runs():
     G = tiny_generator()
     B = 3
