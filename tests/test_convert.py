@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import i2spp_jax
-from converters import stylegan2, torch_pickle
+from i2spp_jax.formats import stylegan2, torch_pickle
 
 torch = pytest.importorskip("torch", reason="these tests write PyTorch files with torch")
 

@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from converters import stylegan2
+from i2spp_jax.formats import stylegan2
 
 REL_TOL_F32 = 1e-5  # float32 on the CPU; a faithful port lands near 5e-7 here
 # ada_tiny's reference gradients carry torch's own float32 CPU error: recomputed in float64 with the
@@ -127,7 +127,7 @@ def test_rosinality_given_noise_image(rosinality, batched):
 _F64_GRADS = r"""
 import sys
 import jax, jax.numpy as jnp, numpy as np
-from converters import stylegan2
+from i2spp_jax.formats import stylegan2
 parity_dir, out = sys.argv[1], sys.argv[2]
 G = stylegan2.convert_file(parity_dir + "/ada_tiny.weights.npz")
 G = G.replace(params=jax.tree_util.tree_map(lambda a: jnp.asarray(a, jnp.float64), G.params))

@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from converters import vgg16 as convert
+from i2spp_jax.formats import vgg16 as convert
 from i2spp_jax import vgg as vgg_lib
 from i2spp_jax.vgg import I2S_LAYERS, LAYER_NAMES, PERCEPTUAL_LAYERS, VGG16, load_vgg16, random_vgg16
 
@@ -33,7 +33,7 @@ def onnx_path():
 
 @pytest.fixture(scope="module")
 def keras_vgg(onnx_path):
-    return convert.convert_file(onnx_path)
+    return vgg_lib.from_file(onnx_path)
 
 
 @pytest.fixture(scope="module")
@@ -87,7 +87,7 @@ def test_torchvision_state_dict_matches_torch(tmp_path, image):
     sd = _torch_state_dict()
     path = str(tmp_path / "vgg16.pth")
     torch.save(sd, path)
-    vgg = convert.convert_file(path)
+    vgg = vgg_lib.from_file(path)
     assert vgg.preprocessing == "torchvision"
     ref = convert.reference_features_torch(sd, np.asarray(vgg.preprocess(image)), LAYER_NAMES)
     ours = vgg.features(image, LAYER_NAMES)
@@ -171,7 +171,7 @@ def test_load_vgg16_converts_once_then_reads_the_cache(tmp_path, monkeypatch, on
     def no_conversion(path):
         raise AssertionError("load_vgg16 converted again instead of reading the cache")
 
-    monkeypatch.setattr(convert, "convert_file", no_conversion)
+    monkeypatch.setattr(vgg_lib, "from_file", no_conversion)
     second = load_vgg16()
     assert second.preprocessing == "keras"
     for got in (first, second, load_vgg16(str(cache))):

@@ -1,0 +1,377 @@
+r"""Reads official StyleGAN2 generators into i2spp_jax's `Generator` (the command line that writes
+checkpoints from them is converters/stylegan2.py).
+
+Sources (format detected from the content, not the name):
+  * stylegan2-ada-pytorch network pickles (.pkl; G_ema), read by a restricted unpickler that runs
+    nothing from the file (i2spp_jax.formats.torch_pickle);
+  * state dicts with ada key names (.pt/.pth/.npz), with settings the shapes cannot tell
+    (conv_clamp, mapping lr multiplier) from NAME.json beside the file or from flags;
+  * rosinality/stylegan2-pytorch checkpoints (.pt with 'g_ema' and 'latent_avg').
+Every target parameter must be matched by exactly one source key: a missing key, an unused key or
+a shape mismatch is an error that names the key. After converting, the CLI reloads the checkpoint,
+renders fixed latents and prints the largest difference (and, with --reference, the difference from
+the official network's outputs).
+"""
+
+import json
+import os
+import re
+from typing import Any, Callable, Optional
+
+import jax
+import numpy as np
+
+from i2spp_jax.formats import torch_pickle
+from i2spp_jax import ops
+from i2spp_jax.generator import Generator, GeneratorConfig, init_params
+
+StateDict = dict[str, np.ndarray]
+
+
+class ConversionError(ValueError):
+    """A source file that cannot be converted; the message names the cause."""
+
+
+class UnknownFormatError(ConversionError):
+    pass
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading sources
+
+def _module_state_dict(obj: torch_pickle.PersistentObject, prefix: str = "") -> StateDict:
+    """torch.nn.Module.state_dict() of an unpickled persistent module, without the module."""
+    state = obj.state
+    out: StateDict = {}
+    for group in ("_parameters", "_buffers"):
+        for name, value in (state.get(group) or {}).items():
+            if value is not None:
+                out[prefix + name] = np.asarray(value)
+    for name, child in (state.get("_modules") or {}).items():
+        if child is None:
+            continue
+        if not isinstance(child, torch_pickle.PersistentObject):
+            raise ConversionError(f"submodule {prefix + name} is not a stylegan2-ada persistent class")
+        out.update(_module_state_dict(child, prefix + name + "."))
+    return out
+
+
+def _flat_arrays(d: Any, what: str) -> StateDict:
+    if not isinstance(d, dict) or not all(isinstance(v, np.ndarray) for v in d.values()):
+        raise UnknownFormatError(f"{what} is not a state dict of tensors")
+    return {str(k): np.asarray(v) for k, v in d.items()}
+
+
+def _is_ada(keys) -> bool:
+    return any(k.startswith("synthesis.b4.") for k in keys) and any(k.startswith("mapping.") for k in keys)
+
+
+def _is_rosinality(keys) -> bool:
+    return "input.input" in keys and any(k.startswith("style.") for k in keys)
+
+
+def _beside(path: str, suffix: str) -> Optional[str]:
+    """NAME{suffix} beside the file: for X.pt that is X{suffix}; for X.weights.npz (shared/parity)
+    X{suffix} too. None if neither exists."""
+    stem = os.path.splitext(path)[0]
+    for candidate in (stem + suffix, re.sub(r"\.weights$", "", stem) + suffix):
+        if os.path.exists(candidate):
+            return candidate
+    return None
+
+
+def sidecar_json(path: str) -> Optional[str]:
+    """NAME.json beside the file (init_kwargs for ada state dicts), or None."""
+    return _beside(path, ".json")
+
+
+def read_source(path: str) -> tuple[str, StateDict, dict]:
+    """Returns (format, state dict of numpy arrays, extras) for any supported source file.
+
+    extras may hold 'init_kwargs' (ada), 'latent_avg' (rosinality), 'json' (NAME.json beside it).
+    """
+    extras: dict = {}
+    side = sidecar_json(path)
+    if side:
+        with open(side) as f:
+            extras["json"] = json.load(f)
+    if path.endswith(".npz"):
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                sd = {k: z[k] for k in z.files}
+        except Exception as e:  # zipfile/ValueError/EOF: all mean the same to a user
+            raise torch_pickle.TruncatedFileError(f"{path}: unreadable .npz ({type(e).__name__}: {e})") from None
+    else:
+        obj = torch_pickle.load_file(path)
+        if isinstance(obj, dict) and isinstance(obj.get("G_ema"), torch_pickle.PersistentObject):
+            obj = obj["G_ema"]
+        if isinstance(obj, torch_pickle.PersistentObject):
+            if obj.class_name != "Generator":
+                raise UnknownFormatError(f"{path}: the pickled network is a {obj.class_name}, not a Generator")
+            extras["init_kwargs"] = dict(obj.state.get("_init_kwargs") or {})
+            return "ada-pkl", _module_state_dict(obj), extras
+        if isinstance(obj, dict) and "g_ema" in obj:
+            sd = _flat_arrays(obj["g_ema"], f"{path}['g_ema']")
+            if "latent_avg" not in obj:
+                raise ConversionError(f"{path}: rosinality checkpoint without 'latent_avg' (the mean w "
+                                      "needed for truncation and for initialising embeddings)")
+            extras["latent_avg"] = np.asarray(obj["latent_avg"])
+            return "rosinality", sd, extras
+        if isinstance(obj, dict) and isinstance(obj.get("G_ema"), dict):
+            obj = obj["G_ema"]
+        if not isinstance(obj, dict):
+            raise UnknownFormatError(f"{path}: holds a {type(obj).__name__}, not a network, checkpoint or state dict")
+        sd = _flat_arrays(obj, path)
+    if _is_ada(sd):
+        return "ada-state-dict", sd, extras
+    if _is_rosinality(sd):
+        if "latent_avg" in sd:
+            extras["latent_avg"] = sd.pop("latent_avg")
+        return "rosinality", sd, extras
+    sample = ", ".join(sorted(sd)[:5])
+    raise UnknownFormatError(f"{path}: unknown checkpoint format (keys like {sample}); expected a "
+                             "stylegan2-ada-pytorch .pkl or state dict, or a rosinality checkpoint")
+
+
+# ---------------------------------------------------------------------------------------------
+# Configs
+
+def _block_res(keys, pattern: str) -> list[int]:
+    return sorted({int(m.group(1)) for k in keys if (m := re.match(pattern, k))})
+
+
+def ada_config(sd: StateDict, *, init_kwargs: Optional[dict] = None, conv_clamp: Any = "unset",
+               mapping_lr_multiplier: Optional[float] = None) -> GeneratorConfig:
+    """Topology from the weights' shapes; conv_clamp and the lr multiplier from init_kwargs or args."""
+    kw = dict(init_kwargs or {})
+    syn = dict(kw.get("synthesis_kwargs") or {})
+    mkw = dict(kw.get("mapping_kwargs") or {})
+    if kw.get("c_dim", 0) or "mapping.embed.weight" in sd:
+        raise ConversionError("conditional generators (c_dim > 0) are not supported")
+    if syn.get("architecture", "skip") != "skip":
+        raise ConversionError(f"synthesis architecture {syn['architecture']!r} is not supported; StyleGAN2's "
+                              "generator (config-f, ada, rosinality) is 'skip'")
+    if "synthesis_kwargs" in kw:
+        clamp = syn.get("conv_clamp")
+    elif conv_clamp != "unset":
+        clamp = conv_clamp
+    else:
+        raise ConversionError("conv_clamp cannot be read from a state dict's shapes: put NAME.json (with "
+                              "init_kwargs, as in shared/parity) beside the file, or pass --conv_clamp=none "
+                              "or --conv_clamp=VALUE (256 for stylegan2-ada's own FFHQ models)")
+    resolutions = _block_res(sd, r"synthesis\.b(\d+)\.")
+    if not resolutions or resolutions[0] != 4:
+        raise ConversionError("no synthesis.b4.* keys: not a StyleGAN2 synthesis network")
+    fcs = _block_res(sd, r"mapping\.fc(\d+)\.weight")
+    if not fcs or fcs != list(range(len(fcs))):
+        raise ConversionError(f"mapping layers must be fc0..fcN, found {fcs}")
+    need = "mapping.w_avg"
+    if need not in sd:
+        raise ConversionError(f"missing key {need} (the mean latent)")
+    channels = []
+    for r in resolutions:
+        key = f"synthesis.b{r}.conv1.weight"
+        if key not in sd:
+            raise ConversionError(f"missing key {key}")
+        channels.append(int(sd[key].shape[0]))
+    cfg = GeneratorConfig(
+        z_dim=int(sd["mapping.fc0.weight"].shape[1]),
+        w_dim=int(sd["mapping.w_avg"].shape[0]),
+        img_resolution=resolutions[-1],
+        img_channels=int(sd[f"synthesis.b{resolutions[-1]}.torgb.weight"].shape[0]),
+        channels=tuple(channels),
+        mapping_layers=len(fcs),
+        mapping_layer_features=int(sd["mapping.fc0.weight"].shape[0]) if len(fcs) > 1 else None,
+        mapping_lr_multiplier=float(mapping_lr_multiplier or mkw.get("lr_multiplier", 0.01)),
+        conv_clamp=None if clamp is None else float(clamp),
+    )
+    if "synthesis_kwargs" in kw:
+        expect = GeneratorConfig.from_channel_base(
+            img_resolution=cfg.img_resolution, channel_base=syn.get("channel_base", 32768),
+            channel_max=syn.get("channel_max", 512), z_dim=cfg.z_dim, w_dim=cfg.w_dim,
+        ).channels
+        if expect != cfg.channels:
+            raise ConversionError(f"init_kwargs give channels {expect} but the weights have {cfg.channels}")
+        for name, value in (("z_dim", cfg.z_dim), ("w_dim", cfg.w_dim), ("img_resolution", cfg.img_resolution)):
+            if name in kw and kw[name] != value:
+                raise ConversionError(f"init_kwargs say {name}={kw[name]} but the weights have {value}")
+    return cfg
+
+
+def rosinality_config(sd: StateDict, *, mapping_lr_multiplier: Optional[float] = None) -> GeneratorConfig:
+    """Topology of a rosinality Generator from its state dict (lr_mlp defaults to 0.01)."""
+    styles = _block_res(sd, r"style\.(\d+)\.weight")
+    if styles != list(range(1, len(styles) + 1)):
+        raise ConversionError(f"mapping layers must be style.1..style.N, found {styles}")
+    n_convs = len(_block_res(sd, r"convs\.(\d+)\.conv\.weight"))
+    if n_convs % 2:
+        raise ConversionError(f"odd number of convs ({n_convs}): not a rosinality Generator")
+    resolutions = [2**i for i in range(2, 2 + n_convs // 2 + 1)]
+    channels = [int(sd["conv1.conv.weight"].shape[1])]
+    channels += [int(sd[f"convs.{2 * i + 1}.conv.weight"].shape[1]) for i in range(n_convs // 2)]
+    w_dim = int(sd["style.1.weight"].shape[0])
+    return GeneratorConfig(
+        z_dim=int(sd["style.1.weight"].shape[1]),
+        w_dim=w_dim,
+        img_resolution=resolutions[-1],
+        img_channels=int(sd["to_rgb1.conv.weight"].shape[1]),
+        channels=tuple(channels),
+        mapping_layers=len(styles),
+        mapping_layer_features=w_dim,
+        mapping_lr_multiplier=float(mapping_lr_multiplier or 0.01),
+        conv_clamp=None,
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Weight tables: target path (our params) -> (source key, transform)
+
+def _drop_unit_axes(a: np.ndarray, ndim: int) -> np.ndarray:
+    """Drops leading size-1 axes down to `ndim` axes ([1, 1, H, W] -> [H, W]); ValueError otherwise."""
+    lead = a.ndim - ndim
+    if lead < 0 or any(s != 1 for s in a.shape[:lead]):
+        raise ValueError(f"cannot drop leading unit axes of {a.shape} to {ndim} dims")
+    return a.reshape(a.shape[lead:])
+
+
+_TRANSFORMS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
+    "same": lambda a: a,
+    "dense": lambda a: a.T,  # [out, in] -> [in, out]
+    "oihw": lambda a: a.transpose(2, 3, 1, 0),  # [O, I, k, k] -> [k, k, I, O]
+    "1oihw": lambda a: a[0].transpose(2, 3, 1, 0),  # rosinality [1, O, I, k, k]
+    "chw": lambda a: a.transpose(1, 2, 0),  # [C, 4, 4] -> [4, 4, C]
+    "1chw": lambda a: a[0].transpose(1, 2, 0),
+    "flat": lambda a: a.reshape(-1),  # [1, C, 1, 1] or [1, w_dim] -> [C]
+    "scalar": lambda a: _drop_unit_axes(a, 0),  # [1] -> []
+    "hw": lambda a: _drop_unit_axes(a, 2),  # [1, 1, H, W] -> [H, W]
+}
+
+_ADA_TABLE = [
+    (r"mapping/fc(\d+)/weight", "mapping.fc{0}.weight", "dense"),
+    (r"mapping/fc(\d+)/bias", "mapping.fc{0}.bias", "same"),
+    (r"mapping/w_avg", "mapping.w_avg", "same"),
+    (r"synthesis/b(\d+)/const", "synthesis.b{0}.const", "chw"),
+    (r"synthesis/b(\d+)/(\w+)/affine/weight", "synthesis.b{0}.{1}.affine.weight", "dense"),
+    (r"synthesis/b(\d+)/(\w+)/affine/bias", "synthesis.b{0}.{1}.affine.bias", "same"),
+    (r"synthesis/b(\d+)/(\w+)/weight", "synthesis.b{0}.{1}.weight", "oihw"),
+    (r"synthesis/b(\d+)/(\w+)/(bias|noise_const|noise_strength)", "synthesis.b{0}.{1}.{2}", "same"),
+]
+_ADA_FILTER_KEY = re.compile(r"synthesis\.b\d+(\.\w+)?\.resample_filter$")
+
+
+def _rosinality_source(path: str) -> tuple[str, str]:
+    """Our param path -> (rosinality key, transform)."""
+    if m := re.fullmatch(r"mapping/fc(\d+)/(weight|bias)", path):
+        return f"style.{int(m.group(1)) + 1}.{m.group(2)}", "dense" if m.group(2) == "weight" else "same"
+    if path == "mapping/w_avg":
+        return "latent_avg", "flat"
+    if path == "synthesis/b4/const":
+        return "input.input", "1chw"
+    m = re.fullmatch(r"synthesis/b(\d+)/(conv0|conv1|torgb)/(.+)", path)
+    if not m:
+        raise ConversionError(f"no rosinality source for {path}")
+    res, layer, leaf = int(m.group(1)), m.group(2), m.group(3)
+    i = int(np.log2(res)) - 3  # index of the upsampling block (b8 -> 0)
+    if layer == "torgb":
+        mod = "to_rgb1" if res == 4 else f"to_rgbs.{i}"
+    else:
+        mod = "conv1" if res == 4 else f"convs.{2 * i + (layer == 'conv1')}"
+    noise_idx = 0 if res == 4 else 2 * i + 1 + (layer == "conv1")
+    return {
+        "weight": (f"{mod}.conv.weight", "1oihw"),
+        "affine/weight": (f"{mod}.conv.modulation.weight", "dense"),
+        "affine/bias": (f"{mod}.conv.modulation.bias", "same"),
+        "bias": (f"{mod}.bias", "flat") if layer == "torgb" else (f"{mod}.activate.bias", "same"),
+        "noise_strength": (f"{mod}.noise.weight", "scalar"),
+        "noise_const": (f"noises.noise_{noise_idx}", "hw"),
+    }[leaf]
+
+
+def _ada_source(path: str) -> tuple[str, str]:
+    for pattern, key, transform in _ADA_TABLE:
+        if m := re.fullmatch(pattern, path):
+            return key.format(*m.groups()), transform
+    raise ConversionError(f"no stylegan2-ada source for {path}")
+
+
+def _check_filter(key: str, value: np.ndarray, config: GeneratorConfig, gain: float) -> None:
+    f = ops.setup_filter(config.resample_filter)
+    expect = np.outer(f, f) * gain
+    if value.shape != expect.shape or not np.allclose(value, expect, rtol=1e-6, atol=1e-7):
+        raise ConversionError(f"{key} is not the [1,3,3,1] resample filter the port implements")
+
+
+def map_params(sd: StateDict, config: GeneratorConfig, source: Callable[[str], tuple[str, str]],
+               ignored: Callable[[str, np.ndarray], bool]) -> dict:
+    """Fills every leaf of `config`'s params tree from `sd` via `source`; errors name the key."""
+    target = jax.eval_shape(lambda: init_params(config, jax.random.PRNGKey(0)))
+    leaves, treedef = jax.tree_util.tree_flatten_with_path(target)
+    used, out = set(), []
+    for path, shape_dtype in leaves:
+        p = "/".join(str(k.key) for k in path)
+        key, transform = source(p)
+        if key not in sd:
+            raise ConversionError(f"missing key {key} (needed for {p})")
+        try:
+            value = _TRANSFORMS[transform](np.asarray(sd[key], np.float32))
+        except (ValueError, IndexError):
+            value = None
+        if value is None or value.shape != shape_dtype.shape:
+            raise ConversionError(f"shape mismatch for {key}: source {tuple(sd[key].shape)} cannot become "
+                                  f"{p} {tuple(shape_dtype.shape)}")
+        used.add(key)
+        out.append(np.array(value, np.float32, order="C"))
+    unused = sorted(k for k in sd if k not in used and not ignored(k, sd[k]))
+    if unused:
+        raise ConversionError(f"unused key {unused[0]}" + (f" (and {len(unused) - 1} more: {unused[1:4]})"
+                                                           if len(unused) > 1 else ""))
+    return jax.tree_util.tree_unflatten(treedef, out)
+
+
+def ada_params(sd: StateDict, config: GeneratorConfig) -> dict:
+    def ignored(key, value):
+        if _ADA_FILTER_KEY.match(key):
+            _check_filter(key, value, config, 1.0)
+            return True
+        return False
+
+    return map_params(sd, config, _ada_source, ignored)
+
+
+def rosinality_params(sd: StateDict, latent_avg: np.ndarray, config: GeneratorConfig) -> dict:
+    sd = dict(sd, latent_avg=np.asarray(latent_avg))
+
+    def ignored(key, value):
+        if re.fullmatch(r"(convs\.\d+\.conv\.blur|to_rgbs\.\d+\.upsample)\.kernel", key):
+            _check_filter(key, value, config, 4.0)  # rosinality stores kernel * factor**2
+            return True
+        return False
+
+    return map_params(sd, config, _rosinality_source, ignored)
+
+
+def _parse_clamp(value: Any) -> Any:
+    """--conv_clamp: "unset" (not given), None / "none" (no clamp), or a number."""
+    if value is None or value == "unset":
+        return value
+    if isinstance(value, str) and value.lower() in ("none", "null", ""):
+        return None
+    return float(value)
+
+
+def convert_file(path: str, *, conv_clamp: Any = "unset", mapping_lr_multiplier: Optional[float] = None) -> Generator:
+    """Reads any supported source file into a Generator (see module docstring)."""
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"no such file: {path}")
+    fmt, sd, extras = read_source(path)
+    if fmt in ("ada-pkl", "ada-state-dict"):
+        init_kwargs = extras.get("init_kwargs") or (extras.get("json") or {}).get("init_kwargs")
+        config = ada_config(sd, init_kwargs=init_kwargs, conv_clamp=_parse_clamp(conv_clamp),
+                            mapping_lr_multiplier=mapping_lr_multiplier)
+        params = ada_params(sd, config)
+    else:
+        if "latent_avg" not in extras:
+            raise ConversionError(f"{path}: rosinality weights without latent_avg")
+        config = rosinality_config(sd, mapping_lr_multiplier=mapping_lr_multiplier)
+        params = rosinality_params(sd, extras["latent_avg"], config)
+    return Generator(params=jax.tree_util.tree_map(np.asarray, params), config=config)
