@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from i2spp_jax import networks
+from i2spp_jax import activations, networks
 from i2spp_jax.networks import Edits, NoiseInput
 
 Params = Any  # {"mapping": {...}, "synthesis": {...}}
@@ -161,8 +161,10 @@ def synthesis(config: GeneratorConfig, params: Params, ws: jax.Array, *, noise: 
         (`config.noise_names`), each [R, R] (shared by the batch), [N, R, R], "const" or None.
       fused_modconv: modulate weights and run a grouped convolution (True), or modulate activations
         around one shared convolution (False). Same numbers, different speed.
-      edits: {activation name: fn}; the tensor at that point is replaced by fn(tensor) and synthesis
-        continues from it (activation-tensor editing). Names: `config.activation_names`.
+      edits: {activation name: edit}; synthesis continues from the edited tensor (activation-tensor
+        editing). An edit is an `activations.Mix` (data: combines the point's features and skip
+        image with another image's, see i2spp_jax.activations) or a function of the tensor.
+        Names: `config.activation_names`.
       return_activations: also return {name: tensor} for every activation point (after edits).
     Returns:
       image, or (image, activations) when return_activations.
@@ -187,8 +189,8 @@ def _mapping_jit(config, params, z, truncation_psi, truncation_cutoff):
 
 
 @functools.partial(jax.jit, static_argnums=(0, 4, 5))
-def _synthesis_jit(config, params, ws, noise, fused_modconv, return_activations):
-    return synthesis(config, params, ws, noise=noise, fused_modconv=fused_modconv,
+def _synthesis_jit(config, params, ws, noise, fused_modconv, return_activations, edits):
+    return synthesis(config, params, ws, noise=noise, fused_modconv=fused_modconv, edits=edits,
                      return_activations=return_activations)
 
 
@@ -256,14 +258,16 @@ class Generator:
 
     def synthesis(self, ws: jax.Array, noise: NoiseSpec = "const", *, fused_modconv: bool = True,
                   edits: Optional[Edits] = None, return_activations: bool = False):
-        """ws [N, num_ws, w_dim] -> image [N, R, R, C]; see `synthesis`. Compiled once per shape
-        (calls with `edits` run the functional core directly: wrap them in your own jax.jit)."""
-        if edits:
+        """ws [N, num_ws, w_dim] -> image [N, R, R, C]; see `synthesis`. Compiled once per shape and
+        edit structure (edits that are functions run the functional core: wrap it in your own jax.jit)."""
+        edits = dict(edits or {})
+        if any(not activations.is_data_edit(e) for e in edits.values()):
             return synthesis(self.config, self.params, ws, noise=noise, fused_modconv=fused_modconv,
                              edits=edits, return_activations=return_activations)
         # "const" entries become the stored maps (the same numbers), so that the noise is a pytree.
         maps = [c if isinstance(n, str) else n for n, c in zip(noise_list(self.config, noise), self.noise_const)]
-        return _synthesis_jit(self.config, self.params, jnp.asarray(ws), maps, fused_modconv, return_activations)
+        return _synthesis_jit(self.config, self.params, jnp.asarray(ws), maps, fused_modconv, return_activations,
+                              edits)
 
     def make_noise(self, key: jax.Array, batch: Optional[int] = None) -> list[jax.Array]:
         return make_noise(self.config, key, batch)

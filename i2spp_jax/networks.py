@@ -15,10 +15,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from i2spp_jax import ops
+from i2spp_jax import activations, ops
 
 NoiseInput = Union[None, str, jax.Array]  # None = no noise, "const" = the stored map, or a map
-Edits = Mapping[str, Callable[[jax.Array], jax.Array]]
+# {activation point: edit}; an edit is a function of that point's tensor, or an `activations.Mix`
+# (data: combines the point's features and skip image with another image's).
+Edits = Mapping[str, Union[Callable[[jax.Array], jax.Array], activations.Mix]]
 
 
 class FullyConnectedLayer(nn.Module):
@@ -180,13 +182,18 @@ class SynthesisBlock(nn.Module):
     ) -> tuple[jax.Array, jax.Array]:
         name = f"b{self.resolution}"
 
-        def tap(point: str, t: jax.Array) -> jax.Array:
+        def tap(point: str, x: jax.Array, img: Optional[jax.Array]) -> tuple[jax.Array, Optional[jax.Array]]:
             key = f"{name}.{point}"
-            if key in edits:
-                t = edits[key](t)
+            edit = edits.get(key)
+            if activations.is_data_edit(edit):
+                x, img = edit.apply(x, img)
+            elif edit is not None and point == "img":
+                img = edit(img)
+            elif edit is not None:
+                x = edit(x)
             if aux is not None:
-                aux[key] = t
-            return t
+                aux[key] = img if point == "img" else x
+            return x, img
 
         layer = dict(resolution=self.resolution, conv_clamp=self.conv_clamp, resample_filter=self.resample_filter)
         if self.in_channels == 0:
@@ -195,16 +202,16 @@ class SynthesisBlock(nn.Module):
             x = SynthesisLayer(self.out_channels, name="conv1", **layer)(x, ws[:, 0], noise[0], fused_modconv)
         else:
             x = SynthesisLayer(self.out_channels, up=2, name="conv0", **layer)(x, ws[:, 0], noise[0], fused_modconv)
-            x = tap("conv0", x)
+            x, img = tap("conv0", x, img)
             x = SynthesisLayer(self.out_channels, name="conv1", **layer)(x, ws[:, 1], noise[1], fused_modconv)
-        x = tap("x", x)
+        x, img = tap("x", x, img)
 
         if img is not None:
             img = ops.upsample2d(img, ops.setup_filter(self.resample_filter))
         y = ToRGBLayer(self.img_channels, conv_clamp=self.conv_clamp, name="torgb")(x, ws[:, self.num_conv], fused_modconv)
         y = y.astype(_at_least_f32(y))  # the skip image accumulates in float32 (float64 under x64)
         img = y if img is None else img + y
-        img = tap("img", img)
+        x, img = tap("img", x, img)
         return x, img
 
 
