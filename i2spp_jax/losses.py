@@ -129,15 +129,26 @@ def perceptual_distance(feats_g: dict, feats_x: dict, mask: jax.Array, layers: S
 
 
 def gram(feats: jax.Array, mask: jax.Array) -> jax.Array:
-    """Gram matrix of masked features: (M ⊙ F)ᵀ(M ⊙ F) / (h·w·C), [N, C, C]. feats [N, h, w, C]."""
+    """Gram matrix of masked features, [N, C, C]: (M ⊙ F)ᵀ(M ⊙ F) / (C · Σ M²), feats [N, h, w, C],
+    mask [N or 1, H, W, 1] resized to (h, w).
+
+    The normalisation by the mask's own area (Σ M² over the feature map; h·w without a mask) makes
+    it the region's second moment, independent of the region's size, so that a region of G can be
+    compared with a region of another size in y (or with all of y).
+    """
     n, h, w, c = feats.shape
-    f = (resize(mask, (h, w)) * feats).reshape(n, h * w, c)
-    return jnp.einsum("npc,npd->ncd", f, f) / (h * w * c)
+    m = resize(mask, (h, w))
+    f = (m * feats).reshape(n, h * w, c)
+    area = jnp.sum(jnp.square(m), axis=(1, 2, 3))  # [N or 1]
+    return jnp.einsum("npc,npd->ncd", f, f) / (c * jnp.maximum(area, 1e-8))[:, None, None]
 
 
-def style_distance(feats_g: jax.Array, feats_y: jax.Array, mask: jax.Array) -> jax.Array:
-    """Mean squared difference of the masked Gram matrices, [N]. feats [N, h, w, C]; mask [N or 1, H, W, 1]."""
-    return jnp.mean(jnp.square(gram(feats_g, mask) - gram(feats_y, mask)), axis=(1, 2))
+def style_distance(feats_g: jax.Array, feats_y: jax.Array, mask: jax.Array,
+                   mask_y: Optional[jax.Array] = None) -> jax.Array:
+    """Mean squared difference of the masked Gram matrices, [N]. feats [N, h, w, C]; mask (on G) and
+    mask_y (on y; None = the same mask) [N or 1, H, W, 1]."""
+    g_y = gram(feats_y, mask if mask_y is None else mask_y)
+    return jnp.mean(jnp.square(gram(feats_g, mask) - g_y), axis=(1, 2))
 
 
 def _vgg_features(vgg: VGG16, images: Sequence[jax.Array], layers: Sequence[str], resize_to: Size) -> list[dict]:
@@ -172,24 +183,26 @@ def perceptual_loss(vgg: VGG16, img: jax.Array, x: jax.Array, mask: Optional[jax
 
 
 def style_loss(vgg: VGG16, img: jax.Array, y: jax.Array, mask: Optional[jax.Array], *,
-               layer: str = STYLE_LAYER, resize_to: Size = 256) -> jax.Array:
+               mask_y: Optional[jax.Array] = None, layer: str = STYLE_LAYER, resize_to: Size = 256) -> jax.Array:
     """Masked Gram (style) loss L_style(M_s, G, y), unweighted, [N].
 
-    The mask multiplies both images' features before their Gram matrices
-    (M ⊙ F)ᵀ(M ⊙ F) / (h·w·C); the loss is the mean squared difference of the C x C entries.
-    Arguments as in `perceptual_loss`; y [N, H, W, 3] in [-1, 1] is the style image.
+    The mask multiplies G's features, and mask_y (None: the same mask) y's, before their Gram
+    matrices (M ⊙ F)ᵀ(M ⊙ F) / (C · Σ M²) (see `gram`); the loss is the mean squared difference of
+    the C x C entries. Arguments as in `perceptual_loss`; y [N, H, W, 3] in [-1, 1] is the style image.
     """
     _check_image(img, "img", rgb=True)
     _check_image(y, "y", like=img)
     m = as_mask(mask, img, "mask")
+    m_y = None if mask_y is None else resize(as_mask(mask_y, img, "mask_y"), resize_to)
     feats_g, feats_y = _vgg_features(vgg, [img, y], (layer,), resize_to)
-    return style_distance(feats_g[layer], feats_y[layer], resize(m, resize_to))
+    return style_distance(feats_g[layer], feats_y[layer], resize(m, resize_to), m_y)
 
 
 def eq1_loss(vgg: VGG16, img: jax.Array, x: jax.Array, y: jax.Array, *,
              mask_mse: Optional[jax.Array] = None,
              mask_percept: Optional[jax.Array] = None,
              mask_style: Optional[jax.Array] = None,
+             mask_style_y: Optional[jax.Array] = None,
              weights: LossWeights = LossWeights(),
              resize_to: Size = 256) -> tuple[jax.Array, dict[str, jax.Array]]:
     """Image2StyleGAN++ Eq. 1, per image.
@@ -200,7 +213,9 @@ def eq1_loss(vgg: VGG16, img: jax.Array, x: jax.Array, y: jax.Array, *,
       x: target of the mse1 and perceptual terms, [N, H, W, 3] in [-1, 1].
       y: target of the mse2 and style terms, [N, H, W, 3] in [-1, 1] (may be x).
       mask_mse, mask_percept, mask_style: M_m, M_p, M_s, [N, H, W, 1] or [N, H, W] in [0, 1]
-        (leading size 1 broadcasts); None = all ones.
+        (leading size 1 broadcasts); None = all ones. M_s masks G's features in the style term.
+      mask_style_y: the mask on y's features in the style term (None = M_s), e.g. "the style of all
+        of y inside region M_s of G": mask_style = M, mask_style_y = ones.
       weights: the λ values (static). A VGG term (percept, style) whose λ is 0 is not computed
         and is reported as 0; with λ_p = λ_s = 0 VGG does not run at all. The MSE terms are
         always reported.
@@ -219,6 +234,7 @@ def eq1_loss(vgg: VGG16, img: jax.Array, x: jax.Array, y: jax.Array, *,
     use_p, use_s = weights.percept != 0, weights.style != 0
     m_p = as_mask(mask_percept, img, "mask_percept")  # validated even when its term is off
     m_s = as_mask(mask_style, img, "mask_style")
+    m_sy = None if mask_style_y is None else resize(as_mask(mask_style_y, img, "mask_style_y"), resize_to)
     if use_p or use_s:
         layers = tuple(dict.fromkeys((PERCEPTUAL_LAYERS if use_p else ()) + ((STYLE_LAYER,) if use_s else ())))
         batches = [img] + ([x] if use_p else []) + ([y] if use_s else [])
@@ -226,6 +242,6 @@ def eq1_loss(vgg: VGG16, img: jax.Array, x: jax.Array, y: jax.Array, *,
         if use_p:
             percept = perceptual_distance(feats[0], feats[1], resize(m_p, resize_to), PERCEPTUAL_LAYERS)
         if use_s:
-            style = style_distance(feats[0][STYLE_LAYER], feats[-1][STYLE_LAYER], resize(m_s, resize_to))
+            style = style_distance(feats[0][STYLE_LAYER], feats[-1][STYLE_LAYER], resize(m_s, resize_to), m_sy)
     total = (weights.style * style + weights.mse1 * mse1 + weights.mse2 * mse2 + weights.percept * percept)
     return total, {"mse1": mse1, "mse2": mse2, "percept": percept, "style": style}

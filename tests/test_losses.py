@@ -215,8 +215,23 @@ def test_gram_loss_of_an_image_with_itself_is_zero_and_symmetric(vgg):
 def test_gram_by_hand():
     feats = jnp.asarray([[1.0, 2.0], [3.0, 0.0]]).reshape(1, 1, 2, 2)  # h=1, w=2, C=2
     mask = jnp.asarray([1.0, 0.5]).reshape(1, 1, 2, 1)
-    expected = np.array([[1 + 1.5**2, 2.0], [2.0, 4.0]]) / (1 * 2 * 2)
+    expected = np.array([[1 + 1.5**2, 2.0], [2.0, 4.0]]) / (2 * (1 + 0.5**2))  # C · Σ M²
     np.testing.assert_allclose(losses.gram(feats, mask)[0], expected, rtol=F32_TOL)
+    ones = jnp.ones((1, 1, 2, 1))
+    np.testing.assert_allclose(losses.gram(feats, ones)[0], np.array([[10.0, 2.0], [2.0, 4.0]]) / (2 * 2),
+                               rtol=F32_TOL)  # no mask: / (C · h · w)
+
+
+def test_style_mask_on_y_compares_a_region_with_all_of_y():
+    """"The style of all of y inside region M of G": G's left half repeats y's texture, its right half
+    is something else. With mask_y = ones the distance is 0 (the area normalisation makes a half and
+    the whole comparable); with the same mask on y (y's left half only) it is not."""
+    p, q, r, s = (jnp.asarray(v, jnp.float32) for v in ([1.0, 2.0], [3.0, -1.0], [5.0, 5.0], [0.0, 7.0]))
+    y = jnp.stack([p, q, p, q]).reshape(1, 1, 4, 2)
+    g = jnp.stack([p, q, r, s]).reshape(1, 1, 4, 2)
+    left = jnp.asarray([1.0, 1.0, 0.0, 0.0]).reshape(1, 1, 4, 1)
+    np.testing.assert_allclose(losses.style_distance(g, y, left, jnp.ones_like(left)), [0.0], atol=1e-6)
+    assert float(losses.style_distance(g, jnp.stack([r, s, p, q]).reshape(1, 1, 4, 2), left)[0]) > 1.0
 
 
 def test_perceptual_loss_by_default_resizes_to_256(vgg):
