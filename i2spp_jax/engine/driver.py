@@ -1,0 +1,321 @@
+"""The driver: runs a sequence of phases on a batch of images, with progress, checkpoints, resume.
+
+    result = embed(G, target, phases=(W_l(200, masks="known"), Mk_n(1000, masks="known", y="previous")),
+                   init_vars=initial_variables(G, B), masks={"known": make_masks(G, 1, mask_mse=m)},
+                   vgg=vgg)
+
+One call runs a whole algorithm: each phase picks its mask set and its y; a single target, mask or
+edit (leading axis 1 or none) is broadcast to the batch. The resume fingerprint covers everything
+that makes a run: the phases, the shapes, the seed, the generator, and a hash of the targets,
+masks, edits and initial variables.
+"""
+
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+import time
+from typing import Callable, Optional, Sequence, Union
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import orbax.checkpoint as ocp
+
+from i2spp_jax.engine import step as step_lib
+from i2spp_jax.engine.phases import DEFAULT_MASKS, Phase
+from i2spp_jax.engine.step import LOSS_TERMS
+from i2spp_jax.engine.variables import Vars, make_masks, make_optimizer
+from i2spp_jax.generator import Generator
+
+logger = logging.getLogger(__name__)
+
+HISTORY_KEYS = ("loss",) + LOSS_TERMS + ("psnr",)
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The loss or the variables became NaN/inf; the last good checkpoint is kept.
+
+    Attributes: history (the finished iterations' history), phase_vars (finished phases' results).
+    """
+
+
+@dataclasses.dataclass
+class EmbedResult:
+    vars: Vars  # final variables, batched
+    phase_vars: list  # the variables at the end of each phase
+    history: dict  # {"loss", "mse1", ..., "psnr": [T, B] float32, "phase": [T] int32}; T = iterations
+    phases: tuple  # the Phase settings that ran
+    seconds: float  # wall time of this call's optimisation (without a resumed run's earlier part)
+
+
+def data_hash(*trees) -> str:
+    """sha256 (16 hex digits) of pytrees' structure, shapes and float32 values."""
+    h = hashlib.sha256()
+    for tree in trees:
+        leaves, treedef = jax.tree.flatten(tree)
+        h.update(str(treedef).encode())
+        for leaf in leaves:
+            a = np.ascontiguousarray(np.asarray(leaf, np.float32))
+            h.update(str(a.shape).encode())
+            h.update(a.tobytes())
+    return h.hexdigest()[:16]
+
+
+def _fingerprint(G, phases, vars, seed, data):
+    shapes = [list(np.shape(x)) for x in jax.tree.leaves(vars)]
+    return json.dumps({"phases": [repr(p) for p in phases], "shapes": shapes, "seed": seed,
+                       "generator": [G.img_resolution, G.num_ws, G.w_dim], "data": data})
+
+
+def _ckpt_manager(directory):
+    return ocp.CheckpointManager(os.path.abspath(directory),
+                                 options=ocp.CheckpointManagerOptions(max_to_keep=2, create=True))
+
+
+def _save(mgr, t, state, meta):
+    leaves = [np.asarray(x) for x in jax.tree.leaves(state)]
+    mgr.save(t, args=ocp.args.Composite(state=ocp.args.StandardSave(leaves), meta=ocp.args.JsonSave(meta)))
+
+
+def _restore(mgr, t, template):
+    leaves, treedef = jax.tree.flatten(template)
+    abstract = [jax.ShapeDtypeStruct(np.shape(x), np.asarray(x).dtype) for x in leaves]
+    got = mgr.restore(t, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract),
+                                                 meta=ocp.args.JsonRestore()))
+    return jax.tree.unflatten(treedef, [jnp.asarray(x) for x in got.state]), got.meta
+
+
+def _check_vars(G, vars) -> int:
+    """Checks batched variables against the generator; returns the batch size."""
+    if not isinstance(vars, dict) or set(vars) != {"w_plus", "noise"}:
+        raise ValueError("init_vars must be {'w_plus': ..., 'noise': [...]} (see initial_variables)")
+    batch = np.shape(vars["w_plus"])[0] if np.ndim(vars["w_plus"]) == 3 else None
+    if np.shape(vars["w_plus"]) != (batch, G.num_ws, G.w_dim):
+        raise ValueError(f"init_vars['w_plus'] has shape {np.shape(vars['w_plus'])}; expected "
+                         f"[B, {G.num_ws}, {G.w_dim}] for this generator (initial_variables(G, batch=B))")
+    shapes = [tuple(np.shape(m)) for m in vars["noise"]]
+    want = [(batch,) + s for s in G.noise_shapes]
+    if shapes != want:
+        raise ValueError(f"init_vars['noise'] has shapes {shapes}; expected {want} ({G.noise_names})")
+    return batch
+
+
+def _check_targets(G, target, name, batch):
+    t = np.asarray(target)
+    one = (G.img_resolution, G.img_resolution, G.img_channels)
+    if t.shape in (one, (1,) + one):  # a single target: every image of the batch gets it
+        t = np.broadcast_to(t.reshape(one), (batch,) + one)
+    want = (batch,) + one
+    if t.shape != want:
+        raise ValueError(f"{name} has shape {t.shape}; expected {want} or {one} (NHWC at the generator's "
+                         "resolution)")
+    if not np.isfinite(t).all():
+        raise ValueError(f"{name} contains NaN or inf values")
+    return jnp.asarray(t, jnp.float32)
+
+
+def _broadcast(tree, B, what):
+    """Leaves with a leading axis of 1 -> B; any other leading size than B is refused."""
+    def one(path, leaf):
+        leaf = jnp.asarray(leaf)
+        if leaf.ndim and leaf.shape[0] == 1 and B != 1:
+            return jnp.broadcast_to(leaf, (B,) + leaf.shape[1:])
+        if not leaf.ndim or leaf.shape[0] != B:
+            raise ValueError(f"{what}{jax.tree_util.keystr(path)} has shape {leaf.shape}; expected a leading "
+                             f"batch axis of {B} or 1 (build masks with make_masks(G, {B}, ...) or make_masks(G, 1, ...))")
+        return leaf
+    return jax.tree_util.tree_map_with_path(one, tree)
+
+
+def _mask_sets(G, masks, phases, B) -> dict:
+    """{set name: batched mask tree} with one entry per name the phases use."""
+    if masks is None:
+        masks = make_masks(G, 1)
+    if "vars" in masks and "loss" in masks:  # one mask tree: every phase uses it
+        masks = {name: masks for name in {p.masks for p in phases}}
+    missing = sorted({p.masks for p in phases} - set(masks))
+    if missing:
+        raise ValueError(f"phases use the mask sets {missing} but masks has only {sorted(masks)}: pass "
+                         "masks={name: make_masks(G, ...)} with every name the phases give (Phase.masks)")
+    return {name: _broadcast(masks[name], B, f"masks[{name!r}]") for name in {p.masks for p in phases}}
+
+
+def _format_line(phase_i, phases, s, t, total, m, rate):
+    ph = phases[phase_i]
+    terms = " ".join(f"{k} {np.mean(m[k]):.4g}" for k in LOSS_TERMS if getattr(ph.weights, k))
+    return (f"[{ph.name} {phase_i + 1}/{len(phases)}] it {s}/{ph.num_steps} (total {t}/{total}) | "
+            f"loss {np.mean(m['loss']):.4g} | {terms} | PSNR {np.mean(m['psnr']):.2f} dB "
+            f"(min {np.min(m['psnr']):.2f}) | {rate:.2f} it/s")
+
+
+def _print(msg: str) -> None:
+    print(msg, flush=True)
+
+
+def embed(G: Generator, target_x, *, phases: Sequence[Phase], init_vars: Vars, target_y=None,
+          masks: Optional[dict] = None, edits: Optional[dict] = None, vgg=None, seed: int = 0,
+          log_every: int = 100, log: Optional[Callable[[str], None]] = _print, checkpoint_dir: Optional[str] = None,
+          checkpoint_every: int = 0, on_phase_end: Optional[Callable[[int, Vars], None]] = None,
+          callback: Optional[Callable[[int, dict], None]] = None) -> EmbedResult:
+    """Runs `phases` in order on a batch of images, each with its own target, masks and start.
+
+    Args:
+      G: the generator.
+      target_x: [B, H, W, C] in [-1, 1], the images to embed (x of Eq. 1); [H, W, C] = one for all.
+      phases: e.g. `schedule("w_then_noise", 5000, 3000)` or (W_l(200), Mk_n(1000, y="previous")).
+      init_vars: batched variables from `initial_variables(G, B, ...)`.
+      target_y: [B, H, W, C] in [-1, 1], y of Eq. 1 (defaults to target_x); [H, W, C] = one for all.
+        A phase with y="previous" uses the render of its starting variables instead.
+      masks: from `make_masks(G, B or 1, ...)` for every phase, or {name: make_masks(...)} with the
+        names the phases give (Phase.masks, default "default"); None = no masks.
+      edits: activation edits {point: activations.Mix} with a leading batch axis (B or 1), applied in
+        every render (the optimisation runs through them); None = none.
+      vgg: VGG-16 pytree (needed when a phase has λ_p or λ_s > 0).
+      seed: recorded in checkpoints (the draws themselves happen in `initial_variables`).
+      log_every: a progress line every this many iterations (0 = never).
+      log: where progress lines go (default: print; None = nowhere).
+      checkpoint_dir: orbax checkpoints (variables, optimiser state, step, seed, history) go here
+        every `checkpoint_every` iterations and at each phase end; a run finding one there resumes
+        from the latest and ends bit-identical to an uninterrupted run.
+      on_phase_end: called with (phase index, batched vars) when a phase finishes.
+      callback: called with (iteration, metrics of that iteration as numpy) after every iteration.
+    Raises:
+      NonFiniteLossError: the loss or the variables became NaN/inf (the last good checkpoint stays).
+    """
+    phases = tuple(phases)
+    B = _check_vars(G, init_vars)
+    target_x = _check_targets(G, target_x, "target_x", B)
+    target_y = target_x if target_y is None else _check_targets(G, target_y, "target_y", B)
+    mask_sets = _mask_sets(G, masks, phases, B)
+    edits = None if not edits else _broadcast(edits, B, "edits")
+    log = log or (lambda _: None)
+    if any(p.weights.percept or p.weights.style for p in phases) and vgg is None:
+        raise ValueError("a phase uses the perceptual or style term (λ_p / λ_s > 0) but no vgg was given")
+    total = sum(p.num_steps for p in phases)
+    starts = np.cumsum([0] + [p.num_steps for p in phases])
+
+    vars = jax.tree.map(jnp.asarray, init_vars)
+    history = {k: np.full((total, B), np.nan, np.float32) for k in HISTORY_KEYS}
+    history["phase"] = np.repeat(np.arange(len(phases), dtype=np.int32), [p.num_steps for p in phases])
+    phase_vars = []
+    t = 0  # iterations done
+    opt_state = None
+
+    mgr = None
+    fingerprint = _fingerprint(G, phases, vars, seed,
+                               data_hash(target_x, target_y, mask_sets, edits or {}, vars))
+    if checkpoint_dir:
+        mgr = _ckpt_manager(checkpoint_dir)
+        latest = mgr.latest_step()
+        if latest is not None:
+            vars, opt_state, phase_vars, history, t = _resume(mgr, latest, phases, starts, vars, history,
+                                                             fingerprint, checkpoint_dir)
+            log(f"resumed from {checkpoint_dir} at iteration {t}/{total}")
+
+    def save(t_now, pi):
+        if mgr is None:
+            return
+        state = {"vars": vars, "opt_state": opt_state, "phase_vars": phase_vars,
+                 "history": {k: history[k] for k in HISTORY_KEYS}}
+        _save(mgr, t_now, state, {"step": int(t_now), "phase": int(pi), "seed": seed, "fingerprint": fingerprint})
+
+    t_start = time.perf_counter()
+    try:
+        for pi, phase in enumerate(phases):
+            if t >= starts[pi + 1] and len(phase_vars) > pi:
+                continue  # finished before a resume
+            if opt_state is None or t == starts[pi]:
+                opt_state = jax.vmap(make_optimizer(phase).init)(vars)
+            fn = step_lib.compiled_step(phase)
+            y = _phase_y(phase, G, target_x, target_y, phase_vars[pi - 1] if pi else init_vars, edits)
+            masks = mask_sets[phase.masks]
+            tick, tick_t = time.perf_counter(), t
+            while t < starts[pi + 1]:
+                new_vars, new_opt, m = fn(vars, opt_state, G, vgg, target_x, y, masks, edits)
+                m = jax.device_get(m)
+                if not np.all(m["finite"]):
+                    _raise_nonfinite(m, t, phase, mgr, checkpoint_dir, history, phase_vars)
+                vars, opt_state = new_vars, new_opt
+                for k in HISTORY_KEYS:
+                    history[k][t] = m[k]
+                t += 1
+                s = t - starts[pi]
+                if s == 1:  # leave compilation out of the rate
+                    tick, tick_t = time.perf_counter(), t
+                if log_every and (s % log_every == 0 or s == phase.num_steps):
+                    now = time.perf_counter()
+                    rate = (t - tick_t) / (now - tick) if t > tick_t else float("nan")
+                    log(_format_line(pi, phases, s, t, total, m, rate))
+                    tick, tick_t = now, t
+                if s == phase.num_steps:
+                    phase_vars.append(vars)
+                    save(t, pi)
+                    if on_phase_end is not None:
+                        on_phase_end(pi, vars)
+                elif checkpoint_every and t % checkpoint_every == 0:
+                    save(t, pi)
+                if callback is not None:
+                    callback(t, m)
+            if phase.num_steps == 0:
+                phase_vars.append(vars)
+                if on_phase_end is not None:
+                    on_phase_end(pi, vars)
+            opt_state = None
+    finally:
+        if mgr is not None:
+            mgr.wait_until_finished()
+            mgr.close()
+    return EmbedResult(vars=vars, phase_vars=phase_vars, history=history, phases=phases,
+                       seconds=time.perf_counter() - t_start)
+
+
+def _phase_y(phase, G, target_x, target_y, start_vars, edits):
+    """Eq. 1's y for `phase`: target_y, target_x, or the render of the phase's starting variables."""
+    if phase.y == "x":
+        return target_x
+    if phase.y == "previous":
+        return step_lib.evaluate(jax.tree.map(jnp.asarray, start_vars), G, target_x, edits)[0]
+    return target_y
+
+
+def _resume(mgr, latest, phases, starts, vars, history, fingerprint, directory):
+    meta = mgr.restore(latest, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta
+    if meta.get("fingerprint") != fingerprint:
+        raise ValueError(f"the checkpoint in {directory} belongs to a different run (other phases, shapes, "
+                         f"seed or generator); use a new checkpoint directory or delete it.\n"
+                         f" checkpoint: {meta.get('fingerprint')}\n this run:   {fingerprint}")
+    t = int(meta["step"])
+    pi = int(meta["phase"])
+    done = sum(1 for s in starts[1:] if s <= t)  # phases finished at t
+    template = {"vars": vars, "opt_state": jax.vmap(make_optimizer(phases[pi]).init)(vars),
+                "phase_vars": [vars] * done, "history": {k: history[k] for k in HISTORY_KEYS}}
+    state, _ = _restore(mgr, latest, template)
+    history = dict(history, **{k: np.array(v) for k, v in state["history"].items()})
+    opt_state = None if t == starts[pi + 1] else state["opt_state"]
+    return state["vars"], opt_state, list(state["phase_vars"]), history, t
+
+
+def _raise_nonfinite(m, t, phase, mgr, directory, history, phase_vars):
+    bad = [int(i) for i in np.flatnonzero(~np.asarray(m["finite"]))]
+    terms = {k: float(np.asarray(m[k])[bad[0]]) for k in ("loss",) + LOSS_TERMS}
+    where = "the loss" if not np.isfinite(terms["loss"]) else "the updated variables"
+    kept = "no checkpoint was written yet"
+    if mgr is not None:
+        mgr.wait_until_finished()
+        last = mgr.latest_step()
+        if last is not None:
+            kept = f"the last good checkpoint (iteration {last}) is kept in {directory}"
+    err = NonFiniteLossError(
+        f"{where} became NaN/inf at iteration {t + 1} (phase {phase.name}, image(s) {bad}; terms {terms}); "
+        f"stopping. Lower the learning rate (w_lr={phase.w_lr}, noise_lr={phase.noise_lr}) or check the "
+        f"target and masks; {kept}.")
+    err.history = {k: v[:t] for k, v in history.items()}  # the iterations that did finish
+    err.phase_vars = list(phase_vars)  # results of the phases that did finish
+    raise err
+
+
+def history_to_json(history: dict) -> dict:
+    """History arrays -> JSON-ready lists (per iteration, per image)."""
+    return {k: np.asarray(v).tolist() for k, v in history.items()}

@@ -1,0 +1,111 @@
+"""The paper's building blocks (Alg. 1) as `Phase` settings of one step function, and schedules.
+
+A phase says which variables move (w_plus, noise, or both), under which loss (the λ of Eq. 1), with
+which optimiser, and which data it uses: the name of its mask set (`masks`: loss masks M_m, M_p,
+M_s and variable masks w_m, n_m, chosen per phase so that one `embed()` call runs a whole
+algorithm) and its y (the second target of Eq. 1: the given target_y, target_x, or "previous" = the
+render of the variables this phase starts from, i.e. the previous phase's result).
+
+    W_l(200, mse2=1e-4, masks="known")                 # inpainting's W+ phase
+    Mk_n(1000, masks="known", y="previous")            # then the noise, y = G(W+ result)
+"""
+
+import dataclasses
+import functools
+from typing import Any, Optional
+
+from i2spp_jax.losses import LossWeights
+
+Y_SOURCES = ("y", "x", "previous")  # target_y, target_x, or the render of the phase's start
+DEFAULT_MASKS = "default"
+
+
+@dataclasses.dataclass(frozen=True)
+class Phase:
+    """One optimisation phase: which variables move, under which loss, with which optimiser."""
+
+    name: str  # shown in logs and history, e.g. "W_l" or "Mk_n"
+    num_steps: int  # iterations of this phase
+    update_w: bool  # optimise w_plus (layers further restricted by the w_m mask)
+    update_noise: bool  # optimise the noise maps (further restricted by the n_m mask)
+    weights: Any = dataclasses.field(default_factory=LossWeights)  # λ of Eq. 1 (LossWeights)
+    w_lr: float = 0.01  # learning rate for w_plus
+    w_optimizer: str = "adam"  # "adam" or "sgd" (the paper's alternative: SGD lr 0.8)
+    noise_lr: float = 5.0  # Adam learning rate for the noise maps
+    resize_to: Optional[int] = 256  # VGG input resolution (None = the image's own)
+    masks: str = DEFAULT_MASKS  # which mask set of embed(masks=...) this phase uses
+    y: str = "y"  # Eq. 1's y: "y" (target_y), "x" (target_x) or "previous" (render of the phase's start)
+
+    def __post_init__(self):
+        if self.y not in Y_SOURCES:
+            raise ValueError(f"phase {self.name}: y must be one of {Y_SOURCES}, got {self.y!r}")
+        if self.num_steps < 0:
+            raise ValueError(f"phase {self.name}: num_steps must be >= 0, got {self.num_steps}")
+        if self.w_optimizer not in ("adam", "sgd"):
+            raise ValueError(f"phase {self.name}: w_optimizer must be 'adam' or 'sgd', got {self.w_optimizer!r}")
+        if not (self.update_w or self.update_noise):
+            raise ValueError(f"phase {self.name} updates nothing: set update_w and/or update_noise")
+
+
+def W_l(num_steps: int, *, lr: float = 0.01, optimizer: str = "adam", mse1: float = 1e-5, mse2: float = 0.0,
+        percept: float = 1e-5, resize_to: Optional[int] = 256, masks: str = DEFAULT_MASKS, y: str = "y") -> Phase:
+    """Masked W+ optimisation (noise fixed): λ_mse1 = λ_p = 1e-5, Adam lr 0.01 (or SGD lr 0.8)."""
+    return Phase("W_l", num_steps, update_w=True, update_noise=False,
+                 weights=LossWeights(style=0.0, mse1=mse1, mse2=mse2, percept=percept),
+                 w_lr=lr, w_optimizer=optimizer, resize_to=resize_to, masks=masks, y=y)
+
+
+def Mk_n(num_steps: int, *, lr: float = 5.0, mse1: float = 1e-5, mse2: float = 1e-5,
+         resize_to: Optional[int] = 256, masks: str = DEFAULT_MASKS, y: str = "y") -> Phase:
+    """Masked noise optimisation (w fixed): λ_mse1 = λ_mse2 = 1e-5, no VGG term, Adam lr 5."""
+    return Phase("Mk_n", num_steps, update_w=False, update_noise=True,
+                 weights=LossWeights(style=0.0, mse1=mse1, mse2=mse2, percept=0.0),
+                 noise_lr=lr, resize_to=resize_to, masks=masks, y=y)
+
+
+def M_st(num_steps: int, *, lr: float = 0.01, style: float = 5e-7, content: float = 1e-5,
+         resize_to: Optional[int] = 256, masks: str = DEFAULT_MASKS, y: str = "y") -> Phase:
+    """Masked style transfer on w: λ_s = 5e-7 (Gram of conv3_3 under M_s against y), plus a content
+    term λ_mse1 pulling the region M_m (give M_m = 1 − style region) to x.
+
+    The paper's table gives Adam lr 5 for this block; on w that diverges, so the default is the W_l
+    rate 0.01 (pass lr=5.0 to follow the table literally).
+    """
+    return Phase("M_st", num_steps, update_w=True, update_noise=False,
+                 weights=LossWeights(style=style, mse1=content, mse2=0.0, percept=0.0),
+                 w_lr=lr, resize_to=resize_to, masks=masks, y=y)
+
+
+def Joint(num_steps: int, *, w_lr: float = 0.01, noise_lr: float = 5.0, mse1: float = 1e-5,
+          percept: float = 1e-5, resize_to: Optional[int] = 256) -> Phase:
+    """W+ and noise together under the W_l loss (the paper's ablation: worse and edits badly)."""
+    return Phase("joint", num_steps, update_w=True, update_noise=True,
+                 weights=LossWeights(style=0.0, mse1=mse1, mse2=0.0, percept=percept),
+                 w_lr=w_lr, noise_lr=noise_lr, resize_to=resize_to)
+
+
+SCHEDULES = ("w_then_noise", "joint", "noise_then_w", "w_only")
+
+
+def schedule(name: str, w_steps: int, noise_steps: int, *, w_lr: float = 0.01, w_optimizer: str = "adam",
+             noise_lr: float = 5.0, percept: float = 1e-5, resize_to: Optional[int] = 256) -> tuple[Phase, ...]:
+    """The paper's reconstruction schedules (Alg. 2 and its ablation), all over w_steps + noise_steps:
+
+      w_then_noise: W_l for w_steps, then Mk_n for noise_steps (the method).
+      joint:        W+ and noise together for w_steps + noise_steps.
+      noise_then_w: Mk_n for noise_steps, then W_l for w_steps.
+      w_only:       W_l for w_steps + noise_steps (noise stays at its initial maps).
+    """
+    w = functools.partial(W_l, lr=w_lr, optimizer=w_optimizer, percept=percept, resize_to=resize_to)
+    n = functools.partial(Mk_n, lr=noise_lr, resize_to=resize_to)
+    if name == "w_then_noise":
+        return (w(w_steps), n(noise_steps))
+    if name == "joint":
+        if w_optimizer != "adam":
+            raise ValueError("the joint schedule uses Adam for w")
+        return (Joint(w_steps + noise_steps, w_lr=w_lr, noise_lr=noise_lr, percept=percept, resize_to=resize_to),)
+    if name == "noise_then_w":
+        return (n(noise_steps), w(w_steps))
+    if name == "w_only":
+        return (w(w_steps + noise_steps),)
+    raise ValueError(f"unknown schedule {name!r}; choose one of {SCHEDULES}")

@@ -1,0 +1,103 @@
+"""One optimisation step for ONE image, pure and undecorated, and its compiled, vmapped form.
+
+`step` renders G(w, n) (through the activation edits, if any), evaluates Eq. 1 against the phase's
+x and y under its loss masks, zeroes the gradients of masked-out variables, applies the phase's
+optimiser and selects the masked-out entries back bit-exactly. `compiled_step(phase)` is
+`jax.jit(jax.vmap(step))`, built once per phase setting for the life of the process.
+"""
+
+import dataclasses
+import functools
+from typing import Optional
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from i2spp_jax import losses as _losses
+from i2spp_jax import metrics as _metrics
+from i2spp_jax.engine.phases import Phase
+from i2spp_jax.engine.variables import Vars, make_optimizer
+from i2spp_jax.generator import Generator
+
+LOSS_TERMS = ("mse1", "mse2", "percept", "style")
+
+
+def psnr(a, b):
+    """PSNR in dB of [N, H, W, C] images in [-1, 1] (both clipped to [-1, 1]) -> [N]."""
+    a, b = jnp.clip(a, -1, 1), jnp.clip(b, -1, 1)
+    return _metrics.psnr(a, b, data_range=2.0)
+
+
+def render(G: Generator, vars: Vars, edits: Optional[dict] = None) -> jax.Array:
+    """One image's variables (and activation edits, `activations.Mix` per point) -> [1, H, W, C]
+    image (about [-1, 1])."""
+    return G.synthesis(vars["w_plus"][None], noise=[m[None] for m in vars["noise"]], edits=edits)
+
+
+def step(vars: Vars, opt_state, G: Generator, vgg, target_x: jax.Array, target_y: jax.Array, masks: dict,
+         edits: Optional[dict] = None, *, phase: Phase):
+    """One optimisation step for ONE image (vmap it over images; jit it in the driver).
+
+    Args:
+      vars: {"w_plus": [num_ws, w_dim], "noise": [[R, R], ...]}.
+      opt_state: the state of `make_optimizer(phase)` for these vars.
+      G: the generator (a pytree argument, not a constant).
+      vgg: VGG-16 pytree for the perceptual/style terms, or None when their λ are 0.
+      target_x, target_y: [H, W, C] in [-1, 1], the x and y of Eq. 1.
+      masks: from `make_masks` (one image's slice).
+      edits: activation edits {point: activations.Mix} (one image's slice), or None.
+      phase: the block's settings (static).
+    Returns:
+      (new vars, new opt_state, metrics) with metrics {"loss", "mse1", "mse2", "percept", "style",
+      "psnr" (of the image at the *input* vars against target_x), "finite" (loss and new vars)}.
+    """
+    freeze = {"w_plus": not phase.update_w, "noise": not phase.update_noise}
+
+    def loss_fn(v):
+        # stop_gradient on frozen groups lets XLA drop their backward pass.
+        v = {k: jax.tree.map(jax.lax.stop_gradient, x) if freeze[k] else x for k, x in v.items()}
+        img = render(G, v, edits)
+        m = {k: mk[None] for k, mk in masks["loss"].items()}  # one image's [H, W, 1] -> [1, H, W, 1]
+        total, terms = _losses.eq1_loss(vgg, img, target_x[None], target_y[None], mask_mse=m.get("mse"),
+                                        mask_percept=m.get("percept"), mask_style=m.get("style"),
+                                        mask_style_y=m.get("style_y"), weights=phase.weights,
+                                        resize_to=phase.resize_to)
+        return total[0], (terms, img)
+
+    (loss, (terms, img)), grads = jax.value_and_grad(loss_fn, has_aux=True)(vars)
+    vmask = masks["vars"]
+    grads = jax.tree.map(lambda g, m: g * m, grads, vmask)
+    updates, opt_state = make_optimizer(phase).update(grads, opt_state, vars)
+    new = optax.apply_updates(vars, updates)
+    # Select, not add: a masked-out entry keeps its exact bits (x + 0.0 would turn -0.0 into +0.0).
+    new = jax.tree.map(lambda n, o, m: jnp.where(m > 0, n, o), new, vars, vmask)
+    finite = jnp.isfinite(loss) & jnp.all(jnp.array([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(new)]))
+    metrics = {"loss": loss, **{k: terms[k][0] for k in LOSS_TERMS}, "psnr": psnr(img, target_x[None])[0],
+               "finite": finite}
+    return new, opt_state, metrics
+
+
+def evaluate(vars: Vars, G: Generator, target_x: jax.Array, edits: Optional[dict] = None
+             ) -> tuple[jax.Array, jax.Array]:
+    """Batched vars (and edits) -> (images [B, H, W, C], PSNR [B] against target_x [B, H, W, C] in [-1, 1])."""
+    return _evaluate(vars, G, jnp.asarray(target_x), edits)
+
+
+@jax.jit
+def _evaluate(vars, G, target_x, edits):
+    img = jax.vmap(lambda v, e: render(G, v, e)[0])(vars, edits)
+    return img, psnr(img, target_x)
+
+
+def compiled_step(phase: Phase):
+    """The jitted, vmapped step of `phase`, one per phase setting for the life of the process, so
+    that every embed() call with the same settings and shapes reuses one compiled program (the
+    number of iterations and the name do not enter the step, so they do not split the cache)."""
+    return _compiled_step_for(dataclasses.replace(phase, num_steps=0, name="", masks="", y="y"))
+
+
+@functools.lru_cache(maxsize=None)
+def _compiled_step_for(phase: Phase):
+    fn = functools.partial(step, phase=phase)
+    return jax.jit(jax.vmap(fn, in_axes=(0, 0, None, None, 0, 0, 0, 0)))
