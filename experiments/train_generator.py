@@ -12,8 +12,9 @@ Commands (each a complete configuration):
     python -m experiments.train_generator --smoke --out=/tmp/smoke
 
 Rerunning the same command resumes from the last checkpoint in --out (bit-identically); a run
-with other settings in an existing --out is refused (a larger --kimg extends a run). Outputs in --out: ckpt/ (orbax: the whole
-training state), history.npz (every logged step's losses), losses.png, samples/NNNNNN.png (a fixed
+with other settings in an existing --out is refused (a larger --kimg extends a run), and --fresh
+moves the old folder aside to OUT.old-<time> and starts over. Outputs in --out: ckpt/ (orbax: the
+whole training state), history.npz (every logged step's losses), losses.png, samples/NNNNNN.png (a fixed
 8x8 grid of the EMA generator), samples_latest.png, run.json (the settings), and at the end
 generator/ (the EMA generator, loadable with i2spp_jax.load_generator).
 """
@@ -112,34 +113,15 @@ class _Checkpoints:
         return jax.tree.unflatten(treedef, [jnp.asarray(x) for x in got.state])
 
 
-def _check_run_json(cfg: RunConfig) -> None:
-    """Refuses an --out that holds another run; records this run's settings in a new one."""
-    path = os.path.join(cfg.out, "run.json")
-    mine = cfg.fingerprint()
-    if os.path.exists(path):
-        with open(path) as f:
-            theirs = json.load(f)
-        if theirs != mine:
-            diff = sorted(k for k in set(mine["train"]) | set(theirs.get("train", {}))
-                          if mine["train"].get(k) != theirs.get("train", {}).get(k))
-            if mine["data"] != theirs.get("data"):
-                diff.append("data")
-            raise cli.UserError(f"{cfg.out} holds a training run with other settings ({', '.join(diff)}); "
-                                f"use a new --out or the same settings to resume it")
-        return
-    os.makedirs(cfg.out, exist_ok=True)
-    with open(path + ".tmp", "w") as f:
-        json.dump(mine, f, indent=1, sort_keys=True)
-    os.replace(path + ".tmp", path)
-
-
 def train(cfg: RunConfig, *, images: Optional[np.ndarray] = None, steps: Optional[int] = None,
-          log: Callable[[str], None] = print) -> dict:
+          fresh: bool = False, log: Callable[[str], None] = print) -> dict:
     """Trains (or resumes) until cfg.total_steps, or `steps` more steps in this call.
 
     Args:
       images: uint8 [N, R, R, C]; None = load cfg.data.
       steps: stop after this many steps of this call (tests; a later call resumes).
+      fresh: if cfg.out holds a run, move it aside to OUT.old-<time> (nothing is deleted) and start
+        over; without it the same settings resume, and other settings are refused (cli.UserError).
     Returns:
       {"state": final state, "history": {...}, "step": last step}
     """
@@ -151,7 +133,7 @@ def train(cfg: RunConfig, *, images: Optional[np.ndarray] = None, steps: Optiona
         raise cli.UserError(f"training images are {images.shape[1:]}; the generator makes {(r, r, c)}")
     if len(images) < tc.batch:
         raise cli.UserError(f"{len(images)} training images are fewer than one batch ({tc.batch})")
-    _check_run_json(cfg)
+    cli.prepare_out(cfg.out, cfg.fingerprint(), fresh=fresh, log=log)  # run.json: the settings
     ckpts = _Checkpoints(os.path.join(cfg.out, "ckpt"))
     hist_path = os.path.join(cfg.out, "history.npz")
     state = training.init_state(tc)
@@ -255,6 +237,8 @@ def define_flags() -> None:
     flags.DEFINE_integer("sample_every", 500, "sample grid interval (steps)")
     flags.DEFINE_integer("checkpoint_every", 500, "checkpoint interval (steps)")
     flags.DEFINE_boolean("smoke", False, "tiny network on the toy set, a few steps")
+    flags.DEFINE_boolean("fresh", False, "if --out holds a run, move it aside to OUT.old-<time> (nothing is "
+                         "deleted) and start over; without it the same settings resume")
 
 
 def config_from_flags() -> RunConfig:
@@ -283,7 +267,7 @@ def main(argv):
     del argv
     logging.set_verbosity(logging.WARNING)  # orbax logs every checkpoint at INFO
     cfg = config_from_flags()
-    train(cfg, log=cli.log)
+    train(cfg, fresh=FLAGS.fresh, log=cli.log)
 
 
 if __name__ == "__main__":
