@@ -23,28 +23,32 @@ Commands (each a complete configuration):
 
 Outputs in --out: grid.png (every target's row: target, each phase's result with its PSNR, the
 difference map), curves.png (loss and PSNR per iteration, a line per target), metrics.json
-(settings, PSNR/SSIM per target and phase, times), history.npz (every iteration's loss terms and
-PSNR), run.json (what makes the run: a folder holding another run is refused), ckpt/ (orbax; the
-same command resumes), and per target a folder NAME/ with target.png, w_result.png (after the W+
-phase), wn_result.png (after W+ and noise), diff.png (|result - target| x4), w_plus.npy,
-w_plus_phase*.npy, noise/noise_*.npy, and truth_* for a rendered target.
+(settings, PSNR/SSIM per target and phase, the optimisation's seconds summed over the sessions
+that ran it), history.npz (every iteration's loss terms and PSNR), run.json (what makes the run: a
+folder holding another run is refused; --fresh moves it aside to OUT.old-<time> and starts over),
+timing.json (each session's iterations and seconds), ckpt/ (orbax; the same command resumes, and
+on a finished run says so and rewrites nothing), and per target a folder NAME/ with target.png,
+w_result.png (after the W+ phase), wn_result.png (after W+ and noise), diff.png (|result - target|
+x4), w_plus.npy, w_plus_phase*.npy, noise/noise_*.npy, and truth_* for a rendered target.
+
+Every input (images, --w_init, --vgg, the generator's config) is read and checked before the
+generator is built: a mistake ends in one line (`error: ...`, exit status 2) within seconds.
 """
 
 import dataclasses
-import hashlib
 import json
 import os
 import time
-from typing import Optional
+from typing import Optional, Union
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from absl import flags, logging
 
-import i2spp_jax
 from experiments import cli
 from i2spp_jax import checkpoint, embed, io, plots
+from i2spp_jax.generator import GeneratorConfig
 
 
 @dataclasses.dataclass(frozen=True)
@@ -128,74 +132,119 @@ class Target:
     truth: Optional[dict] = None  # {"w_plus", "noise"} for a rendered target
 
 
-def _targets(cfg: ReconstructConfig, G, log) -> list[Target]:
+@dataclasses.dataclass
+class _Inputs:
+    """The user's inputs, read and checked before the generator or VGG is built."""
+
+    config: Optional[GeneratorConfig]  # the generator's topology; None for a source file (known once parsed)
+    images: dict  # path -> [R, R, C] in [-1, 1], or None until the generator's size is known
+    real_image: Optional[str]  # demo: the real image embedded beside the rendered one
+    w_init: Union[str, np.ndarray]  # a name of embed.W_INITS, or an embedding [num_ws, w_dim] / [B, ...]
+    plan: Optional[tuple] = None  # (preset, phases, resize_to) when the config is known
+
+
+def _plan(cfg: ReconstructConfig, G) -> tuple[str, tuple, int]:
+    """(preset, phases, VGG resolution) for a generator (or its config)."""
+    preset, w_steps, noise_steps, resize_to = _resolve(cfg, G)
+    with cli.user_input(f"--schedule={cfg.schedule}"):
+        phases = embed.schedule(cfg.schedule, w_steps, noise_steps, w_lr=cfg.w_lr, w_optimizer=cfg.w_optimizer,
+                                noise_lr=cfg.noise_lr, percept=cfg.percept, resize_to=resize_to)
+    return preset, phases, resize_to
+
+
+def _read_inputs(cfg: ReconstructConfig, log) -> _Inputs:
+    """Reads every input that the user names (images, --w_init, --vgg, the generator's config) and
+    refuses a bad one in one line, in about a second: before anything slow is built."""
+    config = cli.generator_config(cfg.generator)
+    paths = cfg.image.split(",") if cfg.image else []
+    images = {path: cli.load_image(path, config, log) for path in paths}
+    real = None
+    if not paths and cfg.generator == "demo" and cfg.real_image:
+        shipped = cfg.real_image == "heldout"
+        real = checkpoint.heldout_images()[0] if shipped else cfg.real_image
+        images[real] = cli.load_image(real, config, (lambda _: None) if shipped else log)
+    w_init = cfg.w_init
+    if w_init.endswith(".npy"):
+        n = len(paths) or 1 + (real is not None)
+        shapes = None if config is None else [(config.num_ws, config.w_dim), (n, config.num_ws, config.w_dim)]
+        w_init = cli.load_npy(w_init, f"--w_init={cfg.w_init}", shapes)
+    elif w_init not in embed.W_INITS:
+        raise cli.UserError(f"--w_init={w_init}: use one of {', '.join(embed.W_INITS)}, or a .npy embedding "
+                            "(e.g. a run's NAME/w_plus.npy)")
+    if cfg.vgg not in ("imagenet", "random") and not os.path.exists(cfg.vgg):
+        raise FileNotFoundError(f"--vgg={cfg.vgg}: no such file or folder; give 'imagenet', 'random', or VGG16 "
+                                "weights (.onnx, .pth, or a folder made by python -m converters.vgg16)")
+    plan = _plan(cfg, config) if config is not None else None
+    return _Inputs(config, images, real, w_init, plan)
+
+
+def _targets(cfg: ReconstructConfig, G, inputs: _Inputs, log) -> list[Target]:
     """The images of this run: --image (one or several, comma-separated), else the hidden-latent
     render, plus, on the demo generator, a real held-out photograph."""
+
+    def image(path, log=log):  # read before the generator, unless its size was unknown then
+        img = inputs.images[path]
+        return jnp.asarray(img if img is not None else cli.load_image(path, G.config, log))
+
     if cfg.image:
         out = []
         for path in cfg.image.split(","):
-            img, notes = io.load_image(path, G.img_resolution, G.img_channels)
-            for n in notes:
-                log(f"{path}: {n}")
             name = os.path.splitext(os.path.basename(path))[0]
             if name in [t.name for t in out]:
                 name = f"{name}_{len(out)}"
-            out.append(Target(name, jnp.asarray(img), f"image {path}", f"your image\n{os.path.basename(path)}"))
+            out.append(Target(name, image(path), f"image {path}", f"your image\n{os.path.basename(path)}"))
         return out
     ws_true, noise_true, img = hidden_target(G, cfg.truth_seed, cfg.truth_psi)
     out = [Target("rendered", img, f"rendered from a hidden latent (seed {cfg.truth_seed}, psi {cfg.truth_psi}) "
                   "and hidden noise: PSNR is against the true answer", "rendered by G from a\nhidden latent (truth known)",
                   {"w_plus": ws_true, "noise": noise_true})]
-    if cfg.generator == "demo" and cfg.real_image:
-        path = checkpoint.heldout_images()[0] if cfg.real_image == "heldout" else cfg.real_image
-        img, _ = io.load_image(path, G.img_resolution, G.img_channels)
-        out.append(Target("real", jnp.asarray(img),
+    if inputs.real_image:
+        path = inputs.real_image
+        out.append(Target("real", image(path, lambda _: None),
                           f"real photograph {os.path.basename(path)} (Fashion-MNIST test split, never trained on)",
                           f"real photo, held out\n{os.path.splitext(os.path.basename(path))[0]}"))
     return out
 
 
-def _run_fingerprint(cfg: ReconstructConfig, targets: list[Target], phases) -> dict:
-    """Everything that makes a run: a folder holding another run is refused, never mixed."""
+def _run_fingerprint(cfg: ReconstructConfig, phases) -> dict:
+    """The settings that make a run (the targets are added by content): a folder holding another
+    run is refused, never mixed."""
     settings = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in ("out", "log_every")}
-    return {"settings": settings, "phases": [repr(p) for p in phases],
-            "targets": {t.name: hashlib.sha256(np.asarray(t.image, np.float32).tobytes()).hexdigest()[:16]
-                        for t in targets}}
+    return {"settings": settings, "phases": [repr(p) for p in phases]}
 
 
-def _check_out(out: str, fingerprint: dict) -> None:
-    path = os.path.join(out, "run.json")
-    if os.path.exists(path):
-        with open(path) as f:
-            theirs = json.load(f)
-        if theirs != fingerprint:
-            what = [k for k in ("targets", "settings", "phases") if theirs.get(k) != fingerprint[k]]
-            if "settings" in what:
-                a, b = theirs.get("settings", {}), fingerprint["settings"]
-                changed = ", ".join(sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k)))
-                what[what.index("settings")] = f"settings ({changed})"
-            raise cli.UserError(f"{out} holds a run with other {' and '.join(what)}; "
-                                f"use a new --out, or delete {out} to start over")
-        return
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(fingerprint, f, indent=1, default=list)
-    os.replace(tmp, path)
+def _finished_metrics(out: str) -> Optional[dict]:
+    """The metrics of a finished run in `out` (None if it has not finished). A run written before
+    timing.json existed counts as finished when its metrics.json exists."""
+    path = os.path.join(out, "metrics.json")
+    legacy = not os.path.exists(os.path.join(out, cli.TIMING_FILE))
+    if not os.path.exists(path) or not (legacy or cli.is_finished(out)):
+        return None
+    with open(path) as f:
+        return json.load(f)
 
 
-def reconstruct(cfg: ReconstructConfig, log=logging.info) -> dict:
+def reconstruct(cfg: ReconstructConfig, *, fresh: bool = False, log=logging.info) -> dict:
     """Runs Algorithm 2 (or an ablation schedule) on every target at once (one vmapped batch) and
     writes the outputs into cfg.out: one subfolder per target, and the shared figures.
 
-    Returns the metrics dict also written to metrics.json.
+    Every input is read and checked before the generator is built. cfg.out holding this run
+    resumes it (a finished one is left as it is); holding another run is refused (cli.UserError),
+    unless `fresh`: then the old folder is moved aside and a new run starts.
+
+    Returns the metrics dict also written to metrics.json (a finished run's, as it was written).
     """
-    G = i2spp_jax.load_generator(cfg.generator)
-    preset, w_steps, noise_steps, resize_to = _resolve(cfg, G)
-    phases = embed.schedule(cfg.schedule, w_steps, noise_steps, w_lr=cfg.w_lr, w_optimizer=cfg.w_optimizer,
-                            noise_lr=cfg.noise_lr, percept=cfg.percept, resize_to=resize_to)
-    targets = _targets(cfg, G, log)
-    os.makedirs(cfg.out, exist_ok=True)
-    _check_out(cfg.out, _run_fingerprint(cfg, targets, phases))
+    inputs = _read_inputs(cfg, log)
+    G = cli.load_generator(cfg.generator)
+    preset, phases, resize_to = inputs.plan or _plan(cfg, G)
+    targets = _targets(cfg, G, inputs, log)
+    resuming = cli.prepare_out(cfg.out, _run_fingerprint(cfg, phases), fresh=fresh, log=log,
+                               arrays={"targets": {t.name: t.image for t in targets}}, derived=("phases",))
+    done = _finished_metrics(cfg.out) if resuming else None
+    if done is not None:
+        log(f"{cfg.out} already holds this run, finished ({done['seconds']:.0f}s of optimisation); nothing "
+            "rewritten (--fresh moves it aside and starts over)")
+        return done
     log(f"generator {cfg.generator}: {G.img_resolution}x{G.img_resolution}, {G.num_ws} ws x {G.w_dim}, "
         f"{len(G.noise_shapes)} noise maps; preset {preset}; schedule {cfg.schedule}: "
         + " -> ".join(f"{p.name} {p.num_steps}" for p in phases) + f"; VGG at {resize_to}")
@@ -209,11 +258,14 @@ def reconstruct(cfg: ReconstructConfig, log=logging.info) -> dict:
         log(f"target {t.name}: {t.source}")
     stack = jnp.stack([t.image for t in targets])
 
-    w_init = cfg.w_init
-    if w_init.endswith(".npy"):
-        w_init = np.load(w_init)
-    init = embed.initial_variables(G, len(targets), w_init=w_init, noise_init=cfg.noise_init, seed=cfg.seed)
-    vgg = _load_vgg(cfg.vgg) if any(p.weights.percept or p.weights.style for p in phases) else None
+    with cli.user_input(f"--w_init={cfg.w_init}", "give an embedding made with this generator (NAME/w_plus.npy), "
+                        "one per image or one for all"):
+        init = embed.initial_variables(G, len(targets), w_init=inputs.w_init, noise_init=cfg.noise_init,
+                                       seed=cfg.seed)
+    vgg = None
+    if any(p.weights.percept or p.weights.style for p in phases):
+        with cli.user_input(f"--vgg={cfg.vgg}", "give 'imagenet', 'random', or VGG16 weights"):
+            vgg = _load_vgg(cfg.vgg)
     names = _phase_files(cfg.schedule, phases)
 
     def on_phase_end(i, vars):  # write each phase's result as soon as it exists
@@ -224,16 +276,20 @@ def reconstruct(cfg: ReconstructConfig, log=logging.info) -> dict:
         log(f"phase {i + 1} ({phases[i].name}) done: " + "; ".join(
             f"{t.name} PSNR {_quality(imgs[b], t.image)['psnr']:.2f} dB" for b, t in enumerate(targets)))
 
+    ran = []  # the iterations this session runs (a resumed run skips those done before)
     t0 = time.perf_counter()
     try:
         result = embed.embed(G, stack, phases=phases, init_vars=init, vgg=vgg, seed=cfg.seed,
                              log_every=cfg.log_every, log=log, checkpoint_dir=os.path.join(cfg.out, "ckpt"),
-                             checkpoint_every=cfg.checkpoint_every, on_phase_end=on_phase_end)
+                             checkpoint_every=cfg.checkpoint_every, on_phase_end=on_phase_end,
+                             callback=lambda t, m: ran.append(t))
     except embed.NonFiniteLossError as e:  # keep what was computed: finished phases are on disk already
         np.savez(os.path.join(cfg.out, "history_partial.npz"), **e.history)
         raise FloatingPointError(f"{e} The history so far is in {cfg.out}/history_partial.npz.") from None
-    seconds = time.perf_counter() - t0
-    return _write_outputs(cfg, G, phases, names, result, targets, preset, resize_to, seconds, log, init)
+    timing = cli.record_session(cfg.out, iterations=len(ran), seconds=time.perf_counter() - t0)
+    metrics = _write_outputs(cfg, G, phases, names, result, targets, preset, resize_to, timing, log, init)
+    cli.mark_finished(cfg.out)
+    return metrics
 
 
 def _phase_files(schedule, phases):
@@ -250,7 +306,7 @@ _PHASE_NOTES = {
 }
 
 
-def _write_outputs(cfg, G, phases, names, result, targets, preset, resize_to, seconds, log, init):
+def _write_outputs(cfg, G, phases, names, result, targets, preset, resize_to, timing, log, init):
     out = cfg.out
     stack = jnp.stack([t.image for t in targets])
     phase_imgs = [np.asarray(embed.evaluate(v, G, stack)[0]) for v in result.phase_vars]  # [P][B, H, W, C]
@@ -299,8 +355,11 @@ def _write_outputs(cfg, G, phases, names, result, targets, preset, resize_to, se
         "generator": {"img_resolution": G.img_resolution, "num_ws": G.num_ws, "w_dim": G.w_dim,
                       "noise_shapes": G.noise_shapes},
         "targets": per_target,
-        "seconds": seconds,
-        "iterations_per_second": float(len(result.history["phase"]) / max(result.seconds, 1e-9)),
+        # The optimisation's wall time (compiling included) summed over the sessions that ran it
+        # (a resumed run's too); `timing` has each session. A finished run is never re-timed.
+        "seconds": timing["seconds"],
+        "iterations_per_second": timing["iterations_per_second"],
+        "timing": dict(timing, iterations_total=int(len(result.history["phase"]))),
         "machine": f"{jax.default_backend()} ({os.cpu_count()} cores)",
     }
     tmp = os.path.join(out, "metrics.tmp.json")
@@ -310,7 +369,10 @@ def _write_outputs(cfg, G, phases, names, result, targets, preset, resize_to, se
     for name, e in per_target.items():
         summary = "; ".join(f"{q['phase']}: PSNR {q['psnr']:.2f} dB, SSIM {q['ssim']:.4f}" for q in e["per_phase"])
         log(f"{name}: {summary}")
-    log(f"done in {seconds:.0f}s. Outputs in {out} (grid.png, curves.png, metrics.json, one folder per target)")
+    sessions = len(timing["sessions"])
+    log(f"done: {timing['iterations']} iterations in {timing['seconds']:.0f}s of optimisation"
+        + (f" over {sessions} sessions" if sessions > 1 else "")
+        + f". Outputs in {out} (grid.png, curves.png, metrics.json, one folder per target)")
     return metrics
 
 
@@ -328,8 +390,8 @@ flags.DEFINE_string("real_image", _D.real_image, "demo generator: the real image
 flags.DEFINE_bool("paper", False, "the paper's settings: W+ 5000 + noise 3000, VGG at 256")
 flags.DEFINE_bool("smoke", False, "a seconds-long run: 10 + 10 iterations, random-weight VGG")
 flags.DEFINE_enum("schedule", _D.schedule, list(embed.SCHEDULES), "phase order (the ablation)")
-flags.DEFINE_integer("w_steps", None, "W+ iterations (overrides the preset)")
-flags.DEFINE_integer("noise_steps", None, "noise iterations (overrides the preset)")
+flags.DEFINE_integer("w_steps", None, "W+ iterations (overrides the preset)", lower_bound=0)
+flags.DEFINE_integer("noise_steps", None, "noise iterations (overrides the preset)", lower_bound=0)
 flags.DEFINE_float("w_lr", _D.w_lr, "learning rate for W+")
 flags.DEFINE_enum("w_optimizer", _D.w_optimizer, ["adam", "sgd"], "optimiser for W+ (paper: Adam 0.01 or SGD 0.8)")
 flags.DEFINE_float("noise_lr", _D.noise_lr, "Adam learning rate for the noise maps")
@@ -340,8 +402,10 @@ flags.DEFINE_string("w_init", _D.w_init, "'w_avg', 'uniform', 'uniform_0.4', or 
 flags.DEFINE_enum("noise_init", _D.noise_init, ["normal", "const"], "initial noise maps")
 flags.DEFINE_integer("seed", _D.seed, "seed of the initialisation")
 flags.DEFINE_integer("truth_seed", _D.truth_seed, "demo: seed of the hidden latent and noise")
-flags.DEFINE_integer("log_every", _D.log_every, "progress line every this many iterations")
-flags.DEFINE_integer("checkpoint_every", _D.checkpoint_every, "orbax checkpoint interval (iterations)")
+flags.DEFINE_integer("log_every", _D.log_every, "progress line every this many iterations", lower_bound=0)
+flags.DEFINE_integer("checkpoint_every", _D.checkpoint_every, "orbax checkpoint interval (iterations)", lower_bound=0)
+flags.DEFINE_bool("fresh", False, "if --out holds a run, move it aside to OUT.old-<time> (nothing is deleted) "
+                  "and start over; without it the same command resumes, and other settings are refused")
 
 
 def main(argv):
@@ -358,7 +422,7 @@ def main(argv):
         noise_init=FLAGS.noise_init, seed=FLAGS.seed, truth_seed=FLAGS.truth_seed,
         log_every=FLAGS.log_every if not FLAGS.smoke else 5, checkpoint_every=FLAGS.checkpoint_every)
     logging.set_verbosity(logging.WARNING)  # orbax logs every checkpoint step at INFO
-    reconstruct(cfg, log=cli.log)
+    reconstruct(cfg, fresh=FLAGS.fresh, log=cli.log)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,212 @@
+"""experiments/cli.py: one-line refusals, inputs checked before the generator, one run per folder,
+and the run's time kept across sessions."""
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from experiments import cli
+from i2spp_jax import checkpoint
+from i2spp_jax.io import ImageError
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def run_cli(*args, timeout=300):
+    t0 = time.perf_counter()
+    p = subprocess.run([sys.executable, "-m", *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+    return p, time.perf_counter() - t0
+
+
+def assert_one_line_error(p, *words):
+    assert p.returncode == 2, p.stderr[-2000:]
+    lines = p.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), p.stderr[-2000:]
+    for w in words:
+        assert w in lines[0], (w, lines[0])
+
+
+# ----------------------------------------------------------------------------------------------
+# The run folder.
+
+
+def test_prepare_out_new_resume_refuse_fresh(tmp_path):
+    out = str(tmp_path / "x")
+    fp = {"settings": {"w_steps": 10, "seed": 0}, "phases": ["W_l(10)"]}
+    img = np.zeros((4, 4, 3), np.float32)
+    arrays = {"targets": {"a": img}, "masks": {"m": np.ones((4, 4, 1))}}
+    assert cli.prepare_out(out, fp, arrays=arrays, fresh=False, log=print) is False
+    saved = json.load(open(os.path.join(out, cli.RUN_FILE)))
+    assert saved["settings"] == fp["settings"] and set(saved["targets"]) == {"a"} and set(saved["masks"]) == {"m"}
+    assert cli.prepare_out(out, fp, arrays=arrays, fresh=False) is True  # the same run: resume
+    open(os.path.join(out, "result.npy"), "w").write("kept")
+
+    other = {"settings": {"w_steps": 20, "seed": 1}, "phases": ["W_l(20)"]}
+    other_arrays = {"targets": {"a": img + 1}, "masks": arrays["masks"]}
+    with pytest.raises(cli.UserError) as e:
+        cli.prepare_out(out, other, arrays=other_arrays, derived=("phases",), fresh=False)
+    assert str(e.value) == (f"{out} holds a run with other targets (a) and other settings (seed, w_steps); "
+                            f"rerun with --fresh to move it aside to {out}.old-<time> and start over, "
+                            "or choose another --out")
+    with pytest.raises(cli.UserError, match=r"other masks \(m\); rerun"):  # a mask differs, nothing else
+        cli.prepare_out(out, fp, arrays={"targets": arrays["targets"], "masks": {"m": np.zeros((4, 4, 1))}},
+                        fresh=False)
+    with pytest.raises(cli.UserError, match=r"other settings \(phases\)"):  # derived, named when alone
+        cli.prepare_out(out, dict(fp, phases=["W_l(11)"]), arrays=arrays, derived=("phases",), fresh=False)
+
+    lines = []
+    assert cli.prepare_out(out, other, arrays=other_arrays, fresh=True, log=lines.append) is False
+    (aside,) = [d for d in os.listdir(tmp_path) if d.startswith("x.old-")]
+    assert open(tmp_path / aside / "result.npy").read() == "kept"  # nothing computed is lost
+    assert json.load(open(tmp_path / aside / cli.RUN_FILE)) == saved
+    assert os.listdir(out) == [cli.RUN_FILE] and aside in lines[0]
+    assert cli.prepare_out(out, other, arrays=other_arrays, fresh=True) is False  # again: a second .old- folder
+    assert len([d for d in os.listdir(tmp_path) if d.startswith("x.old-")]) == 2
+
+
+def test_prepare_out_refuses_a_folder_of_other_files(tmp_path):
+    (tmp_path / "photo.png").write_bytes(b"x")
+    with pytest.raises(cli.UserError, match=f"{tmp_path} holds files but no run .run.json is missing.; rerun with"):
+        cli.prepare_out(str(tmp_path), {"settings": {}}, fresh=False)
+    with pytest.raises(cli.UserError, match="is a file"):
+        cli.prepare_out(str(tmp_path / "photo.png"), {"settings": {}}, fresh=False)
+
+
+def test_sessions_add_up(tmp_path):
+    out = str(tmp_path)
+    assert cli.run_timing(out) == {"seconds": 0, "iterations": 0, "iterations_per_second": None, "sessions": []}
+    cli.record_session(out, iterations=30, seconds=3.0)
+    cli.record_session(out, iterations=0, seconds=1.5)  # a resume that found nothing to do: not a session
+    t = cli.record_session(out, iterations=10, seconds=2.0)
+    assert [s["iterations"] for s in t["sessions"]] == [30, 10]
+    assert t["seconds"] == 5.0 and t["iterations"] == 40 and t["iterations_per_second"] == 8.0
+    assert not cli.is_finished(out)
+    cli.mark_finished(out)
+    assert cli.is_finished(out) and cli.run_timing(out) == t
+
+
+# ----------------------------------------------------------------------------------------------
+# Inputs.
+
+
+def test_generator_config_without_weights(tmp_path):
+    demo = cli.generator_config("demo")
+    assert (demo.img_resolution, demo.img_channels, demo.num_ws, demo.w_dim) == (32, 3, 8, 128)
+    assert cli.generator_config("demo-random").img_resolution == 64
+    assert cli.generator_config(checkpoint.DEMO_DIR) == demo
+    (tmp_path / "net.pkl").write_bytes(b"x")
+    assert cli.generator_config(str(tmp_path / "net.pkl")) is None  # a source file: known once parsed
+    with pytest.raises(FileNotFoundError, match="no generator at"):
+        cli.generator_config(str(tmp_path / "nope"))
+    with pytest.raises(FileNotFoundError, match="config.json is missing"):
+        cli.generator_config(str(tmp_path))
+    os.makedirs(tmp_path / "params")
+    (tmp_path / "config.json").write_text("{bad")
+    with pytest.raises(cli.UserError, match="config.json is damaged"):
+        cli.generator_config(str(tmp_path))
+
+
+def test_load_npy_refusals(tmp_path):
+    shapes = [(8, 128), (2, 8, 128)]
+    np.save(tmp_path / "ok.npy", np.ones((2, 8, 128)))
+    assert cli.load_npy(str(tmp_path / "ok.npy"), "--w_init", shapes).dtype == np.float32
+    np.save(tmp_path / "shape.npy", np.ones(3))
+    np.save(tmp_path / "nan.npy", np.full((8, 128), np.nan))
+    np.save(tmp_path / "obj.npy", np.array([{}], dtype=object), allow_pickle=True)
+    (tmp_path / "text.npy").write_text("hello")
+    for name, words in (("shape.npy", r"shape \(3,\); this generator needs \(8, 128\) or \(2, 8, 128\)"),
+                        ("nan.npy", "NaN"), ("obj.npy", "not a .npy array file"), ("text.npy", "no .npy header")):
+        with pytest.raises(cli.UserError, match=words):
+            cli.load_npy(str(tmp_path / name), "--w_init", shapes)
+    with pytest.raises(FileNotFoundError, match="--w_init: no such file"):
+        cli.load_npy(str(tmp_path / "none.npy"), "--w_init")
+
+
+def test_load_image_decodes_before_the_size_is_known(tmp_path):
+    (tmp_path / "bad.png").write_bytes(b"\x89PNG\r\n\x1a\n garbage")
+    with pytest.raises(ImageError, match="bad.png"):
+        cli.load_image(str(tmp_path / "bad.png"), None)
+    Image.fromarray(np.zeros((40, 50, 3), np.uint8)).save(tmp_path / "ok.png")
+    assert cli.load_image(str(tmp_path / "ok.png"), None) is None
+    notes = []
+    img = cli.load_image(str(tmp_path / "ok.png"), cli.generator_config("demo"), notes.append)
+    assert img.shape == (32, 32, 3) and len(notes) == 2  # cropped, resized
+
+
+def test_user_input_converts_only_value_errors():
+    with pytest.raises(cli.UserError, match="^--mask=m.png: bad shape; give a mask the size of the image$"):
+        with cli.user_input("--mask=m.png", "give a mask the size of the image"):
+            raise ValueError("bad shape")
+    with pytest.raises(KeyError):  # a bug keeps its type (and its traceback)
+        with cli.user_input("--mask=m.png"):
+            raise KeyError("x")
+
+
+# ----------------------------------------------------------------------------------------------
+# The command line: each mistake is one line on stderr, exit status 2, in seconds.
+
+
+def test_corrupt_image_refused_before_the_generator_is_built(tmp_path):
+    """demo-random takes ~20 s to build on 2 cores; the image is refused before it (~2 s)."""
+    (tmp_path / "bad.png").write_bytes(b"\xff\xd8\xff garbage")
+    p, seconds = run_cli("experiments.reconstruct", "--smoke", "--generator=demo-random",
+                         f"--image={tmp_path}/bad.png", f"--out={tmp_path}/o")
+    assert_one_line_error(p, "bad.png", "corrupt")
+    assert seconds < 15 and not os.path.exists(tmp_path / "o")
+
+
+def _mistakes(tmp_path):
+    a = np.arange(64, dtype=np.uint16).reshape(8, 8) * 1000
+    Image.fromarray(a).save(tmp_path / "deep.png")  # 16-bit greyscale: its value range is unknown
+    (tmp_path / "garbage.pkl").write_bytes(b"hello, not a network")
+    np.savez(tmp_path / "weights.npz", x=np.zeros(3))
+    (tmp_path / "w.npy").write_text("not an array")
+    return [
+        ([f"--image={tmp_path}/deep.png"], ["deep.png", "not supported"]),
+        (["--generator=/no/such/dir"], ["no generator at '/no/such/dir'"]),
+        (["--generator=demo2"], ["no generator at 'demo2'", "'demo'"]),
+        ([f"--generator={tmp_path}/weights.npz"], ["unknown checkpoint format"]),
+        ([f"--generator={tmp_path}/garbage.pkl"], ["neither a pickle nor a zip"]),
+        ([f"--w_init={tmp_path}/w.npy"], ["--w_init", "no .npy header"]),
+        (["--w_init=mean"], ["--w_init=mean", "w_avg"]),
+        (["--w_steps=-5"], ["--w_steps"]),
+        (["--no_such_flag"], ["no_such_flag"]),
+        (["--paper"], ["exclude"]),
+    ]
+
+
+def test_cli_mistakes_end_in_one_line(tmp_path):
+    for args, words in _mistakes(tmp_path):
+        p, seconds = run_cli("experiments.reconstruct", "--smoke", f"--out={tmp_path}/o", *args)
+        assert_one_line_error(p, *words)
+        assert seconds < 30, (args, seconds)
+    assert not os.path.exists(tmp_path / "o")
+
+
+def test_changed_settings_refused_then_fresh_moves_the_run_aside(tmp_path):
+    out = str(tmp_path / "run")
+    base = ["experiments.reconstruct", "--smoke", "--w_steps=2", "--noise_steps=1", f"--out={out}"]
+    p, _ = run_cli(*base)
+    assert p.returncode == 0, p.stderr[-2000:]
+    before = open(os.path.join(out, "metrics.json")).read()
+
+    p, _ = run_cli(*base)  # the same command: finished, says so, exit 0, nothing rewritten
+    assert p.returncode == 0 and "already holds this run, finished" in p.stdout
+    assert open(os.path.join(out, "metrics.json")).read() == before
+
+    p, _ = run_cli(*base, "--seed=1", "--w_steps=3")
+    assert_one_line_error(p, f"{out} holds a run with other settings (seed, w_steps); rerun with --fresh",
+                          "or choose another --out")
+    assert open(os.path.join(out, "metrics.json")).read() == before
+
+    p, _ = run_cli(*base, "--seed=1", "--w_steps=3", "--fresh")
+    assert p.returncode == 0, p.stderr[-2000:]
+    (aside,) = [d for d in os.listdir(tmp_path) if d.startswith("run.old-")]
+    assert open(tmp_path / aside / "metrics.json").read() == before  # the old run, whole
+    assert json.load(open(os.path.join(out, "metrics.json")))["config"]["seed"] == 1
