@@ -4,7 +4,8 @@ A phase says which variables move (w_plus, noise, or both), under which loss (th
 which optimiser, and which data it uses: the name of its mask set (`masks`: loss masks M_m, M_p,
 M_s and variable masks w_m, n_m, chosen per phase so that one `embed()` call runs a whole
 algorithm) and its y (the second target of Eq. 1: the given target_y, target_x, or "previous" = the
-render of the variables this phase starts from, i.e. the previous phase's result).
+render of the variables this phase starts from, i.e. the previous phase's result), and its x
+(target_x, or target_y for a phase that fits the other image).
 
     W_l(200, mse2=1e-4, masks="known")                 # inpainting's W+ phase
     Mk_n(1000, masks="known", y="previous")            # then the noise, y = G(W+ result)
@@ -35,8 +36,11 @@ class Phase:
     resize_to: Optional[int] = 256  # VGG input resolution (None = the image's own)
     masks: str = DEFAULT_MASKS  # which mask set of embed(masks=...) this phase uses
     y: str = "y"  # Eq. 1's y: "y" (target_y), "x" (target_x) or "previous" (render of the phase's start)
+    x: str = "x"  # Eq. 1's x: "x" (target_x) or "y" (target_y), e.g. a phase that restores the other image
 
     def __post_init__(self):
+        if self.x not in ("x", "y"):
+            raise ValueError(f"phase {self.name}: x must be 'x' or 'y', got {self.x!r}")
         if self.y not in Y_SOURCES:
             raise ValueError(f"phase {self.name}: y must be one of {Y_SOURCES}, got {self.y!r}")
         if self.num_steps < 0:
@@ -56,11 +60,11 @@ def W_l(num_steps: int, *, lr: float = 0.01, optimizer: str = "adam", mse1: floa
 
 
 def Mk_n(num_steps: int, *, lr: float = 5.0, mse1: float = 1e-5, mse2: float = 1e-5,
-         resize_to: Optional[int] = 256, masks: str = DEFAULT_MASKS, y: str = "y") -> Phase:
+         resize_to: Optional[int] = 256, masks: str = DEFAULT_MASKS, y: str = "y", x: str = "x") -> Phase:
     """Masked noise optimisation (w fixed): λ_mse1 = λ_mse2 = 1e-5, no VGG term, Adam lr 5."""
     return Phase("Mk_n", num_steps, update_w=False, update_noise=True,
                  weights=LossWeights(style=0.0, mse1=mse1, mse2=mse2, percept=0.0),
-                 noise_lr=lr, resize_to=resize_to, masks=masks, y=y)
+                 noise_lr=lr, resize_to=resize_to, masks=masks, y=y, x=x)
 
 
 def M_st(num_steps: int, *, lr: float = 0.01, style: float = 5e-7, content: float = 1e-5,

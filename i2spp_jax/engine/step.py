@@ -94,7 +94,7 @@ def compiled_step(phase: Phase):
     """The jitted, vmapped step of `phase`, one per phase setting for the life of the process, so
     that every embed() call with the same settings and shapes reuses one compiled program (the
     number of iterations and the name do not enter the step, so they do not split the cache)."""
-    return _compiled_step_for(dataclasses.replace(phase, num_steps=0, name="", masks="", y="y"))
+    return _compiled_step_for(dataclasses.replace(phase, num_steps=0, name="", masks="", y="y", x="x"))
 
 
 @functools.lru_cache(maxsize=None)
