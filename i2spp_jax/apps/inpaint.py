@@ -8,7 +8,8 @@ only the paper's layers 1-9 and 17-18 are optimised (10-16 stay at w_ini, mapped
 by `layers.w_mask`); W_l from w_ini for 200 iterations, then Mk_n for 1000 against the known pixels,
 with λ_mse2 = 1e-4 holding the hole to the render of the W+ result (y = "previous": without a y
 term the noise would be free there). Filling 0 starts from w̄, fillings 1..K-1 from w_ini ~
-U[-0.4, 0.4] (each its own draw), all in one vmapped batch; the known pixels are composited back.
+U[-0.4, 0.4] (each its own draw), all in one vmapped batch; the known pixels are composited back. The hole is set to mid-grey before anything sees it (the VGG
+features near the hole would otherwise see its content through their receptive fields).
 """
 
 from typing import Iterable, Optional
@@ -49,6 +50,9 @@ def inpaint(G, image, hole, *, vgg, num_fillings: int = 4, w_steps: int = 200, n
     if hole.ndim != 2:
         raise ValueError("hole must be one [H, W] mask")
     known = 1.0 - np.asarray(mask_ops.m_blur_plus(hole, dilate_px, sigma))
+    # The perceptual term compares VGG features, whose receptive fields near the hole reach into it;
+    # the hole is set to 0 (mid-grey) first, so that what the damaged image holds there never matters.
+    x = x * (1.0 - hole[None, :, :, None])
     K = int(num_fillings)
     w_m = layer_map.w_mask(G, layers)
     loss_masks = engine.make_masks(G, 1, w_m=w_m, mask_mse=known, mask_percept=known)
@@ -62,7 +66,7 @@ def inpaint(G, image, hole, *, vgg, num_fillings: int = 4, w_steps: int = 200, n
     seconds = timer()
     filling = render(G, res.vars)
     h = hole[None, :, :, None]
-    composite = h * filling + (1.0 - h) * np.asarray(x)
+    composite = h * filling + (1.0 - h) * np.asarray(batch_of(image, G, "image"))
     return AppResult(images={"filling": filling, "composite": composite, "w_result": render(G, res.phase_vars[0])},
                      vars=res.vars, masks={"hole": hole, "known": known}, runs={"inpaint": res},
                      settings={"layers": layer_map.describe(G, layers), "w_m": w_m.tolist(), "num_fillings": K,

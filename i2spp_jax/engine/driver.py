@@ -48,6 +48,7 @@ class EmbedResult:
     history: dict  # {"loss", "mse1", ..., "psnr": [T, B] float32, "phase": [T] int32}; T = iterations
     phases: tuple  # the Phase settings that ran
     seconds: float  # wall time of this call's optimisation (without a resumed run's earlier part)
+    iterations_run: int = 0  # iterations this call ran (a resumed run's earlier ones not counted)
 
 
 def data_hash(*trees) -> str:
@@ -213,6 +214,7 @@ def embed(G: Generator, target_x, *, phases: Sequence[Phase], init_vars: Vars, t
             vars, opt_state, phase_vars, history, t = _resume(mgr, latest, phases, starts, vars, history,
                                                              fingerprint, checkpoint_dir)
             log(f"resumed from {checkpoint_dir} at iteration {t}/{total}")
+    t_first = t
 
     def save(t_now, pi):
         if mgr is None:
@@ -269,7 +271,7 @@ def embed(G: Generator, target_x, *, phases: Sequence[Phase], init_vars: Vars, t
             mgr.wait_until_finished()
             mgr.close()
     return EmbedResult(vars=vars, phase_vars=phase_vars, history=history, phases=phases,
-                       seconds=time.perf_counter() - t_start)
+                       seconds=time.perf_counter() - t_start, iterations_run=t - t_first)
 
 
 def _phase_y(phase, G, target_x, target_y, start_vars, edits):
