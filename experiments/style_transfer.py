@@ -6,7 +6,7 @@
     python -m experiments.style_transfer
 
     python -m experiments.style_transfer --content=a.png --style=b.png --mask=half:top --generator=ckpt/ffhq
-    python -m experiments.style_transfer --paper    # embedding 5000 + 3000, M_st 1000 + Mk_n 1000, VGG 256
+    python -m experiments.style_transfer --paper    # W+ embedding 5000, M_st 1000 + Mk_n 1000, VGG 256
     python -m experiments.style_transfer --smoke --out=/tmp/x
 
 Writes grid.png, metrics.json, inputs/, outputs/, ckpt/ (see edit_cli).
@@ -28,13 +28,12 @@ def extra_flags():
     flags.DEFINE_integer("st_steps", None, "M_st iterations (paper: 1000)")
     flags.DEFINE_integer("noise_steps", None, "Mk_n iterations (paper: 1000)")
     flags.DEFINE_integer("embed_w_steps", None, "W+ iterations of the content's embedding (paper: 5000)")
-    flags.DEFINE_integer("embed_noise_steps", None, "noise iterations of the content's embedding (paper: 3000)")
     flags.DEFINE_float("style_weight", None, "λ_s (paper: 5e-7)")
 
 
 def settings():
     return {"st_steps": FLAGS.st_steps, "noise_steps": FLAGS.noise_steps, "embed_w_steps": FLAGS.embed_w_steps,
-            "embed_noise_steps": FLAGS.embed_noise_steps, "style_weight": FLAGS.style_weight}
+            "style_weight": FLAGS.style_weight}
 
 
 def demo(G, s):
@@ -48,7 +47,7 @@ def demo(G, s):
 def call(G, inputs, vgg, s, run):
     return apps.style_transfer(G, inputs.images["content"], inputs.images["style"], inputs.masks["mask"], vgg=vgg,
                                st_steps=s["st_steps"], noise_steps=s["noise_steps"], style_weight=s["style_weight"],
-                               embed_steps=(s["embed_w_steps"], s["embed_noise_steps"]), resize_to=s["resize_to"],
+                               embed_steps=s["embed_w_steps"], resize_to=s["resize_to"],
                                seed=s["seed"], run=run)
 
 
@@ -77,7 +76,7 @@ def grid(inputs, result, m):
     rows = [[inputs.images["content"], inputs.images["style"], edit_cli.as_image(inputs.masks["mask"]),
              result.images["embedding"][0], result.images["st_result"][0], result.images["stylized"][0]]]
     titles = [["content I1", "style I2", "mask (white = restyle)",
-               f"embedding of I1\nGram {m['gram_distance_in_mask_embedding']:.3g}",
+               f"W+ embedding of I1\nGram {m['gram_distance_in_mask_embedding']:.3g}",
                f"after M_st\nGram {m['gram_distance_in_mask_after_m_st']:.3g}",
                f"stylised (after noise)\nGram {m['gram_distance_in_mask_stylized']:.3g}, "
                f"outside {m['psnr_outside_mask_vs_content']:.1f} dB"]]
@@ -86,10 +85,10 @@ def grid(inputs, result, m):
 
 EDIT = edit_cli.Edit(
     name="style_transfer", doc="Alg. 6, local style transfer",
-    presets={"demo": dict(st_steps=300, noise_steps=300, embed_w_steps=600, embed_noise_steps=300, style_weight=5e-7),
-             "paper": dict(st_steps=1000, noise_steps=1000, embed_w_steps=5000, embed_noise_steps=3000,
+    presets={"demo": dict(st_steps=300, noise_steps=300, embed_w_steps=600, style_weight=5e-7),
+             "paper": dict(st_steps=1000, noise_steps=1000, embed_w_steps=5000,
                            style_weight=5e-7),
-             "smoke": dict(st_steps=3, noise_steps=3, embed_w_steps=3, embed_noise_steps=3, style_weight=5e-7)},
+             "smoke": dict(st_steps=3, noise_steps=3, embed_w_steps=3, style_weight=5e-7)},
     image_flags=("content", "style"), mask_flags=("mask",), demo=demo, call=call, measure=measure, grid=grid,
     extra_flags=extra_flags, settings=settings)
 

@@ -10,13 +10,20 @@
     result = i2spp_jax.embed.embed(G, target, phases=i2spp_jax.schedule("w_then_noise", 5000, 3000),
                                    init_vars=vars, vgg=vgg)   # Algorithm 2: W+ then noise
 
+    hole = i2spp_jax.masks.from_spec("rect:0.25,0.25,0.5,0.5", G.img_resolution)
+    filled = i2spp_jax.apps.inpaint(G, image, hole, vgg=vgg)      # Alg. 4; also crossover, scribble,
+                                                                # style_transfer, feature_transfer
+
 Modules: generator (StyleGAN2 port), checkpoint (orbax; the shipped demo generator), vgg, losses
-(Eq. 1), metrics (PSNR, SSIM, Fréchet distance), embed (W+/noise optimisation: W_l, Mk_n, M_st),
-io (images), plots, and for training the project's own generators: discriminator, training, datasets.
+(Eq. 1), metrics (PSNR, SSIM, Fréchet distance), embed (W+/noise optimisation: W_l, Mk_n, M_st; the
+engine lives in engine/), activations (I_att's operations as data), masks, layers (the paper's layer
+numbers on any generator), apps (the paper's applications), io (images), plots, and for training the
+project's own generators: discriminator, training, datasets.
 """
 
 from i2spp_jax.checkpoint import demo_generator, load_generator, save_generator
-from i2spp_jax import checkpoint, io  # the modules (io: images in and out)
+from i2spp_jax import activations, checkpoint, io, layers, masks  # modules (io: images in and out)
+from i2spp_jax import apps  # the paper's applications
 from i2spp_jax import embed  # the module: embed.embed is the driver
 from i2spp_jax.embed import M_st, Mk_n, W_l, initial_variables, make_masks, schedule
 from i2spp_jax.generator import Generator, GeneratorConfig, make_noise, random_demo_generator

@@ -94,7 +94,7 @@ def test_scribble_moves_only_its_layers_and_reaches_the_output(G, vgg):
     stroke = np.zeros((R, R), np.float32)
     stroke[6:9, 3:13] = 1
     scr = orig * (1 - stroke[..., None]) + stroke[..., None]
-    emb = apps.reconstruct(G, orig, vgg=vgg, w_steps=30, noise_steps=30, resize_to=R, run=QUIET).vars
+    _, emb = apps.common.reconstruct_w(G, orig, vgg=vgg, w_steps=30, resize_to=R, seed=0, run=QUIET)
     r = apps.scribble(G, orig, scr, vgg=vgg, embedding=emb, w_steps=60, noise_steps=60, resize_to=R, run=QUIET)
     np.testing.assert_array_equal(r.masks["scribbles"][0], stroke)  # found where the images differ
     free = layers.w_mask(G, layers.SCRIBBLE_LAYERS) > 0
@@ -113,8 +113,8 @@ def test_scribble_moves_only_its_layers_and_reaches_the_output(G, vgg):
 def test_style_transfer_lowers_the_masked_gram_distance_and_keeps_the_rest(G, vgg):
     c, s = render(G, 31), render(G, 32)
     top = mask_ops.half(R, "top")
-    emb = apps.reconstruct(G, c, vgg=vgg, w_steps=30, noise_steps=30, resize_to=R, run=QUIET).vars
-    r = apps.style_transfer(G, c, s, top, vgg=vgg, embedding=emb, st_steps=60, noise_steps=60, style_weight=1e-3,
+    _, emb = apps.common.reconstruct_w(G, c, vgg=vgg, w_steps=30, resize_to=R, seed=0, run=QUIET)
+    r = apps.style_transfer(G, c, s, top, vgg=vgg, embedding=emb, st_steps=60, noise_steps=60, style_weight=1e-2, lr=0.03,
                             resize_to=R, run=QUIET)
 
     def gram(img):
@@ -122,7 +122,7 @@ def test_style_transfer_lowers_the_masked_gram_distance_and_keeps_the_rest(G, vg
         return float(losses.style_loss(vgg, jnp.asarray(img)[None], jnp.asarray(s)[None], m, mask_y=jnp.ones_like(m),
                                        resize_to=R)[0])
 
-    assert gram(r.images["st_result"][0]) < 0.9 * gram(r.images["embedding"][0])  # measured: 27.8 -> 23.2
+    assert gram(r.images["st_result"][0]) < 0.8 * gram(r.images["embedding"][0])
     # outside the mask, the noise phase brings the content back
     assert region_mse(r.images["stylized"][0], c, 1 - top) < region_mse(r.images["st_result"][0], c, 1 - top) + 1e-6
 

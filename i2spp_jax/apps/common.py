@@ -81,6 +81,23 @@ def reconstruct(G, images, *, vgg, w_steps: int = 5000, noise_steps: int = 3000,
                      init_vars=init, vgg=vgg, seed=seed)
 
 
+def w_embedding(result: engine.EmbedResult, init_vars: dict) -> dict:
+    """Algorithm 2's W+ result with the noise maps it started from (n_ini): the latent an edit starts
+    from. (The noise phase's maps hold the image's pixels, on a small generator exactly, so an
+    edit of W+ starting from them barely shows; the noise phase is run again after the edit.)"""
+    return {"w_plus": result.phase_vars[0]["w_plus"], "noise": list(init_vars["noise"])}
+
+
+def reconstruct_w(G, images, *, vgg, w_steps: int, resize_to, seed: int, run: RunOptions) -> dict:
+    """Algorithm 2's W+ phase (w_steps from w̄, noise n_ini ~ N(0, I) fixed): the embedding that
+    scribbles and style transfer start from, as {"w_plus", "noise"} batched."""
+    x = batch_of(images, G, "images")
+    init = engine.initial_variables(G, x.shape[0], w_init="w_avg", noise_init="normal", seed=seed)
+    res = run.embed("embed", G, x, phases=(engine.W_l(w_steps, resize_to=resize_to),), init_vars=init, vgg=vgg,
+                    seed=seed)
+    return res, {"w_plus": res.vars["w_plus"], "noise": list(init["noise"])}
+
+
 def render(G, vars, edits=None) -> np.ndarray:
     """Batched variables -> [B, H, W, C] images in [-1, 1] (clipped)."""
     imgs, _ = engine.evaluate(vars, G, jnp.zeros((np.shape(vars["w_plus"])[0], G.img_resolution,

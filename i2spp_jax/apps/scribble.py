@@ -3,7 +3,8 @@
     result = scribble(G, original, scribbled, vgg=vgg)   # the scribble mask = where they differ
     result.images["edited"]                              # [B, H, W, C]
 
-Starting from the embedding of the original (Algorithm 2, run here unless `embedding` is given),
+Starting from the W+ embedding of the original (Algorithm 2's W+ phase, with its starting noise;
+run here unless `embedding` is given),
 W_l fits the scribbled image with only the paper's layers 4-6 free (mapped to G by
 `layers.w_mask`), so the edit comes out as the generator would draw it, not as paint; then Mk_n
 restores the original's detail away from the scribbles (M_m = 1 − M_blur+(scribbles), x = the
@@ -19,7 +20,7 @@ import numpy as np
 from i2spp_jax import embed as engine
 from i2spp_jax import layers as layer_map
 from i2spp_jax import masks as mask_ops
-from i2spp_jax.apps.common import (AppResult, RunOptions, Timer, batch_of, mask_of, per_image, reconstruct,
+from i2spp_jax.apps.common import (AppResult, RunOptions, Timer, batch_of, mask_of, per_image, reconstruct_w,
                                    render)
 
 SCRIBBLE_THRESHOLD = 0.1  # a pixel is scribbled when its largest channel difference exceeds this ([-1, 1] scale)
@@ -33,7 +34,7 @@ def scribble_mask(original, scribbled) -> np.ndarray:
 
 def scribble(G, original, scribbled, *, vgg, mask=None, embedding: Optional[dict] = None, w_steps: int = 1000,
              noise_steps: int = 1000, layers: Iterable[int] = layer_map.SCRIBBLE_LAYERS, mse2: float = 1e-5,
-             embed_steps: tuple[int, int] = (5000, 3000), dilate_px: Optional[int] = None,
+             embed_steps: int = 5000, dilate_px: Optional[int] = None,
              sigma: Optional[float] = None, resize_to: Optional[int] = 256, seed: int = 0,
              run: RunOptions = RunOptions()) -> AppResult:
     """Edits `original` as the scribbles in `scribbled` ask.
@@ -41,8 +42,8 @@ def scribble(G, original, scribbled, *, vgg, mask=None, embedding: Optional[dict
     Args:
       original, scribbled: [H, W, C] or [B, H, W, C] in [-1, 1].
       mask: the scribbles [H, W] / [B, H, W] in {0, 1}; None = where the two images differ.
-      embedding: the original's variables (batched, e.g. an Algorithm 2 result's .vars); None =
-        run Algorithm 2 here with `embed_steps` = (W+ iterations, noise iterations).
+      embedding: where the edit starts, {"w_plus", "noise"} batched; None = Algorithm 2's W+ phase
+        here (embed_steps iterations from w̄) with its starting noise n_ini (common.reconstruct_w).
       layers: the paper's layers W_l updates (1-based over 18).
     Returns:
       AppResult with images "edited", "w_result" (after W_l), "embedding" (the original's);
@@ -59,9 +60,8 @@ def scribble(G, original, scribbled, *, vgg, mask=None, embedding: Optional[dict
     timer = Timer()
     runs = {}
     if embedding is None:
-        runs["embed"] = reconstruct(G, orig, vgg=vgg, w_steps=embed_steps[0], noise_steps=embed_steps[1],
-                                    resize_to=resize_to, seed=seed, run=run)
-        embedding = runs["embed"].vars
+        runs["embed"], embedding = reconstruct_w(G, orig, vgg=vgg, w_steps=embed_steps, resize_to=resize_to,
+                                                 seed=seed, run=run)
     w_m = layer_map.w_mask(G, layers)
     # W_l fits x = the scribbled image; Mk_n fits x = target_y = the original outside the scribbles.
     phases = (engine.W_l(w_steps, masks="scribble", resize_to=resize_to),
@@ -76,6 +76,6 @@ def scribble(G, original, scribbled, *, vgg, mask=None, embedding: Optional[dict
                              "embedding": render(G, embedding)},
                      vars=final, masks={"scribbles": m, "outside": outside}, runs=runs,
                      settings={"layers": layer_map.describe(G, layers), "w_m": w_m.tolist(), "w_steps": w_steps,
-                               "noise_steps": noise_steps, "mse2": mse2, "embed_steps": list(embed_steps),
+                               "noise_steps": noise_steps, "mse2": mse2, "embed_steps": embed_steps,
                                "phases": [repr(p) for p in phases]},
                      seconds=seconds)
