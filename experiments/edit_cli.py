@@ -40,6 +40,7 @@ class Inputs:
     masks: dict  # name -> mask
     truth: dict = dataclasses.field(default_factory=dict)  # name -> the true answer where one exists
     source: str = ""  # what they are, for metrics.json
+    latents: dict = dataclasses.field(default_factory=dict)  # demo: the hidden variables, {name: vars}
 
 
 @dataclasses.dataclass
@@ -122,11 +123,16 @@ def _user_inputs(edit: Edit, G, read: dict) -> Inputs:
         f"--{f}={getattr(FLAGS, f)}" for f in edit.image_flags + edit.mask_flags))
 
 
-def hidden_render(G, seed: int) -> np.ndarray:
-    """The generator's own image from a hidden latent (z ~ N(0, I), seed) and noise (seed + 1): [H, W, C]."""
+def hidden_vars(G, seed: int) -> dict:
+    """The demo's hidden variables: ws from z ~ N(0, I) (seed), noise ~ N(0, I) (seed + 1), batched [1, ...]."""
     z = jax.random.normal(jax.random.PRNGKey(seed), (1, G.z_dim))
-    img = G.synthesis(G.mapping(z), noise=G.make_noise(jax.random.PRNGKey(seed + 1)))
-    return np.clip(np.asarray(img[0]), -1, 1)
+    return {"w_plus": G.mapping(z), "noise": [n[None] for n in G.make_noise(jax.random.PRNGKey(seed + 1))]}
+
+
+def hidden_render(G, seed: int) -> np.ndarray:
+    """The generator's own image from `hidden_vars(G, seed)`: [H, W, C] in [-1, 1]."""
+    v = hidden_vars(G, seed)
+    return np.clip(np.asarray(G.synthesis(v["w_plus"], noise=v["noise"])[0]), -1, 1)
 
 
 def _load_vgg(name: str):

@@ -32,17 +32,18 @@ def extra_flags():
     flags.DEFINE_enum("op", None, ["spatial", "average", "channel"], "the operation (paper: spatial copying)")
     flags.DEFINE_float("lam", None, "λ for --op=average")
     flags.DEFINE_integer("embed_w_steps", None, "W+ iterations of the embeddings (paper: 5000)")
-    flags.DEFINE_integer("embed_noise_steps", None, "noise iterations of the embeddings (paper: 3000)")
 
 
 def settings():
     return {"layer": FLAGS.layer, "point": FLAGS.point, "op": FLAGS.op, "lam": FLAGS.lam,
-            "embed_w_steps": FLAGS.embed_w_steps, "embed_noise_steps": FLAGS.embed_noise_steps}
+            "embed_w_steps": FLAGS.embed_w_steps}
 
 
 def demo(G, s):
     a, b = edit_cli.hidden_render(G, s["truth_seed"]), edit_cli.hidden_render(G, s["truth_seed"] + 30)
     return edit_cli.Inputs(images={"a": a, "b": b}, masks={"mask": mask_ops.from_spec(DEMO_MASK, G.img_resolution)},
+                           latents={"a": edit_cli.hidden_vars(G, s["truth_seed"]),
+                                    "b": edit_cli.hidden_vars(G, s["truth_seed"] + 30)},
                            source=f"two renders of the generator from hidden latents (seeds {s['truth_seed']}, "
                                   f"{s['truth_seed'] + 30}); mask {DEMO_MASK} (white = from a)")
 
@@ -51,8 +52,7 @@ def call(G, inputs, vgg, s, run):
     mask = inputs.masks["mask"] if s["op"] == "spatial" else (
         s["lam"] if s["op"] == "average" else inputs.masks["mask"])
     return apps.feature_transfer(G, inputs.images["a"], inputs.images["b"], mask, vgg=vgg, layer=s["layer"],
-                                 point=s.get("point"), op=s["op"], embed_steps=(s["embed_w_steps"],
-                                                                               s["embed_noise_steps"]),
+                                 point=s.get("point"), op=s["op"], embed_steps=s["embed_w_steps"],
                                  resize_to=s["resize_to"], seed=s["seed"], run=run)
 
 
@@ -66,28 +66,25 @@ def measure(G, inputs, result, vgg, s):
                 "psnr_embedding_a": edit_cli.region_psnr(ra, inputs.images["a"], np.ones_like(m)),
                 "psnr_embedding_b": edit_cli.region_psnr(rb, inputs.images["b"], np.ones_like(m))}
     if s["op"] == "spatial":  # the same copy of the features alone, the skip image left as a's
-        va, vb = _embeddings(result)
-        _, acts_b = G.synthesis(vb["w_plus"], noise=list(vb["noise"]), return_activations=True)
-        mm = jnp.asarray(m)
-        key = "x" if not point.endswith(".img") else "x"
-        feat_b = acts_b[point if not point.endswith(".img") else point.replace(".img", ".x")]
-        target = point if not point.endswith(".img") else point.replace(".img", ".x")
-        from i2spp_jax.activations import _resize_map  # the same mask resizing as the Mix
-
-        w = _resize_map(mm, feat_b.shape[1:3])
-        x_only = np.clip(np.asarray(G.synthesis(va["w_plus"], noise=list(va["noise"]),
-                                                edits={target: lambda t: w * t + (1 - w) * feat_b})), -1, 1)[0]
-        del key
+        x_only = apps.combine(G, *_embeddings(result), m, point=point, carry_skip=False)[0]
         measured["features_only_psnr_mask_region_vs_a"] = edit_cli.region_psnr(x_only, ra, m)
         measured["features_only_psnr_rest_vs_b"] = edit_cli.region_psnr(x_only, rb, 1 - m)
         result.images["features_only"] = x_only[None]
+    if inputs.latents:  # the demo: the same operation on the hidden true latents (a perfect embedding)
+        va, vb = inputs.latents["a"], inputs.latents["b"]
+        oracle = apps.combine(G, va, vb, m, point=point, op=s["op"])[0] if s["op"] == "spatial" else None
+        if oracle is not None:
+            measured["true_latents_psnr_mask_region_vs_a"] = edit_cli.region_psnr(oracle, inputs.images["a"], m)
+            measured["true_latents_psnr_rest_vs_b"] = edit_cli.region_psnr(oracle, inputs.images["b"], 1 - m)
+            result.images["true_latents"] = oracle[None]
     return measured
 
 
 def _embeddings(result):
     import jax
 
-    v = result.runs["embed"].vars
+    res = result.runs["embed"]
+    v = {"w_plus": res.vars["w_plus"], "noise": res.phase_vars[0]["noise"]}
     n = np.shape(v["w_plus"])[0] // 2
     return jax.tree.map(lambda t: t[:n], v), jax.tree.map(lambda t: t[n:], v)
 
@@ -103,17 +100,18 @@ def grid(inputs, result, m):
         row.append(result.images["features_only"][0])
         titles.append(f"features only (no skip image)\nM {m['features_only_psnr_mask_region_vs_a']:.1f}, rest "
                       f"{m['features_only_psnr_rest_vs_b']:.1f} dB")
+    if "true_latents" in result.images:
+        row.append(result.images["true_latents"][0])
+        titles.append(f"I_att on the hidden latents\nM {m['true_latents_psnr_mask_region_vs_a']:.1f} dB vs a, rest "
+                      f"{m['true_latents_psnr_rest_vs_b']:.1f} vs b")
     return [row], [titles], ["I_att"]
 
 
 EDIT = edit_cli.Edit(
     name="feature_transfer", doc="I_att, attribute-level feature transfer",
-    presets={"demo": dict(layer=layers.FEATURE_TRANSFER_LAYER, op="spatial", lam=0.5, embed_w_steps=600,
-                          embed_noise_steps=300),
-             "paper": dict(layer=layers.FEATURE_TRANSFER_LAYER, op="spatial", lam=0.5, embed_w_steps=5000,
-                           embed_noise_steps=3000),
-             "smoke": dict(layer=layers.FEATURE_TRANSFER_LAYER, op="spatial", lam=0.5, embed_w_steps=3,
-                           embed_noise_steps=3)},
+    presets={"demo": dict(layer=layers.FEATURE_TRANSFER_LAYER, op="spatial", lam=0.5, embed_w_steps=600),
+             "paper": dict(layer=layers.FEATURE_TRANSFER_LAYER, op="spatial", lam=0.5, embed_w_steps=5000),
+             "smoke": dict(layer=layers.FEATURE_TRANSFER_LAYER, op="spatial", lam=0.5, embed_w_steps=3)},
     image_flags=("a", "b"), mask_flags=("mask",), demo=demo, call=call, measure=measure, grid=grid,
     extra_flags=extra_flags, settings=settings)
 

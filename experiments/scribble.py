@@ -102,8 +102,8 @@ def grid(inputs, result, m):
                f"after W+ ({m['layers'].split('->')[1].strip()})\nreach {m['edit_reach_after_w_phase']:.2f}",
                f"edited (after noise)\nreach {m['edit_reach_inside_scribbles']:.2f}, away "
                f"{m['psnr_away_from_scribbles_vs_original']:.1f} dB"] + (
-        [f"the true edit (hidden)\nchanged region: {m['psnr_changed_region_vs_true_edit']:.1f} dB\n"
-         f"(original: {m['psnr_changed_region_original_vs_true_edit']:.1f} dB)"] if truth else [])]
+        [f"true edit (hidden); its region:\nedited {m['psnr_changed_region_vs_true_edit']:.1f} dB, "
+         f"original {m['psnr_changed_region_original_vs_true_edit']:.1f} dB"] if truth else [])]
     return rows, titles, ["Alg. 5"]
 
 

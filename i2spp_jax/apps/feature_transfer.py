@@ -3,10 +3,12 @@
     result = feature_transfer(G, a, b, mask, vgg=vgg)   # mask [H, W]: 1 = from a, 0 = from b
     result.images["transfer"]
 
-Both images are embedded (Algorithm 2, unless embeddings are given); G runs for b up to the
+Both images are embedded (Algorithm 2's W+ phase, with its starting noise, unless embeddings are
+given); G runs for b up to the
 activation point of the paper's 4th layer (mapped to G by `layers.activation_point`), and for a
 with that tensor replaced by M ⊙ A + (1 − M) ⊙ B (features and, on a StyleGAN2, the RGB skip
-image, `activations.spatial_copy`); the layers after it use a's W+ and noise. Other operations
+image, `activations.spatial_copy`); the layers after it use a's W+, and noise maps combined with the
+same mask (a noise map is a per-pixel input: where the features come from b, so does its noise). Other operations
 (averaging, channel copy) are `op="average"` (mask = λ) and `op="channel"` (mask = [C] bits).
 """
 
@@ -18,13 +20,29 @@ import numpy as np
 
 from i2spp_jax import activations
 from i2spp_jax import layers as layer_map
-from i2spp_jax.apps.common import AppResult, RunOptions, Timer, batch_of, mask_of, reconstruct, render
+from i2spp_jax.apps.common import AppResult, RunOptions, Timer, batch_of, mask_of, reconstruct_w, render
 
 OPS = {"spatial": activations.spatial_copy, "average": activations.average, "channel": activations.channel_copy}
 
 
-def combine(G, vars_a: dict, vars_b: dict, mask, *, point: str, op: str = "spatial") -> np.ndarray:
-    """I_att on embedded images: batched vars of a and b -> [B, H, W, C] in [-1, 1]."""
+def later_noise(G, point: str) -> list[bool]:
+    """Which noise maps (synthesis order) enter after activation point `point`."""
+    block, _, where = point.partition(".")
+    last = f"{block}.conv0" if where == "conv0" else (f"{block}.conv1")
+    names = G.noise_names
+    return [i > names.index(last) for i in range(len(names))]
+
+
+def combine(G, vars_a: dict, vars_b: dict, mask, *, point: str, op: str = "spatial",
+            mix_noise: bool = True, carry_skip: bool = True) -> np.ndarray:
+    """I_att on embedded images: batched vars of a and b -> [B, H, W, C] in [-1, 1].
+
+    For a spatial copy the noise maps that enter after the point are combined with the same mask
+    (resized to each map by the area average): a noise map is a per-pixel input, so where the
+    features come from b, so does its noise (`mix_noise=False` keeps a's everywhere). W+ after the
+    point is a's. `carry_skip=False` combines the features alone and leaves the RGB skip image a's
+    (a comparison: what the paper's recipe does on a StyleGAN2 if the skip image is forgotten).
+    """
     if op not in OPS:
         raise ValueError(f"op {op!r}: use one of {sorted(OPS)}")
     if point not in G.config.activation_names:
@@ -33,13 +51,27 @@ def combine(G, vars_a: dict, vars_b: dict, mask, *, point: str, op: str = "spati
     other = activations.capture(acts_b, point)
     B = np.shape(vars_a["w_plus"])[0]
     m = jnp.asarray(mask, jnp.float32)
-    m = jnp.broadcast_to(m, (B,) + m.shape) if m.ndim in ((2,) if op == "spatial" else (0,) if op == "average" else (1,)) else m
+    batched_ndim = {"spatial": 3, "average": 1, "channel": 2}[op]
+    if m.ndim < batched_ndim:
+        m = jnp.broadcast_to(m, (B,) + m.shape)
+    noise = list(vars_a["noise"])
+    if op == "spatial" and mix_noise:
+        later = later_noise(G, point)
+        noise = [activations._resize_map(m, na.shape[1:3])[..., 0] * na
+                 + (1 - activations._resize_map(m, na.shape[1:3])[..., 0]) * nb if lt else na
+                 for na, nb, lt in zip(vars_a["noise"], vars_b["noise"], later)]
     edit = OPS[op](m, other)
-    return render(G, vars_a, edits={point: edit})
+    if not carry_skip:  # the features alone: their tensor from B with no skip image to mix
+        other = {"x": other["x"], "img": None}
+        if point.endswith(".img"):  # the block output's features are the tensor at b{R}.x
+            point = point.replace(".img", ".x")
+            other = {"x": acts_b[point], "img": None}
+        edit = OPS[op](m, other)
+    return render(G, {"w_plus": vars_a["w_plus"], "noise": noise}, edits={point: edit})
 
 
 def feature_transfer(G, a, b, mask, *, vgg, layer: int = layer_map.FEATURE_TRANSFER_LAYER, point: Optional[str] = None,
-                     op: str = "spatial", embeddings: Optional[tuple] = None, embed_steps: tuple[int, int] = (5000, 3000),
+                     op: str = "spatial", embeddings: Optional[tuple] = None, embed_steps: int = 5000,
                      resize_to: Optional[int] = 256, seed: int = 0, run: RunOptions = RunOptions()) -> AppResult:
     """Combines a and b at one activation tensor.
 
@@ -48,7 +80,9 @@ def feature_transfer(G, a, b, mask, *, vgg, layer: int = layer_map.FEATURE_TRANS
       mask: spatial [H, W] / [B, H, W] in [0, 1] (1 = from a); λ for op="average"; [C] for "channel".
       layer: the paper's layer number (1-based over 18), mapped by layers.activation_point; or
       point: an activation point by name (G.config.activation_names), overriding layer.
-      embeddings: (vars_a, vars_b) batched; None = Algorithm 2 on both here, one batch.
+      embeddings: (vars_a, vars_b) batched; None = Algorithm 2's W+ phase on both here (one batch,
+        embed_steps iterations) with their starting noise: the noise phase's maps hold each image's
+        pixels, and continuing a's later layers over b's fitted noise breaks the image (BUILD_NOTES).
     Returns:
       AppResult with images "transfer", "a" and "b" (the embeddings' renders); masks "mask".
     """
@@ -62,9 +96,8 @@ def feature_transfer(G, a, b, mask, *, vgg, layer: int = layer_map.FEATURE_TRANS
     timer = Timer()
     runs = {}
     if embeddings is None:
-        runs["embed"] = reconstruct(G, jnp.concatenate([xa, xb]), vgg=vgg, w_steps=embed_steps[0],
-                                    noise_steps=embed_steps[1], resize_to=resize_to, seed=seed, run=run)
-        v = runs["embed"].vars
+        runs["embed"], v = reconstruct_w(G, jnp.concatenate([xa, xb]), vgg=vgg, w_steps=embed_steps,
+                                         resize_to=resize_to, seed=seed, run=run)
         embeddings = (jax.tree.map(lambda t: t[:B], v), jax.tree.map(lambda t: t[B:], v))
     va, vb = embeddings
     out = combine(G, va, vb, mask, point=point, op=op)
@@ -73,5 +106,5 @@ def feature_transfer(G, a, b, mask, *, vgg, layer: int = layer_map.FEATURE_TRANS
                      masks={"mask": np.asarray(mask)}, runs=runs,
                      settings={"point": point, "op": op,
                                "layer": f"paper layer {layer} -> {point}" if point == layer_map.activation_point(G, layer)
-                               else f"point {point} (given)", "embed_steps": list(embed_steps)},
+                               else f"point {point} (given)", "embed_steps": embed_steps},
                      seconds=seconds)
