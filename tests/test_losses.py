@@ -235,12 +235,51 @@ def test_style_mask_on_y_compares_a_region_with_all_of_y():
 
 
 def test_perceptual_loss_by_default_resizes_to_256(vgg):
+    """Upwards (32 → 256) and downwards (512 → 256, antialiased, with the mask shrunk alike): the
+    default equals resizing by hand with `losses.resize` and then resize_to=None."""
     img, x, _ = _images(12, n=1, size=32)
     big = lambda a: jax.image.resize(a, (1, 256, 256, 3), "linear")  # noqa: E731
     np.testing.assert_allclose(perceptual_loss(vgg, img, x, None, layers=("conv1_1",)),
                                perceptual_loss(vgg, big(img), big(x), None, layers=("conv1_1",), resize_to=None),
                                rtol=BATCH_TOL)
     assert perceptual_loss(vgg, img, x, None, layers=I2S_LAYERS, resize_to=None).shape == (1,)
+    img, x, _ = _images(17, n=1, size=512)
+    mask = _left_mask(n=1, size=512, cols=200)
+    default = perceptual_loss(vgg, img, x, mask, layers=("conv1_1",))
+    by_hand = perceptual_loss(vgg, losses.resize(img, 256), losses.resize(x, 256), losses.resize(mask, 256),
+                              layers=("conv1_1",), resize_to=None)
+    np.testing.assert_allclose(default, by_hand, rtol=F32_TOL)
+    # and the comparison can tell shrinks apart: a plain (aliasing) subsample to 256 differs
+    sub = perceptual_loss(vgg, img[:, ::2, ::2], x[:, ::2, ::2], mask[:, ::2, ::2], layers=("conv1_1",),
+                          resize_to=None)
+    assert abs(float(sub[0] - default[0])) > 0.05 * float(default[0])
+
+
+def test_eq1_style_term_uses_mask_style_y_on_y(vgg):
+    """mask_style_y masks y's features (mask_style G's): eq1's style term is style_loss(mask_y=...);
+    y's pixels far outside mask_style_y no longer count, those inside it do; None means M_s."""
+    img, x, y = _images(18)
+    left, right = _left_mask(), 1.0 - _left_mask(cols=48)  # columns [0, 16) and [48, 64)
+    other = _images(19)[0]
+    near_left = jnp.asarray(np.arange(SIZE)[None, None, :, None] < 16)
+    weights = LossWeights(style=5e-7, mse1=0.0, mse2=0.0, percept=0.0)
+
+    def style(yy, mask_y):
+        return eq1_loss(vgg, img, x, yy, mask_style=left, mask_style_y=mask_y, weights=weights,
+                        resize_to=None)[1]["style"]
+
+    base = style(y, right)
+    np.testing.assert_allclose(base, style_loss(vgg, img, y, left, mask_y=right, resize_to=None), rtol=BATCH_TOL)
+    np.testing.assert_allclose(style(y, None), style_loss(vgg, img, y, left, resize_to=None), rtol=BATCH_TOL)
+    np.testing.assert_allclose(style(y, left), style(y, None), rtol=F32_TOL)
+    assert float(jnp.min(jnp.abs(base - style(y, None)) / base)) > 0.01
+    # y's columns [0, 16) lie 32 px from mask_y's region: beyond conv3_3's reach (a 40 px receptive
+    # field, ±20 px, plus ≤ 4 px of the mask's resize to conv3_3's 16x16)
+    changed_left = jnp.where(near_left, other, y)
+    np.testing.assert_allclose(style(changed_left, right), base, rtol=F32_TOL)
+    assert float(jnp.min(jnp.abs(style(changed_left, None) - style(y, None)) / style(y, None))) > 0.01
+    changed_right = jnp.where(jnp.arange(SIZE)[None, None, :, None] >= 48, other, y)
+    assert float(jnp.min(jnp.abs(style(changed_right, right) - base) / base)) > 0.01
 
 
 @pytest.mark.parametrize("kwargs, message", [
