@@ -46,6 +46,9 @@ def initial_variables(G: Generator, batch: Optional[int] = None, *, w_init: Unio
     shape = (G.num_ws, G.w_dim)
     per_image_inits = isinstance(w_init, (list, tuple)) and len(w_init) == n and batch is not None and (
         any(isinstance(e, str) for e in w_init) or all(np.shape(e) == shape for e in w_init))
+    if isinstance(w_init, (list, tuple)) and any(isinstance(e, str) for e in w_init) and not per_image_inits:
+        raise ValueError(f"w_init is a list of {len(w_init)} entries; give one per image ({n}), or one string "
+                         "for all")
     if per_image_inits:
         ws = [_one_w(G, e, k, shape, f"w_init[{i}]") for i, (e, k) in enumerate(zip(w_init, keys))]
     elif isinstance(w_init, str):
