@@ -5,14 +5,26 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from i2spp_jax import activations, random_demo_generator
+from i2spp_jax import activations
 
 TOL = dict(rtol=1e-5, atol=1e-5)
 
 
 @pytest.fixture(scope="module")
 def G():
-    return random_demo_generator()
+    """A small random generator (16x16; points b4, b8, b16), as tests/test_apps.py's."""
+    import flax.traverse_util
+
+    from i2spp_jax import generator
+
+    cfg = generator.GeneratorConfig(z_dim=16, w_dim=16, img_resolution=16, channels=(32, 16, 16), mapping_layers=2)
+    flat = flax.traverse_util.flatten_dict(generator.init_params(cfg, jax.random.PRNGKey(0)))
+    for i, path in enumerate(sorted(flat)):
+        if path[-1] == "noise_strength":
+            flat[path] = jnp.full(flat[path].shape, 0.3)
+        elif path[-1] == "bias" and "affine" not in path:
+            flat[path] = 0.1 * jax.random.normal(jax.random.PRNGKey(i), flat[path].shape)
+    return generator.Generator(params=flax.traverse_util.unflatten_dict(flat), config=cfg)
 
 
 @pytest.fixture(scope="module")

@@ -189,6 +189,7 @@ def test_cli_mistakes_end_in_one_line(tmp_path):
     assert not os.path.exists(tmp_path / "o")
 
 
+@pytest.mark.slow  # three end-to-end runs; tests/test_apps_cli.py covers the same refusal in the default suite
 def test_changed_settings_refused_then_fresh_moves_the_run_aside(tmp_path):
     out = str(tmp_path / "run")
     base = ["experiments.reconstruct", "--smoke", "--w_steps=2", "--noise_steps=1", f"--out={out}"]

@@ -135,6 +135,7 @@ def test_presets():
     assert R._resolve(R.ReconstructConfig(), G) == ("demo", 600, 600, 64)
 
 
+@pytest.mark.slow  # end to end: a killed process and its resume
 def test_sigkill_and_resume_bit_identical(tmp_path):
     """A real kill -9 mid-run (orbax writes atomically), then the same command: identical results."""
     import signal

@@ -58,6 +58,7 @@ def test_r1_is_the_squared_input_gradient_of_d():
     assert float(m["R1"]) > 0
 
 
+@pytest.mark.slow  # 30 training steps end to end
 def test_a_few_steps_lower_the_discriminator_loss_and_stay_finite():
     state = training.init_state(TINY)
     images = datasets.toy_set(64, 16)
