@@ -198,13 +198,27 @@ def style_loss(vgg: VGG16, img: jax.Array, y: jax.Array, mask: Optional[jax.Arra
     return style_distance(feats_g[layer], feats_y[layer], resize(m, resize_to), m_y)
 
 
+def target_features(vgg: VGG16, x: jax.Array, y: jax.Array, *, weights: LossWeights, resize_to: Size = 256) -> dict:
+    """The VGG16 features of the fixed targets that `eq1_loss` compares with: {"x": {layer: [N, h, w, C]}
+    for the perceptual term, "y": {STYLE_LAYER: ...} for the style term} (only the terms whose λ is
+    not 0). An optimisation computes them once and passes them as `eq1_loss(target_feats=...)`.
+    """
+    out = {}
+    if weights.percept != 0:
+        out["x"] = vgg.features(resize(x, resize_to), PERCEPTUAL_LAYERS)
+    if weights.style != 0:
+        out["y"] = vgg.features(resize(y, resize_to), (STYLE_LAYER,))
+    return out
+
+
 def eq1_loss(vgg: VGG16, img: jax.Array, x: jax.Array, y: jax.Array, *,
              mask_mse: Optional[jax.Array] = None,
              mask_percept: Optional[jax.Array] = None,
              mask_style: Optional[jax.Array] = None,
              mask_style_y: Optional[jax.Array] = None,
              weights: LossWeights = LossWeights(),
-             resize_to: Size = 256) -> tuple[jax.Array, dict[str, jax.Array]]:
+             resize_to: Size = 256,
+             target_feats: Optional[dict] = None) -> tuple[jax.Array, dict[str, jax.Array]]:
     """Image2StyleGAN++ Eq. 1, per image.
 
     Args:
@@ -220,6 +234,8 @@ def eq1_loss(vgg: VGG16, img: jax.Array, x: jax.Array, y: jax.Array, *,
         and is reported as 0; with λ_p = λ_s = 0 VGG does not run at all. The MSE terms are
         always reported.
       resize_to: the side VGG sees; 256 as in Image2StyleGAN.
+      target_feats: `target_features(vgg, x, y, ...)` computed beforehand (the targets are fixed
+        during an optimisation), so that VGG runs on img alone; None = computed here.
 
     Returns:
       (total [N], {"mse1", "mse2", "percept", "style": [N] each, unweighted}).
@@ -237,11 +253,16 @@ def eq1_loss(vgg: VGG16, img: jax.Array, x: jax.Array, y: jax.Array, *,
     m_sy = None if mask_style_y is None else resize(as_mask(mask_style_y, img, "mask_style_y"), resize_to)
     if use_p or use_s:
         layers = tuple(dict.fromkeys((PERCEPTUAL_LAYERS if use_p else ()) + ((STYLE_LAYER,) if use_s else ())))
-        batches = [img] + ([x] if use_p else []) + ([y] if use_s else [])
-        feats = _vgg_features(vgg, batches, layers, resize_to)
+        if target_feats is None:
+            batches = [img] + ([x] if use_p else []) + ([y] if use_s else [])
+            feats = _vgg_features(vgg, batches, layers, resize_to)
+            f_img, f_x, f_y = feats[0], feats[1] if use_p else None, feats[-1] if use_s else None
+        else:
+            f_img = vgg.features(resize(img, resize_to), layers)
+            f_x, f_y = target_feats.get("x"), target_feats.get("y")
         if use_p:
-            percept = perceptual_distance(feats[0], feats[1], resize(m_p, resize_to), PERCEPTUAL_LAYERS)
+            percept = perceptual_distance(f_img, f_x, resize(m_p, resize_to), PERCEPTUAL_LAYERS)
         if use_s:
-            style = style_distance(feats[0][STYLE_LAYER], feats[-1][STYLE_LAYER], resize(m_s, resize_to), m_sy)
+            style = style_distance(f_img[STYLE_LAYER], f_y[STYLE_LAYER], resize(m_s, resize_to), m_sy)
     total = (weights.style * style + weights.mse1 * mse1 + weights.mse2 * mse2 + weights.percept * percept)
     return total, {"mse1": mse1, "mse2": mse2, "percept": percept, "style": style}

@@ -307,3 +307,18 @@ def test_standalone_terms_name_their_mask(vgg, fn, name):
     img, x, _ = _images(14, size=16)
     with pytest.raises(ValueError, match=f"{name} has shape"):
         fn(vgg, img, x, jnp.ones((2, 8, 16)), resize_to=None)
+
+
+def test_precomputed_target_features_give_the_same_loss(vgg):
+    """eq1_loss(target_feats=target_features(...)) (VGG on img alone) equals the stacked pass, masks included."""
+    img, x, y = _images(21)
+    mask = _left_mask(cols=40)
+    w = LossWeights(style=5e-7, mse1=1e-5, mse2=1e-5, percept=1e-5)
+    kw = dict(mask_mse=mask, mask_percept=mask, mask_style=mask, weights=w, resize_to=RESIZE)
+    total, terms = eq1_loss(vgg, img, x, y, **kw)
+    feats = losses.target_features(vgg, x, y, weights=w, resize_to=RESIZE)
+    total2, terms2 = eq1_loss(vgg, img, x, y, target_feats=feats, **kw)
+    np.testing.assert_allclose(total2, total, rtol=1e-6)
+    for k in terms:
+        np.testing.assert_allclose(terms2[k], terms[k], rtol=1e-6)
+    assert set(feats) == {"x", "y"} and "conv3_3" in feats["y"]

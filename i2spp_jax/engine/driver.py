@@ -234,9 +234,10 @@ def embed(G: Generator, target_x, *, phases: Sequence[Phase], init_vars: Vars, t
             x = target_y if phase.x == "y" else target_x
             y = _phase_y(phase, G, target_x, target_y, phase_vars[pi - 1] if pi else init_vars, edits)
             masks = mask_sets[phase.masks]
+            feats = step_lib.target_features(vgg, x, y, phase)  # once per phase: the targets are fixed
             tick, tick_t = time.perf_counter(), t
             while t < starts[pi + 1]:
-                new_vars, new_opt, m = fn(vars, opt_state, G, vgg, x, y, masks, edits)
+                new_vars, new_opt, m = fn(vars, opt_state, G, vgg, x, y, masks, edits, feats)
                 m = jax.device_get(m)
                 if not np.all(m["finite"]):
                     _raise_nonfinite(m, t, phase, mgr, checkpoint_dir, history, phase_vars)

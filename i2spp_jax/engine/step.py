@@ -36,7 +36,7 @@ def render(G: Generator, vars: Vars, edits: Optional[dict] = None) -> jax.Array:
 
 
 def step(vars: Vars, opt_state, G: Generator, vgg, target_x: jax.Array, target_y: jax.Array, masks: dict,
-         edits: Optional[dict] = None, *, phase: Phase):
+         edits: Optional[dict] = None, target_feats: Optional[dict] = None, *, phase: Phase):
     """One optimisation step for ONE image (vmap it over images; jit it in the driver).
 
     Args:
@@ -47,6 +47,8 @@ def step(vars: Vars, opt_state, G: Generator, vgg, target_x: jax.Array, target_y
       target_x, target_y: [H, W, C] in [-1, 1], the x and y of Eq. 1.
       masks: from `make_masks` (one image's slice).
       edits: activation edits {point: activations.Mix} (one image's slice), or None.
+      target_feats: `target_features(...)` of this image's x and y (computed once per phase, so
+        that VGG runs on G's image alone), or None to compute them in the step.
       phase: the block's settings (static).
     Returns:
       (new vars, new opt_state, metrics) with metrics {"loss", "mse1", "mse2", "percept", "style",
@@ -62,7 +64,9 @@ def step(vars: Vars, opt_state, G: Generator, vgg, target_x: jax.Array, target_y
         total, terms = _losses.eq1_loss(vgg, img, target_x[None], target_y[None], mask_mse=m.get("mse"),
                                         mask_percept=m.get("percept"), mask_style=m.get("style"),
                                         mask_style_y=m.get("style_y"), weights=phase.weights,
-                                        resize_to=phase.resize_to)
+                                        resize_to=phase.resize_to,
+                                        target_feats=None if target_feats is None else
+                                        jax.tree.map(lambda f: f[None], target_feats))
         return total[0], (terms, img)
 
     (loss, (terms, img)), grads = jax.value_and_grad(loss_fn, has_aux=True)(vars)
@@ -100,4 +104,16 @@ def compiled_step(phase: Phase):
 @functools.lru_cache(maxsize=None)
 def _compiled_step_for(phase: Phase):
     fn = functools.partial(step, phase=phase)
-    return jax.jit(jax.vmap(fn, in_axes=(0, 0, None, None, 0, 0, 0, 0)))
+    return jax.jit(jax.vmap(fn, in_axes=(0, 0, None, None, 0, 0, 0, 0, 0)))
+
+
+def target_features(vgg, target_x: jax.Array, target_y: jax.Array, phase: Phase) -> dict:
+    """The VGG features of a phase's fixed targets, [B, ...] per layer (empty without VGG terms)."""
+    if not (phase.weights.percept or phase.weights.style):
+        return {}
+    return _target_features(vgg, target_x, target_y, phase.weights, phase.resize_to)
+
+
+@functools.partial(jax.jit, static_argnums=(3, 4))
+def _target_features(vgg, x, y, weights, resize_to):
+    return _losses.target_features(vgg, x, y, weights=weights, resize_to=resize_to)
