@@ -49,8 +49,7 @@ def demo(G, s):
 
 
 def call(G, inputs, vgg, s, run):
-    mask = inputs.masks["mask"] if s["op"] == "spatial" else (
-        s["lam"] if s["op"] == "average" else inputs.masks["mask"])
+    mask = s["lam"] if s["op"] == "average" else inputs.masks["mask"]
     return apps.feature_transfer(G, inputs.images["a"], inputs.images["b"], mask, vgg=vgg, layer=s["layer"],
                                  point=s.get("point"), op=s["op"], embed_steps=s["embed_w_steps"],
                                  resize_to=s["resize_to"], seed=s["seed"], run=run)

@@ -102,7 +102,6 @@ def grid(inputs, result, m):
     rows, all_titles = [row], [titles]
     if "image" in inputs.truth:
         truth = inputs.truth["image"]
-        import i2spp_jax  # noqa: F401  (the baseline needs the generator; shown from the measured numbers)
         base = [truth]
         base_t = ["truth (hidden)"]
         if "all_layers" in result.images:

@@ -57,8 +57,7 @@ def combine(G, vars_a: dict, vars_b: dict, mask, *, point: str, op: str = "spati
     noise = list(vars_a["noise"])
     if op == "spatial" and mix_noise:
         later = later_noise(G, point)
-        noise = [activations._resize_map(m, na.shape[1:3])[..., 0] * na
-                 + (1 - activations._resize_map(m, na.shape[1:3])[..., 0]) * nb if lt else na
+        noise = [activations._mix(na, nb, activations._resize_map(m, na.shape[1:3])[..., 0]) if lt else na
                  for na, nb, lt in zip(vars_a["noise"], vars_b["noise"], later)]
     edit = OPS[op](m, other)
     if not carry_skip:  # the features alone: their tensor from B with no skip image to mix
