@@ -94,13 +94,15 @@ def _parse_flags(argv: list[str]) -> list[str]:
         _fail(f"{e} (see --helpshort)")
 
 
-def run(main: Callable[[list[str]], Any]) -> None:
+def run(main: Callable[[list[str]], Any], *, persistent_cache: bool = True) -> None:
     """absl's app.run(main), with a persistent compilation cache (a rerun or a resume skips most
-    compiling), and flag errors and USER_ERRORS reported in one line (exit status 2)."""
+    compiling; off for a command that measures compile time), and flag errors and USER_ERRORS
+    reported in one line (exit status 2)."""
 
     def guarded(argv):
-        jax.config.update("jax_compilation_cache_dir", compilation_cache_dir())
-        jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
+        if persistent_cache:
+            jax.config.update("jax_compilation_cache_dir", compilation_cache_dir())
+            jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
         try:
             return main(argv)
         except USER_ERRORS as e:

@@ -37,6 +37,10 @@ class Phase:
     masks: str = DEFAULT_MASKS  # which mask set of embed(masks=...) this phase uses
     y: str = "y"  # Eq. 1's y: "y" (target_y), "x" (target_x) or "previous" (render of the phase's start)
     x: str = "x"  # Eq. 1's x: "x" (target_x) or "y" (target_y), e.g. a phase that restores the other image
+    # How G modulates its convolutions in the step: False = scaled activations around one shared,
+    # batched convolution; True = per-image weights in a grouped convolution. The same function
+    # (float rounding apart); which is faster depends on the backend and batch (experiments/benchmark).
+    fused_modconv: bool = False
 
     def __post_init__(self):
         if self.x not in ("x", "y"):

@@ -29,10 +29,16 @@ def psnr(a, b):
     return _metrics.psnr(a, b, data_range=2.0)
 
 
-def render(G: Generator, vars: Vars, edits: Optional[dict] = None) -> jax.Array:
+def render(G: Generator, vars: Vars, edits: Optional[dict] = None, *, fused_modconv: bool = False) -> jax.Array:
     """One image's variables (and activation edits, `activations.Mix` per point) -> [1, H, W, C]
-    image (about [-1, 1])."""
-    return G.synthesis(vars["w_plus"][None], noise=[m[None] for m in vars["noise"]], edits=edits)
+    image (about [-1, 1]).
+
+    fused_modconv=False (modulated activations around one shared convolution) is the default:
+    under the engine's vmap it becomes one batched convolution, where the grouped convolution
+    (True) ran 5-10x slower on the CPU (BUILD_NOTES.md, issue 9). Both are the same function.
+    """
+    return G.synthesis(vars["w_plus"][None], noise=[m[None] for m in vars["noise"]], edits=edits,
+                       fused_modconv=fused_modconv)
 
 
 def step(vars: Vars, opt_state, G: Generator, vgg, target_x: jax.Array, target_y: jax.Array, masks: dict,
@@ -59,7 +65,7 @@ def step(vars: Vars, opt_state, G: Generator, vgg, target_x: jax.Array, target_y
     def loss_fn(v):
         # stop_gradient on frozen groups lets XLA drop their backward pass.
         v = {k: jax.tree.map(jax.lax.stop_gradient, x) if freeze[k] else x for k, x in v.items()}
-        img = render(G, v, edits)
+        img = render(G, v, edits, fused_modconv=phase.fused_modconv)
         m = {k: mk[None] for k, mk in masks["loss"].items()}  # one image's [H, W, 1] -> [1, H, W, 1]
         total, terms = _losses.eq1_loss(vgg, img, target_x[None], target_y[None], mask_mse=m.get("mse"),
                                         mask_percept=m.get("percept"), mask_style=m.get("style"),
