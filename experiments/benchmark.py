@@ -33,6 +33,7 @@ import resource
 import subprocess
 import sys
 import time
+from typing import Optional
 
 import numpy as np
 from absl import flags
@@ -46,6 +47,7 @@ PRESETS = {
 }
 VGG_TRUNK_LAYERS = ("conv1_1", "conv1_2", "conv2_1", "conv2_2", "conv3_1", "conv3_2", "conv3_3")
 STEP_NAMES = {"w": "W+ step", "noise": "noise step"}
+PROTOCOL = "@@bench "  # marks the lines a side's process answers with on stdout
 
 
 def define_flags() -> None:
@@ -80,7 +82,7 @@ def define_flags() -> None:
     # One side and batch in this process (the main process runs these as subprocesses).
     flags.DEFINE_enum("role", "main", ["main", "jax", "official", "weights"], "internal")
     flags.DEFINE_integer("batch", 1, "internal: the batch of a --role=jax/official process")
-    flags.DEFINE_string("record", None, "internal: where a --role process writes its record")
+    flags.DEFINE_string("record", None, "internal: where --role=weights writes the generator")
 
 
 def _settings(F) -> dict:
@@ -152,7 +154,7 @@ def _prepare(F, s: dict) -> dict:
     if F.torch_repo:
         path = os.path.join(F.out, f"{tag}.weights.npz")
         if F.fresh or not os.path.exists(path):
-            _child(F, "weights", 0, None, extra=[f"--record={path}"])
+            _make_official_weights(F, path)
         inputs.update(generator=path, generator_source="official stylegan2-ada-pytorch Generator (random, "
                       "perturbed), converted by i2spp_jax.formats.stylegan2")
     else:
@@ -176,77 +178,151 @@ def _prepare(F, s: dict) -> dict:
     return inputs
 
 
-def _child(F, role: str, batch: int, record, extra=()) -> None:
-    """Runs one side (or the weights maker) in a process of its own with this process's flags."""
+def _make_official_weights(F, path: str) -> None:
+    """The official code makes the random generator, in a process of its own (torch stays out of this one)."""
     argv = [a for a in sys.argv[1:] if not a.startswith(("--role", "--batch=", "--record"))]
-    cmd = [sys.executable, "-m", "experiments.benchmark", *argv, f"--role={role}", f"--batch={batch}"]
-    if record:
-        cmd.append(f"--record={record}")
-    cmd += list(extra)
+    cmd = [sys.executable, "-m", "experiments.benchmark", *argv, "--role=weights", f"--record={path}"]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
         tail = (proc.stderr or proc.stdout).strip().splitlines()[-15:]
-        raise cli.UserError(f"the {role} process (batch {batch}) failed:\n  " + "\n  ".join(tail))
+        raise cli.UserError("making the official generator failed:\n  " + "\n  ".join(tail))
 
 
 # ----------------------------------------------------------------------------------------------
 # This project's side.
 
 
-def run_jax(s: dict, inputs: dict, batch: int, save_prefix: str) -> dict:
-    import dataclasses
+class JaxSide:
+    """This project's W+ and noise steps through the engine's `embed()`, one round at a time."""
 
-    import jax
-    import jax.numpy as jnp
+    def __init__(self, s: dict, inputs: dict, batch: int):
+        import jax
+        import jax.numpy as jnp
 
-    from i2spp_jax import embed
-    from i2spp_jax.checkpoint import load_generator
-    from i2spp_jax.vgg import VGG16
+        from i2spp_jax import embed
+        from i2spp_jax.checkpoint import load_generator
+        from i2spp_jax.vgg import VGG16
 
-    G = load_generator(inputs["generator"])
-    with np.load(inputs["vgg"]) as z:
-        params = {n: {"kernel": jnp.asarray(z[f"{n}/kernel"]), "bias": jnp.asarray(z[f"{n}/bias"])}
-                  for n in VGG_TRUNK_LAYERS}
-    vgg = VGG16(params=params, preprocessing="keras")
-    rng = np.random.default_rng(s["seed"] + 1)  # the same latents as the official side
-    w_true = np.asarray(G.w_avg) + 0.5 * rng.standard_normal((batch, G.num_ws, G.w_dim)).astype(np.float32)
-    target = np.asarray(G.synthesis(jnp.asarray(w_true, jnp.float32), "const", fused_modconv=False))
-    init = embed.initial_variables(G, batch, w_init="w_avg", noise_init="const")
-    make = {"w": lambda n: embed.W_l(n, resize_to=s["resize_to"]),
-            "noise": lambda n: embed.Mk_n(n, resize_to=s["resize_to"])}
-    precision = "highest" if s["numerics"] == "fp32" else "tensorfloat32"
-    record = {"side": "jax", "device": str(jax.devices()[0].device_kind), "backend": jax.default_backend(),
-              "jax": jax.__version__, "numerics": f"{s['numerics']} (jax_default_matmul_precision={precision})",
-              "fused_modconv": s["fused_modconv"], "batch": batch, "steps": {},
-              "xla_flags": os.environ.get("XLA_FLAGS", "")}
+        self.s, self.batch, self.embed = s, batch, embed
+        self.G = G = load_generator(inputs["generator"])
+        with np.load(inputs["vgg"]) as z:
+            params = {n: {"kernel": jnp.asarray(z[f"{n}/kernel"]), "bias": jnp.asarray(z[f"{n}/bias"])}
+                      for n in VGG_TRUNK_LAYERS}
+        self.vgg = VGG16(params=params, preprocessing="keras")
+        rng = np.random.default_rng(s["seed"] + 1)  # the same latents as the official side
+        w_true = np.asarray(G.w_avg) + 0.5 * rng.standard_normal((batch, G.num_ws, G.w_dim)).astype(np.float32)
+        self.target = np.asarray(G.synthesis(jnp.asarray(w_true, jnp.float32), "const", fused_modconv=False))
+        self.init = embed.initial_variables(G, batch, w_init="w_avg", noise_init="const")
+        self.precision = "highest" if s["numerics"] == "fp32" else "tensorfloat32"
+        self.info = {"side": "jax", "device": str(jax.devices()[0].device_kind), "backend": jax.default_backend(),
+                     "jax": jax.__version__, "numerics": f"{s['numerics']} (jax_default_matmul_precision="
+                     f"{self.precision})", "fused_modconv": s["fused_modconv"], "batch": batch,
+                     "xla_flags": os.environ.get("XLA_FLAGS", "")}
 
-    def one_round(kind, n):
-        phase = dataclasses.replace(make[kind](n), fused_modconv=s["fused_modconv"])
-        with jax.default_matmul_precision(precision):
-            res = embed.embed(G, target, phases=(phase,), init_vars=init, vgg=vgg, log=None)
-        jax.block_until_ready(res.vars)
-        return res
+    def round(self, kind: str, n: int) -> dict:
+        import dataclasses
 
-    for kind in s["steps"]:
+        import jax
+
+        embed = self.embed
+        phase = (embed.W_l if kind == "w" else embed.Mk_n)(n, resize_to=self.s["resize_to"])
+        phase = dataclasses.replace(phase, fused_modconv=self.s["fused_modconv"])
         t0 = time.perf_counter()
-        one_round(kind, s["warmup"])
-        first = time.perf_counter() - t0
-        times = []
-        for _ in range(s["rounds"]):
-            t0 = time.perf_counter()
-            res = one_round(kind, s["iters"])
-            times.append(time.perf_counter() - t0)
+        with jax.default_matmul_precision(self.precision):
+            res = embed.embed(self.G, self.target, phases=(phase,), init_vars=self.init, vgg=self.vgg, log=None)
+        jax.block_until_ready(res.vars)  # embed() has read every iteration's metrics back already
+        seconds = time.perf_counter() - t0
         loss = res.history["loss"]
-        record["steps"][kind] = {"first_call_s": first, "round_s": times, "iters": s["iters"],
-                                 "img_it_s": [batch * s["iters"] / t for t in times],
-                                 "loss_first": loss[0].tolist(), "loss_last": loss[-1].tolist()}
-        if kind == "w":
-            np.save(f"{save_prefix}_w.npy", np.asarray(res.vars["w_plus"]))
-    stats = jax.devices()[0].memory_stats() or {}
-    record["peak_memory_bytes"] = stats.get("peak_bytes_in_use") or \
-        resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    record["peak_memory_kind"] = "device" if "peak_bytes_in_use" in stats else "process RSS"
-    return record
+        return {"seconds": seconds, "loss_first": loss[0].tolist(), "loss_last": loss[-1].tolist(),
+                "w": np.asarray(res.vars["w_plus"]) if kind == "w" else None}
+
+    def peak_memory(self) -> tuple[int, str]:
+        import jax
+
+        stats = jax.devices()[0].memory_stats() or {}
+        if "peak_bytes_in_use" in stats:
+            return int(stats["peak_bytes_in_use"]), "device"
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, "process RSS"
+
+
+def serve(side) -> None:
+    """A side's process: announces itself, then runs one round per command line read from stdin."""
+    _reply({"ready": side.info})
+    for line in sys.stdin:
+        cmd = json.loads(line)
+        out = side.round(cmd["kind"], cmd["n"])
+        w = out.pop("w")
+        if w is not None and cmd.get("save"):
+            np.save(cmd["save"], w)
+        _reply(out)
+    mem, kind = side.peak_memory()
+    _reply({"peak_memory_bytes": mem, "peak_memory_kind": kind})
+
+
+def _reply(obj) -> None:
+    print(PROTOCOL + json.dumps(obj), flush=True)
+
+
+class _Child:
+    """A side running in a process of its own (`serve`), driven round by round."""
+
+    def __init__(self, F, role: str, batch: int):
+        argv = [a for a in sys.argv[1:] if not a.startswith(("--role", "--batch="))]
+        cmd = [sys.executable, "-m", "experiments.benchmark", *argv, f"--role={role}", f"--batch={batch}"]
+        self.role, self.batch = role, batch
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                     text=True)
+        self.info = self._read()["ready"]
+
+    def _read(self) -> dict:
+        for line in self.proc.stdout:
+            if line.startswith(PROTOCOL):
+                return json.loads(line[len(PROTOCOL):])
+        err = self.proc.stderr.read().strip().splitlines()[-15:]
+        raise cli.UserError(f"the {self.role} process (batch {self.batch}) failed:\n  " + "\n  ".join(err))
+
+    def round(self, kind: str, n: int, save: Optional[str] = None) -> dict:
+        self.proc.stdin.write(json.dumps({"kind": kind, "n": n, "save": save}) + "\n")
+        self.proc.stdin.flush()
+        return self._read()
+
+    def close(self) -> dict:
+        self.proc.stdin.close()
+        out = self._read()
+        self.proc.wait()
+        return out
+
+
+def measure(F, s: dict, inputs: dict, batch: int) -> dict:
+    """Both sides at one batch: each process set up in turn, then their rounds alternated (ABBA), so
+    that a drift in the machine's speed touches both alike; returns {side: record}."""
+    children = {}
+    for side in s["sides"]:
+        children[side] = _Child(F, side, batch)
+    records = {side: dict(c.info, steps={}) for side, c in children.items()}
+    prefix = os.path.join(F.out, f"{inputs['tag']}_b{batch}")
+    try:
+        for kind in s["steps"]:
+            for side, c in children.items():
+                first = c.round(kind, s["warmup"])
+                records[side]["steps"][kind] = {"first_call_s": first["seconds"], "iters": s["iters"], "rounds": []}
+            for r in range(s["rounds"]):
+                order = list(children) if r % 2 == 0 else list(children)[::-1]
+                for side in order:
+                    time.sleep(0.2)  # let the other process's thread pool go idle
+                    save = f"{prefix}_{side}_{kind}.npy" if kind == "w" and r == s["rounds"] - 1 else None
+                    out = children[side].round(kind, s["iters"], save)
+                    records[side]["steps"][kind]["rounds"].append(out)
+        for side, c in children.items():
+            records[side].update(c.close())
+    finally:
+        for c in children.values():
+            if c.proc.poll() is None:
+                c.proc.kill()
+    for rec in records.values():
+        for step in rec["steps"].values():
+            step["img_it_s"] = [batch * s["iters"] / r["seconds"] for r in step["rounds"]]
+    return records
 
 
 # ----------------------------------------------------------------------------------------------
@@ -259,12 +335,12 @@ def _median(xs):
 
 def _agreement(out: str, tag: str, batch: int, recs: dict, kind: str) -> str:
     """How far the two sides' numbers are apart: first loss and W+ after a round."""
-    a, b = recs["jax"]["steps"][kind], recs["official"]["steps"][kind]
+    a, b = recs["jax"]["steps"][kind]["rounds"][-1], recs["official"]["steps"][kind]["rounds"][-1]
     l0 = np.max(np.abs(np.subtract(a["loss_first"], b["loss_first"])) / np.abs(b["loss_first"]))
     text = f"loss {l0:.1e}"
     if kind == "w":
-        wa = np.load(os.path.join(out, f"{tag}_jax_b{batch}_w.npy"))
-        wb = np.load(os.path.join(out, f"{tag}_official_b{batch}_w.npy"))
+        wa = np.load(os.path.join(out, f"{tag}_b{batch}_jax_w.npy"))
+        wb = np.load(os.path.join(out, f"{tag}_b{batch}_official_w.npy"))
         text += f", w {np.max(np.abs(wa - wb)) / np.max(np.abs(wb)):.1e}"
     return text
 
@@ -281,7 +357,9 @@ def table(s: dict, records: dict, out: str, tag: str) -> tuple[str, list]:
             mem = {side: r["peak_memory_bytes"] / 2**20 for side, r in recs.items()}
             first = {side: r["steps"][kind]["first_call_s"] for side, r in recs.items()}
             both = "jax" in recs and "official" in recs
-            ratio = rate["jax"] / rate["official"] if both else float("nan")
+            # the median of each round pair's ratio: the pairs ran back to back
+            ratio = _median(list(np.divide(recs["jax"]["steps"][kind]["img_it_s"],
+                                           recs["official"]["steps"][kind]["img_it_s"]))) if both else float("nan")
             agree = _agreement(out, tag, batch, recs, kind) if both else "n/a"
             fmt = lambda d, f: " / ".join(f.format(d[k]) if k in d else "-" for k in ("jax", "official"))
             lines.append(f"| {STEP_NAMES[kind]} | {batch} | {rate.get('jax', float('nan')):.3g} | "
@@ -308,21 +386,15 @@ def main(argv):
     s = _settings(F)
     if F.role in ("jax", "official"):
         inputs = json.load(open(os.path.join(F.out, "inputs.json")))
-        prefix = os.path.join(F.out, f"{inputs['tag']}_{F.role}_b{F.batch}")
         if F.role == "jax":
-            rec = run_jax(s, inputs, F.batch, prefix)
-        else:
-            from experiments import benchmark_official as official
+            return serve(JaxSide(s, inputs, F.batch))
+        from experiments import benchmark_official as official
 
-            with np.load(inputs["vgg"]) as z:
-                vgg = {n: {"kernel": z[f"{n}/kernel"], "bias": z[f"{n}/bias"]} for n in VGG_TRUNK_LAYERS}
-            rec = official.run(repo=F.torch_repo, weights=inputs["generator"], batch=F.batch, steps=s["steps"],
-                               iters=s["iters"], rounds=s["rounds"], warmup=s["warmup"], vgg_params=vgg,
-                               resize_to=s["resize_to"], numerics=s["numerics"], seed=s["seed"],
-                               save_prefix=prefix)
-        with open(F.record, "w") as f:
-            json.dump(rec, f, indent=1)
-        return
+        with np.load(inputs["vgg"]) as z:
+            vgg = {n: {"kernel": z[f"{n}/kernel"], "bias": z[f"{n}/bias"]} for n in VGG_TRUNK_LAYERS}
+        return serve(official.OfficialSide(repo=F.torch_repo, weights=inputs["generator"], batch=F.batch,
+                                           vgg_params=vgg, resize_to=s["resize_to"], numerics=s["numerics"],
+                                           seed=s["seed"]))
     t_start = time.perf_counter()
     inputs = _prepare(F, s)
     with open(os.path.join(F.out, "inputs.json"), "w") as f:
@@ -333,14 +405,13 @@ def main(argv):
             + (f" (official skipped: {s['official_skipped']})" if "official_skipped" in s else ""))
     records = {}
     for batch in s["batches"]:
-        for side in s["sides"]:
-            t0 = time.perf_counter()
-            path = os.path.join(F.out, f"{inputs['tag']}_{side}_b{batch}.json")
-            _child(F, side, batch, path)
-            records.setdefault(batch, {})[side] = json.load(open(path))
+        t0 = time.perf_counter()
+        records[batch] = measure(F, s, inputs, batch)
+        for side, rec in records[batch].items():
             rates = ", ".join(f"{STEP_NAMES[k]} {_median(v['img_it_s']):.3g} img-it/s"
-                              for k, v in records[batch][side]["steps"].items())
-            cli.log(f"  {side} batch {batch}: {rates} ({time.perf_counter() - t0:.0f} s)")
+                              for k, v in rec["steps"].items())
+            cli.log(f"  batch {batch}, {side}: {rates}")
+        cli.log(f"  batch {batch} took {time.perf_counter() - t0:.0f} s")
     text, rows = table(s, records, F.out, inputs["tag"])
     machine = {"platform": platform.platform(), "processor": _cpu_name(), "cpus": os.cpu_count(),
                "python": sys.version.split()[0]}

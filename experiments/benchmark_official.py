@@ -162,47 +162,69 @@ def _numerics(numerics: str) -> None:
     torch.backends.cudnn.allow_tf32 = tf32
 
 
-def run(*, repo: str, weights: str, batch: int, steps: list[str], iters: int, rounds: int, warmup: int,
-        vgg_params: dict, resize_to: int, numerics: str, seed: int, save_prefix: Optional[str] = None) -> dict:
-    """Times the official generator's W+ and noise steps; returns the same record as the JAX side."""
-    import torch
+class OfficialSide:
+    """The official generator's W+ and noise steps, one round at a time (see experiments/benchmark.py)."""
 
-    networks = import_official(repo)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    _numerics(numerics)
-    with open(weights[: -len(".weights.npz")] + ".json") as f:
-        kwargs = json.load(f)["init_kwargs"]
-    G = networks.Generator(**kwargs).eval().requires_grad_(False)
-    with np.load(weights) as z:
-        sd = {k: torch.from_numpy(z[k]) for k in z.files}
-    G.load_state_dict(sd, strict=True)
-    G = G.to(device)
-    vgg = TorchVGG(vgg_params, device)
-    layers = {n: m for n, m in G.synthesis.named_modules() if hasattr(m, "noise_const")}
+    def __init__(self, *, repo: str, weights: str, batch: int, vgg_params: dict, resize_to: int, numerics: str,
+                 seed: int):
+        import torch
 
-    rng = np.random.default_rng(seed + 1)
-    w_true = torch.from_numpy(rng.standard_normal((batch, G.num_ws, G.w_dim)).astype(np.float32) * 0.5).to(device)
-    w_true = G.mapping.w_avg + w_true
-    with torch.no_grad():
-        target = G.synthesis(w_true, noise_mode="const")  # [B, 3, H, W]
-    w_start = G.mapping.w_avg.reshape(1, 1, -1).repeat(batch, G.num_ws, 1).clone()
-    record = {"side": "official", "device": str(torch.cuda.get_device_name(device) if device.type == "cuda"
-                                                    else "cpu"),
-              "torch": torch.__version__, "threads": torch.get_num_threads(), "numerics": numerics,
-              "batch": batch, "steps": {}}
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
+        networks = import_official(repo)
+        self.device = device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        _numerics(numerics)
+        with open(weights[: -len(".weights.npz")] + ".json") as f:
+            kwargs = json.load(f)["init_kwargs"]
+        G = networks.Generator(**kwargs).eval().requires_grad_(False)
+        with np.load(weights) as z:
+            G.load_state_dict({k: torch.from_numpy(z[k]) for k in z.files}, strict=True)
+        self.G = G = G.to(device)
+        self.vgg = TorchVGG(vgg_params, device)
+        self.resize_to, self.batch = resize_to, batch
+        self.layers = {n: m for n, m in G.synthesis.named_modules() if hasattr(m, "noise_const")}
+        rng = np.random.default_rng(seed + 1)  # the same latents as this project's side
+        w_true = rng.standard_normal((batch, G.num_ws, G.w_dim)).astype(np.float32) * 0.5
+        w_true = G.mapping.w_avg + torch.from_numpy(w_true).to(device)
+        with torch.no_grad():
+            self.target = G.synthesis(w_true, noise_mode="const")  # [B, 3, H, W]
+        self.w_start = G.mapping.w_avg.reshape(1, 1, -1).repeat(batch, G.num_ws, 1).clone()
+        self.info = {"side": "official", "device": torch.cuda.get_device_name(device) if device.type == "cuda"
+                     else "cpu", "torch": torch.__version__, "threads": torch.get_num_threads(),
+                     "numerics": numerics + (" (allow_tf32 on)" if numerics == "tf32" else " (allow_tf32 off)"),
+                     "batch": batch}
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
 
-    def w_round(n):
-        w = w_start.clone().requires_grad_(True)
+    def round(self, kind: str, n: int) -> dict:
+        """One optimisation of n iterations from the start; {"seconds", "loss_first", "loss_last"}."""
+        _sync(self.device)
+        t0 = time.perf_counter()
+        w, losses = (self._w_round if kind == "w" else self._noise_round)(n)
+        _sync(self.device)
+        seconds = time.perf_counter() - t0
+        return {"seconds": seconds, "loss_first": losses[0].cpu().numpy().tolist(),
+                "loss_last": losses[-1].cpu().numpy().tolist(),
+                "w": None if w is None else w.cpu().numpy()}
+
+    def peak_memory(self) -> tuple[int, str]:
+        import torch
+
+        if self.device.type == "cuda":
+            return int(torch.cuda.max_memory_allocated(self.device)), "device"
+        return _peak_rss(), "process RSS"
+
+    def _w_round(self, n):
+        import torch
+
+        G, vgg, target = self.G, self.vgg, self.target
+        w = self.w_start.clone().requires_grad_(True)
         opt = torch.optim.Adam([w], lr=0.01, betas=(0.9, 0.999), eps=1e-8)
         with torch.no_grad():
-            feats_x = vgg.features(_resize(target, resize_to))
+            feats_x = vgg.features(_resize(target, self.resize_to))
         losses = []
         for _ in range(n):
             img = G.synthesis(w, noise_mode="const")
             mse = ((img - target) * PIXEL_SCALE).square().mean(dim=(1, 2, 3))
-            f = vgg.features(_resize(img, resize_to))
+            f = vgg.features(_resize(img, self.resize_to))
             percept = sum((f[k] - feats_x[k]).square().mean(dim=(1, 2, 3)) for k in PERCEPTUAL_LAYERS)
             loss = 1e-5 * mse + 1e-5 * percept  # [B]: each image's own loss
             opt.zero_grad(set_to_none=True)
@@ -211,17 +233,20 @@ def run(*, repo: str, weights: str, batch: int, steps: list[str], iters: int, ro
             losses.append(loss.detach())
         return w.detach(), torch.stack(losses)
 
-    def noise_round(n):
-        maps = {name: layer.noise_const.reshape(1, 1, *layer.noise_const.shape).repeat(batch, 1, 1, 1)
-                .clone().requires_grad_(True) for name, layer in layers.items()}
-        originals = {name: layer.noise_const for name, layer in layers.items()}
-        for name, layer in layers.items():  # per-image maps [B, 1, R, R] in place of the shared buffer
+    def _noise_round(self, n):
+        import torch
+
+        G, target, B = self.G, self.target, self.batch
+        originals = {name: layer.noise_const for name, layer in self.layers.items()}
+        maps = {name: c.reshape(1, 1, *c.shape).repeat(B, 1, 1, 1).clone().requires_grad_(True)
+                for name, c in originals.items()}
+        for name, layer in self.layers.items():  # per-image maps [B, 1, R, R] in place of the shared buffer
             layer._buffers["noise_const"] = maps[name]
         opt = torch.optim.Adam(list(maps.values()), lr=5.0, betas=(0.9, 0.999), eps=1e-8)
         losses = []
         try:
             for _ in range(n):
-                img = G.synthesis(w_start, noise_mode="const")
+                img = G.synthesis(self.w_start, noise_mode="const")
                 d = (img - target) * PIXEL_SCALE
                 mse1 = d.square().mean(dim=(1, 2, 3))
                 mse2 = (0.0 * d).square().mean(dim=(1, 2, 3))  # (1 - M_m) = 0 without a mask, as in Eq. 1
@@ -231,33 +256,9 @@ def run(*, repo: str, weights: str, batch: int, steps: list[str], iters: int, ro
                 opt.step()
                 losses.append(loss.detach())
         finally:
-            for name, layer in layers.items():
+            for name, layer in self.layers.items():
                 layer._buffers["noise_const"] = originals[name]
         return None, torch.stack(losses)
-
-    for kind in steps:
-        fn = w_round if kind == "w" else noise_round
-        _sync(device)
-        t0 = time.perf_counter()
-        fn(warmup)
-        _sync(device)
-        first = time.perf_counter() - t0
-        times = []
-        for _ in range(rounds):
-            _sync(device)
-            t0 = time.perf_counter()
-            w, losses = fn(iters)
-            _sync(device)
-            times.append(time.perf_counter() - t0)
-        step = {"first_call_s": first, "round_s": times, "iters": iters,
-                "img_it_s": [batch * iters / t for t in times],
-                "loss_first": losses[0].cpu().numpy().tolist(), "loss_last": losses[-1].cpu().numpy().tolist()}
-        if w is not None and save_prefix:
-            np.save(f"{save_prefix}_{kind}.npy", w.cpu().numpy())
-        record["steps"][kind] = step
-    record["peak_memory_bytes"] = (torch.cuda.max_memory_allocated(device) if device.type == "cuda"
-                                   else _peak_rss())
-    return record
 
 
 def _peak_rss() -> int:
