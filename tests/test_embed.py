@@ -1,5 +1,6 @@
 """Tests of the embedding engine (i2spp_jax.embed) on a tiny 16x16 generator."""
 
+import dataclasses
 import functools
 import os
 
@@ -17,8 +18,9 @@ from i2spp_jax.engine import driver
 from i2spp_jax.engine import step as step_lib
 
 RTOL = 1e-5  # float32, batched vs separate (XLA sums in a batch-size-dependent order; see the batch test)
-W_ATOL = 5e-5  # W+ after 5 Adam steps, batched vs separate (measured 1.5e-5; see test_batch_equals_separate_runs)
-NOISE_ATOL = 1e-2  # noise after 3 Adam steps at lr 5 (measured 2.2e-3 on values of size ~10; same test)
+W_ATOL = 5e-4  # W+ after 5 Adam steps, batched vs separate (measured 1.9e-4; see test_batch_equals_separate_runs)
+NOISE_ATOL = 1e-1  # noise after 3 Adam steps at lr 5 (measured 2.9e-2 on values of size ~10; same test)
+MK_N_RTOL = 5e-4  # Mk_n's history, batched vs separate (measured 1.04e-4; same test)
 
 
 @functools.lru_cache(maxsize=None)
@@ -500,16 +502,16 @@ def test_batch_equals_separate_runs():
     """The full W_l loss (MSE + perceptual through a random-weight VGG) then Mk_n, at the paper's
     rates, with per-image masks: a batch of 3 is 3 separate runs, and no image sees another.
 
-    Why not bit-identical: XLA's CPU backend sums the demodulation's Σ (w·s)² (ops.modulated_conv2d)
-    in an order that depends on the batch size, so the vmapped B = 3 and B = 1 renders differ by a
-    few ulps (measured: 4.8e-7 on pixels in [-1, 1]; VGG's convs agree bit for bit). One W_l step
-    agrees to float32 rounding (measured: ≤ 1.5e-8 on w). Adam then amplifies it in two places:
-    where an entry's gradient changes sign, m̂/√v̂ loses digits (measured after 5 W_l steps: 1.5e-5
-    on one entry of image 2, 0.03% of the 0.05 it moved); and where |g| is within a few ε = 1e-8,
-    the step lr·g/(|g| + ε) moves by lr·ε·δg/(|g| + ε)², with δg the absolute rounding of a
-    gradient that sums larger terms (measured: one noise entry with g = 2.2e-7 whose rounding of
-    3.6e-10 moves its first lr-5 step by 3.5e-4; after 3 Mk_n steps 2.2e-3 on values of size ~10).
-    The history agrees to 1e-5 relative in W_l and to 1.1e-5 in Mk_n (measured), and the images
+    Why not bit-identical: XLA's CPU backend runs a batch's convolutions with other blockings than
+    one image's, so the vmapped B = 3 and B = 1 renders differ by a few ulps. One W_l step agrees
+    to float32 rounding (measured: 3.0e-8 on w, with the engine's modulated-activation
+    convolutions). Adam then amplifies it in two places: where an entry's gradient changes sign,
+    m̂/√v̂ loses digits; and where |g| is within a few ε = 1e-8, the step lr·g/(|g| + ε) moves by
+    lr·ε·δg/(|g| + ε)², with δg the absolute rounding of a gradient that sums larger terms. Measured
+    (2-core CPU, jax 0.10.2): after 5 W_l steps 1.9e-4 on w; after 3 Mk_n steps at lr 5, 2.9e-2 on
+    noise values of size ~10; the history agrees to 5.8e-6 relative in W_l and 1.04e-4 in Mk_n.
+    (Before issue 9 the engine rendered with grouped convolutions and these were 1.5e-5, 2.2e-3,
+    1e-5 and 1.1e-5: the amplification depends on which ulps differ, not on a defect.) The images
     of one batch are independent bit for bit.
     """
     G = tiny_generator()
@@ -540,10 +542,10 @@ def test_batch_equals_separate_runs():
     assert np.all(batch.history["percept"][:5] > 0)
     for i in range(B):
         one = run((w_phase, n_phase), x, v0, i)
-        for k in embed.HISTORY_KEYS:  # Mk_n's lr-5 steps amplify rounding (measured 1.1e-5 relative)
+        for k in embed.HISTORY_KEYS:  # Mk_n's lr-5 steps amplify rounding (measured 1.04e-4 relative)
             np.testing.assert_allclose(batch.history[k][:5, i], one.history[k][:5, 0], rtol=RTOL, atol=1e-6,
                                        err_msg=k)
-            np.testing.assert_allclose(batch.history[k][5:, i], one.history[k][5:, 0], rtol=1e-4, err_msg=k)
+            np.testing.assert_allclose(batch.history[k][5:, i], one.history[k][5:, 0], rtol=MK_N_RTOL, err_msg=k)
         np.testing.assert_allclose(batch.phase_vars[0]["w_plus"][i], one.phase_vars[0]["w_plus"][0], atol=W_ATOL)
         for a, b in zip(batch.vars["noise"], one.vars["noise"]):
             np.testing.assert_allclose(a[i], b[0], atol=NOISE_ATOL)
@@ -607,7 +609,66 @@ def test_resume_bit_identical(tmp_path, kill_at):
         embed.embed(G, x, phases=phases, init_vars=v0, seed=2, checkpoint_dir=ckpt, checkpoint_every=3)
 
 
-def test_nan_stops_and_keeps_last_good_checkpoint(tmp_path):
+def test_resume_bit_identical_with_multi_step_calls(tmp_path):
+    """steps_per_call=3: iterations run three per dispatch (lax.scan) between checkpoints; a run
+    killed and resumed equals the uninterrupted run with the same settings, bit for bit."""
+    G = tiny_generator()
+    x = targets(G, 2)
+    v0 = embed.initial_variables(G, 2, w_init="uniform", seed=1)
+    phases = mse_schedule(w_steps=10, noise_steps=6)
+    kw = dict(init_vars=v0, log_every=0, seed=1, checkpoint_every=3, steps_per_call=3)
+    full = embed.embed(G, x, phases=phases, checkpoint_dir=str(tmp_path / "full"), **kw)
+    seen = []
+
+    def killer(t, m):
+        seen.append(t)
+        if t == 7:
+            raise Kill()
+
+    ckpt = str(tmp_path / "ckpt")
+    with pytest.raises(Kill):
+        embed.embed(G, x, phases=phases, checkpoint_dir=ckpt, callback=killer, **kw)
+    assert seen == [1, 2, 3, 4, 5, 6, 7]  # every iteration reported, in order, after its dispatch
+    lines = []
+    resumed = embed.embed(G, x, phases=phases, checkpoint_dir=ckpt, log=lines.append, **kw)
+    assert "resumed" in lines[0] and "iteration 9/16" in lines[0]  # the dispatch 6..9 was saved
+    assert_trees_equal(resumed.vars, full.vars)
+    assert_trees_equal(resumed.phase_vars, full.phase_vars)
+    for k in embed.HISTORY_KEYS:
+        np.testing.assert_array_equal(resumed.history[k], full.history[k])
+
+
+def test_multi_step_calls_equal_single_steps():
+    """The scan path (k steps per dispatch, metrics on the device) runs the same optimisation as one
+    step per call: W+ to float32 rounding, the history to 1e-5; the caller's init_vars survive the
+    donation; progress lines fall where they did."""
+    G = tiny_generator()
+    x = targets(G, 2)
+    v0 = embed.initial_variables(G, 2, w_init="uniform_0.4", seed=3)
+    keep = jax.tree.map(np.array, v0)
+    phases = (w_mse(8), n_mse(2))
+    runs = {}
+    for k in (1, 4):
+        lines = []
+        runs[k] = embed.embed(G, x, phases=phases, init_vars=v0, log_every=4, log=lines.append, steps_per_call=k)
+        assert [line.split("|")[0].strip() for line in lines] == [
+            "[W_l 1/2] it 4/8 (total 4/10)", "[W_l 1/2] it 8/8 (total 8/10)", "[Mk_n 2/2] it 2/2 (total 10/10)"]
+    one, many = runs[1], runs[4]
+    np.testing.assert_allclose(many.phase_vars[0]["w_plus"], one.phase_vars[0]["w_plus"], atol=1e-5)
+    assert np.max(np.abs(one.phase_vars[0]["w_plus"] - v0["w_plus"])) > 1e-3  # it did move
+    for key in embed.HISTORY_KEYS:
+        np.testing.assert_allclose(many.history[key], one.history[key], rtol=1e-5, atol=1e-6)
+    # Adam at lr 5 amplifies rounding in noise entries whose gradient is near its ε (see
+    # test_batch_equals_separate_runs): two noise steps agree to 2e-3 on values of size ~1.
+    for a, b in zip(many.vars["noise"], one.vars["noise"]):
+        np.testing.assert_allclose(a, b, atol=2e-3)
+    assert_trees_equal(jax.tree.map(np.asarray, v0), keep)
+    with pytest.raises(ValueError, match="steps_per_call"):
+        embed.embed(G, x, phases=phases, init_vars=v0, steps_per_call=0)
+
+
+@pytest.mark.parametrize("steps_per_call", [1, 2])
+def test_nan_stops_and_keeps_last_good_checkpoint(tmp_path, steps_per_call):
     G = tiny_generator()
     x = targets(G, 2)
     v0 = embed.initial_variables(G, 2, seed=0)
@@ -616,7 +677,7 @@ def test_nan_stops_and_keeps_last_good_checkpoint(tmp_path):
     ended = []
     with pytest.raises(embed.NonFiniteLossError, match=r"NaN/inf at iteration 5 \(phase Mk_n.*iteration 4\)") as e:
         embed.embed(G, x, phases=phases, init_vars=v0, log_every=0, checkpoint_dir=ckpt, checkpoint_every=2,
-                    on_phase_end=lambda i, v: ended.append(i))
+                    on_phase_end=lambda i, v: ended.append(i), steps_per_call=steps_per_call)
     assert ended == [0]  # the W+ phase's result was handed out before the failure
     assert len(e.value.phase_vars) == 1 and e.value.history["loss"].shape == (4, 2)
     assert np.all(np.isfinite(e.value.history["loss"]))
@@ -663,3 +724,19 @@ def test_style_transfer_block_with_vgg():
     np.testing.assert_array_equal(free.history["mse1"], 0.0)
     assert free.history["style"][-1, 0] < h[-1]
     assert region_psnr(img_free, x[0], outside) < psnr_out - 10
+
+
+def test_grouped_and_activation_modulation_give_the_same_step():
+    """Phase.fused_modconv only chooses how G's convolutions run (per-image weights in a grouped
+    convolution, or scaled activations around one batched convolution, the default): one step's
+    loss and new variables agree to float32 rounding."""
+    G = tiny_generator()
+    x = targets(G, 2)
+    v0 = embed.initial_variables(G, 2, w_init="uniform_0.4", seed=2)
+    phase = embed.W_l(1, percept=0.0, resize_to=None)
+    runs = [embed.embed(G, x, phases=(dataclasses.replace(phase, fused_modconv=f),), init_vars=v0, log=None)
+            for f in (False, True)]
+    assert not phase.fused_modconv
+    np.testing.assert_allclose(runs[0].history["loss"], runs[1].history["loss"], rtol=RTOL)
+    np.testing.assert_allclose(runs[0].vars["w_plus"], runs[1].vars["w_plus"], atol=1e-6)
+    assert np.max(np.abs(runs[0].vars["w_plus"] - v0["w_plus"])) > 1e-3

@@ -198,3 +198,22 @@ def test_converter_cli_checks_and_writes(tmp_path):
     loaded = load_vgg16(str(dst))
     assert loaded.preprocessing == "torchvision"
     np.testing.assert_allclose(loaded.params["conv1_1"]["bias"], _torch_state_dict()["features.0.bias"].numpy())
+
+
+@pytest.mark.parametrize("shape", [(2, 8, 8, 3), (1, 7, 9, 5), (3, 16, 12, 4)])
+def test_max_pool_matches_flax_value_and_gradient_bit_for_bit(shape):
+    """The hand-written 2x2 pool (its gradient avoids XLA's slow select-and-scatter) is the same
+    function as flax's max_pool: the same values, and the gradient on the first maximum of each
+    window in row-major order, also where a window holds ties (post-ReLU zeros, rounded values)
+    and where an odd row or column is floored away."""
+    import flax.linen as nn
+
+    x = jax.random.normal(jax.random.PRNGKey(0), shape)
+    x = jax.nn.relu(jnp.round(x * 2) / 2)  # many ties: zeros and equal halves
+    ref = lambda a: nn.max_pool(a, (2, 2), strides=(2, 2), padding="VALID")  # noqa: E731
+    np.testing.assert_array_equal(vgg_lib.max_pool_2x2(x), ref(x))
+    ct = jax.random.normal(jax.random.PRNGKey(1), ref(x).shape)
+    got = jax.vjp(vgg_lib.max_pool_2x2, x)[1](ct)[0]
+    want = jax.vjp(ref, x)[1](ct)[0]
+    np.testing.assert_array_equal(got, want)
+    assert np.count_nonzero(np.asarray(got)) <= ct.size  # one member per window takes the gradient

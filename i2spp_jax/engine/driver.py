@@ -148,7 +148,7 @@ def _format_line(phase_i, phases, s, t, total, m, rate):
     terms = " ".join(f"{k} {np.mean(m[k]):.4g}" for k in LOSS_TERMS if getattr(ph.weights, k))
     return (f"[{ph.name} {phase_i + 1}/{len(phases)}] it {s}/{ph.num_steps} (total {t}/{total}) | "
             f"loss {np.mean(m['loss']):.4g} | {terms} | PSNR {np.mean(m['psnr']):.2f} dB "
-            f"(min {np.min(m['psnr']):.2f}) | {rate:.2f} it/s")
+            f"(min {np.min(m['psnr']):.2f}) | " + (f"{rate:.2f} it/s" if np.isfinite(rate) else "first call (compiling)"))
 
 
 def _print(msg: str) -> None:
@@ -159,7 +159,8 @@ def embed(G: Generator, target_x, *, phases: Sequence[Phase], init_vars: Vars, t
           masks: Optional[dict] = None, edits: Optional[dict] = None, vgg=None, seed: int = 0,
           log_every: int = 100, log: Optional[Callable[[str], None]] = _print, checkpoint_dir: Optional[str] = None,
           checkpoint_every: int = 0, on_phase_end: Optional[Callable[[int, Vars], None]] = None,
-          callback: Optional[Callable[[int, dict], None]] = None) -> EmbedResult:
+          callback: Optional[Callable[[int, dict], None]] = None,
+          steps_per_call: Optional[int] = None) -> EmbedResult:
     """Runs `phases` in order on a batch of images, each with its own target, masks and start.
 
     Args:
@@ -181,7 +182,11 @@ def embed(G: Generator, target_x, *, phases: Sequence[Phase], init_vars: Vars, t
         every `checkpoint_every` iterations and at each phase end; a run finding one there resumes
         from the latest and ends bit-identical to an uninterrupted run.
       on_phase_end: called with (phase index, batched vars) when a phase finishes.
-      callback: called with (iteration, metrics of that iteration as numpy) after every iteration.
+      callback: called with (iteration, metrics of that iteration as numpy) after every iteration
+        (after each dispatch, for every iteration it ran).
+      steps_per_call: iterations per dispatch (`compiled_steps`: a `lax.scan` on the device, metrics
+        read back once per call, buffers donated), used where no progress line, checkpoint or phase
+        end falls inside; other iterations run one per call. None = `default_steps_per_call()`.
     Raises:
       NonFiniteLossError: the loss or the variables became NaN/inf (the last good checkpoint stays).
     """
@@ -197,7 +202,10 @@ def embed(G: Generator, target_x, *, phases: Sequence[Phase], init_vars: Vars, t
     total = sum(p.num_steps for p in phases)
     starts = np.cumsum([0] + [p.num_steps for p in phases])
 
-    vars = jax.tree.map(jnp.asarray, init_vars)
+    chunk = default_steps_per_call() if steps_per_call is None else int(steps_per_call)
+    if chunk < 1:
+        raise ValueError(f"steps_per_call must be >= 1, got {steps_per_call}")
+    vars = _copy(init_vars)  # our own buffers: the multi-step calls donate them
     history = {k: np.full((total, B), np.nan, np.float32) for k in HISTORY_KEYS}
     history["phase"] = np.repeat(np.arange(len(phases), dtype=np.int32), [p.num_steps for p in phases])
     phase_vars = []
@@ -230,42 +238,53 @@ def embed(G: Generator, target_x, *, phases: Sequence[Phase], init_vars: Vars, t
                 continue  # finished before a resume
             if opt_state is None or t == starts[pi]:
                 opt_state = jax.vmap(make_optimizer(phase).init)(vars)
-            fn = step_lib.compiled_step(phase)
             x = target_y if phase.x == "y" else target_x
             y = _phase_y(phase, G, target_x, target_y, phase_vars[pi - 1] if pi else init_vars, edits)
             masks = mask_sets[phase.masks]
             feats = step_lib.target_features(vgg, x, y, phase)  # once per phase: the targets are fixed
+            data = (G, vgg, x, y, masks, edits, feats)
             tick, tick_t = time.perf_counter(), t
+            first_call = True
             while t < starts[pi + 1]:
-                new_vars, new_opt, m = fn(vars, opt_state, G, vgg, x, y, masks, edits, feats)
-                m = jax.device_get(m)
-                if not np.all(m["finite"]):
-                    _raise_nonfinite(m, t, phase, mgr, checkpoint_dir, history, phase_vars)
-                vars, opt_state = new_vars, new_opt
-                for k in HISTORY_KEYS:
-                    history[k][t] = m[k]
-                t += 1
                 s = t - starts[pi]
-                if s == 1:  # leave compilation out of the rate
-                    tick, tick_t = time.perf_counter(), t
+                k = chunk if _to_next_event(s, t, phase.num_steps, log_every, checkpoint_every) >= chunk else 1
+                if k > 1:
+                    vars, opt_state, ms = step_lib.compiled_steps(phase, k)(vars, opt_state, *data)
+                    ms = jax.device_get(ms)  # [k, B] per metric: one read-back per k iterations
+                else:
+                    new_vars, new_opt, m = step_lib.compiled_step(phase)(vars, opt_state, *data)
+                    ms = {key: np.asarray(v)[None] for key, v in jax.device_get(m).items()}
+                    if np.all(ms["finite"]):
+                        vars, opt_state = new_vars, new_opt
+                per_iteration = [{key: v[j] for key, v in ms.items()} for j in range(k)]
+                for m in per_iteration:
+                    if not np.all(m["finite"]):
+                        _raise_nonfinite(m, t, phase, mgr, checkpoint_dir, history, phase_vars)
+                    for key in HISTORY_KEYS:
+                        history[key][t] = m[key]
+                    t += 1
+                s = t - starts[pi]
+                if first_call:  # leave compilation out of the rate
+                    tick, tick_t, first_call = time.perf_counter(), t, False
                 if log_every and (s % log_every == 0 or s == phase.num_steps):
                     now = time.perf_counter()
                     rate = (t - tick_t) / (now - tick) if t > tick_t else float("nan")
                     log(_format_line(pi, phases, s, t, total, m, rate))
                     tick, tick_t = now, t
                 if s == phase.num_steps:
-                    phase_vars.append(vars)
+                    phase_vars.append(_copy(vars))  # kept: the next call donates `vars`
                     save(t, pi)
                     if on_phase_end is not None:
-                        on_phase_end(pi, vars)
+                        on_phase_end(pi, phase_vars[-1])
                 elif checkpoint_every and t % checkpoint_every == 0:
                     save(t, pi)
-                if callback is not None:
-                    callback(t, m)
+                if callback is not None:  # after the dispatch's checkpoint, as with one step per call
+                    for j, m_j in enumerate(per_iteration):
+                        callback(t - k + 1 + j, m_j)
             if phase.num_steps == 0:
-                phase_vars.append(vars)
+                phase_vars.append(_copy(vars))
                 if on_phase_end is not None:
-                    on_phase_end(pi, vars)
+                    on_phase_end(pi, phase_vars[-1])
             opt_state = None
     finally:
         if mgr is not None:
@@ -273,6 +292,30 @@ def embed(G: Generator, target_x, *, phases: Sequence[Phase], init_vars: Vars, t
             mgr.close()
     return EmbedResult(vars=vars, phase_vars=phase_vars, history=history, phases=phases,
                        seconds=time.perf_counter() - t_start, iterations_run=t - t_first)
+
+
+def default_steps_per_call() -> int:
+    """1: one iteration per dispatch. On the CPU the multi-step program (`lax.scan`) ran 3-4x
+    slower per iteration than single steps (measured, BUILD_NOTES.md, issue 9: XLA's CPU backend
+    compiles the loop body without its fast convolution path); on a GPU it removes a host round
+    trip per iteration but has not been measured yet: pass steps_per_call=25 (a divisor of the
+    usual log_every = 100 and of the paper's phase lengths) or measure with experiments/benchmark."""
+    return 1
+
+
+def _to_next_event(s: int, t: int, num_steps: int, log_every: int, checkpoint_every: int) -> int:
+    """Iterations from phase iteration s (run iteration t) to the next phase end, progress line or
+    checkpoint: a multi-step call never runs past one."""
+    ends = [num_steps - s]
+    if log_every:
+        ends.append(log_every - s % log_every)
+    if checkpoint_every:
+        ends.append(checkpoint_every - t % checkpoint_every)
+    return min(ends)
+
+
+def _copy(tree):
+    return jax.tree.map(lambda a: jnp.array(a, copy=True), tree)
 
 
 def _phase_y(phase, G, target_x, target_y, start_vars, edits):

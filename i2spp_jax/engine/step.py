@@ -3,7 +3,9 @@
 `step` renders G(w, n) (through the activation edits, if any), evaluates Eq. 1 against the phase's
 x and y under its loss masks, zeroes the gradients of masked-out variables, applies the phase's
 optimiser and selects the masked-out entries back bit-exactly. `compiled_step(phase)` is
-`jax.jit(jax.vmap(step))`, built once per phase setting for the life of the process.
+`jax.jit(jax.vmap(step))`, built once per phase setting for the life of the process;
+`compiled_steps(phase, k)` runs k such steps in one call (`lax.scan`), keeping the metrics and the
+finite check on the device, with the variables and optimiser state donated.
 """
 
 import dataclasses
@@ -109,8 +111,43 @@ def compiled_step(phase: Phase):
 
 @functools.lru_cache(maxsize=None)
 def _compiled_step_for(phase: Phase):
+    return jax.jit(_batched(phase))
+
+
+def _batched(phase: Phase):
     fn = functools.partial(step, phase=phase)
-    return jax.jit(jax.vmap(fn, in_axes=(0, 0, None, None, 0, 0, 0, 0, 0)))
+    return jax.vmap(fn, in_axes=(0, 0, None, None, 0, 0, 0, 0, 0))
+
+
+def compiled_steps(phase: Phase, k: int):
+    """k steps of `phase` in one dispatch: (vars, opt_state, G, vgg, x, y, masks, edits, feats) ->
+    (vars, opt_state, metrics with a leading [k] axis).
+
+    The loop runs on the device (`lax.scan`), so the host neither dispatches nor reads back between
+    iterations. Once an iteration is not finite (any image), the carry keeps the variables and
+    optimiser state from before it, and the remaining iterations change nothing: the caller finds
+    the first False in metrics["finite"] and stops there, as the single-step driver does. vars and
+    opt_state are donated: the caller must not use the arrays it passed in.
+    """
+    return _compiled_steps_for(dataclasses.replace(phase, num_steps=0, name="", masks="", y="y", x="x"), k)
+
+
+@functools.lru_cache(maxsize=None)
+def _compiled_steps_for(phase: Phase, k: int):
+    one = _batched(phase)
+
+    def run(vars, opt_state, G, vgg, x, y, masks, edits, feats):
+        def body(carry, _):
+            vars, opt_state, ok = carry
+            new_vars, new_opt, m = one(vars, opt_state, G, vgg, x, y, masks, edits, feats)
+            ok = ok & jnp.all(m["finite"])
+            keep = lambda new, old: jnp.where(ok, new, old)  # noqa: E731 (frozen after a NaN)
+            return (jax.tree.map(keep, new_vars, vars), jax.tree.map(keep, new_opt, opt_state), ok), m
+
+        (vars, opt_state, _), metrics = jax.lax.scan(body, (vars, opt_state, jnp.bool_(True)), None, length=k)
+        return vars, opt_state, metrics
+
+    return jax.jit(run, donate_argnums=(0, 1))
 
 
 def target_features(vgg, target_x: jax.Array, target_y: jax.Array, phase: Phase) -> dict:
