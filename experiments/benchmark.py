@@ -86,29 +86,42 @@ def define_flags() -> None:
 
 
 def _settings(F) -> dict:
-    import jax
-
-    preset = F.preset if F.preset != "auto" else ("ffhq" if jax.default_backend() == "gpu" else "cpu")
-    res, base, cmax, w_dim, layers, batches, iters, rounds, warmup = PRESETS[preset]
+    """The run's settings from the flags; user mistakes are refused before any backend starts."""
     for name in ("steps", "sides"):
         allowed = ("w", "noise") if name == "steps" else ("jax", "official")
         bad = [v for v in getattr(F, name) if v not in allowed]
-        if bad:
+        if bad or not getattr(F, name):
             raise cli.UserError(f"--{name}={','.join(getattr(F, name))}: unknown {bad}; choose from {allowed}")
+    if F.batches and min(int(b) for b in F.batches) < 1:
+        raise cli.UserError(f"--batches={','.join(F.batches)}: every batch must be >= 1")
+    sides = list(F.sides)
+    skipped = None
+    if "official" in sides and F.torch_repo:
+        if not os.path.isfile(os.path.join(F.torch_repo, "training", "networks.py")):
+            raise cli.UserError(f"--torch_repo={F.torch_repo} has no training/networks.py: give a checkout of "
+                                "NVlabs/stylegan2-ada-pytorch, or leave --torch_repo out to time this project alone")
+        import importlib.util
+
+        if importlib.util.find_spec("torch") is None:
+            raise cli.UserError("the official side needs PyTorch: pip install torch (or pass --sides=jax)")
+    elif "official" in sides:
+        sides, skipped = [x for x in sides if x != "official"], "no --torch_repo given"
+    if not sides:
+        raise cli.UserError("--sides names nothing to run; give jax and/or official (official needs --torch_repo)")
+    preset = F.preset
+    if preset == "auto":
+        import jax
+
+        preset = "ffhq" if jax.default_backend() == "gpu" else "cpu"
+    res, base, cmax, w_dim, layers, batches, iters, rounds, warmup = PRESETS[preset]
     s = {"preset": preset, "resolution": F.resolution or res, "channel_base": F.channel_base or base,
          "channel_max": F.channel_max or cmax, "w_dim": F.w_dim or w_dim, "mapping_layers": F.mapping_layers or layers,
          "batches": [int(b) for b in (F.batches or batches.split(","))], "steps": list(F.steps),
          "iters": F.iters or iters, "rounds": F.rounds or rounds, "warmup": F.warmup or warmup,
-         "resize_to": F.resize_to, "numerics": F.numerics, "fused_modconv": F.fused_modconv, "seed": F.seed}
-    if "official" in F.sides and not F.torch_repo:
-        s["sides"] = [x for x in F.sides if x != "official"]
-        s["official_skipped"] = "no --torch_repo given"
-    else:
-        s["sides"] = list(F.sides)
-    if not s["sides"]:
-        raise cli.UserError("--sides names nothing to run; give jax and/or official (official needs --torch_repo)")
-    if min(s["batches"]) < 1:
-        raise cli.UserError(f"--batches={F.batches}: every batch must be >= 1")
+         "resize_to": F.resize_to, "numerics": F.numerics, "fused_modconv": F.fused_modconv, "seed": F.seed,
+         "sides": sides}
+    if skipped:
+        s["official_skipped"] = skipped
     return s
 
 
@@ -375,6 +388,9 @@ def table(s: dict, records: dict, out: str, tag: str) -> tuple[str, list]:
 
 def main(argv):
     del argv
+    from absl import logging
+
+    logging.set_verbosity(logging.WARNING)  # orbax's INFO lines would bury the table
     F = flags.FLAGS
     if F.role == "weights":
         from experiments import benchmark_official as official

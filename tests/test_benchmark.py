@@ -1,0 +1,63 @@
+"""experiments/benchmark.py: the table and record it writes, the torch VGG trunk of its official
+side (the same features as the project's VGG16, so that both sides compute one loss), and its
+one-line refusals. The official generator itself needs a stylegan2-ada-pytorch checkout, which CI
+does not have: BUILD_NOTES.md records the side-by-side runs."""
+
+import json
+import os
+
+import jax
+import numpy as np
+import pytest
+
+from experiments import benchmark, benchmark_official
+from i2spp_jax import vgg as vgg_lib
+from test_cli import assert_one_line_error, run_cli
+
+TINY = ["--resolution=16", "--channel_base=128", "--channel_max=16", "--w_dim=16", "--mapping_layers=2",
+        "--iters=2", "--rounds=2", "--warmup=1", "--resize_to=32", "--vgg=random"]
+
+
+def test_jax_side_alone_writes_the_table_and_record(tmp_path):
+    out = str(tmp_path / "bench")
+    p, _ = run_cli("experiments.benchmark", f"--out={out}", "--batches=1,2", *TINY, timeout=600)
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert "official skipped: no --torch_repo given" in p.stdout
+    rows = [line for line in p.stdout.splitlines() if line.startswith("| W+ step") or line.startswith("| noise step")]
+    assert len(rows) == 4, p.stdout
+    rec = json.load(open(os.path.join(out, "benchmark.json")))
+    assert [(r["step"], r["batch"]) for r in rec["rows"]] == [("w", 1), ("w", 2), ("noise", 1), ("noise", 2)]
+    for batch in ("1", "2"):
+        jax_rec = rec["records"][batch]["jax"]
+        assert jax_rec["peak_memory_bytes"] > 0 and jax_rec["backend"] == "cpu"
+        for kind in ("w", "noise"):
+            step = jax_rec["steps"][kind]
+            assert len(step["rounds"]) == 2 and all(r > 0 for r in step["img_it_s"])
+            # every round restarts from the same variables: the same first loss
+            assert step["rounds"][0]["loss_first"] == step["rounds"][1]["loss_first"]
+        w = jax_rec["steps"]["w"]["rounds"][-1]  # and W+ at lr 0.01 lowers it within two iterations
+        assert np.all(np.array(w["loss_last"]) < np.array(w["loss_first"]))
+    assert rec["settings"]["sides"] == ["jax"] and rec["inputs"]["vgg_source"].startswith("random")
+
+
+def test_torch_vgg_trunk_equals_the_projects_vgg():
+    torch = pytest.importorskip("torch")
+    vgg = vgg_lib.random_vgg16(jax.random.PRNGKey(3))
+    params = {n: {k: np.asarray(v) for k, v in vgg.params[n].items()} for n in benchmark.VGG_TRUNK_LAYERS}
+    img = np.asarray(jax.random.uniform(jax.random.PRNGKey(4), (2, 32, 32, 3), minval=-1, maxval=1))
+    want = vgg.features(img, benchmark_official.PERCEPTUAL_LAYERS)
+    got = benchmark_official.TorchVGG(params, torch.device("cpu")).features(
+        torch.from_numpy(img.transpose(0, 3, 1, 2).copy()))
+    for name in benchmark_official.PERCEPTUAL_LAYERS:
+        g = got[name].numpy().transpose(0, 2, 3, 1)
+        np.testing.assert_allclose(g, np.asarray(want[name]), rtol=1e-4, atol=1e-4 * np.abs(g).max())
+
+
+@pytest.mark.parametrize("args, words", [
+    (["--torch_repo=/nonexistent"], ["--torch_repo=/nonexistent", "training/networks.py"]),
+    (["--sides=pytorch"], ["--sides", "pytorch"]),
+    (["--batches=0"], ["--batches", ">= 1"]),
+])
+def test_refusals_are_one_line(tmp_path, args, words):
+    p, _ = run_cli("experiments.benchmark", f"--out={tmp_path}", *TINY, *args)
+    assert_one_line_error(p, *words)
