@@ -43,7 +43,7 @@ from experiments import cli
 PRESETS = {
     # name: (resolution, channel_base, channel_max, w_dim, mapping_layers, batches, iters, rounds, warmup)
     "cpu": (256, 8192, 128, 128, 8, "1,4", 5, 3, 2),
-    "ffhq": (1024, 32768, 512, 512, 8, "1,8,16", 50, 3, 10),
+    "ffhq": (1024, 32768, 512, 512, 8, "1,8,16", 50, 3, 25),
 }
 VGG_TRUNK_LAYERS = ("conv1_1", "conv1_2", "conv2_1", "conv2_2", "conv3_1", "conv3_2", "conv3_3")
 STEP_NAMES = {"w": "W+ step", "noise": "noise step"}
@@ -75,8 +75,11 @@ def define_flags() -> None:
     flags.DEFINE_enum("numerics", "fp32", ["fp32", "tf32"],
                       "fp32: strict float32 convolutions and matmuls on both sides; tf32: TensorFloat-32 "
                       "allowed on both (GPU only; the same as fp32 on a CPU)")
-    flags.DEFINE_bool("fused_modconv", False, "this project's step with grouped convolutions (True) or "
-                      "modulated activations (False, the engine's default)")
+    flags.DEFINE_enum("modconv", "auto", ["auto", "grouped", "activations"],
+                      "this project's modulated convolutions: grouped (per-image weights), activations (scaled "
+                      "activations around a shared convolution), or auto (the engine's choice, embed.modconv_for)")
+    flags.DEFINE_integer("steps_per_call", 1, "this project's iterations per dispatch (embed's steps_per_call: "
+                         "k > 1 runs k iterations in one lax.scan)")
     flags.DEFINE_integer("seed", 0, "weights and targets")
     flags.DEFINE_bool("fresh", False, "make new weights even if --out has them")
     # One side and batch in this process (the main process runs these as subprocesses).
@@ -118,10 +121,15 @@ def _settings(F) -> dict:
          "channel_max": F.channel_max or cmax, "w_dim": F.w_dim or w_dim, "mapping_layers": F.mapping_layers or layers,
          "batches": [int(b) for b in (F.batches or batches.split(","))], "steps": list(F.steps),
          "iters": F.iters or iters, "rounds": F.rounds or rounds, "warmup": F.warmup or warmup,
-         "resize_to": F.resize_to, "numerics": F.numerics, "fused_modconv": F.fused_modconv, "seed": F.seed,
+         "resize_to": F.resize_to, "numerics": F.numerics, "modconv": F.modconv, "seed": F.seed,
+         "steps_per_call": F.steps_per_call,
          "sides": sides}
     if skipped:
         s["official_skipped"] = skipped
+    k = s["steps_per_call"]
+    if k < 1 or s["iters"] % k or s["warmup"] % k:
+        raise cli.UserError(f"--steps_per_call={k}: give a divisor of --iters ({s['iters']}) and --warmup "
+                            f"({s['warmup']}), so that the warm-up compiles the program the rounds time")
     return s
 
 
@@ -229,7 +237,7 @@ class JaxSide:
         self.precision = "highest" if s["numerics"] == "fp32" else "tensorfloat32"
         self.info = {"side": "jax", "device": str(jax.devices()[0].device_kind), "backend": jax.default_backend(),
                      "jax": jax.__version__, "numerics": f"{s['numerics']} (jax_default_matmul_precision="
-                     f"{self.precision})", "fused_modconv": s["fused_modconv"], "batch": batch,
+                     f"{self.precision})", "modconv": s["modconv"], "steps_per_call": s["steps_per_call"], "batch": batch,
                      "xla_flags": os.environ.get("XLA_FLAGS", "")}
 
     def round(self, kind: str, n: int) -> dict:
@@ -239,10 +247,12 @@ class JaxSide:
 
         embed = self.embed
         phase = (embed.W_l if kind == "w" else embed.Mk_n)(n, resize_to=self.s["resize_to"])
-        phase = dataclasses.replace(phase, fused_modconv=self.s["fused_modconv"])
+        fused = {"auto": None, "grouped": True, "activations": False}[self.s["modconv"]]
+        phase = dataclasses.replace(phase, fused_modconv=fused)
         t0 = time.perf_counter()
         with jax.default_matmul_precision(self.precision):
-            res = embed.embed(self.G, self.target, phases=(phase,), init_vars=self.init, vgg=self.vgg, log=None)
+            res = embed.embed(self.G, self.target, phases=(phase,), init_vars=self.init, vgg=self.vgg, log=None,
+                              steps_per_call=self.s["steps_per_call"])
         jax.block_until_ready(res.vars)  # embed() has read every iteration's metrics back already
         seconds = time.perf_counter() - t0
         loss = res.history["loss"]

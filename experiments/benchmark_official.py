@@ -186,11 +186,15 @@ class OfficialSide:
         w_true = G.mapping.w_avg + torch.from_numpy(w_true).to(device)
         with torch.no_grad():
             self.target = G.synthesis(w_true, noise_mode="const")  # [B, 3, H, W]
+        # On a GPU the official ops build their CUDA kernels on first use, or fall back to slow
+        # reference code with a warning (no compiler, no ninja): the record says which ran.
+        ops = {name: getattr(importlib.import_module(f"torch_utils.ops.{name}"), "_plugin", None) is not None
+               for name in ("bias_act", "upfirdn2d")}
         self.w_start = G.mapping.w_avg.reshape(1, 1, -1).repeat(batch, G.num_ws, 1).clone()
         self.info = {"side": "official", "device": torch.cuda.get_device_name(device) if device.type == "cuda"
                      else "cpu", "torch": torch.__version__, "threads": torch.get_num_threads(),
                      "numerics": numerics + (" (allow_tf32 on)" if numerics == "tf32" else " (allow_tf32 off)"),
-                     "batch": batch}
+                     "batch": batch, "custom_cuda_ops": ops if device.type == "cuda" else "cpu: reference ops"}
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
 

@@ -24,7 +24,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from i2spp_jax.engine import step as step_lib
-from i2spp_jax.engine.phases import DEFAULT_MASKS, Phase
+from i2spp_jax.engine.phases import DEFAULT_MASKS, Phase, modconv_for
 from i2spp_jax.engine.step import LOSS_TERMS
 from i2spp_jax.engine.variables import Vars, make_masks, make_optimizer
 from i2spp_jax.generator import Generator
@@ -243,16 +243,17 @@ def embed(G: Generator, target_x, *, phases: Sequence[Phase], init_vars: Vars, t
             masks = mask_sets[phase.masks]
             feats = step_lib.target_features(vgg, x, y, phase)  # once per phase: the targets are fixed
             data = (G, vgg, x, y, masks, edits, feats)
+            run_as = dataclasses.replace(phase, fused_modconv=modconv_for(phase, B, jax.default_backend()))
             tick, tick_t = time.perf_counter(), t
             first_call = True
             while t < starts[pi + 1]:
                 s = t - starts[pi]
                 k = chunk if _to_next_event(s, t, phase.num_steps, log_every, checkpoint_every) >= chunk else 1
                 if k > 1:
-                    vars, opt_state, ms = step_lib.compiled_steps(phase, k)(vars, opt_state, *data)
+                    vars, opt_state, ms = step_lib.compiled_steps(run_as, k)(vars, opt_state, *data)
                     ms = jax.device_get(ms)  # [k, B] per metric: one read-back per k iterations
                 else:
-                    new_vars, new_opt, m = step_lib.compiled_step(phase)(vars, opt_state, *data)
+                    new_vars, new_opt, m = step_lib.compiled_step(run_as)(vars, opt_state, *data)
                     ms = {key: np.asarray(v)[None] for key, v in jax.device_get(m).items()}
                     if np.all(ms["finite"]):
                         vars, opt_state = new_vars, new_opt

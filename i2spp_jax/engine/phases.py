@@ -37,10 +37,10 @@ class Phase:
     masks: str = DEFAULT_MASKS  # which mask set of embed(masks=...) this phase uses
     y: str = "y"  # Eq. 1's y: "y" (target_y), "x" (target_x) or "previous" (render of the phase's start)
     x: str = "x"  # Eq. 1's x: "x" (target_x) or "y" (target_y), e.g. a phase that restores the other image
-    # How G modulates its convolutions in the step: False = scaled activations around one shared,
-    # batched convolution; True = per-image weights in a grouped convolution. The same function
-    # (float rounding apart); which is faster depends on the backend and batch (experiments/benchmark).
-    fused_modconv: bool = False
+    # How G modulates its convolutions in the step: True = per-image weights in a grouped convolution,
+    # False = scaled activations around one shared, batched convolution, None = `modconv_for` picks.
+    # The same function (float rounding apart); only the speed differs (experiments/benchmark).
+    fused_modconv: Optional[bool] = None
 
     def __post_init__(self):
         if self.x not in ("x", "y"):
@@ -53,6 +53,19 @@ class Phase:
             raise ValueError(f"phase {self.name}: w_optimizer must be 'adam' or 'sgd', got {self.w_optimizer!r}")
         if not (self.update_w or self.update_noise):
             raise ValueError(f"phase {self.name} updates nothing: set update_w and/or update_noise")
+
+
+def modconv_for(phase: Phase, batch: int, backend: str) -> bool:
+    """The fused_modconv a phase runs with: its own, or where it is None the faster one as measured
+    on the CPU (BUILD_NOTES.md, issue 9). With one image the grouped convolution is a plain
+    convolution with modulated weights: fastest when w is not optimised (the noise step, 1.1x);
+    when w is, its gradient needs the weight gradient of that convolution, which XLA's CPU backend
+    runs 4x slower than scaling activations. With several images the grouped convolution has one
+    group per image and ran 2.3x slower on the CPU. Elsewhere (GPU, TPU: not yet measured here)
+    activations, the choice that has no slow case on the CPU."""
+    if phase.fused_modconv is not None:
+        return phase.fused_modconv
+    return backend == "cpu" and batch == 1 and not phase.update_w
 
 
 def W_l(num_steps: int, *, lr: float = 0.01, optimizer: str = "adam", mse1: float = 1e-5, mse2: float = 0.0,

@@ -67,7 +67,7 @@ def step(vars: Vars, opt_state, G: Generator, vgg, target_x: jax.Array, target_y
     def loss_fn(v):
         # stop_gradient on frozen groups lets XLA drop their backward pass.
         v = {k: jax.tree.map(jax.lax.stop_gradient, x) if freeze[k] else x for k, x in v.items()}
-        img = render(G, v, edits, fused_modconv=phase.fused_modconv)
+        img = render(G, v, edits, fused_modconv=bool(phase.fused_modconv))
         m = {k: mk[None] for k, mk in masks["loss"].items()}  # one image's [H, W, 1] -> [1, H, W, 1]
         total, terms = _losses.eq1_loss(vgg, img, target_x[None], target_y[None], mask_mse=m.get("mse"),
                                         mask_percept=m.get("percept"), mask_style=m.get("style"),
