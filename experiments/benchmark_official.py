@@ -119,7 +119,7 @@ class TorchVGG:
             name, _ = item
             k = np.transpose(np.asarray(params[name]["kernel"], np.float32), (3, 2, 0, 1))  # HWIO -> OIHW
             self.layers.append((name, torch.from_numpy(np.ascontiguousarray(k)).to(device),
-                                torch.from_numpy(np.asarray(params[name]["bias"], np.float32)).to(device)))
+                                torch.from_numpy(np.array(params[name]["bias"], np.float32)).to(device)))  # a copy: writable
         self.mean = torch.tensor(KERAS_BGR_MEAN, device=device).reshape(1, 3, 1, 1)
 
     def features(self, img):
