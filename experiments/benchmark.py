@@ -371,7 +371,7 @@ def _agreement(out: str, tag: str, batch: int, recs: dict, kind: str) -> str:
 def table(s: dict, records: dict, out: str, tag: str) -> tuple[str, list]:
     rows = []
     head = ("| step | batch | this project img-it/s | official img-it/s | ratio | peak memory MB (project / "
-            "official) | first call s (project / official) | relative difference |")
+            "official) | first call s: compile + warm-up (project / official) | relative difference |")
     lines = [head, "|" + " --- |" * 8]
     for kind in s["steps"]:
         for batch in s["batches"]:
