@@ -61,3 +61,28 @@ def test_torch_vgg_trunk_equals_the_projects_vgg():
 def test_refusals_are_one_line(tmp_path, args, words):
     p, _ = run_cli("experiments.benchmark", f"--out={tmp_path}", *TINY, *args)
     assert_one_line_error(p, *words)
+
+
+def test_gpu_path_flags_carried_vgg_trunk_and_multi_step_dispatch(tmp_path):
+    """What experiments/configs/gpu_benchmark.sh uses off the CPU: a carried vgg16_trunk.npz as --vgg
+    (the same weights as the run that wrote it) and --steps_per_call (the scan path)."""
+    first, second = str(tmp_path / "a"), str(tmp_path / "b")
+    args = [a for a in TINY if not a.startswith(("--vgg", "--warmup"))] + ["--warmup=2", "--batches=1", "--steps=w",
+                                                                          "--sides=jax"]
+    p, _ = run_cli("experiments.benchmark", f"--out={first}", "--vgg=random", *args, timeout=600)
+    assert p.returncode == 0, p.stderr[-3000:]
+    trunk = os.path.join(first, "vgg16_trunk.npz")
+    p, _ = run_cli("experiments.benchmark", f"--out={second}", f"--vgg={trunk}", "--steps_per_call=2", *args,
+                   timeout=600)
+    assert p.returncode == 0, p.stderr[-3000:]
+    rec = json.load(open(os.path.join(second, "benchmark.json")))
+    assert rec["inputs"]["vgg_source"] == f"trunk file {trunk}"
+    assert rec["records"]["1"]["jax"]["steps_per_call"] == 2
+    with np.load(trunk) as a, np.load(os.path.join(second, "vgg16_trunk.npz")) as b:
+        assert sorted(a.files) == sorted(b.files) and all(np.array_equal(a[k], b[k]) for k in a.files)
+    # the same weights and start: the scan path's first loss equals the single-step run's
+    one = json.load(open(os.path.join(first, "benchmark.json")))["records"]["1"]["jax"]["steps"]["w"]["rounds"][0]
+    two = rec["records"]["1"]["jax"]["steps"]["w"]["rounds"][0]
+    np.testing.assert_allclose(two["loss_first"], one["loss_first"], rtol=1e-5)
+    p, _ = run_cli("experiments.benchmark", f"--out={second}", "--steps_per_call=3", *args)
+    assert_one_line_error(p, "--steps_per_call=3", "divisor")
