@@ -51,6 +51,7 @@ import numpy as np
 from absl import app, flags
 
 from i2spp_jax import checkpoint, io
+from i2spp_jax.embed import CheckpointMismatchError
 from i2spp_jax.datasets import DatasetError
 from i2spp_jax.generator import GeneratorConfig
 from i2spp_jax.io import ImageError
@@ -122,10 +123,23 @@ def user_input(what: str, fix: str = "") -> Iterator[None]:
     """
     try:
         yield
-    except UserError:
+    except (UserError, CheckpointMismatchError):
         raise
     except ValueError as e:
         raise UserError(f"{what}: {e}" + (f"; {fix}" if fix else "")) from e
+
+
+@contextlib.contextmanager
+def resumable(out: str) -> Iterator[None]:
+    """Around an optimisation that resumes from out/ckpt: a checkpoint the engine refuses (another
+    run's, or one written by a version of i2spp_jax whose run fingerprint differs) ends in one line
+    that names --fresh, not in the engine's three-line message."""
+    try:
+        yield
+    except CheckpointMismatchError as e:
+        raise UserError(f"{out} holds a checkpoint of another run (other inputs or settings, or one written by "
+                        "another version of i2spp_jax); rerun with --fresh to move the old folder aside and start "
+                        "over") from e
 
 
 # ----------------------------------------------------------------------------------------------

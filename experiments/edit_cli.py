@@ -194,7 +194,8 @@ def main(edit: Edit) -> None:
                           checkpoint_every=FLAGS.checkpoint_every, log=cli.log,
                           log_every=5 if FLAGS.smoke else FLAGS.log_every)
     t0 = time.perf_counter()
-    with cli.user_input(f"{edit.name} inputs", "check that the masks and images fit the generator"):
+    with cli.resumable(FLAGS.out), cli.user_input(f"{edit.name} inputs",
+                                                  "check that the masks and images fit the generator"):
         result = edit.call(G, inputs, vgg, settings, run)
     seconds = time.perf_counter() - t0
     iterations = sum(r.iterations_run for r in result.runs.values())

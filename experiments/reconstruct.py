@@ -279,10 +279,11 @@ def reconstruct(cfg: ReconstructConfig, *, fresh: bool = False, log=logging.info
     ran = []  # the iterations this session runs (a resumed run skips those done before)
     t0 = time.perf_counter()
     try:
-        result = embed.embed(G, stack, phases=phases, init_vars=init, vgg=vgg, seed=cfg.seed,
-                             log_every=cfg.log_every, log=log, checkpoint_dir=os.path.join(cfg.out, "ckpt"),
-                             checkpoint_every=cfg.checkpoint_every, on_phase_end=on_phase_end,
-                             callback=lambda t, m: ran.append(t))
+        with cli.resumable(cfg.out):
+            result = embed.embed(G, stack, phases=phases, init_vars=init, vgg=vgg, seed=cfg.seed,
+                                 log_every=cfg.log_every, log=log, checkpoint_dir=os.path.join(cfg.out, "ckpt"),
+                                 checkpoint_every=cfg.checkpoint_every, on_phase_end=on_phase_end,
+                                 callback=lambda t, m: ran.append(t))
     except embed.NonFiniteLossError as e:  # keep what was computed: finished phases are on disk already
         np.savez(os.path.join(cfg.out, "history_partial.npz"), **e.history)
         raise FloatingPointError(f"{e} The history so far is in {cfg.out}/history_partial.npz.") from None

@@ -17,8 +17,8 @@ This module is the engine's public face; the engine lives in `i2spp_jax.engine` 
 variables, step, driver), a module per job.
 """
 
-from i2spp_jax.engine.driver import (HISTORY_KEYS, EmbedResult, NonFiniteLossError, data_hash, embed,
-                                     history_to_json)
+from i2spp_jax.engine.driver import (HISTORY_KEYS, CheckpointMismatchError, EmbedResult, NonFiniteLossError,
+                                     data_hash, embed, history_to_json)
 from i2spp_jax.engine.phases import (DEFAULT_MASKS, SCHEDULES, Y_SOURCES, Joint, LossWeights, M_st, Mk_n, Phase,
                                      W_l, modconv_for, schedule)
 from i2spp_jax.engine.step import LOSS_TERMS, compiled_step, evaluate, psnr, render, step
@@ -26,7 +26,7 @@ from i2spp_jax.engine.variables import (LOSS_MASKS, NOISE_INITS, W_INITS, Vars, 
                                         make_masks, make_optimizer)
 
 __all__ = [
-    "DEFAULT_MASKS", "EmbedResult", "HISTORY_KEYS", "Joint", "LOSS_MASKS", "LOSS_TERMS", "LossWeights", "M_st",
+    "CheckpointMismatchError", "DEFAULT_MASKS", "EmbedResult", "HISTORY_KEYS", "Joint", "LOSS_MASKS", "LOSS_TERMS", "LossWeights", "M_st",
     "Mk_n", "NOISE_INITS", "NonFiniteLossError", "Phase", "SCHEDULES", "Vars", "W_INITS", "W_l", "Y_SOURCES",
     "compiled_step", "data_hash", "embed", "evaluate", "history_to_json", "initial_variables", "labels",
     "make_masks", "make_optimizer", "modconv_for", "psnr", "render", "schedule", "step",

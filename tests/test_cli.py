@@ -211,3 +211,19 @@ def test_changed_settings_refused_then_fresh_moves_the_run_aside(tmp_path):
     (aside,) = [d for d in os.listdir(tmp_path) if d.startswith("run.old-")]
     assert open(tmp_path / aside / "metrics.json").read() == before  # the old run, whole
     assert json.load(open(os.path.join(out, "metrics.json")))["config"]["seed"] == 1
+
+
+def test_a_refused_checkpoint_ends_in_one_line_naming_fresh(tmp_path):
+    """A checkpoint the engine refuses (another run's, or one from a version whose run fingerprint
+    differs) inside the commands' user_input wrapping: one line, naming the folder and --fresh."""
+    from i2spp_jax import embed
+
+    out = str(tmp_path / "run")
+    with pytest.raises(cli.UserError) as e:
+        with cli.resumable(out), cli.user_input("crossover inputs", "check the masks"):
+            raise embed.CheckpointMismatchError("the checkpoint in x belongs to a different run\n a\n b")
+    msg = str(e.value)
+    assert "\n" not in msg and out in msg and "--fresh" in msg and "check the masks" not in msg
+    with pytest.raises(cli.UserError, match="crossover inputs: bad mask; check the masks"):
+        with cli.resumable(out), cli.user_input("crossover inputs", "check the masks"):
+            raise ValueError("bad mask")  # other library errors keep their wording

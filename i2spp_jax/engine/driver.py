@@ -41,6 +41,11 @@ class NonFiniteLossError(FloatingPointError):
     """
 
 
+class CheckpointMismatchError(ValueError):
+    """checkpoint_dir holds a checkpoint of another run (other targets, masks, phases, seed,
+    generator, or a version of the engine whose fingerprint differs); nothing was restored."""
+
+
 @dataclasses.dataclass
 class EmbedResult:
     vars: Vars  # final variables, batched
@@ -331,7 +336,7 @@ def _phase_y(phase, G, target_x, target_y, start_vars, edits):
 def _resume(mgr, latest, phases, starts, vars, history, fingerprint, directory):
     meta = mgr.restore(latest, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta
     if meta.get("fingerprint") != fingerprint:
-        raise ValueError(f"the checkpoint in {directory} belongs to a different run (other phases, shapes, "
+        raise CheckpointMismatchError(f"the checkpoint in {directory} belongs to a different run (other phases, shapes, "
                          f"seed or generator); use a new checkpoint directory or delete it.\n"
                          f" checkpoint: {meta.get('fingerprint')}\n this run:   {fingerprint}")
     t = int(meta["step"])
