@@ -72,7 +72,7 @@ def max_pool_2x2(x: jax.Array) -> jax.Array:
 
     The gradient goes to the first maximum of each window in row-major order, as XLA's
     select-and-scatter gives it, but computed with four strided selects: on the CPU the
-    select-and-scatter took 75 ms for one 256x256x64 map, this 4-6 ms (BUILD_NOTES.md, issue 9).
+    select-and-scatter took 51-75 ms for one 256x256x64 map, this 1.4 ms (BUILD_NOTES.md, issue 9).
     """
     return _pool_fwd(x)[0]
 
@@ -89,10 +89,11 @@ def _pool_fwd(x):
 
 
 def _pool_bwd(x, ct):
-    m = jnp.maximum(jnp.maximum(*_window(x)[:2]), jnp.maximum(*_window(x)[2:]))
+    members = _window(x)
+    m = jnp.maximum(jnp.maximum(members[0], members[1]), jnp.maximum(members[2], members[3]))
     taken = jnp.zeros(m.shape, bool)
     parts = []
-    for member in _window(x):  # the first member equal to the maximum takes the gradient
+    for member in members:  # the first member equal to the maximum takes the gradient
         pick = (member == m) & ~taken
         taken = taken | pick
         parts.append(jnp.where(pick, ct, jnp.zeros((), ct.dtype)))
