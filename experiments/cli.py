@@ -221,6 +221,17 @@ def load_image(path: str, config: Optional[GeneratorConfig], log: Callable[[str]
     return img
 
 
+def load_vgg(name: str):
+    """VGG16 by a command's --vgg: "imagenet" (`vgg.load_vgg16`: converted once, cached), "random"
+    (seeded random weights, for tests and smoke runs), or a weights path (.onnx, .pth, a folder
+    made by python -m converters.vgg16)."""
+    from i2spp_jax import vgg
+
+    if name == "random":
+        return vgg.random_vgg16(jax.random.PRNGKey(0))
+    return vgg.load_vgg16(None if name == "imagenet" else name)
+
+
 def load_npy(path: str, what: str, shapes: Optional[Sequence[tuple]] = None) -> np.ndarray:
     """Reads a float array saved with np.save (e.g. an embedding, w_plus.npy), refusing in one line
     a missing or unreadable file, a non-numeric array, NaN/inf, or a shape not among `shapes`.

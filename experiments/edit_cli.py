@@ -135,13 +135,6 @@ def hidden_render(G, seed: int) -> np.ndarray:
     return np.clip(np.asarray(G.synthesis(v["w_plus"], noise=v["noise"])[0]), -1, 1)
 
 
-def _load_vgg(name: str):
-    from i2spp_jax import vgg
-
-    if name == "random":
-        return vgg.random_vgg16(jax.random.PRNGKey(0))
-    return vgg.load_vgg16(None if name == "imagenet" else name)
-
 
 def as_image(mask: np.ndarray) -> np.ndarray:
     """A mask [H, W] in [0, 1] as an RGB image in [-1, 1] (white = 1)."""
@@ -187,7 +180,7 @@ def main(edit: Edit) -> None:
     cli.log(f"{edit.name}: {edit.doc}; generator {FLAGS.generator} ({G.img_resolution}x{G.img_resolution}, "
             f"{G.num_ws} W+ layers); preset {preset}: " + ", ".join(f"{k} {v}" for k, v in settings.items()))
     _write_inputs(FLAGS.out, inputs)
-    vgg = _load_vgg(vgg_name)
+    vgg = cli.load_vgg(vgg_name)
     from i2spp_jax import apps
 
     run = apps.RunOptions(checkpoint_dir=os.path.join(os.path.abspath(FLAGS.out), "ckpt"),

@@ -46,7 +46,8 @@ import jax.numpy as jnp
 import numpy as np
 from absl import flags, logging
 
-from experiments import cli
+from experiments import cli, presets
+from experiments.presets import PRESETS  # noqa: F401 (re-exported)
 from i2spp_jax import checkpoint, embed, io, plots
 from i2spp_jax.generator import GeneratorConfig
 
@@ -78,31 +79,10 @@ class ReconstructConfig:
     checkpoint_every: int = 500  # orbax checkpoint every this many iterations (0 = phase ends only)
 
 
-PRESETS = {
-    # name: (w_steps, noise_steps, resize_to (None = the generator's resolution))
-    "demo": (600, 600, 64),  # VGG sees the 32x32 demo images upsampled 2x (conv3_3 at 16x16)
-    "paper": (5000, 3000, 256),
-    "smoke": (10, 10, None),
-}
-
-
 def _resolve(cfg: ReconstructConfig, G) -> tuple[str, int, int, Optional[int]]:
-    preset = cfg.preset or ("demo" if cfg.generator in checkpoint.GENERATOR_NAMES else "paper")
-    if preset not in PRESETS:
-        raise ValueError(f"unknown preset {preset!r}; choose one of {sorted(PRESETS)}")
-    w, n, r = PRESETS[preset]
-    w = w if cfg.w_steps is None else cfg.w_steps
-    n = n if cfg.noise_steps is None else cfg.noise_steps
-    r = cfg.resize_to if cfg.resize_to is not None else (r or G.img_resolution)
-    return preset, w, n, r
+    return presets.resolve(cfg.preset, cfg.generator, G.img_resolution, w_steps=cfg.w_steps,
+                           noise_steps=cfg.noise_steps, resize_to=cfg.resize_to)
 
-
-def _load_vgg(name: str):
-    from i2spp_jax import vgg
-
-    if name == "random":
-        return vgg.random_vgg16(jax.random.PRNGKey(0))
-    return vgg.load_vgg16(None if name == "imagenet" else name)
 
 
 def hidden_target(G, truth_seed: int, psi: float = 1.0):
@@ -265,7 +245,7 @@ def reconstruct(cfg: ReconstructConfig, *, fresh: bool = False, log=logging.info
     vgg = None
     if any(p.weights.percept or p.weights.style for p in phases):
         with cli.user_input(f"--vgg={cfg.vgg}", "give 'imagenet', 'random', or VGG16 weights"):
-            vgg = _load_vgg(cfg.vgg)
+            vgg = cli.load_vgg(cfg.vgg)
     names = _phase_files(cfg.schedule, phases)
 
     def on_phase_end(i, vars):  # write each phase's result as soon as it exists

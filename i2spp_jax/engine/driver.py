@@ -11,6 +11,7 @@ masks, edits and initial variables.
 """
 
 import dataclasses
+import functools
 import hashlib
 import json
 import logging
@@ -23,6 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
+from i2spp_jax.engine import sharding
 from i2spp_jax.engine import step as step_lib
 from i2spp_jax.engine.phases import DEFAULT_MASKS, Phase, modconv_for
 from i2spp_jax.engine.step import LOSS_TERMS
@@ -37,7 +39,8 @@ HISTORY_KEYS = ("loss",) + LOSS_TERMS + ("psnr",)
 class NonFiniteLossError(FloatingPointError):
     """The loss or the variables became NaN/inf; the last good checkpoint is kept.
 
-    Attributes: history (the finished iterations' history), phase_vars (finished phases' results).
+    Attributes: history (the finished iterations' history), phase_vars (finished phases' results),
+      images (the batch indices of the images that became NaN/inf).
     """
 
 
@@ -165,7 +168,7 @@ def embed(G: Generator, target_x, *, phases: Sequence[Phase], init_vars: Vars, t
           log_every: int = 100, log: Optional[Callable[[str], None]] = _print, checkpoint_dir: Optional[str] = None,
           checkpoint_every: int = 0, on_phase_end: Optional[Callable[[int, Vars], None]] = None,
           callback: Optional[Callable[[int, dict], None]] = None,
-          steps_per_call: Optional[int] = None) -> EmbedResult:
+          steps_per_call: Optional[int] = None, mesh: Optional[jax.sharding.Mesh] = None) -> EmbedResult:
     """Runs `phases` in order on a batch of images, each with its own target, masks and start.
 
     Args:
@@ -192,6 +195,8 @@ def embed(G: Generator, target_x, *, phases: Sequence[Phase], init_vars: Vars, t
       steps_per_call: iterations per dispatch (`compiled_steps`: a `lax.scan` on the device, metrics
         read back once per call, buffers donated), used where no progress line, checkpoint or phase
         end falls inside; other iterations run one per call. None = `default_steps_per_call()`.
+      mesh: split the batch over this mesh's devices (`sharding.batch_mesh()`; B a multiple of
+        its size); G and VGG are copied to each device. None = the default device.
     Raises:
       NonFiniteLossError: the loss or the variables became NaN/inf (the last good checkpoint stays).
     """
@@ -201,6 +206,12 @@ def embed(G: Generator, target_x, *, phases: Sequence[Phase], init_vars: Vars, t
     target_y = target_x if target_y is None else _check_targets(G, target_y, "target_y", B)
     mask_sets = _mask_sets(G, masks, phases, B)
     edits = None if not edits else _broadcast(edits, B, "edits")
+    place = lambda tree: tree  # noqa: E731 (the default device)
+    if mesh is not None:
+        sharding.check_batch(mesh, B)
+        place = functools.partial(sharding.shard_batch, mesh=mesh)
+        G, vgg = sharding.replicate((G, vgg), mesh)
+        target_x, target_y, mask_sets, edits = place((target_x, target_y, mask_sets, edits))
     log = log or (lambda _: None)
     if any(p.weights.percept or p.weights.style for p in phases) and vgg is None:
         raise ValueError("a phase uses the perceptual or style term (λ_p / λ_s > 0) but no vgg was given")
@@ -210,7 +221,7 @@ def embed(G: Generator, target_x, *, phases: Sequence[Phase], init_vars: Vars, t
     chunk = default_steps_per_call() if steps_per_call is None else int(steps_per_call)
     if chunk < 1:
         raise ValueError(f"steps_per_call must be >= 1, got {steps_per_call}")
-    vars = _copy(init_vars)  # our own buffers: the multi-step calls donate them
+    vars = place(_copy(init_vars))  # our own buffers: the multi-step calls donate them
     history = {k: np.full((total, B), np.nan, np.float32) for k in HISTORY_KEYS}
     history["phase"] = np.repeat(np.arange(len(phases), dtype=np.int32), [p.num_steps for p in phases])
     phase_vars = []
@@ -226,6 +237,7 @@ def embed(G: Generator, target_x, *, phases: Sequence[Phase], init_vars: Vars, t
         if latest is not None:
             vars, opt_state, phase_vars, history, t = _resume(mgr, latest, phases, starts, vars, history,
                                                              fingerprint, checkpoint_dir)
+            vars, opt_state, phase_vars = place((vars, opt_state, phase_vars))
             log(f"resumed from {checkpoint_dir} at iteration {t}/{total}")
     t_first = t
 
@@ -242,7 +254,7 @@ def embed(G: Generator, target_x, *, phases: Sequence[Phase], init_vars: Vars, t
             if t >= starts[pi + 1] and len(phase_vars) > pi:
                 continue  # finished before a resume
             if opt_state is None or t == starts[pi]:
-                opt_state = jax.vmap(make_optimizer(phase).init)(vars)
+                opt_state = place(jax.vmap(make_optimizer(phase).init)(vars))
             x = target_y if phase.x == "y" else target_x
             y = _phase_y(phase, G, target_x, target_y, phase_vars[pi - 1] if pi else init_vars, edits)
             masks = mask_sets[phase.masks]
@@ -366,6 +378,7 @@ def _raise_nonfinite(m, t, phase, mgr, directory, history, phase_vars):
         f"target and masks; {kept}.")
     err.history = {k: v[:t] for k, v in history.items()}  # the iterations that did finish
     err.phase_vars = list(phase_vars)  # results of the phases that did finish
+    err.images = bad
     raise err
 
 

@@ -1,0 +1,398 @@
+"""Embed every image of a folder: batches split over all local devices, hosts sharing the files,
+every finished image written at once, a killed run resumed without redoing anything finished.
+
+Commands (each a complete configuration):
+
+    # The shipped held-out photographs into the demo generator (demo preset: W+ 600 + noise 600).
+    python -m experiments.embed_folder --images=i2spp_jax/assets/fmnist_test --out=runs/folder
+
+    # One GPU, or every GPU of a machine (all local devices are used; --devices=N takes the first N):
+    # the paper's settings (W+ 5000 + noise 3000, VGG at 256), 8 images per device and batch.
+    python -m experiments.embed_folder --images=faces/ --out=runs/faces --generator=ckpt/ffhq1024 \\
+        --batch_per_device=8
+
+    # Several hosts (a GPU cluster, a TPU pod slice): the same command on every host, with the
+    # coordinator's address; each host embeds its share of the files on its own devices. The
+    # folders must be on a file system that every host sees. Under SLURM or on a TPU pod slice,
+    # --distributed alone finds the coordinator (jax.distributed.initialize()).
+    python -m experiments.embed_folder --images=/data/faces --out=/data/runs/faces \\
+        --generator=/data/ffhq1024 --coordinator_address=host0:1234 --num_processes=4 --process_id=$RANK
+
+    # A seconds-long smoke run: 10 + 10 iterations, random-weight VGG.
+    python -m experiments.embed_folder --images=DIR --out=/tmp/f --smoke
+
+Outputs in --out:
+    results/NAME_EXT/   one folder per embedded image (images/a/b.png -> results/a/b_png/), written
+                        whole into a temporary folder and renamed into place: w_plus.npy
+                        [num_ws, w_dim], noise/noise_*.npy, result.png, metrics.json (PSNR/SSIM per
+                        phase, the file's sha256, the batch it ran in). A folder here = finished.
+    failed/NAME_EXT.json  an image that could not be used (unreadable, corrupt, wrongly sized, or its
+                        loss became NaN) and why; retried only when the file changes.
+    manifest.json       every image's status (done / failed / pending) with its PSNR or reason, and
+                        the summary; rewritten after every batch (several hosts: one per host,
+                        manifest.process<i>.json, merged into manifest.json at the end).
+    ckpt/batch-<id>/    the unfinished batch's orbax checkpoint (<id> = a hash of its images' names
+                        and contents); a restart re-forms the same batch and resumes it; removed
+                        once the batch's results are written.
+    run.json            the settings: the same command resumes; other settings are refused, --fresh
+                        moves the old folder aside. The batch size and device count are not settings:
+                        a run may resume on another machine (unfinished batches then start over).
+
+An image at another size than the generator's is refused (listed in failed/) unless --resize:
+embeddings are only as good as the alignment of the crops they are given.
+"""
+
+import collections
+import dataclasses
+import hashlib
+import json
+import os
+import shutil
+import time
+from typing import Callable, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import flags, logging
+
+from experiments import cli, presets
+from experiments.folder_store import (IMAGE_EXTS, READ_ERRORS, Store, file_stat, host_share, image_seed,
+                                      list_images, merge_manifests, read_image, summarize)
+from experiments.progress import Progress
+from i2spp_jax import embed, io, metrics
+from i2spp_jax.engine import sharding
+
+
+
+@dataclasses.dataclass(frozen=True)
+class FolderConfig:
+    """One folder run. None fields take the preset's value (demo / paper / smoke)."""
+
+    images: str  # the folder of images (searched recursively; hidden files and --out skipped)
+    out: str = "runs/folder"  # output folder
+    generator: str = "demo"  # "demo", a converted checkpoint dir, or a source .pkl/.pt
+    preset: Optional[str] = None  # "demo", "paper" or "smoke"; None = demo for the demo generator, else paper
+    schedule: str = "w_then_noise"  # see embed.SCHEDULES
+    w_steps: Optional[int] = None  # W+ iterations (paper: 5000)
+    noise_steps: Optional[int] = None  # noise iterations (paper: 3000)
+    w_lr: float = 0.01  # Adam lr for W+
+    w_optimizer: str = "adam"  # "adam" or "sgd"
+    noise_lr: float = 5.0  # Adam lr for the noise maps
+    percept: float = 1e-5  # λ_p of the W+ phase
+    resize_to: Optional[int] = None  # VGG input size; None = preset
+    vgg: str = "imagenet"  # "imagenet", "random" (tests), or a weights path
+    w_init: str = "w_avg"  # "w_avg", "uniform" or "uniform_0.4"
+    noise_init: str = "normal"  # "normal" or "const"
+    seed: int = 0  # each image's draws come from (seed, its name): independent of batching
+    resize: bool = False  # convert images of another size (else they are refused)
+    batch_per_device: int = 4  # images per device in one batch
+    devices: int = 0  # local devices to use (0 = all)
+    checkpoint_every: int = 500  # orbax checkpoint of the running batch every this many iterations
+
+
+# Not part of the run: changing them resumes the same run (results do not depend on them beyond
+# float rounding; an unfinished batch re-formed differently starts over).
+_NOT_SETTINGS = ("out", "batch_per_device", "devices", "checkpoint_every")
+
+
+# ----------------------------------------------------------------------------------------------
+# The run.
+
+
+@dataclasses.dataclass
+class _Item:
+    key: str
+    image: np.ndarray  # [R, R, C] in [-1, 1]
+    sha256: str
+    notes: list
+
+
+def _plan(cfg: FolderConfig, G):
+    with cli.user_input("--preset"):
+        preset, w, n, r = presets.resolve(cfg.preset, cfg.generator, G.img_resolution, w_steps=cfg.w_steps,
+                                          noise_steps=cfg.noise_steps, resize_to=cfg.resize_to)
+    with cli.user_input(f"--schedule={cfg.schedule}"):
+        phases = embed.schedule(cfg.schedule, w, n, w_lr=cfg.w_lr, w_optimizer=cfg.w_optimizer,
+                                noise_lr=cfg.noise_lr, percept=cfg.percept, resize_to=r)
+    return preset, phases, r
+
+
+def _mesh(cfg: FolderConfig):
+    local = jax.local_devices()
+    if cfg.devices > len(local):
+        raise cli.UserError(f"--devices={cfg.devices}, but this host has {len(local)} {local[0].platform} "
+                            f"device(s); give at most {len(local)} (0 = all)")
+    return sharding.batch_mesh(local[:cfg.devices or len(local)])
+
+
+def _settings(cfg: FolderConfig, phases) -> dict:
+    settings = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in _NOT_SETTINGS}
+    settings["images"] = os.path.abspath(cfg.images)
+    return {"settings": settings, "phases": [repr(p) for p in phases]}
+
+
+def _prepare(cfg, fingerprint, fresh, log, process_index, process_count, barrier):
+    """Process 0 makes (or checks, or with --fresh moves aside) the run folder; the others wait for
+    it, then check that it holds their run."""
+    if process_index == 0:
+        cli.prepare_out(cfg.out, fingerprint, fresh=fresh, log=log, derived=("phases",))
+    barrier("i2spp_prepare_out")
+    if process_index != 0:
+        cli.prepare_out(cfg.out, fingerprint, fresh=False, log=log, derived=("phases",))
+
+
+def _initial(G, cfg: FolderConfig, items: list, size: int):
+    """Each image's own start (seeded by its name), the first repeated as padding up to `size`."""
+    per_image = [embed.initial_variables(G, 1, w_init=cfg.w_init, noise_init=cfg.noise_init,
+                                         seed=image_seed(cfg.seed, it.key)) for it in items]
+    per_image += [per_image[0]] * (size - len(items))
+    return jax.tree.map(lambda *a: jnp.concatenate(a), *per_image)
+
+
+def _batch_id(items: list, fingerprint: dict) -> str:
+    h = hashlib.sha256(json.dumps(fingerprint, sort_keys=True).encode())
+    for it in items:
+        h.update(f"{it.key}\0{it.sha256}\0".encode())
+    return h.hexdigest()[:16]
+
+
+def _quality(img, target) -> dict:
+    a, b = jnp.clip(jnp.asarray(img)[None], -1, 1), jnp.asarray(target)[None]
+    return {"psnr": float(metrics.psnr(a, b)[0]), "ssim": float(metrics.ssim(a, b)[0])}
+
+
+def embed_folder(cfg: FolderConfig, *, fresh: bool = False, log: Callable[[str], None] = cli.log,
+                 process_index: int = 0, process_count: int = 1,
+                 barrier: Callable[[str], None] = lambda name: None, progress_stream=None) -> dict:
+    """Embeds this host's share of cfg.images into cfg.out; returns the summary of the share.
+
+    Args:
+      process_index, process_count: this host's place among the hosts (jax.process_index() /
+        process_count() after jax.distributed.initialize); each takes every process_count-th image.
+      barrier: waits for every host (multihost_utils.sync_global_devices); a no-op on one host.
+    """
+    if not os.path.isdir(cfg.images):
+        raise FileNotFoundError(f"--images={cfg.images}: no such folder; give a folder of images")
+    if cfg.batch_per_device < 1:
+        raise cli.UserError(f"--batch_per_device={cfg.batch_per_device}: give at least 1")
+    if cfg.w_init not in ("w_avg", "uniform", "uniform_0.4"):
+        raise cli.UserError(f"--w_init={cfg.w_init}: a folder run takes w_avg, uniform or uniform_0.4")
+    keys, ignored = list_images(cfg.images, cfg.out)
+    if not keys:
+        raise cli.UserError(f"--images={cfg.images}: no image files in it (looked for "
+                            f"{', '.join(IMAGE_EXTS)}, in subfolders too)")
+    cli.generator_config(cfg.generator)  # a missing or damaged checkpoint is refused before loading
+    mesh = _mesh(cfg)
+    G = cli.load_generator(cfg.generator)
+    preset, phases, resize_to = _plan(cfg, G)
+    fingerprint = _settings(cfg, phases)
+    _prepare(cfg, fingerprint, fresh, log, process_index, process_count, barrier)
+
+    share = host_share(keys, process_index, process_count)
+    store = Store(cfg.out, cfg.images, share, process_index, process_count)
+    size = cfg.batch_per_device * mesh.size
+    log(f"{len(keys)} images in {cfg.images}" + (f" ({ignored} other files ignored)" if ignored else "")
+        + (f"; this host (process {process_index} of {process_count}) takes {len(share)}" if process_count > 1 else "")
+        + f"; {len(store.done)} done before, {len(store.failed)} failed before, {len(store.pending())} to embed")
+    log(f"generator {cfg.generator}: {G.img_resolution}x{G.img_resolution}; preset {preset}; "
+        + " -> ".join(f"{p.name} {p.num_steps}" for p in phases) + f"; VGG at {resize_to}; batches of {size} "
+        f"({cfg.batch_per_device} per device on {mesh.size} {mesh.devices.flat[0].platform} device(s))")
+    if store.changed:
+        log(f"{len(store.changed)} finished image(s) changed since they were embedded (e.g. {store.changed[0]}); "
+            "their results are kept: delete their results/ folders to embed them again")
+    vgg = None
+    if store.pending() and any(p.weights.percept or p.weights.style for p in phases):
+        with cli.user_input(f"--vgg={cfg.vgg}", "give 'imagenet', 'random', or VGG16 weights"):
+            vgg = cli.load_vgg(cfg.vgg)
+
+    progress = Progress(len(share), len(store.done), len(store.failed), progress_stream)
+    session = {"started": time.strftime("%Y-%m-%dT%H:%M:%S"), "images": 0, "failed": 0, "seconds": 0.0,
+               "devices": f"{mesh.size} {mesh.devices.flat[0].platform}", "batch": size}
+    t0 = time.perf_counter()
+    pending = collections.deque(store.pending())
+    total_iterations = sum(p.num_steps for p in phases)
+    while pending:
+        items = []
+        while pending and len(items) < size:
+            key = pending.popleft()
+            try:
+                img, notes, sha = read_image(store.source(key), G.img_resolution, G.img_channels, cfg.resize)
+            except READ_ERRORS as e:
+                store.fail(key, "read", str(e))
+                session["failed"] += 1
+                progress.finished(failed=1)
+                continue
+            items.append(_Item(key, img, sha, notes))
+        if not items:
+            break
+        batch_id = _batch_id(items, fingerprint)
+        ckpt = os.path.join(cfg.out, "ckpt", f"batch-{batch_id}")
+        stack = jnp.stack([it.image for it in items] + [items[0].image] * (size - len(items)))
+        try:
+            result = embed.embed(G, stack, phases=phases, init_vars=_initial(G, cfg, items, size), vgg=vgg,
+                                 seed=cfg.seed, log_every=0, log=progress.message, checkpoint_dir=ckpt,
+                                 checkpoint_every=cfg.checkpoint_every, mesh=mesh,
+                                 callback=lambda t, m: progress.iteration(len(items), t, total_iterations))
+        except embed.NonFiniteLossError as e:  # those images fail; the others go back into the queue
+            bad = {items[i if i < len(items) else 0].key for i in e.images}  # padding repeats items[0]
+            for it in items:
+                if it.key in bad:
+                    store.fail(it.key, "optimise", str(e))
+            pending.extendleft(reversed([it.key for it in items if it.key not in bad]))
+            shutil.rmtree(ckpt, ignore_errors=True)
+            session["failed"] += len(bad)
+            progress.finished(failed=len(bad))
+            continue
+        _write_results(store, G, items, phases, result, batch_id, size, mesh, process_index)
+        shutil.rmtree(ckpt, ignore_errors=True)
+        session["images"] += len(items)
+        progress.finished(done=len(items))
+        session["seconds"] = time.perf_counter() - t0
+        store.write_manifest(fingerprint, _share_summary(store, session))
+    progress.close()
+    store.tidy()
+    session["seconds"] = time.perf_counter() - t0
+    summary = _share_summary(store, session)
+    store.write_manifest(fingerprint, summary)
+    for line in summary_table(summary, store, phases):
+        log(line)
+    barrier("i2spp_folder_done")
+    if process_count > 1 and process_index == 0:
+        merged = merge_manifests(cfg.out, process_count)["summary"]
+        log(f"all {process_count} hosts: {merged['done']} of {merged['images']} images embedded, "
+            f"{merged['failed']} failed" + (f"; PSNR mean {merged['psnr_mean']:.2f} dB, min {merged['psnr_min']:.2f} "
+                                            f"dB ({merged['psnr_min_image']})" if merged["done"] else ""))
+    return summary
+
+
+def _share_summary(store: Store, session: dict) -> dict:
+    s = summarize(store.manifest({}, {})["images"])
+    per_phase = collections.defaultdict(list)
+    for r in store.done.values():
+        for i, q in enumerate(r["per_phase"]):
+            per_phase[(i, q["phase"])].append(q["psnr"])
+    s["psnr_per_phase"] = [{"phase": name, "mean": float(np.mean(v)), "min": float(np.min(v))}
+                           for (_, name), v in sorted(per_phase.items())]
+    s["failures_by_stage"] = dict(collections.Counter(r["stage"] for r in store.failed.values()))
+    s["session"] = dict(session, images_per_second=session["images"] / session["seconds"]
+                        if session["seconds"] > 0 else None)
+    return s
+
+
+def summary_table(s: dict, store: Store, phases) -> list[str]:
+    """The end-of-run table, as lines."""
+    sess = s["session"]
+    rows = [("images", f"{s['images']}"),
+            ("embedded", f"{s['done']} ({sess['images']} in this session)"),
+            ("failed", f"{s['failed']}" + (" (" + ", ".join(f"{k} {v}" for k, v in s["failures_by_stage"].items())
+                                          + "; reasons in manifest.json)" if s["failed"] else "")),
+            ("pending", f"{s['pending']}")]
+    if s["done"]:
+        rows.append(("final PSNR", f"mean {s['psnr_mean']:.2f} dB, min {s['psnr_min']:.2f} dB ({s['psnr_min_image']})"))
+        for q in s["psnr_per_phase"][:-1]:
+            rows.append((f"after {q['phase']}", f"mean {q['mean']:.2f} dB, min {q['min']:.2f} dB"))
+    if sess["images"]:
+        rows.append(("this session", f"{sess['images']} images in {sess['seconds']:.1f} s = "
+                     f"{sess['images_per_second']:.3g} images/s ({sess['devices']} device(s), batch {sess['batch']}, "
+                     "compiling included)"))
+    width = max(len(k) for k, _ in rows)
+    return [f"summary of {store.out}:"] + [f"  {k:<{width}}  {v}" for k, v in rows]
+
+
+def _write_results(store, G, items, phases, result, batch_id, size, mesh, process_index):
+    stack = jnp.stack([it.image for it in items] + [items[0].image] * (size - len(items)))
+    phase_imgs = [np.asarray(embed.evaluate(v, G, stack)[0]) for v in result.phase_vars]
+    final = jax.device_get(result.vars)
+    for b, it in enumerate(items):
+        def write(folder, b=b, it=it):
+            io.save_npy(os.path.join(folder, "w_plus.npy"), final["w_plus"][b])
+            io.save_noise(os.path.join(folder, "noise"), [m[b] for m in final["noise"]], G.noise_names)
+            io.save_image(os.path.join(folder, "result.png"), phase_imgs[-1][b])
+            per_phase = [dict(phase=p.name, iterations=p.num_steps, **_quality(im[b], it.image))
+                         for p, im in zip(phases, phase_imgs)]
+            return {"image": it.key, "sha256": it.sha256, "file": file_stat(store.source(it.key)),
+                    "notes": it.notes, "per_phase": per_phase, "final": per_phase[-1],
+                    "batch": {"id": batch_id, "images": len(items), "size": size, "devices": mesh.size,
+                              "seconds": result.seconds, "process": process_index},
+                    "finished": time.strftime("%Y-%m-%dT%H:%M:%S")}
+        store.finish(it.key, write)
+
+
+# ----------------------------------------------------------------------------------------------
+# Command line: parses flags, joins the hosts, calls embed_folder().
+
+FLAGS = flags.FLAGS
+_D = FolderConfig(images="")
+flags.DEFINE_string("images", None, "the folder of images to embed (subfolders too)")
+flags.DEFINE_string("out", _D.out, "output folder")
+flags.DEFINE_string("generator", _D.generator, "'demo', a converted checkpoint dir, or a source .pkl/.pt")
+flags.DEFINE_bool("paper", False, "the paper's settings: W+ 5000 + noise 3000, VGG at 256")
+flags.DEFINE_bool("smoke", False, "a seconds-long run: 10 + 10 iterations, random-weight VGG")
+flags.DEFINE_enum("schedule", _D.schedule, list(embed.SCHEDULES), "phase order")
+flags.DEFINE_integer("w_steps", None, "W+ iterations (overrides the preset)", lower_bound=0)
+flags.DEFINE_integer("noise_steps", None, "noise iterations (overrides the preset)", lower_bound=0)
+flags.DEFINE_float("w_lr", _D.w_lr, "learning rate for W+")
+flags.DEFINE_enum("w_optimizer", _D.w_optimizer, ["adam", "sgd"], "optimiser for W+")
+flags.DEFINE_float("noise_lr", _D.noise_lr, "Adam learning rate for the noise maps")
+flags.DEFINE_float("percept", _D.percept, "λ_p of the W+ phase (0 = MSE only)")
+flags.DEFINE_integer("resize_to", None, "VGG input resolution (default: 256 paper, 64 demo)")
+flags.DEFINE_string("vgg", _D.vgg, "'imagenet', 'random', or a VGG16 weights path")
+flags.DEFINE_enum("w_init", _D.w_init, ["w_avg", "uniform", "uniform_0.4"], "initial W+")
+flags.DEFINE_enum("noise_init", _D.noise_init, ["normal", "const"], "initial noise maps")
+flags.DEFINE_integer("seed", _D.seed, "seed of the initialisation (each image's draw also depends on its name)")
+flags.DEFINE_bool("resize", _D.resize, "centre-crop and resize images of another size (default: refuse them)")
+flags.DEFINE_integer("batch_per_device", _D.batch_per_device, "images per device in a batch", lower_bound=1)
+flags.DEFINE_integer("devices", _D.devices, "local devices to use (0 = all)", lower_bound=0)
+flags.DEFINE_integer("checkpoint_every", _D.checkpoint_every, "checkpoint the running batch every this many "
+                     "iterations (0 = at phase ends only)", lower_bound=0)
+flags.DEFINE_bool("fresh", False, "if --out holds a run, move it aside to OUT.old-<time> and start over")
+flags.DEFINE_string("coordinator_address", None, "several hosts: host:port of process 0 (jax.distributed)")
+flags.DEFINE_integer("num_processes", None, "several hosts: how many", lower_bound=1)
+flags.DEFINE_integer("process_id", None, "several hosts: this one's index (0 .. num_processes - 1)", lower_bound=0)
+flags.DEFINE_bool("distributed", False, "several hosts: call jax.distributed.initialize() and let it find the "
+                  "cluster (SLURM, TPU pod slices, Open MPI)")
+
+
+def _join_hosts() -> tuple[int, int, Callable[[str], None]]:
+    """jax.distributed.initialize as the flags ask; (process index, count, barrier)."""
+    given = [FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id]
+    if any(v is not None for v in given):
+        if any(v is None for v in given):
+            raise cli.UserError("several hosts need --coordinator_address, --num_processes and --process_id "
+                                "together (or --distributed alone under SLURM / on a TPU pod slice)")
+        if FLAGS.process_id >= FLAGS.num_processes:
+            raise cli.UserError(f"--process_id={FLAGS.process_id} must be below --num_processes={FLAGS.num_processes}")
+        jax.distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
+    elif FLAGS.distributed:
+        jax.distributed.initialize()
+    if jax.process_count() == 1:
+        return 0, 1, lambda name: None
+    from jax.experimental import multihost_utils
+
+    return jax.process_index(), jax.process_count(), multihost_utils.sync_global_devices
+
+
+def main(argv):
+    del argv
+    if not FLAGS.images:
+        raise cli.UserError("--images is required: the folder of images to embed")
+    if FLAGS.paper and FLAGS.smoke:
+        raise cli.UserError("--paper and --smoke exclude each other: give one")
+    process_index, process_count, barrier = _join_hosts()
+    cfg = FolderConfig(
+        images=FLAGS.images, out=FLAGS.out, generator=FLAGS.generator,
+        preset="paper" if FLAGS.paper else "smoke" if FLAGS.smoke else None, schedule=FLAGS.schedule,
+        w_steps=FLAGS.w_steps, noise_steps=FLAGS.noise_steps, w_lr=FLAGS.w_lr, w_optimizer=FLAGS.w_optimizer,
+        noise_lr=FLAGS.noise_lr, percept=FLAGS.percept, resize_to=FLAGS.resize_to,
+        vgg="random" if FLAGS.smoke and FLAGS.vgg == _D.vgg else FLAGS.vgg, w_init=FLAGS.w_init,
+        noise_init=FLAGS.noise_init, seed=FLAGS.seed, resize=FLAGS.resize, batch_per_device=FLAGS.batch_per_device,
+        devices=FLAGS.devices, checkpoint_every=FLAGS.checkpoint_every)
+    logging.set_verbosity(logging.WARNING)  # orbax logs every checkpoint step at INFO
+    with cli.resumable(cfg.out):
+        embed_folder(cfg, fresh=FLAGS.fresh, process_index=process_index, process_count=process_count,
+                     barrier=barrier)
+
+
+if __name__ == "__main__":
+    cli.run(main)

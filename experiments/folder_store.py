@@ -1,0 +1,223 @@
+"""A folder run's files: which images, which host takes which, and what is finished, failed or
+pending in the output folder (experiments/embed_folder.py documents the layout).
+
+Every record is written whole or not at all: a finished image's results go into a temporary
+folder that is renamed into place, so results/NAME existing means finished; JSON files are
+written to a temporary name and renamed.
+"""
+
+import hashlib
+import json
+import os
+import shutil
+import time
+from typing import Callable
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from i2spp_jax import io
+
+IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff", ".gif")
+READ_ERRORS = (io.ImageError, OSError, ValueError)  # OSError covers FileNotFoundError and permissions
+
+
+def list_images(root: str, out: str) -> tuple[list[str], int]:
+    """(sorted relative paths, with '/' separators, of the image files under `root`; the number of
+    other files ignored). Hidden files and folders, and `out` if it lies inside, are skipped."""
+    root, out_abs = os.path.abspath(root), os.path.abspath(out)
+    found, ignored = [], 0
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith(".")
+                             and os.path.abspath(os.path.join(dirpath, d)) != out_abs)
+        for name in filenames:
+            if name.startswith("."):
+                continue
+            if os.path.splitext(name)[1].lower() in IMAGE_EXTS:
+                found.append(os.path.relpath(os.path.join(dirpath, name), root).replace(os.sep, "/"))
+            else:
+                ignored += 1
+    return sorted(found), ignored
+
+
+def result_name(key: str) -> str:
+    """The output name of an image: its relative path with the extension's dot made '_'
+    (a/b.png -> a/b_png), so that b.png and b.jpg never share a folder."""
+    stem, ext = os.path.splitext(key)
+    return stem + ext.replace(".", "_")
+
+
+def host_share(keys: list[str], process_index: int, process_count: int) -> list[str]:
+    """Every process_count-th image from process_index on: the same split on every host."""
+    return keys[process_index::process_count]
+
+
+def image_seed(seed: int, key: str) -> int:
+    """The seed of one image's initial variables: a function of the run's seed and the image's name
+    only, so that its result does not depend on the batch it lands in or the number of devices."""
+    return int.from_bytes(hashlib.sha256(f"{seed}/{key}".encode()).digest()[:4], "big") & 0x7FFFFFFF
+
+
+def file_stat(path: str) -> dict:
+    st = os.stat(path)
+    return {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
+
+
+def read_image(path: str, resolution: int, channels: int, resize: bool) -> tuple[np.ndarray, list[str], str]:
+    """(image [R, R, C] in [-1, 1], notes on what was converted, the file's sha256).
+
+    Raises:
+      ImageError / OSError: unreadable, corrupt, or (without `resize`) not resolution x resolution.
+    """
+    with open(path, "rb") as f:
+        sha = hashlib.sha256(f.read()).hexdigest()
+    try:
+        with Image.open(path) as im:
+            size = im.size
+    except UnidentifiedImageError as e:
+        raise io.ImageError("not an image pillow can read (corrupt file or unknown format)") from e
+    if not resize and size != (resolution, resolution):
+        raise io.ImageError(f"{size[0]}x{size[1]}, the generator needs {resolution}x{resolution}: give aligned "
+                            "crops at that size, or pass --resize to centre-crop and resize")
+    img, notes = io.load_image(path, resolution, channels)
+    return img, notes, sha
+
+
+# ----------------------------------------------------------------------------------------------
+# The output folder's records: one folder per finished image, one file per failed one.
+
+
+class Store:
+    """What is finished, failed and pending in --out, for this host's share of the images."""
+
+    def __init__(self, out: str, images_dir: str, keys: list[str], process_index: int, process_count: int):
+        self.out, self.images_dir, self.keys = out, images_dir, keys
+        self.process_index, self.process_count = process_index, process_count
+        self.done, self.failed = {}, {}  # key -> record
+        self.changed = []  # finished images whose file changed since
+        for key in keys:
+            record = self._read(self.result_path(key, "metrics.json"))
+            if record is not None:
+                self.done[key] = record
+                if file_stat(self.source(key)) != record["file"]:
+                    self.changed.append(key)
+                continue
+            failure = self._read(self.failure_path(key))
+            if failure is not None and failure.get("file") == file_stat(self.source(key)):
+                self.failed[key] = failure  # the same file failed before: not retried
+        shutil.rmtree(self._tmp_root(), ignore_errors=True)  # this host's half-written results
+
+    @staticmethod
+    def _read(path):
+        try:
+            with open(path) as f:
+                return json.load(f)
+        except FileNotFoundError:
+            return None
+        except ValueError:  # unreadable: counts as not written (results are renamed in whole)
+            return None
+
+    def source(self, key):
+        return os.path.join(self.images_dir, key)
+
+    def result_path(self, key, *parts):
+        return os.path.join(self.out, "results", result_name(key), *parts)
+
+    def failure_path(self, key):
+        return os.path.join(self.out, "failed", result_name(key) + ".json")
+
+    def _tmp_root(self):
+        return os.path.join(self.out, "results", f".tmp-process{self.process_index}")
+
+    def tidy(self) -> None:
+        """Removes this host's temporary folder and an empty ckpt/ (every batch finished)."""
+        for path in (self._tmp_root(), os.path.join(self.out, "ckpt")):
+            try:
+                os.rmdir(path)
+            except OSError:  # absent, or not empty (another host's batch, or a batch left unfinished)
+                pass
+
+    def pending(self) -> list[str]:
+        return [k for k in self.keys if k not in self.done and k not in self.failed]
+
+    def fail(self, key: str, stage: str, reason: str) -> None:
+        record = {"image": key, "stage": stage, "reason": reason, "file": file_stat(self.source(key))
+                  if os.path.exists(self.source(key)) else None, "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
+        os.makedirs(os.path.dirname(self.failure_path(key)), exist_ok=True)
+        _write_json(self.failure_path(key), record)
+        self.failed[key] = record
+
+    def finish(self, key: str, write: Callable[[str], dict]) -> None:
+        """Writes one image's results into a temporary folder (`write(folder) -> metrics`), then
+        renames it into place: results/NAME exists only when whole."""
+        tmp = os.path.join(self._tmp_root(), result_name(key).replace("/", "__"))
+        shutil.rmtree(tmp, ignore_errors=True)
+        os.makedirs(tmp)
+        record = write(tmp)
+        _write_json(os.path.join(tmp, "metrics.json"), record)
+        final = self.result_path(key)
+        os.makedirs(os.path.dirname(final), exist_ok=True)
+        os.rename(tmp, final)
+        if os.path.exists(self.failure_path(key)):  # an earlier failure of an older version of the file
+            os.remove(self.failure_path(key))
+        self.failed.pop(key, None)
+        self.done[key] = record
+
+    def manifest(self, settings: dict, summary: dict) -> dict:
+        images = {}
+        for key in self.keys:
+            if key in self.done:
+                r = self.done[key]
+                images[key] = {"status": "done", "result": f"results/{result_name(key)}",
+                               "psnr": r["final"]["psnr"], "ssim": r["final"]["ssim"]}
+            elif key in self.failed:
+                images[key] = {"status": "failed", "stage": self.failed[key]["stage"],
+                               "reason": self.failed[key]["reason"]}
+            else:
+                images[key] = {"status": "pending"}
+        return {"images_dir": os.path.abspath(self.images_dir), "settings": settings, "summary": summary,
+                "updated": time.strftime("%Y-%m-%dT%H:%M:%S"), "images": images}
+
+    def write_manifest(self, settings: dict, summary: dict) -> str:
+        name = "manifest.json" if self.process_count == 1 else f"manifest.process{self.process_index}.json"
+        path = os.path.join(self.out, name)
+        _write_json(path, self.manifest(settings, summary))
+        return path
+
+
+def _write_json(path: str, obj) -> None:
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=1)
+    os.replace(tmp, path)
+
+
+def merge_manifests(out: str, process_count: int) -> dict:
+    """Process 0, after every host finished: manifest.json from the hosts' manifest.process<i>.json."""
+    merged = None
+    for i in range(process_count):
+        with open(os.path.join(out, f"manifest.process{i}.json")) as f:
+            part = json.load(f)
+        if merged is None:
+            merged = dict(part, images={}, summary={"processes": []})
+        merged["images"].update(part["images"])
+        merged["summary"]["processes"].append(part["summary"])
+    merged["images"] = dict(sorted(merged["images"].items()))
+    merged["summary"].update(summarize(merged["images"]))
+    _write_json(os.path.join(out, "manifest.json"), merged)
+    return merged
+
+
+def summarize(images: dict) -> dict:
+    """Counts and PSNR statistics over manifest entries."""
+    done = {k: v for k, v in images.items() if v["status"] == "done"}
+    failed = {k: v for k, v in images.items() if v["status"] == "failed"}
+    out = {"images": len(images), "done": len(done), "failed": len(failed),
+           "pending": len(images) - len(done) - len(failed)}
+    if done:
+        worst = min(done, key=lambda k: done[k]["psnr"])
+        out.update(psnr_mean=float(np.mean([v["psnr"] for v in done.values()])), psnr_min=done[worst]["psnr"],
+                   psnr_min_image=worst)
+    return out
+
+
