@@ -14,7 +14,7 @@ import pytest
 
 from i2spp_jax import activations, embed, generator, losses
 from i2spp_jax import vgg as vgg_lib
-from i2spp_jax.engine import driver
+from i2spp_jax.engine import checkpoints, driver
 from i2spp_jax.engine import step as step_lib
 
 RTOL = 1e-5  # float32, batched vs separate (XLA sums in a batch-size-dependent order; see the batch test)
@@ -580,8 +580,12 @@ class Kill(Exception):
     pass
 
 
+@pytest.mark.parametrize("store", ["orbax", "local"])  # one process; several (jax.distributed): local files
 @pytest.mark.parametrize("kill_at", [7, 10, 13])  # mid W_l; exactly at the phase end; mid Mk_n
-def test_resume_bit_identical(tmp_path, kill_at):
+def test_resume_bit_identical(tmp_path, kill_at, store, monkeypatch):
+    if store == "local":
+        open_store = checkpoints.open_store
+        monkeypatch.setattr(checkpoints, "open_store", lambda d: open_store(d, local=True))
     G = tiny_generator()
     x = targets(G, 2)
     v0 = embed.initial_variables(G, 2, w_init="uniform", seed=1)
@@ -600,6 +604,7 @@ def test_resume_bit_identical(tmp_path, kill_at):
     resumed = embed.embed(G, x, phases=phases, init_vars=v0, log_every=0, seed=1, checkpoint_dir=ckpt,
                           checkpoint_every=3, log=lines.append)
     assert "resumed" in lines[0] and f"iteration {kill_at if kill_at == 10 else kill_at // 3 * 3}" in lines[0]
+    assert sorted(int(n) for n in os.listdir(ckpt) if n.isdigit()) == [15, 16]  # the last two kept
     assert_trees_equal(resumed.vars, full.vars)
     assert_trees_equal(resumed.phase_vars, full.phase_vars)
     for k in embed.HISTORY_KEYS:
@@ -740,3 +745,24 @@ def test_grouped_and_activation_modulation_give_the_same_step():
     np.testing.assert_allclose(runs[0].history["loss"], runs[1].history["loss"], rtol=RTOL)
     np.testing.assert_allclose(runs[0].vars["w_plus"], runs[1].vars["w_plus"], atol=1e-6)
     assert np.max(np.abs(runs[0].vars["w_plus"] - v0["w_plus"])) > 1e-3
+
+
+# --- a batch split over devices (more in tests/test_embed_folder.py, on 4 forced CPU devices) ---
+
+
+def test_mesh_of_this_process_gives_the_same_run_and_refuses_an_uneven_batch():
+    from i2spp_jax.engine import sharding
+
+    G = tiny_generator()
+    x = targets(G, 2)
+    v0 = embed.initial_variables(G, 2, w_init="uniform", seed=3)
+    phases = (w_mse(2),)  # one phase: each run compiles one step
+    mesh = sharding.batch_mesh()
+    plain = embed.embed(G, x, phases=phases, init_vars=v0, log_every=0)
+    split = embed.embed(G, x, phases=phases, init_vars=v0, log_every=0, mesh=mesh)
+    assert split.vars["w_plus"].sharding.spec == jax.sharding.PartitionSpec("batch")
+    assert_trees_equal(split.vars, plain.vars)
+    uneven = sharding.batch_mesh([jax.devices()[0]] * 2) if len(jax.devices()) == 1 else sharding.batch_mesh(
+        jax.devices()[:2])
+    with pytest.raises(ValueError, match="a batch of 3 images cannot be split over 2 devices"):
+        embed.embed(G, targets(G, 3), phases=phases, init_vars=embed.initial_variables(G, 3), mesh=uneven)

@@ -15,18 +15,16 @@ import functools
 import hashlib
 import json
 import logging
-import os
 import time
-from typing import Callable, Optional, Sequence, Union
+from typing import Callable, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-import orbax.checkpoint as ocp
 
-from i2spp_jax.engine import sharding
+from i2spp_jax.engine import checkpoints, sharding
 from i2spp_jax.engine import step as step_lib
-from i2spp_jax.engine.phases import DEFAULT_MASKS, Phase, modconv_for
+from i2spp_jax.engine.phases import Phase, modconv_for
 from i2spp_jax.engine.step import LOSS_TERMS
 from i2spp_jax.engine.variables import Vars, make_masks, make_optimizer
 from i2spp_jax.generator import Generator
@@ -76,24 +74,6 @@ def _fingerprint(G, phases, vars, seed, data):
     shapes = [list(np.shape(x)) for x in jax.tree.leaves(vars)]
     return json.dumps({"phases": [repr(p) for p in phases], "shapes": shapes, "seed": seed,
                        "generator": [G.img_resolution, G.num_ws, G.w_dim], "data": data})
-
-
-def _ckpt_manager(directory):
-    return ocp.CheckpointManager(os.path.abspath(directory),
-                                 options=ocp.CheckpointManagerOptions(max_to_keep=2, create=True))
-
-
-def _save(mgr, t, state, meta):
-    leaves = [np.asarray(x) for x in jax.tree.leaves(state)]
-    mgr.save(t, args=ocp.args.Composite(state=ocp.args.StandardSave(leaves), meta=ocp.args.JsonSave(meta)))
-
-
-def _restore(mgr, t, template):
-    leaves, treedef = jax.tree.flatten(template)
-    abstract = [jax.ShapeDtypeStruct(np.shape(x), np.asarray(x).dtype) for x in leaves]
-    got = mgr.restore(t, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract),
-                                                 meta=ocp.args.JsonRestore()))
-    return jax.tree.unflatten(treedef, [jnp.asarray(x) for x in got.state]), got.meta
 
 
 def _check_vars(G, vars) -> int:
@@ -232,7 +212,7 @@ def embed(G: Generator, target_x, *, phases: Sequence[Phase], init_vars: Vars, t
     fingerprint = _fingerprint(G, phases, vars, seed,
                                data_hash(target_x, target_y, mask_sets, edits or {}, vars))
     if checkpoint_dir:
-        mgr = _ckpt_manager(checkpoint_dir)
+        mgr = checkpoints.open_store(checkpoint_dir)
         latest = mgr.latest_step()
         if latest is not None:
             vars, opt_state, phase_vars, history, t = _resume(mgr, latest, phases, starts, vars, history,
@@ -246,7 +226,7 @@ def embed(G: Generator, target_x, *, phases: Sequence[Phase], init_vars: Vars, t
             return
         state = {"vars": vars, "opt_state": opt_state, "phase_vars": phase_vars,
                  "history": {k: history[k] for k in HISTORY_KEYS}}
-        _save(mgr, t_now, state, {"step": int(t_now), "phase": int(pi), "seed": seed, "fingerprint": fingerprint})
+        mgr.save(t_now, state, {"step": int(t_now), "phase": int(pi), "seed": seed, "fingerprint": fingerprint})
 
     t_start = time.perf_counter()
     try:
@@ -260,7 +240,10 @@ def embed(G: Generator, target_x, *, phases: Sequence[Phase], init_vars: Vars, t
             masks = mask_sets[phase.masks]
             feats = step_lib.target_features(vgg, x, y, phase)  # once per phase: the targets are fixed
             data = (G, vgg, x, y, masks, edits, feats)
-            run_as = dataclasses.replace(phase, fused_modconv=modconv_for(phase, B, jax.default_backend()))
+            # XLA cannot split the grouped convolution's groups over devices (it fails to compile,
+            # jax 0.10.2): a batch split over devices always modulates activations.
+            grouped = modconv_for(phase, B, jax.default_backend()) and (mesh is None or mesh.size == 1)
+            run_as = dataclasses.replace(phase, fused_modconv=grouped)
             tick, tick_t = time.perf_counter(), t
             first_call = True
             while t < starts[pi + 1]:
@@ -346,7 +329,7 @@ def _phase_y(phase, G, target_x, target_y, start_vars, edits):
 
 
 def _resume(mgr, latest, phases, starts, vars, history, fingerprint, directory):
-    meta = mgr.restore(latest, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta
+    meta = mgr.meta(latest)
     if meta.get("fingerprint") != fingerprint:
         raise CheckpointMismatchError(f"the checkpoint in {directory} belongs to a different run (other phases, shapes, "
                          f"seed or generator); use a new checkpoint directory or delete it.\n"
@@ -356,7 +339,7 @@ def _resume(mgr, latest, phases, starts, vars, history, fingerprint, directory):
     done = sum(1 for s in starts[1:] if s <= t)  # phases finished at t
     template = {"vars": vars, "opt_state": jax.vmap(make_optimizer(phases[pi]).init)(vars),
                 "phase_vars": [vars] * done, "history": {k: history[k] for k in HISTORY_KEYS}}
-    state, _ = _restore(mgr, latest, template)
+    state, _ = mgr.restore(latest, template)
     history = dict(history, **{k: np.array(v) for k, v in state["history"].items()})
     opt_state = None if t == starts[pi + 1] else state["opt_state"]
     return state["vars"], opt_state, list(state["phase_vars"]), history, t
