@@ -31,9 +31,10 @@ Outputs in --out:
     manifest.json       every image's status (done / failed / pending) with its PSNR or reason, and
                         the summary; rewritten after every batch (several hosts: one per host,
                         manifest.process<i>.json, merged into manifest.json at the end).
-    ckpt/batch-<id>/    the unfinished batch's orbax checkpoint (<id> = a hash of its images' names
-                        and contents); a restart re-forms the same batch and resumes it; removed
-                        once the batch's results are written.
+    ckpt/process<i>-batch-<id>/  the unfinished batch's checkpoint (<id> = a hash of its images'
+                        names and contents); a restart re-forms the same batch and resumes it;
+                        removed once the batch's results are written (what a kill left between
+                        the two goes when the host has finished its share).
     run.json            the settings: the same command resumes; other settings are refused, --fresh
                         moves the old folder aside. The batch size and device count are not settings:
                         a run may resume on another machine (unfinished batches then start over).
@@ -132,13 +133,28 @@ def _settings(cfg: FolderConfig, phases) -> dict:
     return {"settings": settings, "phases": [repr(p) for p in phases]}
 
 
-def _prepare(cfg, fingerprint, fresh, log, process_index, process_count, barrier):
-    """Process 0 makes (or checks, or with --fresh moves aside) the run folder; the others wait for
-    it, then check that it holds their run."""
-    if process_index == 0:
-        cli.prepare_out(cfg.out, fingerprint, fresh=fresh, log=log, derived=("phases",))
-    barrier("i2spp_prepare_out")
-    if process_index != 0:
+@dataclasses.dataclass(frozen=True)
+class Hosts:
+    """This process's place among the hosts of a run, and how they wait for each other."""
+
+    index: int = 0  # jax.process_index()
+    count: int = 1  # jax.process_count()
+    barrier: Callable[[str], None] = lambda name: None  # every host reaches `name` (sync_global_devices)
+    broadcast: Callable[[bool], bool] = lambda flag: flag  # process 0's value, on every host
+
+
+def _prepare(cfg, fingerprint, fresh, log, hosts: Hosts):
+    """Process 0 makes (or checks, or with --fresh moves aside) the run folder, and tells the others
+    whether it could; they then check that it holds their run. A refusal stops every host."""
+    refused = None
+    if hosts.index == 0:
+        try:
+            cli.prepare_out(cfg.out, fingerprint, fresh=fresh, log=log, derived=("phases",))
+        except cli.UserError as e:
+            refused = e
+    if hosts.broadcast(refused is not None):
+        raise refused or cli.UserError(f"process 0 refused --out={cfg.out}; its message says why")
+    if hosts.index != 0:
         cli.prepare_out(cfg.out, fingerprint, fresh=False, log=log, derived=("phases",))
 
 
@@ -163,14 +179,12 @@ def _quality(img, target) -> dict:
 
 
 def embed_folder(cfg: FolderConfig, *, fresh: bool = False, log: Callable[[str], None] = cli.log,
-                 process_index: int = 0, process_count: int = 1,
-                 barrier: Callable[[str], None] = lambda name: None, progress_stream=None) -> dict:
+                 hosts: Hosts = Hosts(), progress_stream=None) -> dict:
     """Embeds this host's share of cfg.images into cfg.out; returns the summary of the share.
 
     Args:
-      process_index, process_count: this host's place among the hosts (jax.process_index() /
-        process_count() after jax.distributed.initialize); each takes every process_count-th image.
-      barrier: waits for every host (multihost_utils.sync_global_devices); a no-op on one host.
+      hosts: this process's place among the hosts (after jax.distributed.initialize); each takes
+        every hosts.count-th image. The default: one host.
     """
     if not os.path.isdir(cfg.images):
         raise FileNotFoundError(f"--images={cfg.images}: no such folder; give a folder of images")
@@ -187,7 +201,8 @@ def embed_folder(cfg: FolderConfig, *, fresh: bool = False, log: Callable[[str],
     G = cli.load_generator(cfg.generator)
     preset, phases, resize_to = _plan(cfg, G)
     fingerprint = _settings(cfg, phases)
-    _prepare(cfg, fingerprint, fresh, log, process_index, process_count, barrier)
+    _prepare(cfg, fingerprint, fresh, log, hosts)
+    process_index, process_count = hosts.index, hosts.count
 
     share = host_share(keys, process_index, process_count)
     store = Store(cfg.out, cfg.images, share, process_index, process_count)
@@ -227,7 +242,7 @@ def embed_folder(cfg: FolderConfig, *, fresh: bool = False, log: Callable[[str],
         if not items:
             break
         batch_id = _batch_id(items, fingerprint)
-        ckpt = os.path.join(cfg.out, "ckpt", f"batch-{batch_id}")
+        ckpt = store.checkpoint_dir(batch_id)
         stack = jnp.stack([it.image for it in items] + [items[0].image] * (size - len(items)))
         try:
             result = embed.embed(G, stack, phases=phases, init_vars=_initial(G, cfg, items, size), vgg=vgg,
@@ -257,7 +272,7 @@ def embed_folder(cfg: FolderConfig, *, fresh: bool = False, log: Callable[[str],
     store.write_manifest(fingerprint, summary)
     for line in summary_table(summary, store, phases):
         log(line)
-    barrier("i2spp_folder_done")
+    hosts.barrier("i2spp_folder_done")
     if process_count > 1 and process_index == 0:
         merged = merge_manifests(cfg.out, process_count)["summary"]
         log(f"all {process_count} hosts: {merged['done']} of {merged['images']} images embedded, "
@@ -354,8 +369,8 @@ flags.DEFINE_bool("distributed", False, "several hosts: call jax.distributed.ini
                   "cluster (SLURM, TPU pod slices, Open MPI)")
 
 
-def _join_hosts() -> tuple[int, int, Callable[[str], None]]:
-    """jax.distributed.initialize as the flags ask; (process index, count, barrier)."""
+def _join_hosts() -> Hosts:
+    """jax.distributed.initialize as the flags ask; this process's place among the hosts."""
     given = [FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id]
     if any(v is not None for v in given):
         if any(v is None for v in given):
@@ -367,10 +382,11 @@ def _join_hosts() -> tuple[int, int, Callable[[str], None]]:
     elif FLAGS.distributed:
         jax.distributed.initialize()
     if jax.process_count() == 1:
-        return 0, 1, lambda name: None
+        return Hosts()
     from jax.experimental import multihost_utils
 
-    return jax.process_index(), jax.process_count(), multihost_utils.sync_global_devices
+    return Hosts(jax.process_index(), jax.process_count(), multihost_utils.sync_global_devices,
+                 lambda flag: bool(multihost_utils.broadcast_one_to_all(np.int32(flag))))
 
 
 def main(argv):
@@ -379,7 +395,7 @@ def main(argv):
         raise cli.UserError("--images is required: the folder of images to embed")
     if FLAGS.paper and FLAGS.smoke:
         raise cli.UserError("--paper and --smoke exclude each other: give one")
-    process_index, process_count, barrier = _join_hosts()
+    hosts = _join_hosts()
     cfg = FolderConfig(
         images=FLAGS.images, out=FLAGS.out, generator=FLAGS.generator,
         preset="paper" if FLAGS.paper else "smoke" if FLAGS.smoke else None, schedule=FLAGS.schedule,
@@ -390,8 +406,7 @@ def main(argv):
         devices=FLAGS.devices, checkpoint_every=FLAGS.checkpoint_every)
     logging.set_verbosity(logging.WARNING)  # orbax logs every checkpoint step at INFO
     with cli.resumable(cfg.out):
-        embed_folder(cfg, fresh=FLAGS.fresh, process_index=process_index, process_count=process_count,
-                     barrier=barrier)
+        embed_folder(cfg, fresh=FLAGS.fresh, hosts=hosts)
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ folder that is renamed into place, so results/NAME existing means finished; JSON
 written to a temporary name and renamed.
 """
 
+import glob
 import hashlib
 import json
 import os
@@ -129,8 +130,17 @@ class Store:
     def _tmp_root(self):
         return os.path.join(self.out, "results", f".tmp-process{self.process_index}")
 
+    def checkpoint_dir(self, batch_id: str) -> str:
+        return os.path.join(self.out, "ckpt", f"process{self.process_index}-batch-{batch_id}")
+
     def tidy(self) -> None:
-        """Removes this host's temporary folder and an empty ckpt/ (every batch finished)."""
+        """Once this host's share is finished: removes its temporary folder, its batches' leftover
+        checkpoints (a kill between a batch's results and the removal of its checkpoint leaves one),
+        and ckpt/ when empty."""
+        if self.pending():
+            return
+        for path in glob.glob(self.checkpoint_dir("*")):
+            shutil.rmtree(path, ignore_errors=True)
         for path in (self._tmp_root(), os.path.join(self.out, "ckpt")):
             try:
                 os.rmdir(path)

@@ -14,7 +14,6 @@ import subprocess
 import sys
 import time
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -160,11 +159,13 @@ def test_killed_run_restarts_losing_and_redoing_nothing(env, reference):
     out = str(env["base"] / "killed")
     cmd, penv = command(env["images"], out, "--devices=1", cache=env["cache"])
     proc = subprocess.Popen(cmd, cwd=ROOT, env=penv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    # kill (SIGKILL: no clean-up runs) once an image is finished and the next batch has a checkpoint
+    # kill (SIGKILL: no clean-up runs) once an image is finished and an unfinished batch has a checkpoint
     deadline = time.time() + 300
     while time.time() < deadline and proc.poll() is None:
-        finished = glob.glob(os.path.join(out, "results", "*_png", "metrics.json"))
-        steps = [d for d in glob.glob(os.path.join(out, "ckpt", "batch-*", "*")) if os.path.basename(d).isdigit()]
+        finished = {json.load(open(p))["batch"]["id"] for p in
+                    glob.glob(os.path.join(out, "results", "*_png", "metrics.json"))}
+        steps = [d for d in glob.glob(os.path.join(out, "ckpt", "process0-batch-*", "*"))
+                 if os.path.basename(d).isdigit() and d.split("-batch-")[1].split("/")[0] not in finished]
         if finished and steps:
             break
         time.sleep(0.01)
