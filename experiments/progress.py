@@ -11,8 +11,9 @@ class Progress:
 
     Redrawn in place on a terminal (at most 4 times a second); elsewhere (a log file) a line for
     each finished batch and one every 30 s within a batch. The rate counts the items this session
-    completed (compiling included), not failures, which cost no time; it includes the running
-    batch's share, so that the first ETA appears before the first batch ends.
+    completed since its first iteration ended (so the first call's compiling does not weigh on the
+    ETA; the summary's rate includes it), not failures, which cost no time; it includes the
+    running batch's share, so that an ETA appears before the first batch ends.
     """
 
     def __init__(self, total: int, done_before: int, failed_before: int, stream=None, unit: str = "images"):
@@ -20,13 +21,16 @@ class Progress:
         self.done_now = 0  # completed by this session
         self.stream = stream or sys.stdout
         self.tty = self.stream.isatty()
-        self.t0 = time.perf_counter()
+        self.t0 = None  # when the session's first iteration ended
+        self.work0 = 0.0  # the work done by then
         self.fraction = 0.0  # of the running batch, in items
         self.last = 0.0
 
     def iteration(self, items_in_batch: int, t: int, total_iterations: int) -> None:
         """Iteration t (0-based) of `total_iterations` of a batch of `items_in_batch` finished."""
         self.fraction = items_in_batch * (t + 1) / total_iterations
+        if self.t0 is None:
+            self.t0, self.work0 = time.perf_counter(), self.done_now + self.fraction
         self.draw()
 
     def finished(self, done: int = 0, failed: int = 0) -> None:
@@ -37,8 +41,8 @@ class Progress:
 
     def line(self) -> str:
         n = self.done + self.failed
-        elapsed = time.perf_counter() - self.t0
-        work = self.done_now + self.fraction
+        elapsed = 0.0 if self.t0 is None else time.perf_counter() - self.t0
+        work = self.done_now + self.fraction - self.work0
         rate = work / elapsed if elapsed > 0 and work > 0 else 0.0
         left = max(self.total - n - self.fraction, 0.0)
         eta = _clock(left / rate) if rate > 0 else "--:--"

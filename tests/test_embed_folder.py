@@ -292,6 +292,8 @@ def test_progress_line():
 
     s = Stream()
     p = Progress(10, done_before=2, failed_before=1, stream=s)
-    p.t0 -= 10.0  # ten seconds into the session
-    p.finished(done=4)  # 4 images in 10 s: 0.4 images/s, 3 left: 7.5 s
-    assert "[################........] 7/10 images (1 failed) | 0.4 images/s | ETA 0:08" in s.text
+    p.iteration(4, 0, 100)  # the first iteration (compiled now) of a batch of 4: the clock starts
+    assert "3/10 images (1 failed) | 0 images/s | ETA --:--" in s.text
+    p.t0 -= 10.0  # ten seconds later the batch is done
+    p.finished(done=4)  # 4 images less the 0.04 done at the start, in 10 s: 3 left
+    assert "[################........] 7/10 images (1 failed) | 0.396 images/s | ETA 0:08" in s.text
