@@ -226,45 +226,13 @@ def embed_folder(cfg: FolderConfig, *, fresh: bool = False, log: Callable[[str],
                "devices": f"{mesh.size} {mesh.devices.flat[0].platform}", "batch": size}
     t0 = time.perf_counter()
     pending = collections.deque(store.pending())
-    total_iterations = sum(p.num_steps for p in phases)
+    run = _BatchRun(cfg, G, phases, vgg, mesh, size, store, fingerprint, progress, session)
     while pending:
-        items = []
-        while pending and len(items) < size:
-            key = pending.popleft()
-            try:
-                img, notes, sha = read_image(store.source(key), G.img_resolution, G.img_channels, cfg.resize)
-            except READ_ERRORS as e:
-                store.fail(key, "read", str(e))
-                session["failed"] += 1
-                progress.finished(failed=1)
-                continue
-            items.append(_Item(key, img, sha, notes))
-        if not items:
-            break
-        batch_id = _batch_id(items, fingerprint)
-        ckpt = store.checkpoint_dir(batch_id)
-        stack = jnp.stack([it.image for it in items] + [items[0].image] * (size - len(items)))
-        try:
-            result = embed.embed(G, stack, phases=phases, init_vars=_initial(G, cfg, items, size), vgg=vgg,
-                                 seed=cfg.seed, log_every=0, log=progress.message, checkpoint_dir=ckpt,
-                                 checkpoint_every=cfg.checkpoint_every, mesh=mesh,
-                                 callback=lambda t, m: progress.iteration(len(items), t, total_iterations))
-        except embed.NonFiniteLossError as e:  # those images fail; the others go back into the queue
-            bad = {items[i if i < len(items) else 0].key for i in e.images}  # padding repeats items[0]
-            for it in items:
-                if it.key in bad:
-                    store.fail(it.key, "optimise", str(e))
-            pending.extendleft(reversed([it.key for it in items if it.key not in bad]))
-            shutil.rmtree(ckpt, ignore_errors=True)
-            session["failed"] += len(bad)
-            progress.finished(failed=len(bad))
-            continue
-        _write_results(store, G, items, phases, result, batch_id, size, mesh, process_index)
-        shutil.rmtree(ckpt, ignore_errors=True)
-        session["images"] += len(items)
-        progress.finished(done=len(items))
-        session["seconds"] = time.perf_counter() - t0
-        store.write_manifest(fingerprint, _share_summary(store, session))
+        items = run.next_batch(pending)
+        if items:
+            run.embed(items, pending)
+            session["seconds"] = time.perf_counter() - t0
+            store.write_manifest(fingerprint, _share_summary(store, session))
     progress.close()
     store.tidy()
     session["seconds"] = time.perf_counter() - t0
@@ -279,6 +247,67 @@ def embed_folder(cfg: FolderConfig, *, fresh: bool = False, log: Callable[[str],
             f"{merged['failed']} failed" + (f"; PSNR mean {merged['psnr_mean']:.2f} dB, min {merged['psnr_min']:.2f} "
                                             f"dB ({merged['psnr_min_image']})" if merged["done"] else ""))
     return summary
+
+
+@dataclasses.dataclass
+class _BatchRun:
+    """Forms batches from the pending images and embeds them, recording every outcome."""
+
+    cfg: FolderConfig
+    G: object
+    phases: tuple
+    vgg: object
+    mesh: object
+    size: int  # images per batch, over all devices
+    store: Store
+    fingerprint: dict
+    progress: Progress
+    session: dict
+
+    def next_batch(self, pending: collections.deque) -> list:
+        """Up to `size` readable images from the front of the queue; unreadable ones are recorded."""
+        items = []
+        while pending and len(items) < self.size:
+            key = pending.popleft()
+            try:
+                img, notes, sha = read_image(self.store.source(key), self.G.img_resolution, self.G.img_channels,
+                                             self.cfg.resize)
+            except READ_ERRORS as e:
+                self.store.fail(key, "read", str(e))
+                self.session["failed"] += 1
+                self.progress.finished(failed=1)
+                continue
+            items.append(_Item(key, img, sha, notes))
+        return items
+
+    def embed(self, items: list, pending: collections.deque) -> None:
+        """Embeds one batch (padded to `size`) from its checkpoint if it has one, and writes each image's
+        results. An image whose loss becomes NaN fails; the others go back to the front of the queue."""
+        batch_id = _batch_id(items, self.fingerprint)
+        ckpt = self.store.checkpoint_dir(batch_id)
+        stack = jnp.stack([it.image for it in items] + [items[0].image] * (self.size - len(items)))
+        total = sum(p.num_steps for p in self.phases)
+        init = _initial(self.G, self.cfg, items, self.size)
+        try:
+            result = embed.embed(self.G, stack, phases=self.phases, init_vars=init, vgg=self.vgg, seed=self.cfg.seed,
+                                 log_every=0, log=self.progress.message, checkpoint_dir=ckpt,
+                                 checkpoint_every=self.cfg.checkpoint_every, mesh=self.mesh,
+                                 callback=lambda t, m: self.progress.iteration(len(items), t, total))
+        except embed.NonFiniteLossError as e:
+            bad = {items[i if i < len(items) else 0].key for i in e.images}  # padding repeats items[0]
+            for it in items:
+                if it.key in bad:
+                    self.store.fail(it.key, "optimise", str(e))
+            pending.extendleft(reversed([it.key for it in items if it.key not in bad]))
+            shutil.rmtree(ckpt, ignore_errors=True)
+            self.session["failed"] += len(bad)
+            self.progress.finished(failed=len(bad))
+            return
+        _write_results(self.store, self.G, items, self.phases, result, batch_id, self.size, self.mesh,
+                       self.store.process_index)
+        shutil.rmtree(ckpt, ignore_errors=True)
+        self.session["images"] += len(items)
+        self.progress.finished(done=len(items))
 
 
 def _share_summary(store: Store, session: dict) -> dict:

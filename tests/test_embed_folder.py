@@ -297,3 +297,35 @@ def test_progress_line():
     p.t0 -= 10.0  # ten seconds later the batch is done
     p.finished(done=4)  # 4 images less the 0.04 done at the start, in 10 s: 3 left
     assert "[################........] 7/10 images (1 failed) | 0.396 images/s | ETA 0:08" in s.text
+
+
+def test_an_image_whose_loss_becomes_nan_fails_alone(tmp_path, monkeypatch):
+    """The engine stops a batch when one image's loss is NaN: that image is recorded as failed and
+    the batch's other images are embedded in the next batch, with nothing of the failed one."""
+    from experiments import embed_folder as ef
+    from i2spp_jax import embed
+
+    root = make_folder(str(tmp_path / "images"))
+    calls, real = [], embed.embed
+
+    def engine(G, stack, **kw):
+        calls.append(np.asarray(stack))
+        if len(calls) == 1:  # the first batch: its second image "diverges"
+            err = embed.NonFiniteLossError("the loss became NaN/inf at iteration 2 (phase W_l, image(s) [1])")
+            err.images, err.history, err.phase_vars = [1], {}, []
+            raise err
+        return real(G, stack, **kw)
+
+    monkeypatch.setattr(embed, "embed", engine)
+    cfg = ef.FolderConfig(images=root, out=str(tmp_path / "out"), w_steps=2, noise_steps=1, percept=0.0,
+                          vgg="random", batch_per_device=2, checkpoint_every=0)
+    summary = ef.embed_folder(cfg, log=lambda _: None)
+    assert (summary["done"], summary["failed"]) == (4, 4)  # 3 bad files + the diverged one
+    failed = json.load(open(os.path.join(cfg.out, "failed", "b_trouser_png.json")))
+    assert failed["stage"] == "optimise" and "NaN/inf" in failed["reason"]
+    first, second = calls[0], calls[1]
+    a_boot = io.load_image(os.path.join(root, "a_boot.png"), 32, 3)[0]
+    np.testing.assert_array_equal(first[0], a_boot)
+    np.testing.assert_array_equal(second[0], a_boot)  # back in the queue, in front
+    assert not any(np.array_equal(s, first[1]) for batch in calls[1:] for s in batch)  # never again
+    assert sorted(os.listdir(os.path.join(cfg.out, "results"))) == ["a_boot_png", "c_sneaker_png", "sub"]
