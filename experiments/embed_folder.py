@@ -368,34 +368,39 @@ def _write_results(store, G, items, phases, result, batch_id, size, mesh, proces
 
 FLAGS = flags.FLAGS
 _D = FolderConfig(images="")
-flags.DEFINE_string("images", None, "the folder of images to embed (subfolders too)")
-flags.DEFINE_string("out", _D.out, "output folder")
-flags.DEFINE_string("generator", _D.generator, "'demo', a converted checkpoint dir, or a source .pkl/.pt")
-flags.DEFINE_bool("paper", False, "the paper's settings: W+ 5000 + noise 3000, VGG at 256")
-flags.DEFINE_bool("smoke", False, "a seconds-long run: 10 + 10 iterations, random-weight VGG")
-flags.DEFINE_enum("schedule", _D.schedule, list(embed.SCHEDULES), "phase order")
-flags.DEFINE_integer("w_steps", None, "W+ iterations (overrides the preset)", lower_bound=0)
-flags.DEFINE_integer("noise_steps", None, "noise iterations (overrides the preset)", lower_bound=0)
-flags.DEFINE_float("w_lr", _D.w_lr, "learning rate for W+")
-flags.DEFINE_enum("w_optimizer", _D.w_optimizer, ["adam", "sgd"], "optimiser for W+")
-flags.DEFINE_float("noise_lr", _D.noise_lr, "Adam learning rate for the noise maps")
-flags.DEFINE_float("percept", _D.percept, "λ_p of the W+ phase (0 = MSE only)")
-flags.DEFINE_integer("resize_to", None, "VGG input resolution (default: 256 paper, 64 demo)")
-flags.DEFINE_string("vgg", _D.vgg, "'imagenet', 'random', or a VGG16 weights path")
-flags.DEFINE_enum("w_init", _D.w_init, ["w_avg", "uniform", "uniform_0.4"], "initial W+")
-flags.DEFINE_enum("noise_init", _D.noise_init, ["normal", "const"], "initial noise maps")
-flags.DEFINE_integer("seed", _D.seed, "seed of the initialisation (each image's draw also depends on its name)")
-flags.DEFINE_bool("resize", _D.resize, "centre-crop and resize images of another size (default: refuse them)")
-flags.DEFINE_integer("batch_per_device", _D.batch_per_device, "images per device in a batch", lower_bound=1)
-flags.DEFINE_integer("devices", _D.devices, "local devices to use (0 = all)", lower_bound=0)
-flags.DEFINE_integer("checkpoint_every", _D.checkpoint_every, "checkpoint the running batch every this many "
-                     "iterations (0 = at phase ends only)", lower_bound=0)
-flags.DEFINE_bool("fresh", False, "if --out holds a run, move it aside to OUT.old-<time> and start over")
-flags.DEFINE_string("coordinator_address", None, "several hosts: host:port of process 0 (jax.distributed)")
-flags.DEFINE_integer("num_processes", None, "several hosts: how many", lower_bound=1)
-flags.DEFINE_integer("process_id", None, "several hosts: this one's index (0 .. num_processes - 1)", lower_bound=0)
-flags.DEFINE_bool("distributed", False, "several hosts: call jax.distributed.initialize() and let it find the "
-                  "cluster (SLURM, TPU pod slices, Open MPI)")
+
+
+def _define_flags() -> None:
+    """The command's flags, defined when it runs (not at import: the tests import this module beside
+    experiments.reconstruct, whose flags share names)."""
+    flags.DEFINE_string("images", None, "the folder of images to embed (subfolders too)")
+    flags.DEFINE_string("out", _D.out, "output folder")
+    flags.DEFINE_string("generator", _D.generator, "'demo', a converted checkpoint dir, or a source .pkl/.pt")
+    flags.DEFINE_bool("paper", False, "the paper's settings: W+ 5000 + noise 3000, VGG at 256")
+    flags.DEFINE_bool("smoke", False, "a seconds-long run: 10 + 10 iterations, random-weight VGG")
+    flags.DEFINE_enum("schedule", _D.schedule, list(embed.SCHEDULES), "phase order")
+    flags.DEFINE_integer("w_steps", None, "W+ iterations (overrides the preset)", lower_bound=0)
+    flags.DEFINE_integer("noise_steps", None, "noise iterations (overrides the preset)", lower_bound=0)
+    flags.DEFINE_float("w_lr", _D.w_lr, "learning rate for W+")
+    flags.DEFINE_enum("w_optimizer", _D.w_optimizer, ["adam", "sgd"], "optimiser for W+")
+    flags.DEFINE_float("noise_lr", _D.noise_lr, "Adam learning rate for the noise maps")
+    flags.DEFINE_float("percept", _D.percept, "λ_p of the W+ phase (0 = MSE only)")
+    flags.DEFINE_integer("resize_to", None, "VGG input resolution (default: 256 paper, 64 demo)")
+    flags.DEFINE_string("vgg", _D.vgg, "'imagenet', 'random', or a VGG16 weights path")
+    flags.DEFINE_enum("w_init", _D.w_init, ["w_avg", "uniform", "uniform_0.4"], "initial W+")
+    flags.DEFINE_enum("noise_init", _D.noise_init, ["normal", "const"], "initial noise maps")
+    flags.DEFINE_integer("seed", _D.seed, "seed of the initialisation (each image's draw also depends on its name)")
+    flags.DEFINE_bool("resize", _D.resize, "centre-crop and resize images of another size (default: refuse them)")
+    flags.DEFINE_integer("batch_per_device", _D.batch_per_device, "images per device in a batch", lower_bound=1)
+    flags.DEFINE_integer("devices", _D.devices, "local devices to use (0 = all)", lower_bound=0)
+    flags.DEFINE_integer("checkpoint_every", _D.checkpoint_every, "checkpoint the running batch every this many "
+                         "iterations (0 = at phase ends only)", lower_bound=0)
+    flags.DEFINE_bool("fresh", False, "if --out holds a run, move it aside to OUT.old-<time> and start over")
+    flags.DEFINE_string("coordinator_address", None, "several hosts: host:port of process 0 (jax.distributed)")
+    flags.DEFINE_integer("num_processes", None, "several hosts: how many", lower_bound=1)
+    flags.DEFINE_integer("process_id", None, "several hosts: this one's index (0 .. num_processes - 1)", lower_bound=0)
+    flags.DEFINE_bool("distributed", False, "several hosts: call jax.distributed.initialize() and let it find the "
+                      "cluster (SLURM, TPU pod slices, Open MPI)")
 
 
 def _join_hosts() -> Hosts:
@@ -439,4 +444,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    _define_flags()
     cli.run(main)
