@@ -376,19 +376,8 @@ def _define_flags() -> None:
     flags.DEFINE_string("images", None, "the folder of images to embed (subfolders too)")
     flags.DEFINE_string("out", _D.out, "output folder")
     flags.DEFINE_string("generator", _D.generator, "'demo', a converted checkpoint dir, or a source .pkl/.pt")
-    flags.DEFINE_bool("paper", False, "the paper's settings: W+ 5000 + noise 3000, VGG at 256")
-    flags.DEFINE_bool("smoke", False, "a seconds-long run: 10 + 10 iterations, random-weight VGG")
-    flags.DEFINE_enum("schedule", _D.schedule, list(embed.SCHEDULES), "phase order")
-    flags.DEFINE_integer("w_steps", None, "W+ iterations (overrides the preset)", lower_bound=0)
-    flags.DEFINE_integer("noise_steps", None, "noise iterations (overrides the preset)", lower_bound=0)
-    flags.DEFINE_float("w_lr", _D.w_lr, "learning rate for W+")
-    flags.DEFINE_enum("w_optimizer", _D.w_optimizer, ["adam", "sgd"], "optimiser for W+")
-    flags.DEFINE_float("noise_lr", _D.noise_lr, "Adam learning rate for the noise maps")
-    flags.DEFINE_float("percept", _D.percept, "λ_p of the W+ phase (0 = MSE only)")
-    flags.DEFINE_integer("resize_to", None, "VGG input resolution (default: 256 paper, 64 demo)")
-    flags.DEFINE_string("vgg", _D.vgg, "'imagenet', 'random', or a VGG16 weights path")
+    presets.define_flags(_D)
     flags.DEFINE_enum("w_init", _D.w_init, ["w_avg", "uniform", "uniform_0.4"], "initial W+")
-    flags.DEFINE_enum("noise_init", _D.noise_init, ["normal", "const"], "initial noise maps")
     flags.DEFINE_integer("seed", _D.seed, "seed of the initialisation (each image's draw also depends on its name)")
     flags.DEFINE_bool("resize", _D.resize, "centre-crop and resize images of another size (default: refuse them)")
     flags.DEFINE_integer("batch_per_device", _D.batch_per_device, "images per device in a batch", lower_bound=1)
@@ -427,17 +416,11 @@ def main(argv):
     del argv
     if not FLAGS.images:
         raise cli.UserError("--images is required: the folder of images to embed")
-    if FLAGS.paper and FLAGS.smoke:
-        raise cli.UserError("--paper and --smoke exclude each other: give one")
+    common = presets.from_flags(FLAGS, _D)
     hosts = _join_hosts()
-    cfg = FolderConfig(
-        images=FLAGS.images, out=FLAGS.out, generator=FLAGS.generator,
-        preset="paper" if FLAGS.paper else "smoke" if FLAGS.smoke else None, schedule=FLAGS.schedule,
-        w_steps=FLAGS.w_steps, noise_steps=FLAGS.noise_steps, w_lr=FLAGS.w_lr, w_optimizer=FLAGS.w_optimizer,
-        noise_lr=FLAGS.noise_lr, percept=FLAGS.percept, resize_to=FLAGS.resize_to,
-        vgg="random" if FLAGS.smoke and FLAGS.vgg == _D.vgg else FLAGS.vgg, w_init=FLAGS.w_init,
-        noise_init=FLAGS.noise_init, seed=FLAGS.seed, resize=FLAGS.resize, batch_per_device=FLAGS.batch_per_device,
-        devices=FLAGS.devices, checkpoint_every=FLAGS.checkpoint_every)
+    cfg = FolderConfig(images=FLAGS.images, out=FLAGS.out, generator=FLAGS.generator, w_init=FLAGS.w_init,
+                       seed=FLAGS.seed, resize=FLAGS.resize, batch_per_device=FLAGS.batch_per_device,
+                       devices=FLAGS.devices, checkpoint_every=FLAGS.checkpoint_every, **common)
     logging.set_verbosity(logging.WARNING)  # orbax logs every checkpoint step at INFO
     with cli.resumable(cfg.out):
         embed_folder(cfg, fresh=FLAGS.fresh, hosts=hosts)

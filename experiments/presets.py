@@ -25,3 +25,39 @@ def resolve(preset: Optional[str], generator: str, resolution: int, *, w_steps: 
     n = n if noise_steps is None else noise_steps
     r = resize_to if resize_to is not None else (r or resolution)
     return preset, w, n, r
+
+
+def define_flags(defaults, *, schedule_help: str = "phase order") -> None:
+    """The flags of an embedding command that pick its preset and its phases (--paper, --smoke,
+    --schedule, --w_steps, --noise_steps, --w_lr, --w_optimizer, --noise_lr, --percept,
+    --resize_to, --vgg, --noise_init), defaulting to `defaults` (the command's config)."""
+    from absl import flags
+
+    from i2spp_jax import embed
+
+    flags.DEFINE_bool("paper", False, "the paper's settings: W+ 5000 + noise 3000, VGG at 256")
+    flags.DEFINE_bool("smoke", False, "a seconds-long run: 10 + 10 iterations, random-weight VGG")
+    flags.DEFINE_enum("schedule", defaults.schedule, list(embed.SCHEDULES), schedule_help)
+    flags.DEFINE_integer("w_steps", None, "W+ iterations (overrides the preset)", lower_bound=0)
+    flags.DEFINE_integer("noise_steps", None, "noise iterations (overrides the preset)", lower_bound=0)
+    flags.DEFINE_float("w_lr", defaults.w_lr, "learning rate for W+")
+    flags.DEFINE_enum("w_optimizer", defaults.w_optimizer, ["adam", "sgd"],
+                      "optimiser for W+ (paper: Adam 0.01 or SGD 0.8)")
+    flags.DEFINE_float("noise_lr", defaults.noise_lr, "Adam learning rate for the noise maps")
+    flags.DEFINE_float("percept", defaults.percept, "λ_p of the W+ phase (0 = MSE only)")
+    flags.DEFINE_integer("resize_to", None, "VGG input resolution (default: 256 paper, 64 on the demo generator)")
+    flags.DEFINE_string("vgg", defaults.vgg, "'imagenet', 'random', or a VGG16 weights path")
+    flags.DEFINE_enum("noise_init", defaults.noise_init, ["normal", "const"], "initial noise maps")
+
+
+def from_flags(FLAGS, defaults) -> dict:
+    """The config fields that `define_flags` sets, from parsed flags (--smoke takes the random-weight
+    VGG unless --vgg says otherwise). Refuses --paper with --smoke (cli.UserError)."""
+    from experiments import cli
+
+    if FLAGS.paper and FLAGS.smoke:
+        raise cli.UserError("--paper and --smoke exclude each other: give one")
+    return dict(preset="paper" if FLAGS.paper else "smoke" if FLAGS.smoke else None, schedule=FLAGS.schedule,
+                w_steps=FLAGS.w_steps, noise_steps=FLAGS.noise_steps, w_lr=FLAGS.w_lr, w_optimizer=FLAGS.w_optimizer,
+                noise_lr=FLAGS.noise_lr, percept=FLAGS.percept, resize_to=FLAGS.resize_to,
+                vgg="random" if FLAGS.smoke and FLAGS.vgg == defaults.vgg else FLAGS.vgg, noise_init=FLAGS.noise_init)

@@ -368,19 +368,8 @@ flags.DEFINE_string("image", None, "image(s) to embed, comma-separated (default:
 flags.DEFINE_string("out", _D.out, "output directory")
 flags.DEFINE_string("real_image", _D.real_image, "demo generator: the real image embedded beside the rendered "
                     "one ('heldout' = the first shipped test image; empty = none)")
-flags.DEFINE_bool("paper", False, "the paper's settings: W+ 5000 + noise 3000, VGG at 256")
-flags.DEFINE_bool("smoke", False, "a seconds-long run: 10 + 10 iterations, random-weight VGG")
-flags.DEFINE_enum("schedule", _D.schedule, list(embed.SCHEDULES), "phase order (the ablation)")
-flags.DEFINE_integer("w_steps", None, "W+ iterations (overrides the preset)", lower_bound=0)
-flags.DEFINE_integer("noise_steps", None, "noise iterations (overrides the preset)", lower_bound=0)
-flags.DEFINE_float("w_lr", _D.w_lr, "learning rate for W+")
-flags.DEFINE_enum("w_optimizer", _D.w_optimizer, ["adam", "sgd"], "optimiser for W+ (paper: Adam 0.01 or SGD 0.8)")
-flags.DEFINE_float("noise_lr", _D.noise_lr, "Adam learning rate for the noise maps")
-flags.DEFINE_float("percept", _D.percept, "λ_p of the W+ phase (0 = MSE only)")
-flags.DEFINE_integer("resize_to", None, "VGG input resolution (default: 256 paper, own resolution demo)")
-flags.DEFINE_string("vgg", _D.vgg, "'imagenet', 'random', or a VGG16 weights path")
+presets.define_flags(_D, schedule_help="phase order (the ablation)")
 flags.DEFINE_string("w_init", _D.w_init, "'w_avg', 'uniform', 'uniform_0.4', or a .npy embedding")
-flags.DEFINE_enum("noise_init", _D.noise_init, ["normal", "const"], "initial noise maps")
 flags.DEFINE_integer("seed", _D.seed, "seed of the initialisation")
 flags.DEFINE_integer("truth_seed", _D.truth_seed, "demo: seed of the hidden latent and noise")
 flags.DEFINE_integer("log_every", _D.log_every, "progress line every this many iterations", lower_bound=0)
@@ -391,17 +380,11 @@ flags.DEFINE_bool("fresh", False, "if --out holds a run, move it aside to OUT.ol
 
 def main(argv):
     del argv
-    if FLAGS.paper and FLAGS.smoke:
-        raise cli.UserError("--paper and --smoke exclude each other: give one")
-    preset = "paper" if FLAGS.paper else "smoke" if FLAGS.smoke else None
+    common = presets.from_flags(FLAGS, _D)
     cfg = ReconstructConfig(
         generator=FLAGS.generator, image=FLAGS.image, real_image=FLAGS.real_image or None, out=FLAGS.out,
-        preset=preset, schedule=FLAGS.schedule,
-        w_steps=FLAGS.w_steps, noise_steps=FLAGS.noise_steps, w_lr=FLAGS.w_lr, w_optimizer=FLAGS.w_optimizer,
-        noise_lr=FLAGS.noise_lr, percept=FLAGS.percept, resize_to=FLAGS.resize_to,
-        vgg="random" if FLAGS.smoke and FLAGS.vgg == _D.vgg else FLAGS.vgg, w_init=FLAGS.w_init,
-        noise_init=FLAGS.noise_init, seed=FLAGS.seed, truth_seed=FLAGS.truth_seed,
-        log_every=FLAGS.log_every if not FLAGS.smoke else 5, checkpoint_every=FLAGS.checkpoint_every)
+        w_init=FLAGS.w_init, seed=FLAGS.seed, truth_seed=FLAGS.truth_seed,
+        log_every=FLAGS.log_every if not FLAGS.smoke else 5, checkpoint_every=FLAGS.checkpoint_every, **common)
     logging.set_verbosity(logging.WARNING)  # orbax logs every checkpoint step at INFO
     reconstruct(cfg, fresh=FLAGS.fresh, log=cli.log)
 
