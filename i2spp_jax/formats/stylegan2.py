@@ -6,7 +6,9 @@ Sources (format detected from the content, not the name):
     nothing from the file (i2spp_jax.formats.torch_pickle);
   * state dicts with ada key names (.pt/.pth/.npz), with settings the shapes cannot tell
     (conv_clamp, mapping lr multiplier) from NAME.json beside the file or from flags;
-  * rosinality/stylegan2-pytorch checkpoints (.pt with 'g_ema' and 'latent_avg').
+  * rosinality/stylegan2-pytorch checkpoints (.pt with 'g_ema' and 'latent_avg');
+  * official TensorFlow StyleGAN2 pickles (.pkl, `(G, D, Gs)` of dnnlib Networks; Gs unless asked
+    for G), read without TensorFlow by i2spp_jax.formats.tf_pickle and renamed to ada's keys.
 Every target parameter must be matched by exactly one source key: a missing key, an unused key or
 a shape mismatch is an error that names the key. After converting, the CLI reloads the checkpoint,
 renders fixed latents and prints the largest difference (and, with --reference, the difference from
@@ -21,7 +23,7 @@ from typing import Any, Callable, Optional
 import jax
 import numpy as np
 
-from i2spp_jax.formats import torch_pickle
+from i2spp_jax.formats import tf_pickle, torch_pickle
 from i2spp_jax import ops
 from i2spp_jax.generator import Generator, GeneratorConfig, init_params
 
@@ -85,10 +87,11 @@ def sidecar_json(path: str) -> Optional[str]:
     return _beside(path, ".json")
 
 
-def read_source(path: str) -> tuple[str, StateDict, dict]:
+def read_source(path: str, *, tf_network: str = "Gs") -> tuple[str, StateDict, dict]:
     """Returns (format, state dict of numpy arrays, extras) for any supported source file.
 
-    extras may hold 'init_kwargs' (ada), 'latent_avg' (rosinality), 'json' (NAME.json beside it).
+    extras may hold 'init_kwargs' (ada, TensorFlow), 'latent_avg' (rosinality), 'json' (NAME.json
+    beside it), 'network' (which of a TensorFlow pickle's G, D, Gs was read: `tf_network`).
     """
     extras: dict = {}
     side = sidecar_json(path)
@@ -101,6 +104,11 @@ def read_source(path: str) -> tuple[str, StateDict, dict]:
                 sd = {k: z[k] for k in z.files}
         except Exception as e:  # zipfile/ValueError/EOF: all mean the same to a user
             raise torch_pickle.TruncatedFileError(f"{path}: unreadable .npz ({type(e).__name__}: {e})") from None
+    elif tf_pickle.is_tf_pickle(path):
+        net = _tf_network(tf_pickle.load_file(path), path, tf_network)
+        sd, extras["init_kwargs"] = tf_stylegan2_state_dict(net, path)
+        extras["network"] = tf_network
+        return "tf-stylegan2", sd, extras
     else:
         obj = torch_pickle.load_file(path)
         if isinstance(obj, dict) and isinstance(obj.get("G_ema"), torch_pickle.PersistentObject):
@@ -131,6 +139,104 @@ def read_source(path: str) -> tuple[str, StateDict, dict]:
     sample = ", ".join(sorted(sd)[:5])
     raise UnknownFormatError(f"{path}: unknown checkpoint format (keys like {sample}); expected a "
                              "stylegan2-ada-pytorch .pkl or state dict, or a rosinality checkpoint")
+
+
+# ---------------------------------------------------------------------------------------------
+# Official TensorFlow pickles -> ada's key names (the official ada code's own legacy mapping)
+
+# static_kwargs of G_main / G_mapping / G_synthesis_stylegan2 that change nothing this port computes
+_TF_HARMLESS = {"truncation_psi", "truncation_cutoff", "truncation_psi_val", "truncation_cutoff_val",
+                "style_mixing_prob", "structure", "randomize_noise", "fused_modconv", "dtype", "is_template_graph",
+                "components", "dlatent_avg_beta", "w_avg_beta", "return_dlatents", "is_training", "is_validation",
+                "num_fp16_res", "latent_size", "dlatent_size", "resolution", "num_channels", "label_size",
+                "mapping_layers", "mapping_fmaps", "mapping_lrmul", "fmap_base", "fmap_max", "conv_clamp",
+                "dlatent_broadcast", "normalize_latents", "use_noise"}
+# settings the port implements only at their official defaults: {name: default}
+_TF_FIXED = {"architecture": "skip", "resample_kernel": [1, 3, 3, 1], "nonlinearity": "lrelu",
+             "mapping_nonlinearity": "lrelu", "fmap_decay": 1.0, "fmap_min": 1, "label_fmaps": None,
+             "normalize_latents": True, "use_noise": True}
+
+
+def _tf_network(obj: Any, path: str, which: str) -> tf_pickle.TFNetwork:
+    """G, D or Gs of an official training pickle `(G, D, Gs)` (or the Network itself)."""
+    names = ("G", "D", "Gs")
+    if which not in names:
+        raise ConversionError(f"network {which!r}: a TensorFlow pickle holds G, D and Gs")
+    if isinstance(obj, tuple) and len(obj) == 3 and all(isinstance(n, tf_pickle.TFNetwork) for n in obj):
+        return dict(zip(names, obj))[which]
+    if isinstance(obj, tf_pickle.TFNetwork):
+        return obj
+    raise UnknownFormatError(f"{path}: a TensorFlow pickle holding a {type(obj).__name__}, not (G, D, Gs)")
+
+
+def tf_stylegan2_state_dict(net: tf_pickle.TFNetwork, path: str = "") -> tuple[StateDict, dict]:
+    """An official TensorFlow StyleGAN2 generator (G_main, 'skip') as ada key names and init_kwargs.
+
+    Layouts: conv weights [k, k, in, out] -> [out, in, k, k], the up-sampling convolution's kernel
+    flipped (TF runs it as a transposed convolution); dense [in, out] -> [out, in]; modulation
+    biases + 1 (TF adds the 1 in the graph); noise inputs [1, 1, R, R] -> [R, R]."""
+    where = f"{path}: " if path else ""
+    if net.build_func_name == "G_style":
+        raise ConversionError(f"{where}{net.name} is a StyleGAN (v1) generator (G_style); this version converts "
+                              "StyleGAN2 only (G_main with G_synthesis_stylegan2)")
+    synthesis = net.components.get("synthesis")
+    if net.build_func_name != "G_main" or synthesis is None or \
+            synthesis.build_func_name != "G_synthesis_stylegan2":
+        got = synthesis.build_func_name if synthesis is not None else "none"
+        raise ConversionError(f"{where}{net.name} is {net.build_func_name} with synthesis {got}; the port implements "
+                              "the StyleGAN2 generator (G_main with G_synthesis_stylegan2)")
+    if net.version < 4:
+        raise ConversionError(f"{where}TensorFlow network version {net.version}: StyleGAN2 pickles are version 4")
+    parts = [*net.components.values(), net]
+    for part in parts:  # each part's own settings: a component may say what the whole does not
+        pkw = part.static_kwargs
+        if pkw.get("label_size", 0):
+            raise ConversionError(f"{where}conditional generators (label_size={pkw['label_size']}) are not supported")
+        for name, default in _TF_FIXED.items():
+            if name in pkw and pkw[name] != default:
+                raise ConversionError(f"{where}{name}={pkw[name]!r}: the port implements only {default!r}")
+        unknown = sorted(set(pkw) - _TF_HARMLESS - set(_TF_FIXED))
+        if unknown:
+            raise ConversionError(f"{where}unknown network setting(s) {unknown}: not a StyleGAN2 generator this port "
+                                  "implements")
+    kw = {k: v for part in parts for k, v in part.static_kwargs.items()}  # G_main's own settings last
+    tf = tf_pickle.tf_variables(net)
+    res = int(kw.get("resolution", 1024))
+    sd: StateDict = {"mapping.w_avg": tf["dlatent_avg"]}
+    for name, value in tf.items():
+        if m := re.fullmatch(r"mapping/Dense(\d+)/(weight|bias)", name):
+            sd[f"mapping.fc{m[1]}.{m[2]}"] = value.T if m[2] == "weight" else value
+    conv_names = {"Conv": "conv1", "Conv0_up": "conv0", "Conv1": "conv1", "ToRGB": "torgb"}
+    for name, value in tf.items():
+        if name == "synthesis/4x4/Const/const":
+            sd["synthesis.b4.const"] = value[0]
+        elif m := re.fullmatch(r"synthesis/(\d+)x\1/(Conv|Conv0_up|Conv1|ToRGB)/(\w+)", name):
+            r, layer, leaf = m[1], conv_names[m[2]], m[3]
+            key = f"synthesis.b{r}.{layer}"
+            if leaf == "weight":
+                w = value[::-1, ::-1] if m[2] == "Conv0_up" else value
+                sd[f"{key}.weight"] = np.ascontiguousarray(w.transpose(3, 2, 0, 1))
+            elif leaf == "mod_weight":
+                sd[f"{key}.affine.weight"] = value.T
+            elif leaf == "mod_bias":
+                sd[f"{key}.affine.bias"] = value + 1
+            elif leaf in ("bias", "noise_strength"):
+                sd[f"{key}.{leaf}"] = value
+            else:
+                raise ConversionError(f"{where}unknown variable {name}")
+        elif m := re.fullmatch(r"synthesis/noise(\d+)", name):
+            i = int(m[1])  # noise0 = 4x4's conv; then two per resolution
+            r, layer = (4, "conv1") if i == 0 else (2 ** ((i + 1) // 2 + 2), "conv0" if i % 2 else "conv1")
+            sd[f"synthesis.b{r}.{layer}.noise_const"] = value[0, 0]
+        elif name not in ("lod", "synthesis/lod", "dlatent_avg") and not name.startswith("mapping/"):
+            raise ConversionError(f"{where}unknown variable {name} in a StyleGAN2 generator")
+    init_kwargs = {"z_dim": int(kw.get("latent_size", 512)), "w_dim": int(kw.get("dlatent_size", 512)),
+                   "img_resolution": res, "c_dim": 0,
+                   "mapping_kwargs": {"lr_multiplier": float(kw.get("mapping_lrmul", 0.01))},
+                   "synthesis_kwargs": {"channel_base": int(kw.get("fmap_base", 16384)) * 2,
+                                        "channel_max": int(kw.get("fmap_max", 512)), "architecture": "skip",
+                                        "conv_clamp": kw.get("conv_clamp")}}
+    return sd, init_kwargs
 
 
 # ---------------------------------------------------------------------------------------------
@@ -359,12 +465,14 @@ def _parse_clamp(value: Any) -> Any:
     return float(value)
 
 
-def convert_file(path: str, *, conv_clamp: Any = "unset", mapping_lr_multiplier: Optional[float] = None) -> Generator:
-    """Reads any supported source file into a Generator (see module docstring)."""
+def convert_file(path: str, *, conv_clamp: Any = "unset", mapping_lr_multiplier: Optional[float] = None,
+                 tf_network: str = "Gs") -> Generator:
+    """Reads any supported source file into a Generator (see module docstring); `tf_network` picks
+    G, D or Gs of an official TensorFlow pickle (Gs, the moving average, by default)."""
     if not os.path.exists(path):
         raise FileNotFoundError(f"no such file: {path}")
-    fmt, sd, extras = read_source(path)
-    if fmt in ("ada-pkl", "ada-state-dict"):
+    fmt, sd, extras = read_source(path, tf_network=tf_network)
+    if fmt in ("ada-pkl", "ada-state-dict", "tf-stylegan2"):
         init_kwargs = extras.get("init_kwargs") or (extras.get("json") or {}).get("init_kwargs")
         config = ada_config(sd, init_kwargs=init_kwargs, conv_clamp=_parse_clamp(conv_clamp),
                             mapping_lr_multiplier=mapping_lr_multiplier)

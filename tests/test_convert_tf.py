@@ -1,0 +1,196 @@
+"""Official TensorFlow StyleGAN2 pickles (../shared/parity/tf): read without TensorFlow, dnnlib or
+PyTorch, nothing in them run, converted number for number; what the port does not implement refused."""
+
+import os
+import pickle
+import subprocess
+import sys
+import types
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import i2spp_jax
+from i2spp_jax.formats import stylegan2, tf_pickle
+from i2spp_jax.formats.torch_pickle import UnsafePickleError
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+RTOL = 1e-5  # relative error (norm of the difference over the norm of the reference); measured <= 6.7e-7
+
+
+def _rel(a, b):
+    return float(np.linalg.norm(np.asarray(a) - b) / np.linalg.norm(b))
+
+
+def _nchw(img):
+    return np.asarray(img).transpose(0, 3, 1, 2)
+
+
+@pytest.fixture(scope="module")
+def tf_dir(parity_dir):
+    d = os.path.join(parity_dir, "tf")
+    if not os.path.isdir(d):
+        pytest.skip(f"no TensorFlow fixtures at {d}")
+    return d
+
+
+def test_stylegan2_gs_equals_the_official_network(tf_dir):
+    ref = np.load(os.path.join(tf_dir, "sg2_r32.reference.npz"))
+    G = stylegan2.convert_file(os.path.join(tf_dir, "sg2_r32.pkl"))
+    assert (G.img_resolution, G.num_ws, G.w_dim, len(G.noise_names)) == (32, 8, 64, 7)
+    assert _rel(G.mapping(ref["z"]), ref["w"]) < RTOL
+    cases = {"img_psi1": G.mapping(ref["z"]), "img_psi07": G.mapping(ref["z"], 0.7),
+             "img_psi07_cut2": G.mapping(ref["z"], 0.7, 2), "img_synth_w": jnp.asarray(ref["w"]),
+             "img_synth_wplus": jnp.asarray(ref["w_plus"])}  # every W+ layer differs: which style drives which layer
+    for key, ws in cases.items():
+        assert _rel(_nchw(G.synthesis(ws, noise="const")), ref[key]) < RTOL, key
+    unfused = G.synthesis(G.mapping(ref["z"]), noise="const", fused_modconv=False)
+    assert _rel(_nchw(unfused), ref["img_psi1_unfused"]) < RTOL
+    # the truncation settings are not the same image: the test can tell them apart
+    assert _rel(ref["img_psi07"], ref["img_psi1"]) > 0.05 and _rel(ref["img_psi07_cut2"], ref["img_psi07"]) > 0.01
+
+
+def test_stylegan2_g_is_the_non_averaged_network(tf_dir):
+    ref = np.load(os.path.join(tf_dir, "sg2_r32.reference.npz"))
+    G = stylegan2.convert_file(os.path.join(tf_dir, "sg2_r32.pkl"), tf_network="G")
+    assert _rel(_nchw(G.synthesis(G.mapping(ref["z"]), noise="const")), ref["img_G_psi1"]) < RTOL
+    assert _rel(ref["img_G_psi1"], ref["img_psi1"]) > 0.01  # G and Gs differ in the fixture
+    with pytest.raises(stylegan2.ConversionError, match="D_stylegan2 with synthesis none"):
+        stylegan2.convert_file(os.path.join(tf_dir, "sg2_r32.pkl"), tf_network="D")
+
+
+def test_load_generator_and_the_converter_command(tf_dir, tmp_path):
+    src = os.path.join(tf_dir, "sg2_r32.pkl")
+    G = i2spp_jax.load_generator(src)  # --generator=X.pkl reads it on the fly
+    assert G.config.channels == (32, 32, 32, 32)
+    dst = tmp_path / "ckpt"
+    p = subprocess.run([sys.executable, "-m", "converters.stylegan2", f"--src={src}", f"--dst={dst}"], cwd=ROOT,
+                       capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert "official TensorFlow pickle (G, D, Gs): converting Gs" in p.stdout
+    assert float(p.stdout.split("self-check reference_rel_error: ")[1].split()[0]) < RTOL
+
+
+# --- what the port does not implement, and what a file must not do ---------------------------------
+
+
+class _FakeDnnlib:
+    """Registers a stand-in `dnnlib.tflib.network.Network` so that pickle records the global an official
+    pickle does. Only the writer sees it; the reader must not need it."""
+
+    def __enter__(self):
+        self.saved = {k: sys.modules.get(k) for k in ("dnnlib", "dnnlib.tflib", "dnnlib.tflib.network")}
+        mods = {k: types.ModuleType(k) for k in self.saved}
+
+        class Network:
+            def __getstate__(self):
+                return self.state
+
+        Network.__module__, Network.__qualname__ = "dnnlib.tflib.network", "Network"
+        mods["dnnlib.tflib.network"].Network = Network
+        sys.modules.update(mods)
+        self.Network = Network
+        return self
+
+    def __exit__(self, *exc):
+        for k, v in self.saved.items():
+            if v is None:
+                sys.modules.pop(k, None)
+            else:
+                sys.modules[k] = v
+
+    def network(self, state):
+        net = self.Network()
+        net.state = state
+        return net
+
+
+def _rewrite(tf_dir, tmp_path, edit, name="edited.pkl"):
+    """The fixture read with the project's reader, `edit(state of Gs)` applied, pickled again as the
+    official code does."""
+    G, D, Gs = tf_pickle.load_file(os.path.join(tf_dir, "sg2_r32.pkl"))
+    with _FakeDnnlib() as fake:
+        def convert(net):
+            state = dict(net.state, components={k: convert(c) for k, c in net.components.items()})
+            return fake.network(state)
+
+        G2, D2, Gs2 = convert(G), convert(D), convert(Gs)
+        edit(Gs2.state)
+        path = tmp_path / name
+        path.write_bytes(pickle.dumps((G2, D2, Gs2), protocol=3))
+    return str(path)
+
+
+def test_a_rewritten_pickle_reads_back_identically(tf_dir, tmp_path):
+    """The writer above makes what the reader reads: the check that the edits below test the reader."""
+    path = _rewrite(tf_dir, tmp_path, lambda s: None)
+    a = stylegan2.convert_file(path)
+    b = stylegan2.convert_file(os.path.join(tf_dir, "sg2_r32.pkl"))
+    for x, y in zip(np.asarray(a.synthesis(a.mapping(np.ones((1, 64))))), np.asarray(b.synthesis(b.mapping(
+            np.ones((1, 64)))))):
+        np.testing.assert_array_equal(x, y)
+
+
+def test_embedded_source_stays_text(tf_dir, tmp_path):
+    marker = tmp_path / "pwned"
+    code = f"open({str(marker)!r}, 'w').write('ran')\ndef G_main(*a, **k): pass\n"
+    path = _rewrite(tf_dir, tmp_path, lambda s: s.update(build_module_src=code))
+    stylegan2.convert_file(path)
+    assert not marker.exists()
+    assert tf_pickle.load_file(path)[2].state["build_module_src"] == code
+
+
+def test_a_global_inside_a_network_is_refused_unrun(tf_dir, tmp_path):
+    marker = tmp_path / "pwned"
+
+    class Evil:
+        def __reduce__(self):
+            return os.system, (f"touch {marker}",)
+
+    path = _rewrite(tf_dir, tmp_path, lambda s: s.update(build_module_src=Evil()))
+    with pytest.raises(UnsafePickleError, match=r"(posix|os)\.system"):
+        stylegan2.convert_file(path)
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("global_name", ["builtins.eval", "subprocess.Popen", "dnnlib.tflib.network.import_module",
+                                         "numpy.load"])
+def test_any_other_global_is_refused_by_name(tmp_path, global_name):
+    module, name = global_name.rsplit(".", 1)
+    # protocol 2: the TF sniff sees dnnlib.tflib.network, then a global the reader must refuse
+    data = b"\x80\x02" + f"cdnnlib.tflib.network\nNetwork\n0c{module}\n{name}\n(S'x'\ntR.".encode()
+    path = tmp_path / "x.pkl"
+    path.write_bytes(data)
+    assert tf_pickle.is_tf_pickle(str(path))
+    with pytest.raises(UnsafePickleError, match=global_name.replace(".", r"\.")):
+        tf_pickle.load_file(str(path))
+
+
+@pytest.mark.parametrize("edit, words", [
+    (lambda s: s["static_kwargs"].update(label_size=10), "conditional generators (label_size=10)"),
+    (lambda s: s["components"]["synthesis"].state["static_kwargs"].update(architecture="resnet"),
+     "architecture='resnet': the port implements only 'skip'"),
+    (lambda s: s["static_kwargs"].update(some_new_option=3), "unknown network setting(s) ['some_new_option']"),
+    (lambda s: s.update(version=3), "network version 3"),
+    (lambda s: s["components"]["synthesis"].state["variables"].append(("8x8/Extra/weight", np.ones(2))),
+     "unknown variable synthesis/8x8/Extra/weight"),
+])
+def test_what_the_port_does_not_implement_is_refused_by_name(tf_dir, tmp_path, edit, words):
+    path = _rewrite(tf_dir, tmp_path, edit)
+    with pytest.raises(stylegan2.ConversionError) as e:
+        stylegan2.convert_file(path)
+    assert words in str(e.value)
+
+
+def test_stylegan_v1_is_refused_with_what_it_is(tf_dir):
+    with pytest.raises(stylegan2.ConversionError, match=r"StyleGAN \(v1\) generator \(G_style\)"):
+        stylegan2.convert_file(os.path.join(tf_dir, "sg1_r32.pkl"))
+
+
+def test_truncated_pickle_is_named(tf_dir, tmp_path):
+    data = open(os.path.join(tf_dir, "sg2_r32.pkl"), "rb").read()
+    path = tmp_path / "cut.pkl"
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(pickle.UnpicklingError, match="truncated or corrupt"):
+        stylegan2.convert_file(str(path))
