@@ -75,45 +75,32 @@ def test_load_generator_and_the_converter_command(tf_dir, tmp_path):
 # --- what the port does not implement, and what a file must not do ---------------------------------
 
 
-class _FakeDnnlib:
-    """Registers a stand-in `dnnlib.tflib.network.Network` so that pickle records the global an official
-    pickle does. Only the writer sees it; the reader must not need it."""
+def _fake_dnnlib(mp: pytest.MonkeyPatch):
+    """A stand-in `dnnlib.tflib.network.Network` in sys.modules (undone when `mp` ends), so that pickle
+    records the global an official pickle does. Only the writer sees it; the reader must not need it."""
 
-    def __enter__(self):
-        self.saved = {k: sys.modules.get(k) for k in ("dnnlib", "dnnlib.tflib", "dnnlib.tflib.network")}
-        mods = {k: types.ModuleType(k) for k in self.saved}
+    class Network:
+        def __getstate__(self):
+            return self.state
 
-        class Network:
-            def __getstate__(self):
-                return self.state
-
-        Network.__module__, Network.__qualname__ = "dnnlib.tflib.network", "Network"
-        mods["dnnlib.tflib.network"].Network = Network
-        sys.modules.update(mods)
-        self.Network = Network
-        return self
-
-    def __exit__(self, *exc):
-        for k, v in self.saved.items():
-            if v is None:
-                sys.modules.pop(k, None)
-            else:
-                sys.modules[k] = v
-
-    def network(self, state):
-        net = self.Network()
-        net.state = state
-        return net
+    Network.__module__, Network.__qualname__ = "dnnlib.tflib.network", "Network"
+    for name in ("dnnlib", "dnnlib.tflib", "dnnlib.tflib.network"):
+        mp.setitem(sys.modules, name, types.ModuleType(name))
+    sys.modules["dnnlib.tflib.network"].Network = Network
+    return Network
 
 
 def _rewrite(tf_dir, tmp_path, edit, name="edited.pkl"):
     """The fixture read with the project's reader, `edit(state of Gs)` applied, pickled again as the
     official code does."""
     G, D, Gs = tf_pickle.load_file(os.path.join(tf_dir, "sg2_r32.pkl"))
-    with _FakeDnnlib() as fake:
+    with pytest.MonkeyPatch.context() as mp:
+        Network = _fake_dnnlib(mp)
+
         def convert(net):
-            state = dict(net.state, components={k: convert(c) for k, c in net.components.items()})
-            return fake.network(state)
+            out = Network()
+            out.state = dict(net.state, components={k: convert(c) for k, c in net.components.items()})
+            return out
 
         G2, D2, Gs2 = convert(G), convert(D), convert(Gs)
         edit(Gs2.state)
