@@ -14,3 +14,12 @@ def parity_dir() -> str:
     if not os.path.isdir(PARITY_DIR):
         pytest.skip(f"parity fixtures not found at {os.path.abspath(PARITY_DIR)}; set I2SPP_PARITY_DIR")
     return PARITY_DIR
+
+
+@pytest.fixture(scope="session")
+def tf_dir(parity_dir) -> str:
+    """../shared/parity/tf: official TensorFlow pickles of StyleGAN (v1) and StyleGAN2 with reference outputs."""
+    d = os.path.join(parity_dir, "tf")
+    if not os.path.isdir(d):
+        pytest.skip(f"no TensorFlow fixtures at {os.path.abspath(d)}")
+    return d

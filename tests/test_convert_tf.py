@@ -27,14 +27,6 @@ def _nchw(img):
     return np.asarray(img).transpose(0, 3, 1, 2)
 
 
-@pytest.fixture(scope="module")
-def tf_dir(parity_dir):
-    d = os.path.join(parity_dir, "tf")
-    if not os.path.isdir(d):
-        pytest.skip(f"no TensorFlow fixtures at {d}")
-    return d
-
-
 def test_stylegan2_gs_equals_the_official_network(tf_dir):
     ref = np.load(os.path.join(tf_dir, "sg2_r32.reference.npz"))
     G = stylegan2.convert_file(os.path.join(tf_dir, "sg2_r32.pkl"))

@@ -22,14 +22,6 @@ def _nchw(img):
     return np.asarray(img).transpose(0, 3, 1, 2)
 
 
-@pytest.fixture(scope="module")
-def tf_dir(parity_dir):
-    d = os.path.join(parity_dir, "tf")
-    if not os.path.isdir(d):
-        pytest.skip(f"no TensorFlow fixtures at {d}")
-    return d
-
-
 @pytest.mark.parametrize("name, layers", [("sg1_r32", 8), ("sg1_r128", 12)])
 def test_g_style_equals_the_official_network(tf_dir, name, layers):
     cfg, params = reader.read_file(os.path.join(tf_dir, f"{name}.pkl"))
