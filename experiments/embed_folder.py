@@ -303,7 +303,7 @@ class _BatchRun:
             self.session["failed"] += len(bad)
             self.progress.finished(failed=len(bad))
             return
-        _write_results(self.store, self.G, items, self.phases, result, batch_id, self.size, self.mesh,
+        _write_results(self.store, self.G, items, stack, self.phases, result, batch_id, self.size, self.mesh,
                        self.store.process_index)
         shutil.rmtree(ckpt, ignore_errors=True)
         self.session["images"] += len(items)
@@ -344,8 +344,8 @@ def summary_table(s: dict, store: Store, phases) -> list[str]:
     return [f"summary of {store.out}:"] + [f"  {k:<{width}}  {v}" for k, v in rows]
 
 
-def _write_results(store, G, items, phases, result, batch_id, size, mesh, process_index):
-    stack = jnp.stack([it.image for it in items] + [items[0].image] * (size - len(items)))
+def _write_results(store, G, items, stack, phases, result, batch_id, size, mesh, process_index):
+    """Each real image's results (the padding's dropped); stack: the padded batch of targets."""
     phase_imgs = [np.asarray(embed.evaluate(v, G, stack)[0]) for v in result.phase_vars]
     final = jax.device_get(result.vars)
     for b, it in enumerate(items):
