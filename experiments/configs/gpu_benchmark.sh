@@ -4,19 +4,45 @@
 #   .official/stylegan2-ada-pytorch   a checkout of NVlabs/stylegan2-ada-pytorch (dnnlib/, torch_utils/, training/ suffice)
 #   .official/vgg16_trunk.npz         VGG16 conv1_1..conv3_3 (7 MB), written by any CPU run of experiments.benchmark
 #                                      into its --out (e.g. runs/bench_cpu/vgg16_trunk.npz)
-# Usage (from the repository root, one call of the device tool, about 8 minutes on one H100):
-#   bash experiments/configs/gpu_benchmark.sh [OUT]
-# It prints each table and leaves OUT/*/benchmark.json: config-f sizes (1024x1024, w 512, up to 512
-# channels), VGG16 at 256, batches 1 and 8 (16 when time allows: add --batches=1,8,16).
-set -e
+# Usage (from the repository root):
+#   bash experiments/configs/gpu_benchmark.sh OUT [PART]
+# PART: "base" (TF32 on both sides at batches 1 and 8, then 25 iterations per dispatch), "more" (the
+# bfloat16 mode, strict fp32 on both sides, grouped convolutions, batch 16) or "all" (both).
+# Config-f sizes (1024x1024, w 512, up to 512 channels), VGG16 at 256. Each benchmark writes its
+# table into the log and OUT/NAME.json; the generator's weights (about 130 MB) stay in $BENCH_WORK.
+# Every step has its own time limit, so that one failing or slow step leaves the others' numbers.
 OUT=${1:-runs/bench_gpu}
-B="python -m experiments.benchmark --torch_repo=.official/stylegan2-ada-pytorch --vgg=.official/vgg16_trunk.npz --batches=1,8"
-nvidia-smi --query-gpu=name,memory.total --format=csv,noheader || true
-# 1. TF32 on both sides (the official code's and JAX's GPU default), one iteration per dispatch
-$B --numerics=tf32 --out="$OUT/tf32"
-# 2. the same with 25 iterations per dispatch (lax.scan; the engine's default stays 1 until this is measured)
-$B --numerics=tf32 --sides=jax --steps_per_call=25 --out="$OUT/tf32_scan25"
-# 3. grouped convolutions instead of the engine's choice (modulated activations off the CPU)
-$B --numerics=tf32 --sides=jax --modconv=grouped --out="$OUT/tf32_grouped"
-# 4. strict float32 on both sides
-$B --numerics=fp32 --out="$OUT/fp32"
+PART=${2:-all}
+WORK=${BENCH_WORK:-/tmp/i2spp_bench}
+export XLA_PYTHON_CLIENT_PREALLOCATE=false  # both sides' processes share the GPU during a measurement
+export PYTHONUNBUFFERED=1
+mkdir -p "$OUT" "$WORK/shared"
+B="python3 -m experiments.benchmark --torch_repo=.official/stylegan2-ada-pytorch --vgg=.official/vgg16_trunk.npz $BENCH_FLAGS"  # BENCH_FLAGS: e.g. smaller sizes for a dry run
+
+step() {  # NAME SECONDS FLAGS...
+  local name=$1 limit=$2 t0=$SECONDS
+  shift 2
+  mkdir -p "$WORK/$name"
+  cp -n "$WORK"/shared/* "$WORK/$name/" 2>/dev/null  # the generator made by an earlier step
+  echo "=== $name (limit $limit s): $*"
+  timeout -k 10 "$limit" $B --out="$WORK/$name" "$@"
+  echo "=== $name: exit $? after $((SECONDS - t0)) s"
+  pkill -f "experiments.benchmark" 2>/dev/null  # a timed-out step's side processes
+  cp "$WORK/$name/benchmark.json" "$OUT/$name.json" 2>/dev/null
+  cp -n "$WORK/$name"/g*_s0.weights.npz "$WORK/$name"/g*_s0.json "$WORK/shared/" 2>/dev/null
+}
+
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+python3 -c "import sys, jax, flax, optax, orbax.checkpoint, torch; print('python', sys.version.split()[0], \
+'jax', jax.__version__, jax.devices(), 'flax', flax.__version__, 'optax', optax.__version__, 'torch', torch.__version__)"
+
+if [ "$PART" = base ] || [ "$PART" = all ]; then
+  step tf32 330 --numerics=tf32 --batches=1,8
+  step tf32_scan25 100 --numerics=tf32 --sides=jax --batches=8 --steps_per_call=25
+fi
+if [ "$PART" = more ] || [ "$PART" = all ]; then
+  step bf16 200 --numerics=bf16 --sides=jax --batches=1,8
+  step fp32 240 --numerics=fp32 --batches=8
+  step tf32_grouped 150 --numerics=tf32 --sides=jax --modconv=grouped --batches=8
+  step tf32_b16 200 --numerics=tf32 --batches=16
+fi
