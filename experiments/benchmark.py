@@ -72,9 +72,11 @@ def define_flags() -> None:
     flags.DEFINE_string("vgg", "auto", "VGG16 weights: auto (the project's ImageNet weights if installed, "
                         "else random ones: speed does not depend on them), random, a vgg16_trunk.npz, "
                         "or anything load_vgg16 reads")
-    flags.DEFINE_enum("numerics", "fp32", ["fp32", "tf32"],
+    flags.DEFINE_enum("numerics", "fp32", ["fp32", "tf32", "bf16"],
                       "fp32: strict float32 convolutions and matmuls on both sides; tf32: TensorFloat-32 "
-                      "allowed on both (GPU only; the same as fp32 on a CPU)")
+                      "allowed on both (GPU only; the same as fp32 on a CPU); bf16: this project's bf16 mode "
+                      "(convolutions in bfloat16, embed(compute_dtype='bfloat16'), other matmuls TF32), "
+                      "this project's side only")
     flags.DEFINE_enum("modconv", "auto", ["auto", "grouped", "activations"],
                       "this project's modulated convolutions: grouped (per-image weights), activations (scaled "
                       "activations around a shared convolution), or auto (the engine's choice, embed.modconv_for)")
@@ -99,6 +101,9 @@ def _settings(F) -> dict:
         raise cli.UserError(f"--batches={','.join(F.batches)}: every batch must be >= 1")
     sides = list(F.sides)
     skipped = None
+    if F.numerics == "bf16" and "official" in sides and F.torch_repo:
+        raise cli.UserError("--numerics=bf16 times this project alone (the official code has no bfloat16 mode, and "
+                            "its fp16 setting changes the network with conv_clamp): add --sides=jax")
     if "official" in sides and F.torch_repo:
         if not os.path.isfile(os.path.join(F.torch_repo, "training", "networks.py")):
             raise cli.UserError(f"--torch_repo={F.torch_repo} has no training/networks.py: give a checkout of "
@@ -235,9 +240,10 @@ class JaxSide:
         self.target = np.asarray(G.synthesis(jnp.asarray(w_true, jnp.float32), "const", fused_modconv=False))
         self.init = embed.initial_variables(G, batch, w_init="w_avg", noise_init="const")
         self.precision = "highest" if s["numerics"] == "fp32" else "tensorfloat32"
+        self.compute_dtype = "bfloat16" if s["numerics"] == "bf16" else "float32"
         self.info = {"side": "jax", "device": str(jax.devices()[0].device_kind), "backend": jax.default_backend(),
                      "jax": jax.__version__, "numerics": f"{s['numerics']} (jax_default_matmul_precision="
-                     f"{self.precision})", "modconv": s["modconv"], "steps_per_call": s["steps_per_call"], "batch": batch,
+                     f"{self.precision}, compute_dtype={self.compute_dtype})", "modconv": s["modconv"], "steps_per_call": s["steps_per_call"], "batch": batch,
                      "xla_flags": os.environ.get("XLA_FLAGS", "")}
 
     def round(self, kind: str, n: int) -> dict:
@@ -252,7 +258,8 @@ class JaxSide:
         t0 = time.perf_counter()
         with jax.default_matmul_precision(self.precision):
             res = embed.embed(self.G, self.target, phases=(phase,), init_vars=self.init, vgg=self.vgg, log=None,
-                              steps_per_call=self.s["steps_per_call"])
+                              steps_per_call=self.s["steps_per_call"], compute_dtype=self.compute_dtype,
+                              float32_tail=0.0)  # the bf16 step alone (the engine's default ends a phase in fp32)
         jax.block_until_ready(res.vars)  # embed() has read every iteration's metrics back already
         seconds = time.perf_counter() - t0
         loss = res.history["loss"]

@@ -30,7 +30,7 @@ def resolve(preset: Optional[str], generator: str, resolution: int, *, w_steps: 
 def define_flags(defaults, *, schedule_help: str = "phase order") -> None:
     """The flags of an embedding command that pick its preset and its phases (--paper, --smoke,
     --schedule, --w_steps, --noise_steps, --w_lr, --w_optimizer, --noise_lr, --percept,
-    --resize_to, --vgg, --noise_init), defaulting to `defaults` (the command's config)."""
+    --resize_to, --vgg, --noise_init, --compute_dtype, --float32_tail), defaulting to `defaults` (the command's config)."""
     from absl import flags
 
     from i2spp_jax import embed
@@ -48,6 +48,11 @@ def define_flags(defaults, *, schedule_help: str = "phase order") -> None:
     flags.DEFINE_integer("resize_to", None, "VGG input resolution (default: 256 paper, 64 on the demo generator)")
     flags.DEFINE_string("vgg", defaults.vgg, "'imagenet', 'random', or a VGG16 weights path")
     flags.DEFINE_enum("noise_init", defaults.noise_init, ["normal", "const"], "initial noise maps")
+    flags.DEFINE_enum("compute_dtype", defaults.compute_dtype, ["float32", "bfloat16"],
+                      "the convolutions' dtype in G and VGG: bfloat16 is the fast mode for GPUs (variables, "
+                      "Adam and losses stay float32; results are rendered in float32)")
+    flags.DEFINE_float("float32_tail", defaults.float32_tail, "with --compute_dtype=bfloat16: the fraction of each "
+                       "phase's iterations, at its end, that runs in float32", lower_bound=0.0, upper_bound=1.0)
 
 
 def from_flags(FLAGS, defaults) -> dict:
@@ -60,4 +65,5 @@ def from_flags(FLAGS, defaults) -> dict:
     return dict(preset="paper" if FLAGS.paper else "smoke" if FLAGS.smoke else None, schedule=FLAGS.schedule,
                 w_steps=FLAGS.w_steps, noise_steps=FLAGS.noise_steps, w_lr=FLAGS.w_lr, w_optimizer=FLAGS.w_optimizer,
                 noise_lr=FLAGS.noise_lr, percept=FLAGS.percept, resize_to=FLAGS.resize_to,
-                vgg="random" if FLAGS.smoke and FLAGS.vgg == defaults.vgg else FLAGS.vgg, noise_init=FLAGS.noise_init)
+                vgg="random" if FLAGS.smoke and FLAGS.vgg == defaults.vgg else FLAGS.vgg, noise_init=FLAGS.noise_init,
+                compute_dtype=FLAGS.compute_dtype, float32_tail=FLAGS.float32_tail)

@@ -72,6 +72,8 @@ class ReconstructConfig:
     vgg: str = "imagenet"  # "imagenet" (load_vgg16), "random" (tests), or a weights path
     w_init: str = "w_avg"  # "w_avg", "uniform", "uniform_0.4", or a .npy path
     noise_init: str = "normal"  # "normal" (N(0, I)) or "const" (the generator's stored maps)
+    compute_dtype: str = "float32"  # "bfloat16": G's and VGG's convolutions in bf16 (the GPU fast mode)
+    float32_tail: float = 0.1  # bfloat16 only: the fraction of each phase, at its end, run in float32
     seed: int = 0  # seed of every random draw of the optimisation (init)
     truth_seed: int = 123  # demo: seed of the hidden latent and noise
     truth_psi: float = 1.0  # demo: truncation of the hidden latent
@@ -263,7 +265,8 @@ def reconstruct(cfg: ReconstructConfig, *, fresh: bool = False, log=logging.info
             result = embed.embed(G, stack, phases=phases, init_vars=init, vgg=vgg, seed=cfg.seed,
                                  log_every=cfg.log_every, log=log, checkpoint_dir=os.path.join(cfg.out, "ckpt"),
                                  checkpoint_every=cfg.checkpoint_every, on_phase_end=on_phase_end,
-                                 callback=lambda t, m: ran.append(t))
+                                 callback=lambda t, m: ran.append(t), compute_dtype=cfg.compute_dtype,
+                                 float32_tail=cfg.float32_tail)
     except embed.NonFiniteLossError as e:  # keep what was computed: finished phases are on disk already
         np.savez(os.path.join(cfg.out, "history_partial.npz"), **e.history)
         raise FloatingPointError(f"{e} The history so far is in {cfg.out}/history_partial.npz.") from None
@@ -331,7 +334,7 @@ def _write_outputs(cfg, G, phases, names, result, targets, preset, resize_to, ti
     metrics = {
         "config": dataclasses.asdict(cfg),
         "preset": preset,
-        "phases": [dataclasses.asdict(p) | {"weights": dataclasses.asdict(p.weights)} for p in phases],
+        "phases": [dataclasses.asdict(p) | {"weights": dataclasses.asdict(p.weights)} for p in result.phases],
         "vgg_resolution": resize_to,
         "generator": {"img_resolution": G.img_resolution, "num_ws": G.num_ws, "w_dim": G.w_dim,
                       "noise_shapes": G.noise_shapes},

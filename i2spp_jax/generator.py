@@ -153,7 +153,7 @@ def noise_list(config: GeneratorConfig, noise: NoiseSpec) -> list[NoiseInput]:
 
 def synthesis(config: GeneratorConfig, params: Params, ws: jax.Array, *, noise: NoiseSpec = "const",
               fused_modconv: bool = True, edits: Optional[Edits] = None,
-              return_activations: bool = False):
+              return_activations: bool = False, dtype: Optional[str] = None):
     """ws [N, num_ws, w_dim] -> image [N, R, R, C] (about [-1, 1]).
 
     Args:
@@ -166,6 +166,9 @@ def synthesis(config: GeneratorConfig, params: Params, ws: jax.Array, *, noise: 
         image with another image's, see i2spp_jax.activations) or a function of the tensor.
         Names: `config.activation_names`.
       return_activations: also return {name: tensor} for every activation point (after edits).
+      dtype: the feature maps' and convolutions' dtype: None (the parameters', float32) or
+        "bfloat16" (the engine's bf16 mode: convolutions in bf16 on the tensor cores; the styles,
+        demodulation coefficients and the skip image, hence the returned image, stay float32).
     Returns:
       image, or (image, activations) when return_activations.
     """
@@ -178,7 +181,7 @@ def synthesis(config: GeneratorConfig, params: Params, ws: jax.Array, *, noise: 
                          f"valid: {config.activation_names}")
     img, aux = config.synthesis_module().apply(
         {"params": params["synthesis"]}, ws, noise_list(config, noise), fused_modconv, edits,
-        return_activations,
+        return_activations, None if dtype is None else jnp.dtype(dtype),
     )
     return (img, aux) if return_activations else img
 
@@ -188,10 +191,10 @@ def _mapping_jit(config, params, z, truncation_psi, truncation_cutoff):
     return mapping(config, params, z, truncation_psi=truncation_psi, truncation_cutoff=truncation_cutoff)
 
 
-@functools.partial(jax.jit, static_argnums=(0, 4, 5))
-def _synthesis_jit(config, params, ws, noise, fused_modconv, return_activations, edits):
+@functools.partial(jax.jit, static_argnums=(0, 4, 5, 7))
+def _synthesis_jit(config, params, ws, noise, fused_modconv, return_activations, edits, dtype):
     return synthesis(config, params, ws, noise=noise, fused_modconv=fused_modconv, edits=edits,
-                     return_activations=return_activations)
+                     return_activations=return_activations, dtype=dtype)
 
 
 def make_noise(config: GeneratorConfig, key: jax.Array, batch: Optional[int] = None) -> list[jax.Array]:
@@ -257,17 +260,17 @@ class Generator:
                             truncation_cutoff)
 
     def synthesis(self, ws: jax.Array, noise: NoiseSpec = "const", *, fused_modconv: bool = True,
-                  edits: Optional[Edits] = None, return_activations: bool = False):
+                  edits: Optional[Edits] = None, return_activations: bool = False, dtype: Optional[str] = None):
         """ws [N, num_ws, w_dim] -> image [N, R, R, C]; see `synthesis`. Compiled once per shape and
         edit structure (edits that are functions run the functional core: wrap it in your own jax.jit)."""
         edits = dict(edits or {})
         if any(not activations.is_data_edit(e) for e in edits.values()):
             return synthesis(self.config, self.params, ws, noise=noise, fused_modconv=fused_modconv,
-                             edits=edits, return_activations=return_activations)
+                             edits=edits, return_activations=return_activations, dtype=dtype)
         # "const" entries become the stored maps (the same numbers), so that the noise is a pytree.
         maps = [c if isinstance(n, str) else n for n, c in zip(noise_list(self.config, noise), self.noise_const)]
         return _synthesis_jit(self.config, self.params, jnp.asarray(ws), maps, fused_modconv, return_activations,
-                              edits)
+                              edits, dtype)
 
     def make_noise(self, key: jax.Array, batch: Optional[int] = None) -> list[jax.Array]:
         return make_noise(self.config, key, batch)

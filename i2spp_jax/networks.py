@@ -8,7 +8,7 @@ as in the original. `w_avg` and `noise_const` are buffers in PyTorch; here they 
 because nothing here trains the generator.
 """
 
-from typing import Callable, Mapping, Optional, Sequence, Union
+from typing import Any, Callable, Mapping, Optional, Sequence, Union
 
 import flax.linen as nn
 import jax
@@ -179,18 +179,21 @@ class SynthesisBlock(nn.Module):
         fused_modconv: bool,
         edits: Edits,
         aux: Optional[dict],
+        dtype: Any = None,  # the feature maps' and convolutions' dtype; the skip image stays at least float32
     ) -> tuple[jax.Array, jax.Array]:
         name = f"b{self.resolution}"
 
         def tap(point: str, x: jax.Array, img: Optional[jax.Array]) -> tuple[jax.Array, Optional[jax.Array]]:
             key = f"{name}.{point}"
             edit = edits.get(key)
+            x_dtype = x.dtype
             if activations.is_data_edit(edit):
                 x, img = edit.apply(x, img)
             elif edit is not None and point == "img":
                 img = edit(img)
             elif edit is not None:
                 x = edit(x)
+            x = x.astype(x_dtype)  # an edit mixing in float32 data leaves a bfloat16 network bfloat16
             if aux is not None:
                 aux[key] = img if point == "img" else x
             return x, img
@@ -199,6 +202,7 @@ class SynthesisBlock(nn.Module):
         if self.in_channels == 0:
             const = self.param("const", nn.initializers.normal(1.0), (self.resolution, self.resolution, self.out_channels))
             x = jnp.broadcast_to(const[None], (ws.shape[0],) + const.shape)
+            x = x if dtype is None else x.astype(dtype)
             x = SynthesisLayer(self.out_channels, name="conv1", **layer)(x, ws[:, 0], noise[0], fused_modconv)
         else:
             x = SynthesisLayer(self.out_channels, up=2, name="conv0", **layer)(x, ws[:, 0], noise[0], fused_modconv)
@@ -233,6 +237,7 @@ class SynthesisNetwork(nn.Module):
         fused_modconv: bool = True,
         edits: Optional[Edits] = None,
         return_activations: bool = False,
+        dtype: Any = None,  # the feature maps' and convolutions' dtype (e.g. bfloat16); None = the parameters'
     ) -> tuple[jax.Array, dict]:
         log2 = int(np.log2(self.img_resolution))
         resolutions = [2**i for i in range(2, log2 + 1)]
@@ -254,7 +259,7 @@ class SynthesisNetwork(nn.Module):
             num_conv = 1 if i == 0 else 2
             x, img = block(
                 x, img, ws[:, w_idx : w_idx + num_conv + 1], noise[noise_idx : noise_idx + num_conv],
-                fused_modconv, edits, aux,
+                fused_modconv, edits, aux, dtype,
             )
             w_idx += num_conv
             noise_idx += num_conv

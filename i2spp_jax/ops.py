@@ -64,7 +64,7 @@ def _fir_1d(x: jax.Array, f: np.ndarray, axis: int) -> jax.Array:
     out_len = x.shape[axis] - len(taps) + 1
     acc = None
     for j, t in enumerate(taps):
-        term = jax.lax.slice_in_dim(x, j, j + out_len, axis=axis) * t
+        term = jax.lax.slice_in_dim(x, j, j + out_len, axis=axis) * jnp.asarray(t, x.dtype)  # keeps bf16 bf16
         acc = term if acc is None else acc + term
     return acc
 

@@ -49,6 +49,7 @@ class VGG16Features(nn.Module):
     """
 
     layers: Sequence[str] = PERCEPTUAL_LAYERS  # names from LAYER_NAMES
+    dtype: Any = None  # the convolutions' dtype (bfloat16 in the engine's bf16 mode); None = float32
 
     @nn.compact
     def __call__(self, x: jax.Array) -> dict[str, jax.Array]:
@@ -58,7 +59,7 @@ class VGG16Features(nn.Module):
         for name, channels in CONV_LAYERS[: last + 1]:
             if name.endswith("_1") and name != "conv1_1":
                 x = max_pool_2x2(x)
-            x = nn.Conv(channels, (3, 3), padding=((1, 1), (1, 1)), name=name)(x)
+            x = nn.Conv(channels, (3, 3), padding=((1, 1), (1, 1)), dtype=self.dtype, name=name)(x)
             x = nn.relu(x)
             if name in self.layers:
                 out[name] = x
@@ -126,10 +127,15 @@ class VGG16:
 
     params: Any
     preprocessing: str = flax.struct.field(pytree_node=False)
+    # "float32", or "bfloat16" for the engine's bf16 mode: the convolutions run in bfloat16 (float32
+    # accumulation on GPUs), the returned features are float32 again.
+    compute_dtype: str = flax.struct.field(pytree_node=False, default="float32")
 
     def __post_init__(self):
         if self.preprocessing not in PREPROCESSINGS:
             raise ValueError(f"preprocessing must be one of {PREPROCESSINGS}, got {self.preprocessing!r}")
+        if self.compute_dtype not in ("float32", "bfloat16"):
+            raise ValueError(f"compute_dtype must be 'float32' or 'bfloat16', got {self.compute_dtype!r}")
 
     def preprocess(self, img: jax.Array) -> jax.Array:
         """[N, H, W, 3] RGB in [-1, 1] -> the network's input, [N, H, W, 3] float32."""
@@ -152,8 +158,11 @@ class VGG16:
         """
         if img.ndim != 4 or img.shape[-1] != 3:
             raise ValueError(f"img has shape {tuple(img.shape)}; expected [N, H, W, 3]")
-        module = VGG16Features(layers=tuple(layers))
-        return module.apply({"params": self.params}, self.preprocess(img))
+        if self.compute_dtype == "float32":
+            return VGG16Features(layers=tuple(layers)).apply({"params": self.params}, self.preprocess(img))
+        module = VGG16Features(layers=tuple(layers), dtype=jnp.dtype(self.compute_dtype))
+        feats = module.apply({"params": self.params}, self.preprocess(img))
+        return {k: v.astype(jnp.float32) for k, v in feats.items()}
 
 
 def random_vgg16(key: jax.Array, preprocessing: str = "keras") -> VGG16:

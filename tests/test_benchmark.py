@@ -57,6 +57,7 @@ def test_torch_vgg_trunk_equals_the_projects_vgg():
     (["--torch_repo=/nonexistent"], ["--torch_repo=/nonexistent", "training/networks.py"]),
     (["--sides=pytorch"], ["--sides", "pytorch"]),
     (["--batches=0"], ["--batches", ">= 1"]),
+    (["--numerics=bf16", "--torch_repo=/any"], ["--numerics=bf16", "--sides=jax"]),
 ])
 def test_refusals_are_one_line(tmp_path, args, words):
     p, _ = run_cli("experiments.benchmark", f"--out={tmp_path}", *TINY, *args)

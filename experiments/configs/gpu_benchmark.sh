@@ -7,7 +7,7 @@
 # Usage (from the repository root):
 #   bash experiments/configs/gpu_benchmark.sh OUT [PART]
 # PART: "base" (TF32 on both sides at batches 1 and 8, then 25 iterations per dispatch), "more" (the
-# bfloat16 mode, strict fp32 on both sides, grouped convolutions, batch 16) or "all" (both).
+# bfloat16 mode, 25 iterations per dispatch at batch 1, strict fp32 on both sides) or "all" (both).
 # Config-f sizes (1024x1024, w 512, up to 512 channels), VGG16 at 256. Each benchmark writes its
 # table into the log and OUT/NAME.json; the generator's weights (about 130 MB) stay in $BENCH_WORK.
 # Every step has its own time limit, so that one failing or slow step leaves the others' numbers.
@@ -27,7 +27,7 @@ step() {  # NAME SECONDS FLAGS...
   echo "=== $name (limit $limit s): $*"
   timeout -k 10 "$limit" $B --out="$WORK/$name" "$@"
   echo "=== $name: exit $? after $((SECONDS - t0)) s"
-  pkill -f "experiments.benchmark" 2>/dev/null  # a timed-out step's side processes
+  pkill -f "experiments.benchmark .*--role=" 2>/dev/null  # a timed-out step's side processes
   cp "$WORK/$name/benchmark.json" "$OUT/$name.json" 2>/dev/null
   cp -n "$WORK/$name"/g*_s0.weights.npz "$WORK/$name"/g*_s0.json "$WORK/shared/" 2>/dev/null
 }
@@ -41,8 +41,7 @@ if [ "$PART" = base ] || [ "$PART" = all ]; then
   step tf32_scan25 100 --numerics=tf32 --sides=jax --batches=8 --steps_per_call=25
 fi
 if [ "$PART" = more ] || [ "$PART" = all ]; then
-  step bf16 200 --numerics=bf16 --sides=jax --batches=1,8
-  step fp32 240 --numerics=fp32 --batches=8
-  step tf32_grouped 150 --numerics=tf32 --sides=jax --modconv=grouped --batches=8
-  step tf32_b16 200 --numerics=tf32 --batches=16
+  step bf16_scan25 190 --numerics=bf16 --sides=jax --batches=1,8 --steps_per_call=25
+  step tf32_scan25_b1 80 --numerics=tf32 --sides=jax --batches=1 --steps_per_call=25
+  step fp32 150 --numerics=fp32 --batches=8 --iters=25
 fi

@@ -148,7 +148,8 @@ def embed(G: Generator, target_x, *, phases: Sequence[Phase], init_vars: Vars, t
           log_every: int = 100, log: Optional[Callable[[str], None]] = _print, checkpoint_dir: Optional[str] = None,
           checkpoint_every: int = 0, on_phase_end: Optional[Callable[[int, Vars], None]] = None,
           callback: Optional[Callable[[int, dict], None]] = None,
-          steps_per_call: Optional[int] = None, mesh: Optional[jax.sharding.Mesh] = None) -> EmbedResult:
+          steps_per_call: Optional[int] = None, mesh: Optional[jax.sharding.Mesh] = None,
+          compute_dtype: Optional[str] = None, float32_tail: float = 0.1) -> EmbedResult:
     """Runs `phases` in order on a batch of images, each with its own target, masks and start.
 
     Args:
@@ -177,10 +178,20 @@ def embed(G: Generator, target_x, *, phases: Sequence[Phase], init_vars: Vars, t
         end falls inside; other iterations run one per call. None = `default_steps_per_call()`.
       mesh: split the batch over this mesh's devices (`sharding.batch_mesh()`; B a multiple of
         its size); G and VGG are copied to each device. None = the default device.
+      compute_dtype: "bfloat16" runs every phase in the bf16 mode (`Phase.compute_dtype`: G's and
+        VGG's convolutions in bfloat16; variables, Adam, losses and metrics in float32) except its
+        last `float32_tail` fraction of iterations (`Phase.float32_steps`), which run in float32 with
+        the same optimiser state; "float32" runs every phase in float32; None = each phase's own.
     Raises:
       NonFiniteLossError: the loss or the variables became NaN/inf (the last good checkpoint stays).
     """
     phases = tuple(phases)
+    if compute_dtype is not None:
+        if not 0 <= float32_tail <= 1:
+            raise ValueError(f"float32_tail must be in [0, 1], got {float32_tail}")
+        tail = float32_tail if compute_dtype != "float32" else 0.0
+        phases = tuple(dataclasses.replace(p, compute_dtype=compute_dtype,
+                                           float32_steps=int(round(tail * p.num_steps))) for p in phases)
     B = _check_vars(G, init_vars)
     target_x = _check_targets(G, target_x, "target_x", B)
     target_y = target_x if target_y is None else _check_targets(G, target_y, "target_y", B)
@@ -238,17 +249,28 @@ def embed(G: Generator, target_x, *, phases: Sequence[Phase], init_vars: Vars, t
             x = target_y if phase.x == "y" else target_x
             y = _phase_y(phase, G, target_x, target_y, phase_vars[pi - 1] if pi else init_vars, edits)
             masks = mask_sets[phase.masks]
-            feats = step_lib.target_features(vgg, x, y, phase)  # once per phase: the targets are fixed
-            data = (G, vgg, x, y, masks, edits, feats)
             # XLA cannot split the grouped convolution's groups over devices (it fails to compile,
             # jax 0.10.2): a batch split over devices always modulates activations.
             grouped = modconv_for(phase, B, jax.default_backend()) and (mesh is None or mesh.size == 1)
-            run_as = dataclasses.replace(phase, fused_modconv=grouped)
+            # The phase's iterations before `switch` run in its compute dtype, the rest in float32.
+            switch = phase.num_steps - phase.float32_steps if phase.compute_dtype != "float32" else phase.num_steps
+            programs = {}
+
+            def program(low: bool):  # (step settings, data) of the bf16 part or the float32 tail
+                if low not in programs:
+                    run = dataclasses.replace(phase, fused_modconv=grouped, float32_steps=0,
+                                              compute_dtype=phase.compute_dtype if low else "float32")
+                    feats = step_lib.target_features(vgg, x, y, run)  # once per phase: the targets are fixed
+                    programs[low] = run, (G, vgg, x, y, masks, edits, feats)
+                return programs[low]
             tick, tick_t = time.perf_counter(), t
             first_call = True
             while t < starts[pi + 1]:
                 s = t - starts[pi]
-                k = chunk if _to_next_event(s, t, phase.num_steps, log_every, checkpoint_every) >= chunk else 1
+                run_as, data = program(s < switch)
+                to_event = _to_next_event(s, t, phase.num_steps, log_every, checkpoint_every)
+                to_event = min(to_event, switch - s) if s < switch else to_event
+                k = chunk if to_event >= chunk else 1
                 if k > 1:
                     vars, opt_state, ms = step_lib.compiled_steps(run_as, k)(vars, opt_state, *data)
                     ms = jax.device_get(ms)  # [k, B] per metric: one read-back per k iterations
@@ -296,12 +318,12 @@ def embed(G: Generator, target_x, *, phases: Sequence[Phase], init_vars: Vars, t
 
 
 def default_steps_per_call() -> int:
-    """1: one iteration per dispatch. On the CPU the multi-step program (`lax.scan`) ran 3-4x
-    slower per iteration than single steps (measured, BUILD_NOTES.md, issue 9: XLA's CPU backend
-    compiles the loop body without its fast convolution path); on a GPU it removes a host round
-    trip per iteration but has not been measured yet: pass steps_per_call=25 (a divisor of the
-    usual log_every = 100 and of the paper's phase lengths) or measure with experiments/benchmark."""
-    return 1
+    """25 iterations per dispatch on a GPU, 1 elsewhere. On an H200 (config-f generator at 1024, VGG
+    at 256, TF32, batch 8) the 25-step `lax.scan` raised the W+ step from 160 to 188 img-it/s and the
+    noise step from 175 to 202 (BUILD_NOTES.md, issue 9). On the CPU the scan ran 3-4x slower per
+    iteration than single steps (XLA's CPU backend compiles the loop body without its fast
+    convolution path). 25 divides the usual log_every = 100 and the paper's phase lengths."""
+    return 25 if jax.default_backend() == "gpu" else 1
 
 
 def _to_next_event(s: int, t: int, num_steps: int, log_every: int, checkpoint_every: int) -> int:

@@ -19,6 +19,7 @@ from i2spp_jax.losses import LossWeights
 
 Y_SOURCES = ("y", "x", "previous")  # target_y, target_x, or the render of the phase's start
 DEFAULT_MASKS = "default"
+COMPUTE_DTYPES = ("float32", "bfloat16")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,6 +42,13 @@ class Phase:
     # False = scaled activations around one shared, batched convolution, None = `modconv_for` picks.
     # The same function (float rounding apart); only the speed differs (experiments/benchmark).
     fused_modconv: Optional[bool] = None
+    # The convolutions' dtype in G and VGG: "float32", or "bfloat16" (the bf16 mode: tensor-core
+    # convolutions with float32 accumulation; variables, optimiser, losses and metrics stay float32).
+    compute_dtype: str = "float32"
+    # With compute_dtype "bfloat16": the phase's last float32_steps iterations run in float32 (same
+    # optimiser state), so that the result is a float32 optimum (bf16 alone stops ~0.5 dB short on W+
+    # and far short on the noise maps: BUILD_NOTES.md, issue 9).
+    float32_steps: int = 0
 
     def __post_init__(self):
         if self.x not in ("x", "y"):
@@ -51,6 +59,12 @@ class Phase:
             raise ValueError(f"phase {self.name}: num_steps must be >= 0, got {self.num_steps}")
         if self.w_optimizer not in ("adam", "sgd"):
             raise ValueError(f"phase {self.name}: w_optimizer must be 'adam' or 'sgd', got {self.w_optimizer!r}")
+        if self.compute_dtype not in COMPUTE_DTYPES:
+            raise ValueError(f"phase {self.name}: compute_dtype must be one of {COMPUTE_DTYPES}, "
+                             f"got {self.compute_dtype!r}")
+        if not 0 <= self.float32_steps <= self.num_steps:
+            raise ValueError(f"phase {self.name}: float32_steps must be in [0, num_steps={self.num_steps}], "
+                             f"got {self.float32_steps}")
         if not (self.update_w or self.update_noise):
             raise ValueError(f"phase {self.name} updates nothing: set update_w and/or update_noise")
 

@@ -31,7 +31,8 @@ def psnr(a, b):
     return _metrics.psnr(a, b, data_range=2.0)
 
 
-def render(G: Generator, vars: Vars, edits: Optional[dict] = None, *, fused_modconv: bool = False) -> jax.Array:
+def render(G: Generator, vars: Vars, edits: Optional[dict] = None, *, fused_modconv: bool = False,
+           dtype: Optional[str] = None) -> jax.Array:
     """One image's variables (and activation edits, `activations.Mix` per point) -> [1, H, W, C]
     image (about [-1, 1]).
 
@@ -40,7 +41,7 @@ def render(G: Generator, vars: Vars, edits: Optional[dict] = None, *, fused_modc
     (True) ran 5-10x slower on the CPU (BUILD_NOTES.md, issue 9). Both are the same function.
     """
     return G.synthesis(vars["w_plus"][None], noise=[m[None] for m in vars["noise"]], edits=edits,
-                       fused_modconv=fused_modconv)
+                       fused_modconv=fused_modconv, dtype=None if dtype == "float32" else dtype)
 
 
 def step(vars: Vars, opt_state, G: Generator, vgg, target_x: jax.Array, target_y: jax.Array, masks: dict,
@@ -63,11 +64,12 @@ def step(vars: Vars, opt_state, G: Generator, vgg, target_x: jax.Array, target_y
       "psnr" (of the image at the *input* vars against target_x), "finite" (loss and new vars)}.
     """
     freeze = {"w_plus": not phase.update_w, "noise": not phase.update_noise}
+    vgg = _vgg_in(vgg, phase)
 
     def loss_fn(v):
         # stop_gradient on frozen groups lets XLA drop their backward pass.
         v = {k: jax.tree.map(jax.lax.stop_gradient, x) if freeze[k] else x for k, x in v.items()}
-        img = render(G, v, edits, fused_modconv=bool(phase.fused_modconv))
+        img = render(G, v, edits, fused_modconv=bool(phase.fused_modconv), dtype=phase.compute_dtype)
         m = {k: mk[None] for k, mk in masks["loss"].items()}  # one image's [H, W, 1] -> [1, H, W, 1]
         total, terms = _losses.eq1_loss(vgg, img, target_x[None], target_y[None], mask_mse=m.get("mse"),
                                         mask_percept=m.get("percept"), mask_style=m.get("style"),
@@ -154,7 +156,14 @@ def target_features(vgg, target_x: jax.Array, target_y: jax.Array, phase: Phase)
     """The VGG features of a phase's fixed targets, [B, ...] per layer (empty without VGG terms)."""
     if not (phase.weights.percept or phase.weights.style):
         return {}
-    return _target_features(vgg, target_x, target_y, phase.weights, phase.resize_to)
+    return _target_features(_vgg_in(vgg, phase), target_x, target_y, phase.weights, phase.resize_to)
+
+
+def _vgg_in(vgg, phase: Phase):
+    """VGG16 computing in the phase's dtype (its features of G's image and of the targets alike)."""
+    if vgg is None or getattr(vgg, "compute_dtype", phase.compute_dtype) == phase.compute_dtype:
+        return vgg
+    return vgg.replace(compute_dtype=phase.compute_dtype)
 
 
 @functools.partial(jax.jit, static_argnums=(3, 4))
