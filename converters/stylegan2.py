@@ -1,12 +1,15 @@
-r"""Converts official StyleGAN2 generators to i2spp_jax checkpoints (orbax params + config.json).
+r"""Converts official StyleGAN2 and StyleGAN (v1) generators to i2spp_jax checkpoints (orbax params +
+config.json).
 
     python -m converters.stylegan2 --src=ffhq.pkl --dst=checkpoints/ffhq
     python -m converters.stylegan2 --src=550000.pt --dst=checkpoints/ffhq_rosinality
     python -m converters.stylegan2 --src=G_ema_state_dict.pt --dst=DIR --conv_clamp=256
     python -m converters.stylegan2 --src=stylegan2-ffhq-config-f.pkl --dst=DIR   # official TensorFlow: Gs
     python -m converters.stylegan2 --src=network-snapshot.pkl --dst=DIR --network=G   # its non-averaged G
+    python -m converters.stylegan2 --src=karras2019stylegan-ffhq-1024x1024.pkl --dst=DIR   # StyleGAN (v1), TF
 
-The readers live in the library (i2spp_jax/formats/stylegan2.py, which says what each format is);
+The readers live in the library (i2spp_jax/formats/: stylegan2.py says what each StyleGAN2 format is,
+stylegan1.py reads G_style, generators.py sends a file to the right one);
 this is the command line around them: convert, write, reload, compare.
 """
 
@@ -17,14 +20,14 @@ import numpy as np
 
 from i2spp_jax.checkpoint import load_generator, save_generator
 from i2spp_jax.formats import tf_pickle
-from i2spp_jax.formats.stylegan2 import _beside, convert_file
-from i2spp_jax.generator import Generator
+from i2spp_jax.formats.generators import AnyGenerator, convert_file
+from i2spp_jax.formats.stylegan2 import _beside
 
 
 # ---------------------------------------------------------------------------------------------
 # CLI
 
-def self_check(G: Generator, dst: str, reference: Optional[str], seed: int = 0, network: str = "Gs") -> dict:
+def self_check(G: AnyGenerator, dst: str, reference: Optional[str], seed: int = 0, network: str = "Gs") -> dict:
     """Reloads `dst`, renders fixed latents, and compares with the in-memory conversion and, when
     given, the official network's outputs (a shared/parity NAME.reference.npz: the PyTorch fixtures'
     ws_plus -> img_const, or the TensorFlow fixtures' w_plus -> img_synth_wplus for Gs and
@@ -62,9 +65,10 @@ def main(argv):
     G = convert_file(FLAGS.src, conv_clamp=FLAGS.conv_clamp, mapping_lr_multiplier=FLAGS.mapping_lr_multiplier,
                      tf_network=FLAGS.network)
     c = G.config
-    print(f"converted {FLAGS.src}: {c.img_resolution}x{c.img_resolution}x{c.img_channels}, z_dim={c.z_dim}, "
+    what = "StyleGAN (v1)" if G.generation == 1 else f"StyleGAN2, conv_clamp={c.conv_clamp}"
+    print(f"converted {FLAGS.src}: {what}, {c.img_resolution}x{c.img_resolution}x{c.img_channels}, z_dim={c.z_dim}, "
           f"w_dim={c.w_dim}, num_ws={c.num_ws}, {len(c.noise_names)} noise maps, channels={c.channels}, "
-          f"mapping_layers={c.mapping_layers}, conv_clamp={c.conv_clamp}")
+          f"mapping_layers={c.mapping_layers}")
     save_generator(G, FLAGS.dst, source=os.path.abspath(FLAGS.src))
     reference = FLAGS.reference or _beside(FLAGS.src, ".reference.npz")
     report = self_check(G, FLAGS.dst, reference, network=FLAGS.network)
@@ -76,7 +80,7 @@ def main(argv):
 def _define_flags():
     from absl import flags
 
-    flags.DEFINE_string("src", None, "Source: .pkl (stylegan2-ada-pytorch, or official TensorFlow StyleGAN2), "
+    flags.DEFINE_string("src", None, "Source: .pkl (stylegan2-ada-pytorch, or official TensorFlow StyleGAN2 or StyleGAN), "
                         ".pt/.pth/.npz (ada state dict or rosinality checkpoint).", required=True)
     flags.DEFINE_string("dst", None, "Output checkpoint directory (must not exist yet).", required=True)
     flags.DEFINE_string("conv_clamp", "unset", "For ada state dicts without NAME.json: 'none' or a value.")

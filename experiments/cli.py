@@ -179,7 +179,7 @@ def generator_config(path: str) -> Optional[GeneratorConfig]:
                                 f"missing ({how})")
     try:
         with open(config_path) as f:
-            return GeneratorConfig.from_json(json.dumps(json.load(f)["config"]))
+            return checkpoint.config_from_json(json.load(f)["config"])
     except (ValueError, KeyError, TypeError) as e:  # bad JSON, a missing or unknown field, a bad value
         raise UserError(f"{config_path} is damaged ({type(e).__name__}: {e}); convert the generator again "
                         f"({how})") from e

@@ -1,6 +1,7 @@
 """Generator checkpoints: an orbax checkpoint of the params plus the config as JSON.
 
-    DIR/config.json     GeneratorConfig (topology) and where the weights came from
+    DIR/config.json     the config (GeneratorConfig, or StyleGAN1Config with "generation": 1) and
+                        where the weights came from
     DIR/params/         orbax StandardCheckpointer pytree, float32
 """
 
@@ -16,8 +17,9 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
-from i2spp_jax.formats import stylegan2
+from i2spp_jax.formats import generators
 from i2spp_jax.generator import Generator, GeneratorConfig, random_demo_generator
+from i2spp_jax.stylegan1 import StyleGAN1Config, StyleGAN1Generator
 
 CONFIG_FILE = "config.json"
 PARAMS_DIR = "params"
@@ -65,16 +67,25 @@ def read_params_dir(directory: str, meta_file: str, what: str, how: str) -> tupl
     return jax.tree_util.tree_map(jnp.asarray, params), meta
 
 
-def save_generator(G: Generator, directory: str, *, source: Optional[str] = None) -> None:
-    """Writes G to `directory` (which must not exist yet), atomically."""
+def save_generator(G: generators.AnyGenerator, directory: str, *, source: Optional[str] = None) -> None:
+    """Writes G (either StyleGAN) to `directory` (which must not exist yet), atomically."""
     meta = {"config": json.loads(G.config.to_json()), "source": source}
     write_params_dir(directory, G.params, meta, CONFIG_FILE)
 
 
-def _load_dir(directory: str) -> Generator:
+def config_from_json(config: dict):
+    """The config a checkpoint's config.json holds: a StyleGAN1Config where "generation" is 1, else
+    (StyleGAN2, and every checkpoint written before StyleGAN (v1) existed here) a GeneratorConfig."""
+    cls = StyleGAN1Config if config.get("generation", 2) == 1 else GeneratorConfig
+    return cls.from_json(json.dumps(config))
+
+
+def _load_dir(directory: str) -> generators.AnyGenerator:
     params, meta = read_params_dir(directory, CONFIG_FILE, "generator checkpoint",
                                    "python -m converters.stylegan2 --src=... --dst=DIR")
-    return Generator(params=params, config=GeneratorConfig.from_json(json.dumps(meta["config"])))
+    config = config_from_json(meta["config"])
+    cls = StyleGAN1Generator if config.generation == 1 else Generator
+    return cls(params=params, config=config)
 
 
 @functools.lru_cache(maxsize=1)
@@ -91,7 +102,7 @@ def heldout_images() -> list[str]:
     return sorted(os.path.join(HELDOUT_DIR, n) for n in os.listdir(HELDOUT_DIR) if n.endswith(".png"))
 
 
-def load_generator(path: str, **convert_kwargs) -> Generator:
+def load_generator(path: str, **convert_kwargs) -> generators.AnyGenerator:
     """Loads a generator.
 
     Args:
@@ -99,8 +110,11 @@ def load_generator(path: str, **convert_kwargs) -> Generator:
         seeded random-weight 64x64 generator, no files; for tests), a checkpoint directory written by
         `save_generator` / the converter, or an official source file converted on the fly:
         a stylegan2-ada-pytorch .pkl, a state dict with ada key names (.pt/.pth/.npz, with a
-        NAME.json beside it for settings the shapes cannot tell), or a rosinality .pt.
-      **convert_kwargs: passed to `i2spp_jax.formats.stylegan2.convert_file` for source files.
+        NAME.json beside it for settings the shapes cannot tell), a rosinality .pt, or an official
+        TensorFlow pickle of StyleGAN (v1) or StyleGAN2 (its Gs).
+      **convert_kwargs: passed to `i2spp_jax.formats.generators.convert_file` for source files.
+    Returns:
+      a `Generator` (StyleGAN2) or a `StyleGAN1Generator` (StyleGAN v1): the same face.
     """
     if path == "demo":
         return demo_generator()
@@ -110,4 +124,4 @@ def load_generator(path: str, **convert_kwargs) -> Generator:
         return _load_dir(path)
     if not os.path.exists(path):
         raise FileNotFoundError(f"no generator at {path!r}: give 'demo', 'demo-random', a checkpoint directory, or a source file")
-    return stylegan2.convert_file(path, **convert_kwargs)
+    return generators.convert_file(path, **convert_kwargs)

@@ -19,7 +19,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from i2spp_jax import activations, networks
+from i2spp_jax import activations, face, networks
+from i2spp_jax.face import GeneratorFace
 from i2spp_jax.networks import Edits, NoiseInput
 
 Params = Any  # {"mapping": {...}, "synthesis": {...}}
@@ -85,6 +86,24 @@ class GeneratorConfig:
         for res in self.block_resolutions:
             names += ([f"b{res}.conv0"] if res > 4 else []) + [f"b{res}.x", f"b{res}.img"]
         return names
+
+    generation = 2  # class constant: which StyleGAN
+
+    def activation_point(self, j: int) -> str:
+        """The point holding the output of the convolution that W+ layer j drives: b{R}.conv0 (j odd),
+        b{R}.img (j even: the block's output, features and skip image); the last W+ layer drives only
+        the last ToRGB: the last block's output."""
+        if j >= self.num_ws - 1:
+            return f"b{self.img_resolution}.img"
+        res = 4 * 2 ** ((j + 1) // 2)
+        return f"b{res}.conv0" if j % 2 else f"b{res}.img"
+
+    def last_noise_of(self, point: str) -> int:
+        """Index (noise_names) of the last noise map that enters before `point`'s tensor."""
+        if point not in self.activation_names:
+            raise ValueError(f"activation point {point!r}: use one of {self.activation_names}")
+        block, _, where = point.partition(".")
+        return self.noise_names.index(f"{block}.conv0" if where == "conv0" else f"{block}.conv1")
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), indent=1)
@@ -202,57 +221,15 @@ def make_noise(config: GeneratorConfig, key: jax.Array, batch: Optional[int] = N
 
     Returns [R, R] maps, or [batch, R, R] when batch is given.
     """
-    lead = () if batch is None else (batch,)
-    return [jax.random.normal(jax.random.fold_in(key, i), lead + shape)
-            for i, shape in enumerate(config.noise_shapes)]
+    return face.make_noise(config.noise_shapes, key, batch)
 
 
 @flax.struct.dataclass
-class Generator:
+class Generator(GeneratorFace):
     """A StyleGAN2 generator: static `config` and a `params` pytree. Itself a pytree."""
 
     params: Params
     config: GeneratorConfig = flax.struct.field(pytree_node=False)
-
-    # Topology, with NVIDIA's names.
-    @property
-    def z_dim(self) -> int:
-        return self.config.z_dim
-
-    @property
-    def w_dim(self) -> int:
-        return self.config.w_dim
-
-    @property
-    def num_ws(self) -> int:
-        return self.config.num_ws
-
-    @property
-    def img_resolution(self) -> int:
-        return self.config.img_resolution
-
-    @property
-    def img_channels(self) -> int:
-        return self.config.img_channels
-
-    @property
-    def noise_names(self) -> list[str]:
-        return self.config.noise_names
-
-    @property
-    def noise_shapes(self) -> list[tuple[int, int]]:
-        return self.config.noise_shapes
-
-    @property
-    def w_avg(self) -> jax.Array:
-        """[w_dim] mean latent w̄ (the tracked average of mapping outputs)."""
-        return self.params["mapping"]["w_avg"]
-
-    @property
-    def noise_const(self) -> list[jax.Array]:
-        """The stored noise maps, [R, R] each, synthesis order (not scaled by noise_strength)."""
-        syn = self.params["synthesis"]
-        return [syn[b][c]["noise_const"] for b, c in (n.split(".") for n in self.noise_names)]
 
     def mapping(self, z: jax.Array, truncation_psi: float = 1.0, truncation_cutoff: Optional[int] = None):
         """z [N, z_dim] -> ws [N, num_ws, w_dim]; see `mapping`. Compiled once per shape."""
@@ -271,9 +248,6 @@ class Generator:
         maps = [c if isinstance(n, str) else n for n, c in zip(noise_list(self.config, noise), self.noise_const)]
         return _synthesis_jit(self.config, self.params, jnp.asarray(ws), maps, fused_modconv, return_activations,
                               edits, dtype)
-
-    def make_noise(self, key: jax.Array, batch: Optional[int] = None) -> list[jax.Array]:
-        return make_noise(self.config, key, batch)
 
 
 def replicate_channels(G: "Generator", img_channels: int) -> "Generator":

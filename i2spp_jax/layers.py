@@ -19,6 +19,13 @@ StyleGAN2 one).
 
 The activation tensor "of layer k" is the output of the convolution driven by W+ layer j: on a
 StyleGAN2 `b{R}.conv0` (j odd) or `b{R}.img` (j even: the block's output, features and skip image).
+
+On the paper's own generator, a 1024x1024 StyleGAN (v1), the map is the identity and exact: W+
+layer j is the style (AdaIN) of layer j, and each layer has its own noise map (18 maps; a StyleGAN2
+has 17). Inpainting's 1-9, 17-18 are layers 0-8 (4x4 to 64x64) and 16-17 (1024x1024); scribbles'
+4-6 are layers 3-5 (the second 8x8 layer and both 16x16 layers); the 4th layer's tensor is
+`b8.x`, the output of the 8x8 block. The activation points of a StyleGAN are `b{R}.conv0` (layer
+2i, at 4x4 the constant layer) and `b{R}.x` (layer 2i + 1).
 """
 
 from typing import Iterable
@@ -55,12 +62,9 @@ def w_mask(G_or_num_ws, layers: Iterable[int]) -> np.ndarray:
 
 
 def activation_point(G, k: int) -> str:
-    """The activation point (a `G.config.activation_names` entry) of the paper's layer k."""
-    j = paper_layer(G, k)
-    if j >= G.num_ws - 1:  # the last W+ layer drives only the last ToRGB: the last block's output
-        return f"b{G.img_resolution}.img"
-    res = 4 * 2 ** ((j + 1) // 2)
-    return f"b{res}.conv0" if j % 2 else f"b{res}.img"
+    """The activation point (a `G.config.activation_names` entry) of the paper's layer k: the output
+    of the layer its W+ layer drives (`config.activation_point`)."""
+    return G.config.activation_point(paper_layer(G, k))
 
 
 def describe(G, layers: Iterable[int]) -> str:

@@ -1,8 +1,15 @@
-"""StyleGAN (v1), the official G_style, as pure functions over a static config and a params pytree.
+"""StyleGAN (v1), the official G_style, as pure functions over a static config and a params pytree,
+and `StyleGAN1Generator`, the same public face as the StyleGAN2 `Generator`.
 
-    G = i2spp_jax.formats.stylegan1.read_tf_pickle("karras2019stylegan-ffhq-1024x1024.pkl")  # config, params
-    ws = mapping(cfg, params, z, truncation_psi=0.7)               # [N, num_ws, w_dim]; cutoff 8 by default
-    img = synthesis(cfg, params, ws, noise=stored_noise(params, cfg))   # [N, R, R, C], about [-1, 1]
+    G = i2spp_jax.load_generator("karras2019stylegan-ffhq-1024x1024.pkl")   # Gs, read without TensorFlow
+    ws = G.mapping(z, truncation_psi=0.7)          # [N, 18, 512]; psi on the first 8 layers (G_style's cutoff)
+    img = G.synthesis(ws, noise="const")           # [N, 1024, 1024, 3], about [-1, 1]
+
+The engine and every application take either generation. Where they differ: StyleGAN has
+num_ws = 2 log2(R) - 2 layers, each with its own noise map (18 and 18 at 1024x1024; StyleGAN2 has 17
+noise maps), and W+ layer j is exactly the style of layer j (its AdaIN); there is no RGB skip image,
+so the activation points are b{R}.conv0 (the block's first layer's output; at 4x4 the constant
+layer's) and b{R}.x (the block's output).
 
 What the official network computes (NVlabs/stylegan networks_stylegan.py, its defaults):
 - mapping: pixel-norm of z, `mapping_layers` dense layers with leaky ReLU (0.2), equalized learning
@@ -19,11 +26,17 @@ Images are NHWC here; the official graph is NCHW.
 """
 
 import dataclasses
-from typing import Optional
+import functools
+import json
+from typing import Any, Optional, Sequence, Union
 
+import flax.struct
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from i2spp_jax import activations
+from i2spp_jax.face import GeneratorFace
 
 Params = dict
 SQRT2 = float(np.sqrt(2.0))
@@ -64,6 +77,42 @@ class StyleGAN1Config:
     def noise_shapes(self) -> list[tuple[int, int]]:
         return [(r, r) for r in self.resolutions for _ in range(2)]
 
+    # The names the engine and the applications use (as the StyleGAN2 GeneratorConfig's).
+    generation = 1  # class constant: which StyleGAN
+
+    @property
+    def block_resolutions(self) -> list[int]:
+        return self.resolutions
+
+    @property
+    def noise_names(self) -> list[str]:
+        """One noise map per layer, in W+ order (each layer has its own)."""
+        return self.layer_names
+
+    @property
+    def activation_names(self) -> list[str]:
+        """Points whose tensors synthesis can return and replace: b{R}.conv0 (the block's first layer:
+        on 4x4 the constant layer), b{R}.x (its second layer, the block's output)."""
+        return [f"b{r}.{p}" for r in self.resolutions for p in ("conv0", "x")]
+
+    def activation_point(self, j: int) -> str:
+        """The point holding the output of the layer that W+ layer j drives (its AdaIN)."""
+        return f"b{self.resolutions[j // 2]}.{'x' if j % 2 else 'conv0'}"
+
+    def last_noise_of(self, point: str) -> int:
+        """Index (noise_names) of the last noise map that enters before `point`'s tensor."""
+        return self.activation_names.index(point)
+
+    def to_json(self) -> str:
+        return json.dumps({"generation": 1, **dataclasses.asdict(self)}, indent=1)
+
+    @classmethod
+    def from_json(cls, text: str) -> "StyleGAN1Config":
+        d = json.loads(text)
+        d.pop("generation", None)
+        d["channels"] = tuple(d["channels"])
+        return cls(**d)
+
 
 def _lrelu(x):
     return jnp.where(x >= 0, x, 0.2 * x)
@@ -76,7 +125,7 @@ def _scaled(w, gain: float, lr_multiplier: float = 1.0):
 
 
 def _conv(x, w):
-    return jax.lax.conv_general_dilated(x, w, (1, 1), "SAME", dimension_numbers=_DN)
+    return jax.lax.conv_general_dilated(x, w.astype(x.dtype), (1, 1), "SAME", dimension_numbers=_DN)
 
 
 def _blur(x):
@@ -95,18 +144,18 @@ def _up_conv(x, w, fused: bool):
     f = f[1:, 1:] + f[:-1, 1:] + f[1:, :-1] + f[:-1, :-1]  # [4, 4, in, out]: the official padded sum
     # tf.nn.conv2d_transpose(stride 2, 'SAME') = the input's gradient of a stride-2 convolution: a
     # convolution of the 2x-dilated input with the flipped kernel, padded 2 on each side.
-    return jax.lax.conv_general_dilated(x, jnp.flip(f, (0, 1)), (1, 1), ((2, 2), (2, 2)), lhs_dilation=(2, 2),
-                                        dimension_numbers=_DN)
+    return jax.lax.conv_general_dilated(x, jnp.flip(f, (0, 1)).astype(x.dtype), (1, 1), ((2, 2), (2, 2)),
+                                        lhs_dilation=(2, 2), dimension_numbers=_DN)
 
 
 def _epilogue(layer: Params, x, w, noise):
     """Noise, bias, leaky ReLU, instance norm, AdaIN with this layer's w [N, w_dim]."""
     if noise is not None:
-        x = x + noise[:, :, :, None] * layer["noise_strength"]
-    x = _lrelu(x + layer["bias"])
+        x = x + (noise[:, :, :, None] * layer["noise_strength"]).astype(x.dtype)
+    x = _lrelu(x + layer["bias"].astype(x.dtype))
     x = x - jnp.mean(x, axis=(1, 2), keepdims=True)
     x = x * jax.lax.rsqrt(jnp.mean(jnp.square(x), axis=(1, 2), keepdims=True) + 1e-8)
-    style = w @ _scaled(layer["style_weight"], 1.0) + layer["style_bias"]
+    style = (w @ _scaled(layer["style_weight"], 1.0) + layer["style_bias"]).astype(x.dtype)
     c = x.shape[-1]
     return x * (style[:, None, None, :c] + 1) + style[:, None, None, c:]
 
@@ -136,25 +185,117 @@ def stored_noise(config: StyleGAN1Config, params: Params) -> list[jax.Array]:
     return [syn[b][c]["noise_const"] for b, c in (n.split(".") for n in config.layer_names)]
 
 
-def synthesis(config: StyleGAN1Config, params: Params, ws: jax.Array, noise=None) -> jax.Array:
-    """ws [N, num_ws, w_dim] -> images [N, R, R, C].
+NoiseSpec = Union[str, None, Sequence[Any]]
 
-    noise: a list of num_ws maps ([R, R] or [N, R, R]), None = the stored maps, "none" = no noise."""
+
+def _noise_maps(config: StyleGAN1Config, params: Params, noise: NoiseSpec, n: int) -> list[Optional[jax.Array]]:
+    """One [N, R, R] map (or None) per layer from "const" / None (the stored maps), "none", or a list
+    of entries [R, R], [N, R, R], "const" or None."""
+    stored = stored_noise(config, params)
+    if noise is None or (isinstance(noise, str) and noise == "const"):
+        noise = ["const"] * config.num_ws
+    elif isinstance(noise, str):
+        if noise != "none":
+            raise ValueError(f"noise={noise!r}: use 'const', 'none', or a list of {config.num_ws} maps")
+        noise = [None] * config.num_ws
+    noise = list(noise)
+    if len(noise) != config.num_ws:
+        raise ValueError(f"{len(noise)} noise maps given; this StyleGAN has {config.num_ws} (one per layer)")
+    maps = []
+    for entry, const, (r, _) in zip(noise, stored, config.noise_shapes):
+        if entry is None:
+            maps.append(None)
+            continue
+        m = const if isinstance(entry, str) and entry == "const" else jnp.asarray(entry)
+        if m.shape[-2:] != (r, r) or m.ndim not in (2, 3) or (m.ndim == 3 and m.shape[0] not in (1, n)):
+            raise ValueError(f"noise map for a {r}x{r} layer has shape {m.shape}; expected [{r}, {r}] or [{n}, {r}, {r}]")
+        maps.append(jnp.broadcast_to(m, (n, r, r)))
+    return maps
+
+
+def synthesis(config: StyleGAN1Config, params: Params, ws: jax.Array, noise: NoiseSpec = None, *,
+              edits: Optional[dict] = None, return_activations: bool = False, dtype: Optional[str] = None):
+    """ws [N, num_ws, w_dim] -> images [N, R, R, C] (about [-1, 1]).
+
+    Args:
+      noise: None or "const" (the stored maps), "none", or one entry per layer ([R, R], [N, R, R],
+        "const" or None).
+      edits: {activation point: edit} (`config.activation_names`): an `activations.Mix` or a function
+        of the point's tensor; synthesis continues from the edited tensor.
+      return_activations: also return {point: tensor} (after edits).
+      dtype: None (float32) or "bfloat16": the feature maps and convolutions in that dtype; the
+        styles and the returned image stay float32.
+    """
     syn = params["synthesis"]
+    ws = jnp.asarray(ws)
     n = ws.shape[0]
-    if noise is None:
-        noise = stored_noise(config, params)
-    maps = [None] * config.num_ws if isinstance(noise, str) and noise == "none" else [
-        jnp.broadcast_to(m, (n,) + tuple(np.shape(m)[-2:])) for m in noise]
+    if ws.ndim != 3 or ws.shape[1:] != (config.num_ws, config.w_dim):
+        raise ValueError(f"ws has shape {ws.shape}; expected [N, {config.num_ws}, {config.w_dim}]")
+    edits = dict(edits or {})
+    unknown = set(edits) - set(config.activation_names)
+    if unknown:
+        raise ValueError(f"edits name unknown activation points {sorted(unknown)}; valid: {config.activation_names}")
+    maps = _noise_maps(config, params, noise, n)
+    aux = {}
+
+    def tap(point, x):
+        edit = edits.get(point)
+        if activations.is_data_edit(edit):
+            x = edit.apply(x, None)[0].astype(x.dtype)
+        elif edit is not None:
+            x = edit(x).astype(x.dtype)
+        aux[point] = x
+        return x
+
     b4 = syn["b4"]
     x = jnp.broadcast_to(b4["const"]["const"], (n,) + b4["const"]["const"].shape)
-    x = _epilogue(b4["const"], x, ws[:, 0], maps[0])
-    x = _epilogue(b4["conv"], _conv(x, _scaled(b4["conv"]["weight"], SQRT2)), ws[:, 1], maps[1])
+    x = x if dtype is None else x.astype(dtype)
+    x = tap("b4.conv0", _epilogue(b4["const"], x, ws[:, 0], maps[0]))
+    x = tap("b4.x", _epilogue(b4["conv"], _conv(x, _scaled(b4["conv"]["weight"], SQRT2)), ws[:, 1], maps[1]))
     for i, r in enumerate(config.resolutions[1:], start=1):
         blk = syn[f"b{r}"]
         x = _blur(_up_conv(x, blk["conv0"]["weight"], fused=r >= config.fused_scale_from))
-        x = _epilogue(blk["conv0"], x, ws[:, 2 * i], maps[2 * i])
+        x = tap(f"b{r}.conv0", _epilogue(blk["conv0"], x, ws[:, 2 * i], maps[2 * i]))
         x = _conv(x, _scaled(blk["conv1"]["weight"], SQRT2))
-        x = _epilogue(blk["conv1"], x, ws[:, 2 * i + 1], maps[2 * i + 1])
+        x = tap(f"b{r}.x", _epilogue(blk["conv1"], x, ws[:, 2 * i + 1], maps[2 * i + 1]))
     torgb = syn["torgb"]
-    return _conv(x, _scaled(torgb["weight"], 1.0)) + torgb["bias"]
+    img = (_conv(x, _scaled(torgb["weight"], 1.0)) + torgb["bias"].astype(x.dtype)).astype(jnp.float32)
+    return (img, aux) if return_activations else img
+
+
+@functools.partial(jax.jit, static_argnums=(0, 3, 4))
+def _mapping_jit(config, params, z, truncation_psi, truncation_cutoff):
+    return mapping(config, params, z, truncation_psi=truncation_psi, truncation_cutoff=truncation_cutoff)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 4, 6))
+def _synthesis_jit(config, params, ws, noise, return_activations, edits, dtype):
+    return synthesis(config, params, ws, noise, edits=edits, return_activations=return_activations, dtype=dtype)
+
+
+@flax.struct.dataclass
+class StyleGAN1Generator(GeneratorFace):
+    """A StyleGAN (v1) generator with `Generator`'s face: static `config`, a `params` pytree; a pytree."""
+
+    params: Params
+    config: StyleGAN1Config = flax.struct.field(pytree_node=False)
+
+    def mapping(self, z: jax.Array, truncation_psi: float = 1.0, truncation_cutoff: Optional[int] = -1):
+        """z [N, z_dim] -> ws [N, num_ws, w_dim]; psi on the first `truncation_cutoff` layers (-1 = the
+        network's own, 8 as G_style; None = all)."""
+        z = jnp.asarray(z)
+        if z.ndim != 2 or z.shape[1] != self.z_dim:
+            raise ValueError(f"z has shape {z.shape}; expected [N, {self.z_dim}]")
+        return _mapping_jit(self.config, self.params, z, float(truncation_psi), truncation_cutoff)
+
+    def synthesis(self, ws: jax.Array, noise: NoiseSpec = "const", *, fused_modconv: bool = True,
+                  edits: Optional[dict] = None, return_activations: bool = False, dtype: Optional[str] = None):
+        """ws [N, num_ws, w_dim] -> image [N, R, R, C]; see `synthesis`. `fused_modconv` is accepted and
+        has no effect (StyleGAN has no modulated convolution)."""
+        del fused_modconv
+        edits = dict(edits or {})
+        if any(not activations.is_data_edit(e) for e in edits.values()):
+            return synthesis(self.config, self.params, ws, noise, edits=edits, return_activations=return_activations,
+                             dtype=dtype)
+        maps = _noise_maps(self.config, self.params, noise, jnp.shape(ws)[0])
+        return _synthesis_jit(self.config, self.params, jnp.asarray(ws), maps, return_activations, edits, dtype)

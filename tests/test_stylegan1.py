@@ -3,6 +3,7 @@ sg1_r128 whose 128x128 block up-samples with the fused transposed convolution)."
 
 import os
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -63,3 +64,124 @@ def test_noise_is_an_input(tf_dir):
 def test_a_stylegan2_pickle_is_not_g_style(tf_dir):
     with pytest.raises(ConversionError, match="not StyleGAN \\(v1\\)'s G_style"):
         reader.read_file(os.path.join(tf_dir, "sg2_r32.pkl"))
+
+
+# --- behind the Generator face: load_generator, the converter, the engine, the applications ------
+
+
+def _v1(tf_dir, name="sg1_r32"):
+    import i2spp_jax
+
+    return i2spp_jax.load_generator(os.path.join(tf_dir, f"{name}.pkl"))
+
+
+def test_load_generator_gives_the_same_face_and_numbers(tf_dir):
+    G = _v1(tf_dir)
+    ref = np.load(os.path.join(tf_dir, "sg1_r32.reference.npz"))
+    assert type(G).__name__ == "StyleGAN1Generator" and G.generation == 1
+    assert (G.num_ws, G.z_dim, G.w_dim, G.img_resolution, G.img_channels) == (8, 64, 64, 32, 3)
+    assert len(G.noise_names) == len(G.noise_shapes) == G.num_ws == 8  # one noise map per layer
+    assert G.noise_shapes[:3] == [(4, 4), (4, 4), (8, 8)] and G.w_avg.shape == (64,)
+    assert _rel(_nchw(G.synthesis(ref["w_plus"], noise="const")), ref["img_synth_wplus"]) < RTOL
+    assert _rel(_nchw(G.synthesis(G.mapping(ref["z"], truncation_psi=0.7))), ref["img_psi07"]) < RTOL  # cutoff 8
+    assert _rel(_nchw(G.synthesis(G.mapping(ref["z"], 0.7, truncation_cutoff=2))), ref["img_psi07_cut2"]) < RTOL
+    # explicit maps: the stored ones give the stored result; "none" and zeros agree; fused_modconv is accepted
+    ws = jnp.asarray(ref["w"])
+    np.testing.assert_allclose(G.synthesis(ws, noise=list(G.noise_const)), G.synthesis(ws), rtol=0, atol=1e-6)
+    zeros = [np.zeros(s, np.float32) for s in G.noise_shapes]
+    np.testing.assert_array_equal(G.synthesis(ws, noise="none", fused_modconv=False), G.synthesis(ws, noise=zeros))
+    drawn = G.make_noise(jax.random.PRNGKey(0), batch=4)
+    assert [tuple(m.shape) for m in drawn] == [(4,) + s for s in G.noise_shapes]
+    with pytest.raises(ValueError, match="8 \\(one per layer\\)"):
+        G.synthesis(ws, noise=zeros[:7])
+
+
+def test_the_converter_writes_a_v1_checkpoint(tf_dir, tmp_path):
+    import subprocess
+    import sys
+
+    import i2spp_jax
+    from experiments import cli
+
+    dst = str(tmp_path / "v1")
+    p = subprocess.run([sys.executable, "-m", "converters.stylegan2", f"--src={os.path.join(tf_dir, 'sg1_r128.pkl')}",
+                        f"--dst={dst}"], capture_output=True, text=True, cwd=os.path.dirname(os.path.dirname(__file__)))
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert "converting Gs" in p.stdout and "StyleGAN (v1), 128x128x3" in p.stdout and "12 noise maps" in p.stdout
+    err = float(p.stdout.split("reference_rel_error: ")[1].split()[0])
+    assert err < RTOL  # the reference found beside the pickle: the fused 128x128 block included
+    config = cli.generator_config(dst)
+    assert isinstance(config, stylegan1.StyleGAN1Config) and config.fused_scale_from == 128
+    G = i2spp_jax.load_generator(dst)
+    ref = np.load(os.path.join(tf_dir, "sg1_r128.reference.npz"))
+    assert _rel(_nchw(G.synthesis(G.mapping(ref["z"]))), ref["img_psi1"]) < RTOL
+
+
+def test_activation_points_hold_the_layer_each_w_drives(tf_dir):
+    """Changing W+ layer j alone changes the tensor at config.activation_point(j) and leaves the point
+    before it untouched; returned activations are the taps, and an edit continues from its tensor."""
+    from i2spp_jax import activations
+
+    G = _v1(tf_dir)
+    cfg = G.config
+    ws = jnp.asarray(np.load(os.path.join(tf_dir, "sg1_r32.reference.npz"))["w_plus"][:1])
+    _, acts = G.synthesis(ws, return_activations=True)
+    assert sorted(acts) == sorted(cfg.activation_names) and len(acts) == G.num_ws
+    for j in range(1, G.num_ws):
+        moved = ws.at[:, j].add(0.5)
+        _, acts2 = G.synthesis(moved, return_activations=True)
+        here, before = cfg.activation_point(j), cfg.activation_point(j - 1)
+        assert float(jnp.abs(acts2[here] - acts[here]).max()) > 1e-3, j
+        np.testing.assert_array_equal(acts2[before], acts[before])
+    # B's tensor at b8.x spliced into A, with B's W+ and noise after it: B's image, not A's
+    point = "b8.x"
+    ws_b = ws.at[:, :].add(0.3)
+    img_b, acts_b = G.synthesis(ws_b, return_activations=True)
+    later = np.arange(G.num_ws) > cfg.activation_names.index(point)
+    mixed_ws = jnp.where(later[None, :, None], ws_b, ws)
+    edit = {point: activations.spatial_copy(np.zeros((32, 32)), activations.capture(acts_b, point))}
+    np.testing.assert_allclose(G.synthesis(mixed_ws, edits=edit), img_b, atol=1e-5)
+    assert float(jnp.abs(G.synthesis(mixed_ws) - img_b).max()) > 1e-2
+
+
+def test_the_papers_layer_numbers_on_its_own_generator():
+    """A 1024x1024 StyleGAN: 18 W+ layers, 18 noise maps, and the paper's numbers taken as they are."""
+    from types import SimpleNamespace
+
+    from i2spp_jax import layers
+    from i2spp_jax.apps.feature_transfer import later_noise
+
+    cfg = stylegan1.StyleGAN1Config(img_resolution=1024, channels=(512,) * 5 + (256, 128, 64, 32))
+    G = SimpleNamespace(num_ws=cfg.num_ws, config=cfg, noise_names=cfg.noise_names)
+    assert cfg.num_ws == len(cfg.noise_names) == 18
+    assert list(np.flatnonzero(layers.w_mask(G, layers.INPAINT_LAYERS))) == list(range(9)) + [16, 17]
+    assert list(np.flatnonzero(layers.w_mask(G, layers.SCRIBBLE_LAYERS))) == [3, 4, 5]
+    assert layers.activation_point(G, layers.FEATURE_TRANSFER_LAYER) == "b8.x"  # the 4th layer: 8x8's output
+    assert [layers.activation_point(G, k) for k in (1, 2, 3, 18)] == ["b4.conv0", "b4.x", "b8.conv0", "b1024.x"]
+    # the noise maps of the layers after the 4th: layers 5..18
+    assert later_noise(G, "b8.x") == [False] * 4 + [True] * 14
+
+
+def test_reconstruction_and_an_application_run_on_v1(tf_dir):
+    """The engine's W+ and noise phases lower the loss on a StyleGAN (v1), in float32 and in the bf16
+    mode; feature transfer combines two images at the paper's 4th layer."""
+    from i2spp_jax import embed
+    from i2spp_jax.apps.feature_transfer import combine
+
+    G = _v1(tf_dir)
+    ref = np.load(os.path.join(tf_dir, "sg1_r32.reference.npz"))
+    target = G.synthesis(ref["w_plus"][:2], noise=G.make_noise(jax.random.PRNGKey(5), batch=2))
+    v0 = embed.initial_variables(G, 2, seed=0)
+    phases = (embed.W_l(20, lr=0.05, percept=0.0, resize_to=None), embed.Mk_n(20, lr=0.5, resize_to=None))
+    for dtype in ("float32", "bfloat16"):
+        res = embed.embed(G, target, phases=phases, init_vars=v0, log_every=0, compute_dtype=dtype)
+        psnr = res.history["psnr"]
+        assert np.all(psnr[19] > psnr[0] + 1) and np.all(psnr[39] > psnr[20]), (dtype, psnr[[0, 19, 20, 39]])
+        assert len(res.vars["noise"]) == 8
+    va = {"w_plus": jnp.asarray(ref["w_plus"][:1]), "noise": [m[None] for m in G.noise_const]}
+    vb = {"w_plus": jnp.asarray(ref["w_plus"][1:2]), "noise": [m[None] for m in G.noise_const]}
+    mask = np.zeros((32, 32), np.float32)
+    mask[:, :16] = 1  # left half from a
+    out = combine(G, va, vb, mask, point="b8.x")
+    a, b = np.asarray(G.synthesis(va["w_plus"])), np.asarray(G.synthesis(vb["w_plus"]))
+    assert np.abs(out - a).mean() > 1e-3 and np.abs(out - b).mean() > 1e-3  # neither image alone

@@ -27,10 +27,8 @@ OPS = {"spatial": activations.spatial_copy, "average": activations.average, "cha
 
 def later_noise(G, point: str) -> list[bool]:
     """Which noise maps (synthesis order) enter after activation point `point`."""
-    block, _, where = point.partition(".")
-    last = f"{block}.conv0" if where == "conv0" else (f"{block}.conv1")
-    names = G.noise_names
-    return [i > names.index(last) for i in range(len(names))]
+    last = G.config.last_noise_of(point)
+    return [i > last for i in range(len(G.noise_names))]
 
 
 def combine(G, vars_a: dict, vars_b: dict, mask, *, point: str, op: str = "spatial",

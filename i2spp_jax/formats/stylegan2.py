@@ -177,9 +177,8 @@ def tf_stylegan2_state_dict(net: tf_pickle.TFNetwork, path: str = "") -> tuple[S
     biases + 1 (TF adds the 1 in the graph); noise inputs [1, 1, R, R] -> [R, R]."""
     where = f"{path}: " if path else ""
     if net.build_func_name == "G_style":
-        raise ConversionError(f"{where}{net.name} is a StyleGAN (v1) generator (G_style); load_generator and the "
-                              "converter take StyleGAN2 only so far (i2spp_jax.formats.stylegan1.read_file reads it "
-                              "for i2spp_jax.stylegan1's functions; the engine and applications do not run on it yet)")
+        raise ConversionError(f"{where}{net.name} is a StyleGAN (v1) generator (G_style): read it with "
+                              "i2spp_jax.load_generator or i2spp_jax.formats.generators.convert_file")
     synthesis = net.components.get("synthesis")
     if net.build_func_name != "G_main" or synthesis is None or \
             synthesis.build_func_name != "G_synthesis_stylegan2":

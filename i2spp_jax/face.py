@@ -1,0 +1,69 @@
+"""What every generator shows the engine and the applications, whichever StyleGAN it is.
+
+`GeneratorFace` is mixed into the StyleGAN2 `generator.Generator` and the StyleGAN (v1)
+`stylegan1.StyleGAN1Generator`. Each is a flax dataclass holding `params` (a pytree) and a static
+`config` that names its noise maps (`noise_names`, "b{R}.{layer}", whose params hold a
+`noise_const`) and says their shapes; each adds its own `mapping` and `synthesis`.
+"""
+
+from typing import Optional
+
+import jax
+
+
+class GeneratorFace:
+    """Topology with NVIDIA's names, the mean latent, the stored noise and noise draws."""
+
+    @property
+    def z_dim(self) -> int:
+        return self.config.z_dim
+
+    @property
+    def w_dim(self) -> int:
+        return self.config.w_dim
+
+    @property
+    def num_ws(self) -> int:
+        return self.config.num_ws
+
+    @property
+    def img_resolution(self) -> int:
+        return self.config.img_resolution
+
+    @property
+    def img_channels(self) -> int:
+        return self.config.img_channels
+
+    @property
+    def generation(self) -> int:
+        """1 for StyleGAN, 2 for StyleGAN2."""
+        return self.config.generation
+
+    @property
+    def noise_names(self) -> list[str]:
+        return self.config.noise_names
+
+    @property
+    def noise_shapes(self) -> list[tuple[int, int]]:
+        return self.config.noise_shapes
+
+    @property
+    def w_avg(self) -> jax.Array:
+        """[w_dim] mean latent w̄ (the tracked average of mapping outputs)."""
+        return self.params["mapping"]["w_avg"]
+
+    @property
+    def noise_const(self) -> list[jax.Array]:
+        """The stored noise maps, [R, R] each, synthesis order (not scaled by the noise strengths)."""
+        syn = self.params["synthesis"]
+        return [syn[b][c]["noise_const"] for b, c in (n.split(".") for n in self.noise_names)]
+
+    def make_noise(self, key: jax.Array, batch: Optional[int] = None) -> list[jax.Array]:
+        """N(0, I) noise maps, one per layer, from an explicit key (fold_in(key, layer index));
+        [R, R] maps, or [batch, R, R] when batch is given."""
+        return make_noise(self.config.noise_shapes, key, batch)
+
+
+def make_noise(noise_shapes, key: jax.Array, batch: Optional[int] = None) -> list[jax.Array]:
+    lead = () if batch is None else (batch,)
+    return [jax.random.normal(jax.random.fold_in(key, i), lead + tuple(shape)) for i, shape in enumerate(noise_shapes)]
