@@ -82,10 +82,10 @@ def _fake_dnnlib(mp: pytest.MonkeyPatch):
     return Network
 
 
-def _rewrite(tf_dir, tmp_path, edit, name="edited.pkl"):
+def _rewrite(tf_dir, tmp_path, edit, name="edited.pkl", source="sg2_r32"):
     """The fixture read with the project's reader, `edit(state of Gs)` applied, pickled again as the
     official code does."""
-    G, D, Gs = tf_pickle.load_file(os.path.join(tf_dir, "sg2_r32.pkl"))
+    G, D, Gs = tf_pickle.load_file(os.path.join(tf_dir, f"{source}.pkl"))
     with pytest.MonkeyPatch.context() as mp:
         Network = _fake_dnnlib(mp)
 
@@ -173,3 +173,35 @@ def test_truncated_pickle_is_named(tf_dir, tmp_path):
     path.write_bytes(data[: len(data) // 2])
     with pytest.raises(pickle.UnpicklingError, match="truncated or corrupt"):
         stylegan2.convert_file(str(path))
+
+
+@pytest.mark.parametrize("edit, words", [
+    (lambda s: s["static_kwargs"].update(label_size=10), "label_size=10: the port implements 0"),
+    (lambda s: s["components"]["synthesis"].state["static_kwargs"].update(use_pixel_norm=True),
+     "use_pixel_norm=True: the port implements False"),
+    (lambda s: s["components"]["synthesis"].state["variables"].append(("lod", np.float32(1.0))), "lod=1.0"),
+    (lambda s: s["components"]["synthesis"].state["variables"].append(("8x8/Extra/weight", np.ones(2))),
+     "unused variable(s) ['synthesis/8x8/Extra/weight']"),
+])
+def test_a_stylegan_v1_the_port_does_not_implement_is_refused_by_name(tf_dir, tmp_path, edit, words):
+    import i2spp_jax
+
+    path = _rewrite(tf_dir, tmp_path, edit, source="sg1_r32")
+    with pytest.raises(stylegan2.ConversionError) as e:
+        i2spp_jax.load_generator(path)
+    assert words in str(e.value)
+
+
+def test_a_global_inside_a_stylegan_v1_network_is_refused_unrun(tf_dir, tmp_path):
+    import i2spp_jax
+
+    marker = tmp_path / "pwned"
+
+    class Evil:
+        def __reduce__(self):
+            return os.system, (f"touch {marker}",)
+
+    path = _rewrite(tf_dir, tmp_path, lambda s: s.update(build_module_src=Evil()), source="sg1_r32")
+    with pytest.raises(UnsafePickleError, match=r"(posix|os)\.system"):
+        i2spp_jax.load_generator(path)
+    assert not marker.exists()
