@@ -130,9 +130,9 @@ def _mesh(cfg: FolderConfig):
 
 
 def _settings(cfg: FolderConfig, phases) -> dict:
-    settings = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in _NOT_SETTINGS}
+    settings = presets.run_settings(cfg, exclude=_NOT_SETTINGS)
     settings["images"] = os.path.abspath(cfg.images)
-    return {"settings": settings, "phases": [repr(p) for p in phases]}
+    return {"settings": settings, "phases": [embed.phase_key(p) for p in phases]}
 
 
 @dataclasses.dataclass(frozen=True)

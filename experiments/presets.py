@@ -67,3 +67,16 @@ def from_flags(FLAGS, defaults) -> dict:
                 noise_lr=FLAGS.noise_lr, percept=FLAGS.percept, resize_to=FLAGS.resize_to,
                 vgg="random" if FLAGS.smoke and FLAGS.vgg == defaults.vgg else FLAGS.vgg, noise_init=FLAGS.noise_init,
                 compute_dtype=FLAGS.compute_dtype, float32_tail=FLAGS.float32_tail)
+
+
+def run_settings(cfg, exclude=()) -> dict:
+    """The config's fields that make a run (for run.json), less `exclude`. Settings added after run
+    folders were first written are left out where they hold their old meaning (float32; the float32
+    tail of a float32 run means nothing), so that a folder of an earlier version resumes."""
+    import dataclasses
+
+    settings = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in exclude}
+    if settings.get("compute_dtype") == "float32":
+        settings.pop("compute_dtype")
+        settings.pop("float32_tail", None)
+    return settings

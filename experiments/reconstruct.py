@@ -191,8 +191,8 @@ def _targets(cfg: ReconstructConfig, G, inputs: _Inputs, log) -> list[Target]:
 def _run_fingerprint(cfg: ReconstructConfig, phases) -> dict:
     """The settings that make a run (the targets are added by content): a folder holding another
     run is refused, never mixed."""
-    settings = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in ("out", "log_every")}
-    return {"settings": settings, "phases": [repr(p) for p in phases]}
+    settings = presets.run_settings(cfg, exclude=("out", "log_every"))
+    return {"settings": settings, "phases": [embed.phase_key(p) for p in phases]}
 
 
 def _finished_metrics(out: str) -> Optional[dict]:

@@ -20,7 +20,7 @@ variables, step, driver), a module per job.
 from i2spp_jax.engine.driver import (HISTORY_KEYS, CheckpointMismatchError, EmbedResult, NonFiniteLossError,
                                      data_hash, embed, history_to_json)
 from i2spp_jax.engine.phases import (DEFAULT_MASKS, SCHEDULES, Y_SOURCES, Joint, LossWeights, M_st, Mk_n, Phase,
-                                     W_l, modconv_for, schedule)
+                                     W_l, modconv_for, phase_key, schedule)
 from i2spp_jax.engine.step import LOSS_TERMS, compiled_step, evaluate, psnr, render, step
 from i2spp_jax.engine.variables import (LOSS_MASKS, NOISE_INITS, W_INITS, Vars, initial_variables, labels,
                                         make_masks, make_optimizer)
@@ -29,5 +29,5 @@ __all__ = [
     "CheckpointMismatchError", "DEFAULT_MASKS", "EmbedResult", "HISTORY_KEYS", "Joint", "LOSS_MASKS", "LOSS_TERMS", "LossWeights", "M_st",
     "Mk_n", "NOISE_INITS", "NonFiniteLossError", "Phase", "SCHEDULES", "Vars", "W_INITS", "W_l", "Y_SOURCES",
     "compiled_step", "data_hash", "embed", "evaluate", "history_to_json", "initial_variables", "labels",
-    "make_masks", "make_optimizer", "modconv_for", "psnr", "render", "schedule", "step",
+    "make_masks", "make_optimizer", "modconv_for", "phase_key", "psnr", "render", "schedule", "step",
 ]

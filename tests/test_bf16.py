@@ -121,3 +121,21 @@ def test_reconstruct_runs_and_records_the_bf16_mode(tmp_path):
     assert [(p["compute_dtype"], p["num_steps"], p["float32_steps"]) for p in saved["phases"]] == [
         ("bfloat16", 4, 2), ("bfloat16", 3, 2)]
     assert 5 < m["targets"]["rendered"]["final"]["psnr"] < 60
+
+
+def test_float32_runs_keep_the_fingerprints_of_earlier_versions():
+    """Phase gained compute_dtype and float32_steps: at their float32 values a phase's key is the repr
+    an earlier version wrote into run.json and checkpoints, so that its runs resume; a bf16 phase's
+    key names them. The same for the commands' settings."""
+    from experiments import presets
+    from experiments.reconstruct import ReconstructConfig
+
+    for p in (embed.W_l(10), embed.Mk_n(5, masks="known", y="previous")):
+        assert embed.phase_key(p) == repr(p).replace(", compute_dtype='float32', float32_steps=0", "")
+        assert "compute_dtype" not in embed.phase_key(p)
+        low = dataclasses.replace(p, compute_dtype="bfloat16", float32_steps=1)
+        assert "compute_dtype='bfloat16', float32_steps=1" in embed.phase_key(low)
+    settings = presets.run_settings(ReconstructConfig(), exclude=("out",))
+    assert "compute_dtype" not in settings and "float32_tail" not in settings and "w_lr" in settings
+    low = presets.run_settings(ReconstructConfig(compute_dtype="bfloat16"), exclude=("out",))
+    assert (low["compute_dtype"], low["float32_tail"]) == ("bfloat16", 0.1)

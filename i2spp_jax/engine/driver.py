@@ -24,7 +24,7 @@ import numpy as np
 
 from i2spp_jax.engine import checkpoints, sharding
 from i2spp_jax.engine import step as step_lib
-from i2spp_jax.engine.phases import Phase, modconv_for
+from i2spp_jax.engine.phases import Phase, modconv_for, phase_key
 from i2spp_jax.engine.step import LOSS_TERMS
 from i2spp_jax.engine.variables import Vars, make_masks, make_optimizer
 from i2spp_jax.generator import Generator
@@ -72,7 +72,7 @@ def data_hash(*trees) -> str:
 
 def _fingerprint(G, phases, vars, seed, data):
     shapes = [list(np.shape(x)) for x in jax.tree.leaves(vars)]
-    return json.dumps({"phases": [repr(p) for p in phases], "shapes": shapes, "seed": seed,
+    return json.dumps({"phases": [phase_key(p) for p in phases], "shapes": shapes, "seed": seed,
                        "generator": [G.img_resolution, G.num_ws, G.w_dim], "data": data})
 
 

@@ -69,6 +69,19 @@ class Phase:
             raise ValueError(f"phase {self.name} updates nothing: set update_w and/or update_noise")
 
 
+# Fields added to Phase after runs were first checkpointed, with the value that means "as before".
+# `phase_key` leaves them out at that value, so that a run started by an earlier version resumes.
+ADDED_LATER = {"compute_dtype": "float32", "float32_steps": 0}
+
+
+def phase_key(phase: Phase) -> str:
+    """The phase as text, for run fingerprints: its repr, without the ADDED_LATER fields where they
+    hold their old meaning (then exactly the repr an earlier version wrote)."""
+    fields = [f for f in dataclasses.fields(phase)
+              if f.repr and not (f.name in ADDED_LATER and getattr(phase, f.name) == ADDED_LATER[f.name])]
+    return f"{type(phase).__qualname__}({', '.join(f'{f.name}={getattr(phase, f.name)!r}' for f in fields)})"
+
+
 def modconv_for(phase: Phase, batch: int, backend: str) -> bool:
     """The fused_modconv a phase runs with: its own, or where it is None the faster one as measured
     on the CPU (BUILD_NOTES.md, issue 9). With one image the grouped convolution is a plain
