@@ -196,7 +196,8 @@ def load_generator(path: str, **convert_kwargs):
     except (stylegan2.ConversionError, torch_pickle.TruncatedFileError, pickle.UnpicklingError,
             json.JSONDecodeError) as e:
         raise UserError(f"--generator={path}: {e}; give 'demo', a checkpoint directory (python -m "
-                        "converters.stylegan2), a stylegan2-ada-pytorch .pkl or a rosinality .pt") from e
+                        "converters.stylegan2), a stylegan2-ada-pytorch .pkl, a rosinality .pt, or an official "
+                        "TensorFlow StyleGAN / StyleGAN2 .pkl") from e
 
 
 def load_image(path: str, config: Optional[GeneratorConfig], log: Callable[[str], None] = log,
