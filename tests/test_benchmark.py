@@ -87,3 +87,16 @@ def test_gpu_path_flags_carried_vgg_trunk_and_multi_step_dispatch(tmp_path):
     np.testing.assert_allclose(two["loss_first"], one["loss_first"], rtol=1e-5)
     p, _ = run_cli("experiments.benchmark", f"--out={second}", "--steps_per_call=3", *args)
     assert_one_line_error(p, "--steps_per_call=3", "divisor")
+
+
+def test_step_parts_times_each_part_and_writes_a_record(tmp_path):
+    """experiments/step_parts.py: the W+ step's parts alone, and the whole steps, on the benchmark's CPU
+    sizes (a small VGG resolution to keep it short)."""
+    p, _ = run_cli("experiments.step_parts", f"--out={tmp_path}", "--preset=cpu", "--resize_to=32", "--rounds=1",
+                   "--vgg=random", timeout=600)
+    assert p.returncode == 0, p.stderr[-3000:]
+    rec = json.load(open(os.path.join(tmp_path, "step_parts.json")))
+    assert list(rec["parts"]) == ["G forward", "G forward + backward", "VGG forward + backward", "W+ step",
+                                  "noise step"]
+    assert all(v["ms_per_iteration"] > 0 for v in rec["parts"].values())
+    assert rec["resolution"] == 256 and rec["batch"] == 1 and "| W+ step |" in p.stdout
