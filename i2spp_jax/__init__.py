@@ -14,7 +14,7 @@
     filled = i2spp_jax.apps.inpaint(G, image, hole, vgg=vgg)      # Alg. 4; also crossover, scribble,
                                                                 # style_transfer, feature_transfer
 
-Modules: generator (StyleGAN2 port), checkpoint (orbax; the shipped demo generator), vgg, losses
+Modules: generator (StyleGAN2 port), stylegan1 (StyleGAN v1 port, the same face), checkpoint (orbax; the shipped demo generator), vgg, losses
 (Eq. 1), metrics (PSNR, SSIM, Fréchet distance), embed (W+/noise optimisation: W_l, Mk_n, M_st; the
 engine lives in engine/), activations (I_att's operations as data), masks, layers (the paper's layer
 numbers on any generator), apps (the paper's applications), io (images), plots, and for training the
@@ -27,6 +27,7 @@ from i2spp_jax import apps  # the paper's applications
 from i2spp_jax import embed  # the module: embed.embed is the driver
 from i2spp_jax.embed import M_st, Mk_n, W_l, initial_variables, make_masks, schedule
 from i2spp_jax.generator import Generator, GeneratorConfig, make_noise, random_demo_generator
+from i2spp_jax.stylegan1 import StyleGAN1Config, StyleGAN1Generator
 from i2spp_jax.losses import LossWeights, eq1_loss
 from i2spp_jax.metrics import psnr, ssim
 from i2spp_jax.vgg import VGG16, load_vgg16
@@ -37,6 +38,8 @@ __all__ = [
     "LossWeights",
     "M_st",
     "Mk_n",
+    "StyleGAN1Config",
+    "StyleGAN1Generator",
     "VGG16",
     "W_l",
     "demo_generator",
