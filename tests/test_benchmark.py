@@ -89,6 +89,7 @@ def test_gpu_path_flags_carried_vgg_trunk_and_multi_step_dispatch(tmp_path):
     assert_one_line_error(p, "--steps_per_call=3", "divisor")
 
 
+@pytest.mark.slow  # an end-to-end run of a command: `pytest -m slow`
 def test_step_parts_times_each_part_and_writes_a_record(tmp_path):
     """experiments/step_parts.py: the W+ step's parts alone, and the whole steps, on the benchmark's CPU
     sizes (a small VGG resolution to keep it short)."""

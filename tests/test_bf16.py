@@ -112,6 +112,7 @@ def test_bf16_settings_are_checked():
         run(G, x, embed.initial_variables(G, 1), (w_mse(2),), compute_dtype="bfloat16", float32_tail=1.5)
 
 
+@pytest.mark.slow  # an end-to-end run of a command: `pytest -m slow`
 def test_reconstruct_runs_and_records_the_bf16_mode(tmp_path):
     from test_embed_reconstruct import smoke
 
