@@ -34,6 +34,8 @@ def define_flags() -> None:
     flags.DEFINE_integer("rounds", 5, "timed calls per part (the table shows their median)", lower_bound=1)
     flags.DEFINE_string("vgg", "auto", "auto (ImageNet if installed, else random), random, or a vgg16_trunk.npz")
     flags.DEFINE_string("out", "runs/step_parts", "output folder (step_parts.json)")
+    flags.DEFINE_bool("memory_only", False, "compile the W+ and noise steps and report their memory (XLA's "
+                      "buffer assignment: arguments, outputs, temporaries) without timing anything")
 
 
 def _time(fn, args, rounds: int) -> tuple[float, float]:
@@ -51,7 +53,14 @@ def _time(fn, args, rounds: int) -> tuple[float, float]:
     return first, float(np.median(times))
 
 
-def measure(preset: str, batch: int, resize_to: int, numerics: str, rounds: int, vgg_spec: str) -> dict:
+def _memory(fn, args) -> dict:
+    """MB of the compiled program's arguments, outputs and temporaries (XLA's buffer assignment)."""
+    m = fn.lower(*args).compile().memory_analysis()
+    return {k: getattr(m, f"{k}_size_in_bytes") / 2**20 for k in ("argument", "output", "temp")}
+
+
+def measure(preset: str, batch: int, resize_to: int, numerics: str, rounds: int, vgg_spec: str,
+            memory_only: bool = False) -> dict:
     import dataclasses
 
     import jax
@@ -91,11 +100,12 @@ def measure(preset: str, batch: int, resize_to: int, numerics: str, rounds: int,
         return total[0]
 
     v_bwd = jax.jit(jax.vmap(jax.grad(percept)))
-    parts = {}
+    parts, memory = {}, {}
     with jax.default_matmul_precision(precision):
-        parts["G forward"] = _time(g_fwd, (w, noise), rounds)
-        parts["G forward + backward"] = _time(g_bwd, (w, noise, r), rounds)
-        parts["VGG forward + backward"] = _time(v_bwd, (target, feats), rounds)
+        if not memory_only:
+            parts["G forward"] = _time(g_fwd, (w, noise), rounds)
+            parts["G forward + backward"] = _time(g_bwd, (w, noise, r), rounds)
+            parts["VGG forward + backward"] = _time(v_bwd, (target, feats), rounds)
         for name, phase in (("W+ step", embed.W_l(0, resize_to=resize_to)), ("noise step", embed.Mk_n(0))):
             phase = dataclasses.replace(phase, fused_modconv=False, compute_dtype=dtype)
             init = embed.initial_variables(G, batch, w_init="w_avg", noise_init="const")
@@ -103,11 +113,15 @@ def measure(preset: str, batch: int, resize_to: int, numerics: str, rounds: int,
             masks = jax.tree.map(lambda a: jnp.broadcast_to(a, (batch,) + a.shape), embed.make_masks(G))
             tf = step_lib.target_features(vgg, target, target, phase)
             step = embed.compiled_step(phase)
-            parts[name] = _time(step, (init, opt, G, vgg, target, target, masks, None, tf), rounds)
+            args = (init, opt, G, vgg, target, target, masks, None, tf)
+            memory[name] = _memory(step, args)
+            if not memory_only:
+                parts[name] = _time(step, args, rounds)
     return {"preset": preset, "resolution": res, "batch": batch, "resize_to": resize_to, "numerics": numerics,
             "vgg": source, "device": str(jax.devices()[0].device_kind), "backend": jax.default_backend(),
-            "jax": jax.__version__, "rounds": rounds,
-            "parts": {k: {"first_call_s": f, "ms_per_iteration": 1e3 * m} for k, (f, m) in parts.items()}}
+            "jax": jax.__version__, "rounds": rounds, "memory_mb": memory,
+            "parts": {} if memory_only else
+            {k: {"first_call_s": f, "ms_per_iteration": 1e3 * m} for k, (f, m) in parts.items()}}
 
 
 def table(rec: dict) -> str:
@@ -128,14 +142,18 @@ def main(argv):
 
     F = flags.FLAGS
     preset = F.preset if F.preset != "auto" else ("ffhq" if jax.default_backend() == "gpu" else "cpu")
-    rec = measure(preset, F.batch, F.resize_to, F.numerics, F.rounds, F.vgg)
+    rec = measure(preset, F.batch, F.resize_to, F.numerics, F.rounds, F.vgg, F.memory_only)
     os.makedirs(F.out, exist_ok=True)
     with open(os.path.join(F.out, "step_parts.json"), "w") as f:
         json.dump(rec, f, indent=1)
     print(f"\n{rec['device']} ({rec['backend']}, jax {rec['jax']}); {rec['resolution']}x{rec['resolution']} generator "
           f"({preset} preset), batch {rec['batch']}, VGG16 at {rec['resize_to']} ({rec['vgg']}), {rec['numerics']}; "
           f"medians of {rec['rounds']} calls\n")
-    print(table(rec))
+    if rec["parts"]:
+        print(table(rec) + "\n")
+    for name, m in rec["memory_mb"].items():
+        print(f"{name}: arguments {m['argument']:.0f} MB, outputs {m['output']:.0f} MB, temporaries {m['temp']:.0f} MB "
+              "(the compiled program's buffers)")
 
 
 if __name__ == "__main__":

@@ -101,3 +101,14 @@ def test_step_parts_times_each_part_and_writes_a_record(tmp_path):
                                   "noise step"]
     assert all(v["ms_per_iteration"] > 0 for v in rec["parts"].values())
     assert rec["resolution"] == 256 and rec["batch"] == 1 and "| W+ step |" in p.stdout
+
+
+@pytest.mark.slow  # an end-to-end run of a command: `pytest -m slow`
+def test_step_parts_memory_only_reports_the_compiled_buffers(tmp_path):
+    p, _ = run_cli("experiments.step_parts", f"--out={tmp_path}", "--preset=cpu", "--resize_to=32", "--vgg=random",
+                   "--memory_only", timeout=600)
+    assert p.returncode == 0, p.stderr[-3000:]
+    rec = json.load(open(os.path.join(tmp_path, "step_parts.json")))
+    assert rec["parts"] == {} and set(rec["memory_mb"]) == {"W+ step", "noise step"}
+    w = rec["memory_mb"]["W+ step"]
+    assert w["temp"] > 0 and w["argument"] > 0 and "W+ step: arguments" in p.stdout
