@@ -142,7 +142,7 @@ def _settings(F) -> dict:
 # Inputs shared by both sides: the generator's weights and VGG16's trunk.
 
 
-def _vgg_trunk(spec: str) -> tuple[dict, str]:
+def vgg_trunk(spec: str) -> tuple[dict, str]:
     """(params of conv1_1..conv3_3 as numpy, where they came from)."""
     import jax
 
@@ -174,7 +174,7 @@ def _prepare(F, s: dict) -> dict:
     tag = f"g{s['resolution']}_b{s['channel_base']}_m{s['channel_max']}_w{s['w_dim']}_l{s['mapping_layers']}_s{s['seed']}"
     inputs = {"tag": tag}
     trunk = os.path.join(F.out, "vgg16_trunk.npz")
-    params, source = _vgg_trunk(F.vgg)
+    params, source = vgg_trunk(F.vgg)
     np.savez(trunk, **{f"{n}/{k}": v for n, p in params.items() for k, v in p.items()})
     inputs.update(vgg=trunk, vgg_source=source)
     if F.torch_repo:

@@ -75,7 +75,7 @@ def measure(preset: str, batch: int, resize_to: int, numerics: str, rounds: int,
     config = GeneratorConfig.from_channel_base(img_resolution=res, channel_base=base, channel_max=cmax, z_dim=w_dim,
                                                w_dim=w_dim, mapping_layers=layers)
     G = Generator(params=init_params(config, jax.random.PRNGKey(0)), config=config)
-    params, source = benchmark._vgg_trunk(vgg_spec)
+    params, source = benchmark.vgg_trunk(vgg_spec)
     dtype = "bfloat16" if numerics == "bf16" else "float32"
     vgg = VGG16(params=jax.tree.map(jnp.asarray, params), preprocessing="keras", compute_dtype=dtype)
     precision = "highest" if numerics == "fp32" else "tensorfloat32"

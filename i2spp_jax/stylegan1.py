@@ -101,6 +101,8 @@ class StyleGAN1Config:
 
     def last_noise_of(self, point: str) -> int:
         """Index (noise_names) of the last noise map that enters before `point`'s tensor."""
+        if point not in self.activation_names:
+            raise ValueError(f"activation point {point!r}: use one of {self.activation_names}")
         return self.activation_names.index(point)
 
     def to_json(self) -> str:

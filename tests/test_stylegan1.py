@@ -160,6 +160,8 @@ def test_the_papers_layer_numbers_on_its_own_generator():
     assert [layers.activation_point(G, k) for k in (1, 2, 3, 18)] == ["b4.conv0", "b4.x", "b8.conv0", "b1024.x"]
     # the noise maps of the layers after the 4th: layers 5..18
     assert later_noise(G, "b8.x") == [False] * 4 + [True] * 14
+    with pytest.raises(ValueError, match="activation point 'b8.img'"):  # a StyleGAN2 point: no skip image here
+        later_noise(G, "b8.img")
 
 
 def test_reconstruction_and_an_application_run_on_v1(tf_dir):
