@@ -316,9 +316,10 @@ def _write_outputs(cfg, G, phases, names, result, targets, preset, resize_to, ti
                 "target": "rendered from a hidden latent and hidden noise; PSNR is against the true answer"}
         per_target[t.name] = entry
         row, row_titles = [target], ["target"]
-        for p, q, im in zip(phases, per_phase, phase_imgs):  # each phase's result and its difference map
+        for p, q, im in zip(result.phases, per_phase, phase_imgs):  # each phase's result and its difference map
             row += [im[b], io.difference_map(im[b], target)]
-            row_titles += [f"after {_PHASE_LABELS.get(p.name, p.name)}\n{q['iterations']} it: {q['psnr']:.2f} dB",
+            mode = " (bf16 mode)" if p.compute_dtype == "bfloat16" else ""
+            row_titles += [f"after {_PHASE_LABELS.get(p.name, p.name)}\n{q['iterations']} it{mode}: {q['psnr']:.2f} dB",
                            f"|that result - target| x4\n(black = equal)"]
         rows.append(row)
         titles.append(row_titles)
