@@ -58,31 +58,28 @@ class StyleGAN1Config:
     fused_scale_from: int = 128  # up-sampling to this resolution and above is the fused transposed conv
 
     @property
-    def resolutions(self) -> list[int]:
+    def block_resolutions(self) -> list[int]:
+        """4, 8, ..., img_resolution (the name the StyleGAN2 GeneratorConfig uses)."""
         return [2 ** i for i in range(2, int(np.log2(self.img_resolution)) + 1)]
 
     @property
     def num_ws(self) -> int:
-        return 2 * len(self.resolutions)
+        return 2 * len(self.block_resolutions)
 
     @property
     def layer_names(self) -> list[str]:
         """Layer i's name, in W+ and noise order: b4.const, b4.conv, b8.conv0, b8.conv1, ..."""
         names = ["b4.const", "b4.conv"]
-        for r in self.resolutions[1:]:
+        for r in self.block_resolutions[1:]:
             names += [f"b{r}.conv0", f"b{r}.conv1"]
         return names
 
     @property
     def noise_shapes(self) -> list[tuple[int, int]]:
-        return [(r, r) for r in self.resolutions for _ in range(2)]
+        return [(r, r) for r in self.block_resolutions for _ in range(2)]
 
     # The names the engine and the applications use (as the StyleGAN2 GeneratorConfig's).
     generation = 1  # class constant: which StyleGAN
-
-    @property
-    def block_resolutions(self) -> list[int]:
-        return self.resolutions
 
     @property
     def noise_names(self) -> list[str]:
@@ -93,11 +90,11 @@ class StyleGAN1Config:
     def activation_names(self) -> list[str]:
         """Points whose tensors synthesis can return and replace: b{R}.conv0 (the block's first layer:
         on 4x4 the constant layer), b{R}.x (its second layer, the block's output)."""
-        return [f"b{r}.{p}" for r in self.resolutions for p in ("conv0", "x")]
+        return [f"b{r}.{p}" for r in self.block_resolutions for p in ("conv0", "x")]
 
     def activation_point(self, j: int) -> str:
         """The point holding the output of the layer that W+ layer j drives (its AdaIN)."""
-        return f"b{self.resolutions[j // 2]}.{'x' if j % 2 else 'conv0'}"
+        return f"b{self.block_resolutions[j // 2]}.{'x' if j % 2 else 'conv0'}"
 
     def last_noise_of(self, point: str) -> int:
         """Index (noise_names) of the last noise map that enters before `point`'s tensor."""
@@ -254,7 +251,7 @@ def synthesis(config: StyleGAN1Config, params: Params, ws: jax.Array, noise: Noi
     x = x if dtype is None else x.astype(dtype)
     x = tap("b4.conv0", _epilogue(b4["const"], x, ws[:, 0], maps[0]))
     x = tap("b4.x", _epilogue(b4["conv"], _conv(x, _scaled(b4["conv"]["weight"], SQRT2)), ws[:, 1], maps[1]))
-    for i, r in enumerate(config.resolutions[1:], start=1):
+    for i, r in enumerate(config.block_resolutions[1:], start=1):
         blk = syn[f"b{r}"]
         x = _blur(_up_conv(x, blk["conv0"]["weight"], fused=r >= config.fused_scale_from))
         x = tap(f"b{r}.conv0", _epilogue(blk["conv0"], x, ws[:, 2 * i], maps[2 * i]))

@@ -85,7 +85,7 @@ def convert(net: tf_pickle.TFNetwork, path: str = "") -> tuple[StyleGAN1Config, 
     syn: dict[str, Any] = {"b4": {"const": dict(layer(s + "4x4/Const", 0, False),
                                                 const=take(s + "4x4/Const/const")[0].transpose(1, 2, 0)),
                                   "conv": layer(s + "4x4/Conv", 1)}}
-    for i, r in enumerate(config.resolutions[1:], start=1):
+    for i, r in enumerate(config.block_resolutions[1:], start=1):
         syn[f"b{r}"] = {"conv0": layer(f"{s}{r}x{r}/Conv0_up", 2 * i), "conv1": layer(f"{s}{r}x{r}/Conv1", 2 * i + 1)}
     syn["torgb"] = {"weight": take(s + "ToRGB_lod0/weight"), "bias": take(s + "ToRGB_lod0/bias")}
     mapping = {f"fc{i}": {"weight": take(f"mapping/Dense{i}/weight"), "bias": take(f"mapping/Dense{i}/bias")}
