@@ -82,6 +82,9 @@ def define_flags() -> None:
                       "activations around a shared convolution), or auto (the engine's choice, embed.modconv_for)")
     flags.DEFINE_integer("steps_per_call", 1, "this project's iterations per dispatch (embed's steps_per_call: "
                          "k > 1 runs k iterations in one lax.scan)")
+    flags.DEFINE_enum("official_host_memory", "default", ["default", "kept"],
+                      "the official side's glibc allocator: its defaults (as its users run it), or kept as this "
+                      "project's processes keep it (i2spp_jax.host_memory), to see what that setting alone gives")
     flags.DEFINE_integer("seed", 0, "weights and targets")
     flags.DEFINE_bool("fresh", False, "make new weights even if --out has them")
     # One side and batch in this process (the main process runs these as subprocesses).
@@ -244,7 +247,7 @@ class JaxSide:
         self.info = {"side": "jax", "device": str(jax.devices()[0].device_kind), "backend": jax.default_backend(),
                      "jax": jax.__version__, "numerics": f"{s['numerics']} (jax_default_matmul_precision="
                      f"{self.precision}, compute_dtype={self.compute_dtype})", "modconv": s["modconv"], "steps_per_call": s["steps_per_call"], "batch": batch,
-                     "xla_flags": os.environ.get("XLA_FLAGS", "")}
+                     "xla_flags": os.environ.get("XLA_FLAGS", ""), "host_memory": _host_memory()}
 
     def round(self, kind: str, n: int) -> dict:
         import dataclasses
@@ -453,8 +456,9 @@ def main(argv):
     with open(os.path.join(F.out, "benchmark.json"), "w") as f:
         json.dump(result, f, indent=1)
     devices = {side: r["device"] for recs in records.values() for side, r in recs.items()}
-    print(f"\n{machine['processor']} ({machine['cpus']} CPUs); devices: {devices}; numerics {s['numerics']}; "
-          f"img-it/s = median of {s['rounds']} rounds of {s['iters']} iterations\n")
+    host = {side: r.get("host_memory", "?").split(" (")[0] for recs in records.values() for side, r in recs.items()}
+    print(f"\n{machine['processor']} ({machine['cpus']} CPUs); devices: {devices}; host memory: {host}; "
+          f"numerics {s['numerics']}; img-it/s = median of {s['rounds']} rounds of {s['iters']} iterations\n")
     print(text)
     print(f"\nwrote {os.path.join(F.out, 'benchmark.json')} ({result['seconds']:.0f} s in all)")
 
@@ -470,6 +474,18 @@ def _cpu_name() -> str:
     return platform.processor() or "unknown CPU"
 
 
+def _host_memory() -> str:
+    from i2spp_jax import host_memory
+
+    return "kept (i2spp_jax.host_memory)" if host_memory.is_kept() else "glibc defaults"
+
+
+def _keeps_host_memory(argv: list[str]) -> bool:
+    """This project's processes keep freed host memory, as its commands do; the official side runs
+    with glibc's defaults, as its users run it, unless --official_host_memory=kept."""
+    return "--role=official" not in argv or "--official_host_memory=kept" in argv
+
+
 if __name__ == "__main__":
     define_flags()
-    cli.run(main, persistent_cache=False)
+    cli.run(main, persistent_cache=False, keep_host_memory=_keeps_host_memory(sys.argv))

@@ -15,16 +15,16 @@ What is the official code here and what is not:
 Only this module imports torch; experiments/benchmark.py runs it in a subprocess of its own.
 """
 
-import contextlib
 import importlib
 import json
 import os
 import sys
 import time
 import types
-from typing import Any, Optional
 
 import numpy as np
+
+from i2spp_jax import host_memory
 
 KERAS_BGR_MEAN = (103.939, 116.779, 123.68)
 VGG_TRUNK = (("conv1_1", 64), ("conv1_2", 64), "M", ("conv2_1", 128), ("conv2_2", 128), "M",
@@ -194,7 +194,8 @@ class OfficialSide:
         self.info = {"side": "official", "device": torch.cuda.get_device_name(device) if device.type == "cuda"
                      else "cpu", "torch": torch.__version__, "threads": torch.get_num_threads(),
                      "numerics": numerics + (" (allow_tf32 on)" if numerics == "tf32" else " (allow_tf32 off)"),
-                     "batch": batch, "custom_cuda_ops": ops if device.type == "cuda" else "cpu: reference ops"}
+                     "batch": batch, "custom_cuda_ops": ops if device.type == "cuda" else "cpu: reference ops",
+                     "host_memory": "kept (i2spp_jax.host_memory)" if host_memory.is_kept() else "glibc defaults"}
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
 

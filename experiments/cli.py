@@ -50,7 +50,7 @@ import jax
 import numpy as np
 from absl import app, flags
 
-from i2spp_jax import checkpoint, io
+from i2spp_jax import checkpoint, host_memory, io
 from i2spp_jax.embed import CheckpointMismatchError
 from i2spp_jax.datasets import DatasetError
 from i2spp_jax.generator import GeneratorConfig
@@ -95,10 +95,13 @@ def _parse_flags(argv: list[str]) -> list[str]:
         _fail(f"{e} (see --helpshort)")
 
 
-def run(main: Callable[[list[str]], Any], *, persistent_cache: bool = True) -> None:
+def run(main: Callable[[list[str]], Any], *, persistent_cache: bool = True, keep_host_memory: bool = True) -> None:
     """absl's app.run(main), with a persistent compilation cache (a rerun or a resume skips most
     compiling; off for a command that measures compile time), and flag errors and USER_ERRORS
-    reported in one line (exit status 2)."""
+    reported in one line (exit status 2). On the CPU backend, freed host memory is kept for the
+    next step (`host_memory.keep_freed_memory`: each step's temporaries otherwise page-fault afresh)."""
+    if keep_host_memory:
+        host_memory.keep_freed_memory()
 
     def guarded(argv):
         if persistent_cache:

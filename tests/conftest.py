@@ -4,6 +4,10 @@ import os
 
 import pytest
 
+from i2spp_jax import host_memory
+
+host_memory.keep_freed_memory()  # before any JAX computation: as the experiments/ commands run
+
 PARITY_DIR = os.environ.get(
     "I2SPP_PARITY_DIR", os.path.join(os.path.dirname(__file__), "..", "..", "shared", "parity")
 )

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from experiments import benchmark, benchmark_official
+from i2spp_jax import host_memory
 from i2spp_jax import vgg as vgg_lib
 from test_cli import assert_one_line_error, run_cli
 
@@ -38,6 +39,18 @@ def test_jax_side_alone_writes_the_table_and_record(tmp_path):
         w = jax_rec["steps"]["w"]["rounds"][-1]  # and W+ at lr 0.01 lowers it within two iterations
         assert np.all(np.array(w["loss_last"]) < np.array(w["loss_first"]))
     assert rec["settings"]["sides"] == ["jax"] and rec["inputs"]["vgg_source"].startswith("random")
+    kept = (os.environ.get(host_memory.ENV, "1") != "0" and host_memory._cpu_only()
+            and host_memory._glibc_mallopt() is not None)
+    assert rec["records"]["1"]["jax"]["host_memory"] == ("kept (i2spp_jax.host_memory)" if kept else "glibc defaults")
+
+
+def test_the_official_side_keeps_glibc_defaults_unless_asked():
+    """The project's processes keep freed host memory (as its commands do); the official side runs as
+    its users run it, unless --official_host_memory=kept."""
+    assert benchmark._keeps_host_memory(["-m", "--role=jax", "--batch=1"])
+    assert benchmark._keeps_host_memory(["-m"])  # the driving process
+    assert not benchmark._keeps_host_memory(["-m", "--role=official", "--batch=1"])
+    assert benchmark._keeps_host_memory(["-m", "--official_host_memory=kept", "--role=official"])
 
 
 def test_torch_vgg_trunk_equals_the_projects_vgg():

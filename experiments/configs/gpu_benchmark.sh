@@ -8,7 +8,9 @@
 #   bash experiments/configs/gpu_benchmark.sh OUT [PART]
 # PART: "base" (TF32 on both sides at batches 1 and 8, then 25 iterations per dispatch), "more" (the
 # bfloat16 mode, 25 iterations per dispatch at batch 1, strict fp32 on both sides), "parts" (where the
-# W+ step's time goes at batch 8: experiments.step_parts in TF32 and bf16) or "all" (every part).
+# W+ step's time goes at batch 8: experiments.step_parts in TF32 and bf16), "levers" (the grouped
+# convolution against modulated activations, and XLA's convolution autotuning off: its share of the
+# first call) or "all" (every part).
 # Config-f sizes (1024x1024, w 512, up to 512 channels), VGG16 at 256. Each benchmark writes its
 # table into the log and OUT/NAME.json; the generator's weights (about 130 MB) stay in $BENCH_WORK.
 # Every step has its own time limit, so that one failing or slow step leaves the others' numbers.
@@ -45,6 +47,11 @@ if [ "$PART" = more ] || [ "$PART" = all ]; then
   step bf16_scan25 190 --numerics=bf16 --sides=jax --batches=1,8 --steps_per_call=25
   step tf32_scan25_b1 80 --numerics=tf32 --sides=jax --batches=1 --steps_per_call=25
   step fp32 150 --numerics=fp32 --batches=8 --iters=25
+fi
+if [ "$PART" = levers ] || [ "$PART" = all ]; then
+  step tf32_grouped_scan25 150 --numerics=tf32 --sides=jax --batches=1,8 --steps_per_call=25 --modconv=grouped
+  XLA_FLAGS="${XLA_FLAGS:+$XLA_FLAGS }--xla_gpu_autotune_level=0" \
+    step tf32_noautotune_scan25 100 --numerics=tf32 --sides=jax --batches=8 --steps_per_call=25
 fi
 if [ "$PART" = parts ] || [ "$PART" = all ]; then
   for nm in tf32 bf16; do
