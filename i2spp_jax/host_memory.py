@@ -40,11 +40,12 @@ def keep_freed_memory(*, force: bool = False) -> bool:
     """Sets glibc's allocator to keep freed memory (one arena, no mmap, no trimming). Returns True
     when the settings took effect.
 
-    It does nothing (returns False) where it does not apply: not glibc, I2SPP_KEEP_HOST_MEMORY=0, or
-    (unless force=True) an accelerator plugin installed and JAX_PLATFORMS not "cpu": there the
-    device allocator holds the large buffers and the host's defaults are left alone.
+    It does nothing (returns False) where it does not apply: not glibc, I2SPP_KEEP_HOST_MEMORY=0,
+    (unless force=True) an accelerator plugin installed and JAX_PLATFORMS not "cpu" (there the
+    device allocator holds the large buffers and the host's defaults are left alone), or too late:
+    a JAX backend already started, whose worker threads keep the arenas they have.
     """
-    if os.environ.get(ENV, "1") == "0":
+    if os.environ.get(ENV, "1") == "0" or _jax_started():
         return False
     if not force and not _cpu_only():
         return False
@@ -59,6 +60,12 @@ def keep_freed_memory(*, force: bool = False) -> bool:
 def is_kept() -> bool:
     """Whether `keep_freed_memory` took effect in this process (for records of how a run ran)."""
     return _kept
+
+
+def _jax_started() -> bool:
+    """Whether a JAX backend (and with it XLA's worker threads) exists in this process already."""
+    bridge = sys.modules.get("jax._src.xla_bridge")
+    return bool(getattr(bridge, "_backends", None))
 
 
 def _cpu_only() -> bool:

@@ -75,3 +75,14 @@ def test_an_accelerator_install_leaves_the_defaults(monkeypatch):
     monkeypatch.setenv("JAX_PLATFORMS", "cpu")
     monkeypatch.setattr(host_memory, "_glibc_mallopt", lambda: (lambda param, value: 1))
     assert host_memory.keep_freed_memory() is True
+
+
+def test_too_late_once_a_backend_runs(monkeypatch):
+    """After the first JAX computation the worker threads have their arenas: the call says so (False)."""
+    import jax.numpy as jnp
+
+    jnp.ones(2).block_until_ready()
+    monkeypatch.delenv(host_memory.ENV, raising=False)
+    monkeypatch.setattr(host_memory, "_glibc_mallopt", lambda: pytest.fail("mallopt must not be called"))
+    assert host_memory._jax_started()
+    assert host_memory.keep_freed_memory(force=True) is False
