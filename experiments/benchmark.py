@@ -483,7 +483,9 @@ def _host_memory() -> str:
 def _keeps_host_memory(argv: list[str]) -> bool:
     """This project's processes keep freed host memory, as its commands do; the official side runs
     with glibc's defaults, as its users run it, unless --official_host_memory=kept."""
-    return "--role=official" not in argv or "--official_host_memory=kept" in argv
+    pairs = zip(argv, argv[1:] + [""])  # absl takes --flag=value and --flag value
+    kept = any(a == "--official_host_memory=kept" or (a == "--official_host_memory" and b == "kept") for a, b in pairs)
+    return "--role=official" not in argv or kept
 
 
 if __name__ == "__main__":

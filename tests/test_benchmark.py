@@ -51,6 +51,8 @@ def test_the_official_side_keeps_glibc_defaults_unless_asked():
     assert benchmark._keeps_host_memory(["-m"])  # the driving process
     assert not benchmark._keeps_host_memory(["-m", "--role=official", "--batch=1"])
     assert benchmark._keeps_host_memory(["-m", "--official_host_memory=kept", "--role=official"])
+    assert benchmark._keeps_host_memory(["-m", "--official_host_memory", "kept", "--role=official"])
+    assert not benchmark._keeps_host_memory(["-m", "--official_host_memory", "default", "--role=official"])
 
 
 def test_torch_vgg_trunk_equals_the_projects_vgg():
