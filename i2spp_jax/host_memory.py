@@ -9,8 +9,9 @@ calling worker thread's glibc arena. A block that large does not fit a thread ar
 with mmap and unmaps it when the execution ends: every step page-faults all of it afresh (62,000
 faults, about 150 ms of kernel CPU time per W+ step on the 2-core machine; BUILD_NOTES.md, issue 9).
 With one arena, no mmap for large blocks and no trimming, the block is served from the heap and
-most steps reuse the one before's (5,000-12,000 faults and 13-30 ms of kernel time per W+ step on
-average: a step whose block no longer fits the heap's free space still takes fresh pages).
+steps reuse the one before's (5,000-12,000 faults and 13-30 ms of kernel time per W+ step over the
+first 7-9 steps). For the first few steps the heap may grow by a block per step, while small
+allocations split its free space, and then settles; the process keeps that memory.
 
 The cost: freed memory is kept for reuse rather than returned to the system, so the process's
 resident size stays at its peak. The settings are process-wide; they take effect only for threads

@@ -22,7 +22,7 @@ f = jax.jit(lambda x: jnp.sum(jnp.concatenate([x, x * 2, x * 3], 0) @ jnp.ones((
 x = jnp.ones((2048, 4096))
 assert f.lower(x).compile().memory_analysis().temp_size_in_bytes >= 96 * 2**20
 faults = []
-for _ in range(8):
+for _ in range(16):
     before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     jax.block_until_ready(f(x))
     faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
@@ -54,8 +54,9 @@ def test_large_temporaries_come_from_the_kept_heap():
           f"{faults_default}; peak mmapped bytes {mmapped_kept} / {mmapped_default}")
     assert mmapped_default >= block  # glibc's defaults map the block: what the setting is for
     assert mmapped_kept < block  # kept: the heap serves it
-    # Most executions reuse the freed block; one whose block no longer fits the heap's free space
-    # (small allocations landed in it) takes fresh pages, so the minimum is checked, not every one.
+    # The heap settles: while small allocations split its free space, an execution's block may not fit
+    # and the heap grows by a block (fresh pages; seen for up to 6 executions in a row), after which
+    # executions reuse it. So the minimum over 15 is checked, not every one.
     assert min(faults_kept) < 0.1 * pages
     assert min(faults_default) > 0.9 * pages
 
@@ -70,6 +71,7 @@ def test_an_accelerator_install_leaves_the_defaults(monkeypatch):
     monkeypatch.delenv(host_memory.ENV, raising=False)
     monkeypatch.delenv("JAX_PLATFORMS", raising=False)
     monkeypatch.setattr(host_memory, "_ACCELERATOR_PLUGINS", ("json",))  # any importable module stands in
+    monkeypatch.setattr(host_memory, "_jax_started", lambda: False)  # as at a command's start
     monkeypatch.setattr(host_memory, "_glibc_mallopt", lambda: pytest.fail("mallopt must not be called"))
     assert host_memory.keep_freed_memory() is False
     monkeypatch.setenv("JAX_PLATFORMS", "cpu")
