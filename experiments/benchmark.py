@@ -39,6 +39,7 @@ import numpy as np
 from absl import flags
 
 from experiments import cli
+from i2spp_jax import host_memory
 
 PRESETS = {
     # name: (resolution, channel_base, channel_max, w_dim, mapping_layers, batches, iters, rounds, warmup)
@@ -247,7 +248,7 @@ class JaxSide:
         self.info = {"side": "jax", "device": str(jax.devices()[0].device_kind), "backend": jax.default_backend(),
                      "jax": jax.__version__, "numerics": f"{s['numerics']} (jax_default_matmul_precision="
                      f"{self.precision}, compute_dtype={self.compute_dtype})", "modconv": s["modconv"], "steps_per_call": s["steps_per_call"], "batch": batch,
-                     "xla_flags": os.environ.get("XLA_FLAGS", ""), "host_memory": _host_memory()}
+                     "xla_flags": os.environ.get("XLA_FLAGS", ""), "host_memory": host_memory.describe()}
 
     def round(self, kind: str, n: int) -> dict:
         import dataclasses
@@ -472,12 +473,6 @@ def _cpu_name() -> str:
     except OSError:
         pass
     return platform.processor() or "unknown CPU"
-
-
-def _host_memory() -> str:
-    from i2spp_jax import host_memory
-
-    return "kept (i2spp_jax.host_memory)" if host_memory.is_kept() else "glibc defaults"
 
 
 def _keeps_host_memory(argv: list[str]) -> bool:

@@ -195,7 +195,7 @@ class OfficialSide:
                      else "cpu", "torch": torch.__version__, "threads": torch.get_num_threads(),
                      "numerics": numerics + (" (allow_tf32 on)" if numerics == "tf32" else " (allow_tf32 off)"),
                      "batch": batch, "custom_cuda_ops": ops if device.type == "cuda" else "cpu: reference ops",
-                     "host_memory": "kept (i2spp_jax.host_memory)" if host_memory.is_kept() else "glibc defaults"}
+                     "host_memory": host_memory.describe()}
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
 

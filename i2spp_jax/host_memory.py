@@ -54,13 +54,19 @@ def keep_freed_memory(*, force: bool = False) -> bool:
     if mallopt is None:
         return False
     global _kept
-    _kept = all(mallopt(param, value) == 1 for param, value in _SETTINGS) or _kept
-    return _kept
+    took = all(mallopt(param, value) == 1 for param, value in _SETTINGS)
+    _kept = _kept or took
+    return took
 
 
 def is_kept() -> bool:
-    """Whether `keep_freed_memory` took effect in this process (for records of how a run ran)."""
+    """Whether `keep_freed_memory` took effect in this process."""
     return _kept
+
+
+def describe() -> str:
+    """This process's setting, for records of how a run ran."""
+    return "kept (i2spp_jax.host_memory)" if _kept else "glibc defaults"
 
 
 def _jax_started() -> bool:
