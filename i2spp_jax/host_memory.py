@@ -59,11 +59,6 @@ def keep_freed_memory(*, force: bool = False) -> bool:
     return took
 
 
-def is_kept() -> bool:
-    """Whether `keep_freed_memory` took effect in this process."""
-    return _kept
-
-
 def describe() -> str:
     """This process's setting, for records of how a run ran."""
     return "kept (i2spp_jax.host_memory)" if _kept else "glibc defaults"
