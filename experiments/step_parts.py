@@ -59,15 +59,12 @@ def _memory(fn, args) -> dict:
     return {k: getattr(m, f"{k}_size_in_bytes") / 2**20 for k in ("argument", "output", "temp")}
 
 
-def measure(preset: str, batch: int, resize_to: int, numerics: str, rounds: int, vgg_spec: str,
-            memory_only: bool = False) -> dict:
-    import dataclasses
-
+def setup(preset: str, batch: int, resize_to: int, numerics: str, vgg_spec: str) -> dict:
+    """The benchmark's random generator and VGG16 at `preset`'s sizes, a batch of targets, and the
+    numerics' settings: what every part below is built from."""
     import jax
     import jax.numpy as jnp
 
-    from i2spp_jax import embed, losses
-    from i2spp_jax.engine import step as step_lib
     from i2spp_jax.generator import Generator, GeneratorConfig, init_params
     from i2spp_jax.vgg import VGG16
 
@@ -78,9 +75,42 @@ def measure(preset: str, batch: int, resize_to: int, numerics: str, rounds: int,
     params, source = benchmark.vgg_trunk(vgg_spec)
     dtype = "bfloat16" if numerics == "bf16" else "float32"
     vgg = VGG16(params=jax.tree.map(jnp.asarray, params), preprocessing="keras", compute_dtype=dtype)
-    precision = "highest" if numerics == "fp32" else "tensorfloat32"
     w = G.w_avg + 0.1 * jax.random.normal(jax.random.PRNGKey(1), (batch, G.num_ws, G.w_dim))
     target = jnp.clip(G.synthesis(w + 0.3, noise="const", fused_modconv=False), -1, 1)
+    return {"G": G, "vgg": vgg, "vgg_source": source, "w": w, "target": target, "batch": batch, "dtype": dtype,
+            "resize_to": resize_to, "resolution": res,
+            "precision": "highest" if numerics == "fp32" else "tensorfloat32"}
+
+
+def engine_step(su: dict, kind: str, fused_modconv: bool = False):
+    """(the engine's compiled step, its arguments) for the W+ step (kind "w") or the noise step."""
+    import dataclasses
+
+    import jax
+    import jax.numpy as jnp
+
+    from i2spp_jax import embed
+    from i2spp_jax.engine import step as step_lib
+
+    G, vgg, target, batch = su["G"], su["vgg"], su["target"], su["batch"]
+    phase = embed.W_l(0, resize_to=su["resize_to"]) if kind == "w" else embed.Mk_n(0)
+    phase = dataclasses.replace(phase, fused_modconv=fused_modconv, compute_dtype=su["dtype"])
+    init = embed.initial_variables(G, batch, w_init="w_avg", noise_init="const")
+    opt = jax.vmap(embed.make_optimizer(phase).init)(init)
+    masks = jax.tree.map(lambda a: jnp.broadcast_to(a, (batch,) + a.shape), embed.make_masks(G))
+    tf = step_lib.target_features(vgg, target, target, phase)
+    return embed.compiled_step(phase), (init, opt, G, vgg, target, target, masks, None, tf)
+
+
+def measure(preset: str, batch: int, resize_to: int, numerics: str, rounds: int, vgg_spec: str,
+            memory_only: bool = False) -> dict:
+    import jax
+    import jax.numpy as jnp
+
+    from i2spp_jax import losses
+
+    su = setup(preset, batch, resize_to, numerics, vgg_spec)
+    G, vgg, w, target, dtype = su["G"], su["vgg"], su["w"], su["target"], su["dtype"]
     r = jax.random.normal(jax.random.PRNGKey(2), target.shape)
     noise = [jnp.broadcast_to(m, (batch,) + m.shape) for m in G.noise_const]
     weights = losses.LossWeights(mse1=1e-5, percept=1e-5, style=0.0, mse2=0.0)
@@ -101,25 +131,19 @@ def measure(preset: str, batch: int, resize_to: int, numerics: str, rounds: int,
 
     v_bwd = jax.jit(jax.vmap(jax.grad(percept)))
     parts, memory = {}, {}
-    with jax.default_matmul_precision(precision):
+    with jax.default_matmul_precision(su["precision"]):
         if not memory_only:
             parts["G forward"] = _time(g_fwd, (w, noise), rounds)
             parts["G forward + backward"] = _time(g_bwd, (w, noise, r), rounds)
             parts["VGG forward + backward"] = _time(v_bwd, (target, feats), rounds)
-        for name, phase in (("W+ step", embed.W_l(0, resize_to=resize_to)), ("noise step", embed.Mk_n(0))):
-            phase = dataclasses.replace(phase, fused_modconv=False, compute_dtype=dtype)
-            init = embed.initial_variables(G, batch, w_init="w_avg", noise_init="const")
-            opt = jax.vmap(embed.make_optimizer(phase).init)(init)
-            masks = jax.tree.map(lambda a: jnp.broadcast_to(a, (batch,) + a.shape), embed.make_masks(G))
-            tf = step_lib.target_features(vgg, target, target, phase)
-            step = embed.compiled_step(phase)
-            args = (init, opt, G, vgg, target, target, masks, None, tf)
+        for name, kind in (("W+ step", "w"), ("noise step", "noise")):
+            step, args = engine_step(su, kind)
             memory[name] = _memory(step, args)
             if not memory_only:
                 parts[name] = _time(step, args, rounds)
-    return {"preset": preset, "resolution": res, "batch": batch, "resize_to": resize_to, "numerics": numerics,
-            "vgg": source, "device": str(jax.devices()[0].device_kind), "backend": jax.default_backend(),
-            "jax": jax.__version__, "rounds": rounds, "memory_mb": memory,
+    return {"preset": preset, "resolution": su["resolution"], "batch": batch, "resize_to": resize_to,
+            "numerics": numerics, "vgg": su["vgg_source"], "device": str(jax.devices()[0].device_kind),
+            "backend": jax.default_backend(), "jax": jax.__version__, "rounds": rounds, "memory_mb": memory,
             "parts": {} if memory_only else
             {k: {"first_call_s": f, "ms_per_iteration": 1e3 * m} for k, (f, m) in parts.items()}}
 

@@ -10,7 +10,10 @@
 # bfloat16 mode, 25 iterations per dispatch at batch 1, strict fp32 on both sides), "parts" (where the
 # W+ step's time goes at batch 8: experiments.step_parts in TF32 and bf16), "levers" (the grouped
 # convolution against modulated activations, and XLA's convolution autotuning off: its share of the
-# first call) or "all" (every part).
+# first call), "probe" (one lease's worth, about 8 minutes: a kernel-by-kernel profile of the W+ step
+# at batch 8 in TF32 and bf16 (experiments.profile_step), and the W+ step at batch 8 with 25 iterations
+# per dispatch as it is, with XLA's convolutions forced to NHWC, with the grouped convolution, and with
+# autotuning off, each step with a time limit, 560 s in all; everything lands in OUT/probe.tar.gz) or "all" (base, more, levers, parts).
 # Config-f sizes (1024x1024, w 512, up to 512 channels), VGG16 at 256. Each benchmark writes its
 # table into the log and OUT/NAME.json; the generator's weights (about 130 MB) stay in $BENCH_WORK.
 # Every step has its own time limit, so that one failing or slow step leaves the others' numbers.
@@ -20,6 +23,7 @@ WORK=${BENCH_WORK:-/tmp/i2spp_bench}
 export XLA_PYTHON_CLIENT_PREALLOCATE=false  # both sides' processes share the GPU during a measurement
 export PYTHONUNBUFFERED=1
 mkdir -p "$OUT" "$WORK/shared"
+P="python3 -m experiments.profile_step --vgg=.official/vgg16_trunk.npz --top=60"
 B="python3 -m experiments.benchmark --torch_repo=.official/stylegan2-ada-pytorch --vgg=.official/vgg16_trunk.npz $BENCH_FLAGS"  # BENCH_FLAGS: e.g. smaller sizes for a dry run
 
 step() {  # NAME SECONDS FLAGS...
@@ -33,6 +37,16 @@ step() {  # NAME SECONDS FLAGS...
   pkill -f "experiments.benchmark .*--role=" 2>/dev/null  # a timed-out step's side processes
   cp "$WORK/$name/benchmark.json" "$OUT/$name.json" 2>/dev/null
   cp -n "$WORK/$name"/g*_s0.weights.npz "$WORK/$name"/g*_s0.json "$WORK/shared/" 2>/dev/null
+}
+
+profile() {  # NAME SECONDS FLAGS... (the kernels' HLO instruction is known only without command buffers)
+  local name=$1 limit=$2 t0=$SECONDS
+  shift 2
+  echo "=== $name (limit $limit s): $*"
+  XLA_FLAGS="${XLA_FLAGS:+$XLA_FLAGS }--xla_gpu_enable_command_buffer=" timeout -k 10 "$limit" $P --out="$WORK/$name" "$@" $PROFILE_FLAGS  # PROFILE_FLAGS (last, so they win): e.g. a dry run at --preset=cpu
+  echo "=== $name: exit $? after $((SECONDS - t0)) s"
+  cp "$WORK/$name/profile.json" "$OUT/$name.json" 2>/dev/null
+  cp "$WORK/$name/hlo.txt.gz" "$OUT/${name}_hlo.txt.gz" 2>/dev/null
 }
 
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
@@ -52,6 +66,20 @@ if [ "$PART" = levers ] || [ "$PART" = all ]; then
   step tf32_grouped_scan25 150 --numerics=tf32 --sides=jax --batches=1,8 --steps_per_call=25 --modconv=grouped
   XLA_FLAGS="${XLA_FLAGS:+$XLA_FLAGS }--xla_gpu_autotune_level=0" \
     step tf32_noautotune_scan25 100 --numerics=tf32 --sides=jax --batches=8 --steps_per_call=25
+fi
+if [ "$PART" = probe ]; then
+  pack() {  # after every step, so that a run cut short still brings back what it measured (one file)
+    mkdir -p "$WORK/probe_files" && mv "$OUT"/*.json "$OUT"/*_hlo.txt.gz "$WORK/probe_files/" 2>/dev/null
+    tar czf "$OUT/probe.tar.gz" -C "$WORK/probe_files" .
+  }
+  profile prof_tf32 110 --preset=ffhq --batch=8 --numerics=tf32; pack
+  step w_tf32_scan25 120 --numerics=tf32 --sides=jax --steps=w --batches=8 --steps_per_call=25; pack
+  XLA_FLAGS="${XLA_FLAGS:+$XLA_FLAGS }--xla_gpu_force_conv_nhwc=true" \
+    step w_tf32_nhwc_scan25 90 --numerics=tf32 --sides=jax --steps=w --batches=8 --steps_per_call=25; pack
+  step w_tf32_grouped_scan25 90 --numerics=tf32 --sides=jax --steps=w --batches=8 --steps_per_call=25 --modconv=grouped; pack
+  profile prof_bf16 90 --preset=ffhq --batch=8 --numerics=bf16; pack
+  XLA_FLAGS="${XLA_FLAGS:+$XLA_FLAGS }--xla_gpu_autotune_level=0" \
+    step w_tf32_noautotune_scan25 60 --numerics=tf32 --sides=jax --steps=w --batches=8 --steps_per_call=25; pack
 fi
 if [ "$PART" = parts ] || [ "$PART" = all ]; then
   for nm in tf32 bf16; do
