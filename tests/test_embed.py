@@ -461,6 +461,22 @@ def test_resume_refuses_a_checkpoint_of_other_data(tmp_path):
     assert driver.data_hash(a) == embed.data_hash({"t": np.zeros(3)}) != embed.data_hash(b)
 
 
+def test_only_a_checkpointing_run_hashes_its_data(tmp_path, monkeypatch):
+    """The run fingerprint reads every target, mask and variable back to the host (issue 9: at 8 images
+    of 1024x1024 on a GPU, a fifth of a 50-iteration call): embed() computes it only when it has a
+    checkpoint folder to compare it with."""
+    G = tiny_generator()
+    x = targets(G, 1)
+    v0 = embed.initial_variables(G, 1, seed=2)
+    calls = []
+    real = driver.data_hash
+    monkeypatch.setattr(driver, "data_hash", lambda *trees: calls.append(len(trees)) or real(*trees))
+    embed.embed(G, x, phases=(w_mse(2),), init_vars=v0, log_every=0)
+    assert calls == []
+    embed.embed(G, x, phases=(w_mse(2),), init_vars=v0, log_every=0, checkpoint_dir=str(tmp_path / "ckpt"))
+    assert calls == [5]
+
+
 # --- compiled step: tracing, batching -------------------------------------------------------
 
 

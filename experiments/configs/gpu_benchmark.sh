@@ -13,7 +13,8 @@
 # first call), "probe" (one lease's worth, about 8 minutes: a kernel-by-kernel profile of the W+ step
 # at batch 8 in TF32 and bf16 (experiments.profile_step), and the W+ step at batch 8 with 25 iterations
 # per dispatch as it is, with XLA's convolutions forced to NHWC, with the grouped convolution, and with
-# autotuning off, each step with a time limit, 560 s in all; everything lands in OUT/probe.tar.gz) or "all" (base, more, levers, parts).
+# autotuning off, each step with a time limit, 560 s in all; everything lands in OUT/probe.tar.gz), "w8" (the W+ step alone at batch 8 with 25
+# iterations per dispatch, TF32 then bf16: about 3 minutes) or "all" (base, more, levers, parts).
 # Config-f sizes (1024x1024, w 512, up to 512 channels), VGG16 at 256. Each benchmark writes its
 # table into the log and OUT/NAME.json; the generator's weights (about 130 MB) stay in $BENCH_WORK.
 # Every step has its own time limit, so that one failing or slow step leaves the others' numbers.
@@ -66,6 +67,10 @@ if [ "$PART" = levers ] || [ "$PART" = all ]; then
   step tf32_grouped_scan25 150 --numerics=tf32 --sides=jax --batches=1,8 --steps_per_call=25 --modconv=grouped
   XLA_FLAGS="${XLA_FLAGS:+$XLA_FLAGS }--xla_gpu_autotune_level=0" \
     step tf32_noautotune_scan25 100 --numerics=tf32 --sides=jax --batches=8 --steps_per_call=25
+fi
+if [ "$PART" = w8 ]; then  # the headline W+ step alone (about 3 minutes): batch 8, 25 per dispatch, TF32 then bf16
+  step w8_tf32_scan25 100 --numerics=tf32 --sides=jax --steps=w --batches=8 --steps_per_call=25
+  step w8_bf16_scan25 100 --numerics=bf16 --sides=jax --steps=w --batches=8 --steps_per_call=25
 fi
 if [ "$PART" = probe ]; then
   pack() {  # after every step, so that a run cut short still brings back what it measured (one file)
