@@ -20,10 +20,12 @@ preprocessing sees [0, 1] standardised input, so its features are about 58x smal
 """
 
 import dataclasses
+import functools
 from typing import Optional, Sequence, Union
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from i2spp_jax.vgg import PERCEPTUAL_LAYERS, VGG16
 
@@ -76,13 +78,64 @@ def as_mask(mask: Optional[jax.Array], img: jax.Array, name: str) -> jax.Array:
 
 
 def resize(x: jax.Array, size: Size) -> jax.Array:
-    """Bilinear resize of [N, H, W, C] to size x size (or (h, w)); antialiased when shrinking. None = as is."""
+    """Bilinear resize of [N, H, W, C] to size x size (or (h, w)); antialiased when shrinking. None = as is.
+
+    `jax.image.resize(method="linear", antialias=True)`'s function. Shrinking by a whole factor (1024 ->
+    256 for VGG) runs as a few strided slices per axis with that function's own weights
+    (`_band_plan`): jax.image.resize runs a dense [out, in] matrix product per axis and a transpose of
+    the image, 1.3 ms of the 31 ms W+ step at 8 x 1024x1024 on an H200 (BUILD_NOTES.md, issue 9).
+    """
     if size is None:
         return x
     hw = (size, size) if isinstance(size, int) else tuple(size)
     if tuple(x.shape[1:3]) == hw:
         return x
-    return jax.image.resize(x, (x.shape[0], *hw, x.shape[3]), method="linear", antialias=True)
+    plans = [_band_plan(n_in, n_out) for n_in, n_out in zip(x.shape[1:3], hw)]
+    if any(p is None for p in plans):
+        return jax.image.resize(x, (x.shape[0], *hw, x.shape[3]), method="linear", antialias=True)
+    for axis, plan in zip((1, 2), plans):
+        x = _banded(x, axis, *plan)
+    return x
+
+
+@functools.lru_cache(maxsize=None)
+def _band_plan(n_in: int, n_out: int) -> Optional[tuple[int, int, np.ndarray]]:
+    """(stride, first tap's offset, weights [n_out, taps]) such that output i is
+    sum_k weights[i, k] * x[stride * i + offset + k] (x zero outside [0, n_in)), read off
+    jax.image.resize's own weight matrix; None unless n_in is a whole multiple of n_out (a
+    shrink), where every row's taps sit at the same place relative to stride * i."""
+    if n_out >= n_in or n_in % n_out:
+        return None
+    with jax.ensure_compile_time_eval():
+        eye = jnp.eye(n_in, dtype=jnp.float32)[None, :, :, None]  # resizing the identity gives the weights
+        mat = np.asarray(jax.image.resize(eye, (1, n_out, n_in, 1), method="linear", antialias=True))[0, :, :, 0]
+    stride = n_in // n_out
+    rows, cols = np.nonzero(mat)
+    rel = cols - stride * rows
+    offset, taps = int(rel.min()), int(rel.max() - rel.min() + 1)
+    weights = np.zeros((n_out, taps), np.float32)
+    weights[rows, rel - offset] = mat[rows, cols]
+    return stride, offset, weights
+
+
+def _banded(x: jax.Array, axis: int, stride: int, offset: int, weights: np.ndarray) -> jax.Array:
+    """One axis of `resize` by `_band_plan`'s taps: strided slices of the zero-padded input, weighted
+    per output position and summed (one fused elementwise pass on a GPU)."""
+    n_in, (n_out, taps) = x.shape[axis], weights.shape
+    lo = max(0, -offset)
+    hi = max(0, stride * (n_out - 1) + offset + taps - n_in)
+    pad = [(0, 0, 0)] * x.ndim
+    pad[axis] = (lo, hi, 0)
+    xp = jax.lax.pad(x, jnp.zeros((), x.dtype), pad)
+    shape = [1] * x.ndim
+    shape[axis] = n_out
+    out = None
+    for k in range(taps):
+        start = offset + lo + k
+        tap = jax.lax.slice_in_dim(xp, start, start + stride * (n_out - 1) + 1, stride=stride, axis=axis)
+        term = tap * jnp.asarray(weights[:, k].reshape(shape), x.dtype)
+        out = term if out is None else out + term
+    return out
 
 
 # ---------------------------------------------------------------------------------------------
