@@ -59,25 +59,27 @@ def _memory(fn, args) -> dict:
     return {k: getattr(m, f"{k}_size_in_bytes") / 2**20 for k in ("argument", "output", "temp")}
 
 
-def setup(preset: str, batch: int, resize_to: int, numerics: str, vgg_spec: str) -> dict:
-    """The benchmark's random generator and VGG16 at `preset`'s sizes, a batch of targets, and the
-    numerics' settings: what every part below is built from."""
+def setup(preset: str, batch: int, resize_to: int, numerics: str, vgg_spec: str, resolution: int = 0) -> dict:
+    """The benchmark's random generator and VGG16 at `preset`'s sizes (`resolution` > 0: another output
+    side, the preset's widths), a batch of targets rendered from hidden latents, and the numerics'
+    settings: what every part below is built from."""
     import jax
     import jax.numpy as jnp
 
-    from i2spp_jax.generator import Generator, GeneratorConfig, init_params
+    from i2spp_jax.generator import Generator, GeneratorConfig, random_params
     from i2spp_jax.vgg import VGG16
 
     res, base, cmax, w_dim, layers = benchmark.PRESETS[preset][:5]
+    res = resolution or res
     config = GeneratorConfig.from_channel_base(img_resolution=res, channel_base=base, channel_max=cmax, z_dim=w_dim,
                                                w_dim=w_dim, mapping_layers=layers)
-    G = Generator(params=init_params(config, jax.random.PRNGKey(0)), config=config)
+    G = Generator(params=random_params(config, jax.random.PRNGKey(0)), config=config)  # noise strengths > 0
     params, source = benchmark.vgg_trunk(vgg_spec)
     dtype = "bfloat16" if numerics == "bf16" else "float32"
     vgg = VGG16(params=jax.tree.map(jnp.asarray, params), preprocessing="keras", compute_dtype=dtype)
     w = G.w_avg + 0.1 * jax.random.normal(jax.random.PRNGKey(1), (batch, G.num_ws, G.w_dim))
     target = jnp.clip(G.synthesis(w + 0.3, noise="const", fused_modconv=False), -1, 1)
-    return {"G": G, "vgg": vgg, "vgg_source": source, "w": w, "target": target, "batch": batch, "dtype": dtype,
+    return {"G": G, "vgg": vgg, "vgg_source": source, "w": w, "w_true": w + 0.3, "target": target, "batch": batch, "dtype": dtype,
             "resize_to": resize_to, "resolution": res,
             "precision": "highest" if numerics == "fp32" else "tensorfloat32"}
 

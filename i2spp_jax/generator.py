@@ -284,12 +284,11 @@ DEMO_NOISE_STRENGTH = (0.05, 0.2)
 DEMO_TORGB_SCALE = 0.25
 
 
-@functools.lru_cache(maxsize=2)
-def random_demo_generator(seed: int = DEMO_SEED) -> Generator:
-    """The small seeded random-weight generator ("demo-random", see DEMO_CONFIG), for tests. Cached.
-    The trained demo generator is `i2spp_jax.demo_generator()` / load_generator("demo")."""
-    config = DEMO_CONFIG
-    key = jax.random.PRNGKey(seed)
+def random_params(config: GeneratorConfig, key: jax.Array) -> Params:
+    """`init_params`, then what a trained generator has and a fresh one lacks, so that every parameter
+    matters: random biases (0.1 N(0, 1); the mapping's affine layers keep theirs), noise strengths
+    uniform in DEMO_NOISE_STRENGTH (a fresh layer's 0 would make its noise map unused), ToRGB weights
+    scaled by DEMO_TORGB_SCALE, and w_avg the mean of 4096 mapped z."""
     params = init_params(config, key)
     flat = flax.traverse_util.flatten_dict(params)
     out = {}
@@ -307,4 +306,11 @@ def random_demo_generator(seed: int = DEMO_SEED) -> Generator:
     params = flax.traverse_util.unflatten_dict(out)
     z = jax.random.normal(jax.random.fold_in(key, 0), (4096, config.z_dim))
     params["mapping"]["w_avg"] = jnp.mean(_mapping_jit(config, params, z, 1.0, None)[:, 0], axis=0)
-    return Generator(params=params, config=config)
+    return params
+
+
+@functools.lru_cache(maxsize=2)
+def random_demo_generator(seed: int = DEMO_SEED) -> Generator:
+    """The small seeded random-weight generator ("demo-random", see DEMO_CONFIG), for tests. Cached.
+    The trained demo generator is `i2spp_jax.demo_generator()` / load_generator("demo")."""
+    return Generator(params=random_params(DEMO_CONFIG, jax.random.PRNGKey(seed)), config=DEMO_CONFIG)

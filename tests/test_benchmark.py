@@ -126,3 +126,21 @@ def test_step_parts_memory_only_reports_the_compiled_buffers(tmp_path):
     assert rec["parts"] == {} and set(rec["memory_mb"]) == {"W+ step", "noise step"}
     w = rec["memory_mb"]["W+ step"]
     assert w["temp"] > 0 and w["argument"] > 0 and "W+ step: arguments" in p.stdout
+
+
+@pytest.mark.slow  # an end-to-end run of a command: `pytest -m slow`
+def test_time_algorithm2_runs_both_phases_and_reports_seconds_per_image(tmp_path):
+    """experiments/time_algorithm2.py (issue 9's "Algorithm 2 in at most 30 s per image"): one embed() with
+    the W+ phase then the noise phase, in the bf16 mode with its float32 tail, after an untimed warm-up.
+    The targets are the random generator's renders (noise strengths > 0), so the noise phase must raise
+    the PSNR the W+ phase reached."""
+    p, _ = run_cli("experiments.time_algorithm2", f"--out={tmp_path}", "--resolution=32", "--resize_to=32",
+                   "--batch=2", "--w_steps=40", "--noise_steps=40", "--warmup_steps=10", "--vgg=random",
+                   "--compute_dtype=bfloat16", timeout=600)
+    assert p.returncode == 0, p.stderr[-3000:]
+    rec = json.load(open(os.path.join(tmp_path, "algorithm2.json")))
+    assert rec["iterations_run"] == 80 and rec["float32_tail"] == 0.1 and rec["compute_dtype"] == "bfloat16"
+    assert rec["seconds_per_image"] == pytest.approx(rec["wall_s"] / 2) and rec["compile_and_warmup_s"] > 0
+    w, n = (np.asarray(rec["psnr_db"][k]) for k in ("W+ phase", "noise phase"))
+    assert w.shape == n.shape == (2,) and np.all(n > w + 3), (w, n)
+    assert "s per image" in p.stdout

@@ -14,7 +14,9 @@
 # at batch 8 in TF32 and bf16 (experiments.profile_step), and the W+ step at batch 8 with 25 iterations
 # per dispatch as it is, with XLA's convolutions forced to NHWC, with the grouped convolution, and with
 # autotuning off, each step with a time limit, 560 s in all; everything lands in OUT/probe.tar.gz), "w8" (the W+ step alone at batch 8 with 25
-# iterations per dispatch, TF32 then bf16: about 3 minutes) or "all" (base, more, levers, parts).
+# iterations per dispatch, TF32 then bf16: about 3 minutes), "alg2" / "alg2_tf32" (Algorithm 2, 5000 + 3000
+# iterations at batch 8, timed end to end by experiments.time_algorithm2 in the bf16 mode / in TF32:
+# about 5 minutes each) or "all" (base, more, levers, parts).
 # Config-f sizes (1024x1024, w 512, up to 512 channels), VGG16 at 256. Each benchmark writes its
 # table into the log and OUT/NAME.json; the generator's weights (about 130 MB) stay in $BENCH_WORK.
 # Every step has its own time limit, so that one failing or slow step leaves the others' numbers.
@@ -71,6 +73,14 @@ fi
 if [ "$PART" = w8 ]; then  # the headline W+ step alone (about 3 minutes): batch 8, 25 per dispatch, TF32 then bf16
   step w8_tf32_scan25 100 --numerics=tf32 --sides=jax --steps=w --batches=8 --steps_per_call=25
   step w8_bf16_scan25 100 --numerics=bf16 --sides=jax --steps=w --batches=8 --steps_per_call=25
+fi
+if [ "$PART" = alg2 ] || [ "$PART" = alg2_tf32 ]; then  # Algorithm 2 timed end to end, batch 8 (about 5 minutes each)
+  dt=bfloat16; [ "$PART" = alg2_tf32 ] && dt=float32
+  echo "=== $PART (limit 400 s)"
+  timeout -k 10 400 python3 -m experiments.time_algorithm2 --preset=ffhq --batch=8 --compute_dtype=$dt \
+    --vgg=.official/vgg16_trunk.npz --out="$WORK/$PART" $PROFILE_FLAGS
+  echo "=== $PART: exit $?"
+  cp "$WORK/$PART/algorithm2.json" "$OUT/$PART.json" 2>/dev/null
 fi
 if [ "$PART" = probe ]; then
   pack() {  # after every step, so that a run cut short still brings back what it measured (one file)
