@@ -120,7 +120,7 @@ def _band_plan(n_in: int, n_out: int) -> Optional[tuple[int, int, np.ndarray]]:
 
 def _banded(x: jax.Array, axis: int, stride: int, offset: int, weights: np.ndarray) -> jax.Array:
     """One axis of `resize` by `_band_plan`'s taps: strided slices of the zero-padded input, weighted
-    per output position and summed (one fused elementwise pass on a GPU)."""
+    per output position and summed (elementwise work, which XLA fuses)."""
     n_in, (n_out, taps) = x.shape[axis], weights.shape
     lo = max(0, -offset)
     hi = max(0, stride * (n_out - 1) + offset + taps - n_in)
