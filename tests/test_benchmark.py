@@ -19,6 +19,7 @@ TINY = ["--resolution=16", "--channel_base=128", "--channel_max=16", "--w_dim=16
         "--iters=2", "--rounds=2", "--warmup=1", "--resize_to=32", "--vgg=random"]
 
 
+@pytest.mark.slow  # an end-to-end run (60-75 s on the 2-core CPU): `pytest -m slow`
 def test_jax_side_alone_writes_the_table_and_record(tmp_path):
     out = str(tmp_path / "bench")
     p, _ = run_cli("experiments.benchmark", f"--out={out}", "--batches=1,2", *TINY, timeout=600)
@@ -78,6 +79,7 @@ def test_refusals_are_one_line(tmp_path, args, words):
     assert_one_line_error(p, *words)
 
 
+@pytest.mark.slow  # an end-to-end run (60-75 s on the 2-core CPU): `pytest -m slow`
 def test_gpu_path_flags_carried_vgg_trunk_and_multi_step_dispatch(tmp_path):
     """What experiments/configs/gpu_benchmark.sh uses off the CPU: a carried vgg16_trunk.npz as --vgg
     (the same weights as the run that wrote it) and --steps_per_call (the scan path)."""

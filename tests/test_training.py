@@ -93,6 +93,7 @@ def test_batches_are_a_pure_function_of_the_step():
     assert sorted(epoch0) == list(range(10))
 
 
+@pytest.mark.slow  # an end-to-end run (60-75 s on the 2-core CPU): `pytest -m slow`
 def test_resume_continues_bit_identically(tmp_path):
     straight = T.train(_run(tmp_path, "a"), log=lambda m: None)
     assert straight["step"] == 10
