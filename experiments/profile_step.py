@@ -24,7 +24,6 @@ import os
 import re
 import time
 
-import numpy as np
 from absl import flags
 
 from experiments import cli, step_parts
@@ -256,12 +255,7 @@ def main(argv):
         text = compiled.as_text()
         with gzip.open(os.path.join(F.out, "hlo.txt.gz"), "wt") as f:
             f.write(text)
-        jax.block_until_ready(compiled(*args))
-        times = []
-        for _ in range(F.rounds):
-            t0 = time.perf_counter()
-            jax.block_until_ready(compiled(*args))
-            times.append(time.perf_counter() - t0)
+        _, median_s = step_parts.time_calls(compiled, args, F.rounds)
         trace_dir = os.path.join(F.out, "trace")
         with jax.profiler.trace(trace_dir):
             for _ in range(F.calls):
@@ -274,7 +268,7 @@ def main(argv):
     rec = {"preset": preset, "resolution": su["resolution"], "batch": F.batch, "numerics": F.numerics, "step": F.step,
            "modconv": F.modconv, "device": str(jax.devices()[0].device_kind), "backend": jax.default_backend(),
            "jax": jax.__version__, "xla_flags": os.environ.get("XLA_FLAGS", ""), "compile_s": compile_s,
-           "rounds": F.rounds, "wall_ms": 1e3 * float(np.median(times)), "calls": F.calls, "trace": path,
+           "rounds": F.rounds, "wall_ms": 1e3 * median_s, "calls": F.calls, "trace": path,
            "events_from": source, "summary": summarise(events, hlo_index(text), F.calls, F.top)}
     with open(os.path.join(F.out, "profile.json"), "w") as f:
         json.dump(rec, f, indent=1)

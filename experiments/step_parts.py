@@ -38,7 +38,7 @@ def define_flags() -> None:
                       "buffer assignment: arguments, outputs, temporaries) without timing anything")
 
 
-def _time(fn, args, rounds: int) -> tuple[float, float]:
+def time_calls(fn, args, rounds: int) -> tuple[float, float]:
     """(first call seconds, median seconds of `rounds` calls after it)."""
     import jax
 
@@ -135,14 +135,14 @@ def measure(preset: str, batch: int, resize_to: int, numerics: str, rounds: int,
     parts, memory = {}, {}
     with jax.default_matmul_precision(su["precision"]):
         if not memory_only:
-            parts["G forward"] = _time(g_fwd, (w, noise), rounds)
-            parts["G forward + backward"] = _time(g_bwd, (w, noise, r), rounds)
-            parts["VGG forward + backward"] = _time(v_bwd, (target, feats), rounds)
+            parts["G forward"] = time_calls(g_fwd, (w, noise), rounds)
+            parts["G forward + backward"] = time_calls(g_bwd, (w, noise, r), rounds)
+            parts["VGG forward + backward"] = time_calls(v_bwd, (target, feats), rounds)
         for name, kind in (("W+ step", "w"), ("noise step", "noise")):
             step, args = engine_step(su, kind)
             memory[name] = _memory(step, args)
             if not memory_only:
-                parts[name] = _time(step, args, rounds)
+                parts[name] = time_calls(step, args, rounds)
     return {"preset": preset, "resolution": su["resolution"], "batch": batch, "resize_to": resize_to,
             "numerics": numerics, "vgg": su["vgg_source"], "device": str(jax.devices()[0].device_kind),
             "backend": jax.default_backend(), "jax": jax.__version__, "rounds": rounds, "memory_mb": memory,
