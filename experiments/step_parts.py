@@ -79,7 +79,7 @@ def setup(preset: str, batch: int, resize_to: int, numerics: str, vgg_spec: str,
     vgg = VGG16(params=jax.tree.map(jnp.asarray, params), preprocessing="keras", compute_dtype=dtype)
     w = G.w_avg + 0.1 * jax.random.normal(jax.random.PRNGKey(1), (batch, G.num_ws, G.w_dim))
     target = jnp.clip(G.synthesis(w + 0.3, noise="const", fused_modconv=False), -1, 1)
-    return {"G": G, "vgg": vgg, "vgg_source": source, "w": w, "w_true": w + 0.3, "target": target, "batch": batch, "dtype": dtype,
+    return {"G": G, "vgg": vgg, "vgg_source": source, "w": w, "target": target, "batch": batch, "dtype": dtype,
             "resize_to": resize_to, "resolution": res,
             "precision": "highest" if numerics == "fp32" else "tensorfloat32"}
 
