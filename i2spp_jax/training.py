@@ -93,6 +93,7 @@ def _optimizer(cfg: TrainConfig, params) -> optax.GradientTransformation:
     return optax.multi_transform({"train": adam, "frozen": optax.set_to_zero()}, _labels(params))
 
 
+@functools.partial(jax.jit, static_argnums=0)  # one compile: op by op, flax's and optax's inits took 28 s
 def init_state(cfg: TrainConfig) -> State:
     """Fresh state: G, G_ema (= G), D, both optimiser states, the step counter and the PRNG key."""
     key = jax.random.PRNGKey(cfg.seed)

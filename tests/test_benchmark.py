@@ -146,3 +146,39 @@ def test_time_algorithm2_runs_both_phases_and_reports_seconds_per_image(tmp_path
     w, n = (np.asarray(rec["psnr_db"][k]) for k in ("W+ phase", "noise phase"))
     assert w.shape == n.shape == (2,) and np.all(n > w + 3), (w, n)
     assert "s per image" in p.stdout
+
+
+@pytest.mark.parametrize("side,in_ch,out_ch", [(5, 3, 4), (8, 6, 5)])
+def test_upsample_levers_compute_the_reference_up_convolution(side, in_ch, out_ch):
+    """experiments/upsample_levers.py: its fir_2d and polyphase variants are ops.conv2d_up2, so that its
+    timings compare the same function; a wrong phase split or FIR padding differs by O(1)."""
+    import jax.numpy as jnp
+
+    from experiments import upsample_levers
+    from i2spp_jax import ops
+
+    f = ops.setup_filter([1, 3, 3, 1])
+    x = jax.random.normal(jax.random.PRNGKey(0), (2, side, side, in_ch))
+    w = jax.random.normal(jax.random.PRNGKey(1), (3, 3, in_ch, out_ch))
+    ref = ops.conv2d_up2(x, w, f)
+    assert ref.shape == (2, 2 * side, 2 * side, out_ch)
+    for variant in ("fir_2d", "polyphase"):
+        np.testing.assert_allclose(upsample_levers.up_conv(variant, x, w, f), ref, atol=2e-5 * float(jnp.abs(ref).max()),
+                                   err_msg=variant)
+    # per axis: each output phase reads 3 input taps (a 3x3 kernel), and each kernel tap meets every
+    # other FIR tap of [1, 3, 3, 1] / 8 x 2 (gain 4 over two axes), which sum to 1
+    taps, pad = upsample_levers.phase_taps(3, f)
+    assert taps.shape == (2, 3, 3) and pad == 1
+    np.testing.assert_allclose(taps.sum(axis=1), np.ones((2, 3)))
+
+
+def test_upsample_levers_table_on_one_layer(tmp_path):
+    from experiments import upsample_levers
+
+    rec = upsample_levers.measure("cpu", 1, "fp32", rounds=1, min_side=256)
+    assert [(r["side"], r["in_channels"], r["out_channels"]) for r in rec["layers"]] == [(256, 64, 32)]
+    for v in upsample_levers.VARIANTS:
+        m = rec["layers"][0]["variants"][v]
+        assert m["ms_forward"] > 0 and m["ms_forward_input_grad"] > 0 and m["max_abs_diff"] < 1e-4
+    lines = upsample_levers.table(rec).splitlines()
+    assert lines[2].startswith("| 256 | 64 → 32 |") and lines[-1].startswith("| all |")

@@ -154,6 +154,7 @@ def _snapshot(out):
     return snap
 
 
+@pytest.mark.slow  # a real kill and two restarts (about 60 s); test_embed covers the engine's exact resume
 def test_killed_run_restarts_losing_and_redoing_nothing(env, reference):
     one_out, _ = reference
     out = str(env["base"] / "killed")

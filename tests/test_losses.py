@@ -74,14 +74,15 @@ def test_pixels_outside_every_mask_change_neither_loss_nor_gradient(vgg):
     def total(im, xx, yy):
         return jnp.sum(_eq1(vgg, im, xx, yy, mask, weights)[0])
 
-    loss, grad = jax.value_and_grad(total)(img, x, y)
+    value_and_grad = jax.jit(jax.value_and_grad(total))  # one compile: op-by-op dispatch took 30 s
+    loss, grad = value_and_grad(img, x, y)
     changed = [jnp.where(far, o, a) for o, a in ((other_img, img), (other_x, x), (other_y, y))]
-    loss2, grad2 = jax.value_and_grad(total)(*changed)
+    loss2, grad2 = value_and_grad(*changed)
     np.testing.assert_allclose(loss2, loss, rtol=F32_TOL)
     np.testing.assert_allclose(grad2, grad, rtol=F32_TOL, atol=1e-12)
     assert float(jnp.abs(grad[:, :, 48:]).max()) == 0.0
     # and the test can fail: the same change near the mask moves both
-    loss3, grad3 = jax.value_and_grad(total)(jnp.where(~far, other_img, img), x, y)
+    loss3, grad3 = value_and_grad(jnp.where(~far, other_img, img), x, y)
     assert abs(float(loss3 - loss)) > 1e-3 * float(loss)
     assert not np.allclose(grad3, grad, rtol=1e-3)
 
@@ -113,24 +114,26 @@ def test_each_term_ignores_pixels_where_its_mask_is_zero(vgg, term):
             return perceptual_loss(vgg, im, target, mask, resize_to=RESIZE)
         return style_loss(vgg, im, target, mask, resize_to=RESIZE)
 
+    value = jax.jit(value)  # one compile for the three calls: op by op, VGG's took 17 s
     base = value(img, x)
     np.testing.assert_allclose(value(jnp.where(far, other, img), x), base, rtol=F32_TOL)
     np.testing.assert_allclose(value(img, jnp.where(far, other, x)), base, rtol=F32_TOL)
-    g = jax.grad(lambda im: jnp.sum(value(im, x)))(img)
-    g2 = jax.grad(lambda im: jnp.sum(value(im, x)))(jnp.where(far, other, img))
+    grad = jax.jit(jax.grad(lambda im: jnp.sum(value(im, x))))
+    g, g2 = grad(img), grad(jnp.where(far, other, img))
     np.testing.assert_allclose(g2, g, rtol=F32_TOL, atol=1e-12)
 
 
 def test_all_ones_masks_equal_no_masks(vgg):
     img, x, y = _images(5)
     ones = jnp.ones((2, SIZE, SIZE, 1))
-    total_none, terms_none = eq1_loss(vgg, img, x, y, weights=ALL_TERMS, resize_to=RESIZE)
-    total_ones, terms_ones = _eq1(vgg, img, x, y, ones)
+    # each form compiled once (op by op these four took 17-23 s)
+    total_none, terms_none = jax.jit(lambda: eq1_loss(vgg, img, x, y, weights=ALL_TERMS, resize_to=RESIZE))()
+    total_ones, terms_ones = jax.jit(lambda: _eq1(vgg, img, x, y, ones))()
     np.testing.assert_allclose(total_ones, total_none, rtol=F32_TOL)
     for k in terms_none:
         np.testing.assert_allclose(terms_ones[k], terms_none[k], rtol=F32_TOL, err_msg=k)
-    np.testing.assert_allclose(perceptual_loss(vgg, img, x, ones[..., 0], resize_to=RESIZE),
-                               perceptual_loss(vgg, img, x, None, resize_to=RESIZE), rtol=F32_TOL)
+    percept = jax.jit(lambda m: perceptual_loss(vgg, img, x, m, resize_to=RESIZE))
+    np.testing.assert_allclose(percept(ones[..., 0]), percept(None), rtol=F32_TOL)
 
 
 def test_eq1_combines_the_standalone_terms(vgg):
@@ -168,7 +171,7 @@ def test_zero_weights_skip_vgg(vgg):
 def test_batch_equals_loop_and_vmap(vgg):
     img, x, y = _images(8, n=3, size=32)
     mask = jnp.asarray(np.random.default_rng(8).uniform(0, 1, (3, 32, 32)), jnp.float32)
-    loss = lambda a, b, c, m: _eq1(vgg, a, b, c, m, resize_to=48)  # noqa: E731
+    loss = jax.jit(lambda a, b, c, m: _eq1(vgg, a, b, c, m, resize_to=48))  # op by op it took 38 s
     total, terms = loss(img, x, y, mask)
     for i in range(3):
         t_i, terms_i = loss(img[i:i + 1], x[i:i + 1], y[i:i + 1], mask[i:i + 1])

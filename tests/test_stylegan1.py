@@ -164,6 +164,7 @@ def test_the_papers_layer_numbers_on_its_own_generator():
         later_noise(G, "b8.img")
 
 
+@pytest.mark.slow  # an end-to-end run (about 55 s on the 2-core CPU): `pytest -m slow`
 def test_reconstruction_and_an_application_run_on_v1(tf_dir):
     """The engine's W+ and noise phases lower the loss on a StyleGAN (v1), in float32 and in the bf16
     mode; feature transfer combines two images at the paper's 4th layer."""

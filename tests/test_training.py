@@ -51,9 +51,11 @@ def test_r1_is_the_squared_input_gradient_of_d():
     state = training.init_state(TINY)
     reals = jnp.asarray(datasets.to_float(datasets.toy_set(8, 16)))
     fakes = jnp.zeros_like(reals)
-    _, m = training._d_loss(state["D"], TINY, fakes, reals, True)
+    # compiled: op by op, the R1 term's double backward took 30-60 s here
+    d_loss = jax.jit(training._d_loss, static_argnums=(1, 4))
+    _, m = d_loss(state["D"], TINY, fakes, reals, True)
     D = TINY.discriminator()
-    g = jax.grad(lambda x: jnp.sum(D.apply({"params": state["D"]}, x)))(reals)
+    g = jax.jit(jax.grad(lambda x: jnp.sum(D.apply({"params": state["D"]}, x))))(reals)
     np.testing.assert_allclose(float(m["R1"]), float(jnp.mean(jnp.sum(g**2, axis=(1, 2, 3)))), rtol=1e-5)
     assert float(m["R1"]) > 0
 
@@ -108,9 +110,18 @@ def test_resume_continues_bit_identically(tmp_path):
 
 
 def test_refuses_an_out_dir_holding_another_run(tmp_path):
-    T.train(_run(tmp_path, "c"), steps=5, log=lambda m: None)
+    # steps=0 writes the run's settings without training (5 steps cost 75 s of compiling here); the
+    # refusal reads only those. The folder is left as it was.
+    cfg = _run(tmp_path, "c")
+    T.train(cfg, steps=0, log=lambda m: None)
+    before = {p: open(os.path.join(cfg.out, p), "rb").read() for p in os.listdir(cfg.out)
+              if os.path.isfile(os.path.join(cfg.out, p))}
+    assert cli.RUN_FILE in before
     with pytest.raises(cli.UserError, match="other settings \\(lr\\)"):
         T.train(_run(tmp_path, "c", lr=0.001), log=lambda m: None)
+    after = {p: open(os.path.join(cfg.out, p), "rb").read() for p in os.listdir(cfg.out)
+             if os.path.isfile(os.path.join(cfg.out, p))}
+    assert after == before
 
 
 def test_cli_reports_a_missing_data_folder_in_one_line(tmp_path):

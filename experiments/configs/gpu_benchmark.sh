@@ -16,7 +16,9 @@
 # autotuning off, each step with a time limit, 560 s in all; everything lands in OUT/probe.tar.gz), "w8" (the W+ step alone at batch 8 with 25
 # iterations per dispatch, TF32 then bf16: about 3 minutes), "alg2" / "alg2_tf32" (Algorithm 2, 5000 + 3000
 # iterations at batch 8, timed end to end by experiments.time_algorithm2 in the bf16 mode / in TF32:
-# about 5 minutes each) or "all" (base, more, levers, parts).
+# about 5 minutes each), "next" (what the last lease left, about 11 minutes: w8's TF32 step, alg2, the
+# up-sampling convolution three ways (experiments.upsample_levers, the 256-1024 layers) and the grouped
+# convolution at batch 8; OUT/probe.tar.gz as for probe) or "all" (base, more, levers, parts).
 # Config-f sizes (1024x1024, w 512, up to 512 channels), VGG16 at 256. Each benchmark writes its
 # table into the log and OUT/NAME.json; the generator's weights (about 130 MB) stay in $BENCH_WORK.
 # Every step has its own time limit, so that one failing or slow step leaves the others' numbers.
@@ -82,11 +84,26 @@ if [ "$PART" = alg2 ] || [ "$PART" = alg2_tf32 ]; then  # Algorithm 2 timed end 
   echo "=== $PART: exit $?"
   cp "$WORK/$PART/algorithm2.json" "$OUT/$PART.json" 2>/dev/null
 fi
+pack() {  # after every step, so that a run cut short still brings back what it measured (one file)
+  mkdir -p "$WORK/probe_files" && mv "$OUT"/*.json "$OUT"/*_hlo.txt.gz "$WORK/probe_files/" 2>/dev/null
+  tar czf "$OUT/probe.tar.gz" -C "$WORK/probe_files" .
+}
+if [ "$PART" = next ]; then  # what the last lease left (about 11 minutes): the banded resize's effect,
+  # Algorithm 2 end to end in the bf16 mode, the FIR up-sampling levers, the grouped convolution at batch 8
+  step w8_tf32_scan25 100 --numerics=tf32 --sides=jax --steps=w --batches=8 --steps_per_call=25; pack
+  echo "=== alg2 (limit 330 s)"
+  timeout -k 10 330 python3 -m experiments.time_algorithm2 --preset=ffhq --batch=8 --compute_dtype=bfloat16 \
+    --vgg=.official/vgg16_trunk.npz --out="$WORK/alg2" $PROFILE_FLAGS
+  echo "=== alg2: exit $?"
+  cp "$WORK/alg2/algorithm2.json" "$OUT/alg2.json" 2>/dev/null; pack
+  echo "=== upsample_levers (limit 90 s)"
+  timeout -k 10 90 python3 -m experiments.upsample_levers --preset=ffhq --batch=8 --numerics=tf32 --min_side=256 \
+    --out="$WORK/upsample_levers" $LEVERS_FLAGS  # LEVERS_FLAGS: e.g. --preset=cpu for a dry run
+  echo "=== upsample_levers: exit $?"
+  cp "$WORK/upsample_levers/upsample_levers.json" "$OUT/upsample_levers.json" 2>/dev/null; pack
+  step w8_tf32_grouped_scan25 120 --numerics=tf32 --sides=jax --steps=w --batches=8 --steps_per_call=25 --modconv=grouped; pack
+fi
 if [ "$PART" = probe ]; then
-  pack() {  # after every step, so that a run cut short still brings back what it measured (one file)
-    mkdir -p "$WORK/probe_files" && mv "$OUT"/*.json "$OUT"/*_hlo.txt.gz "$WORK/probe_files/" 2>/dev/null
-    tar czf "$OUT/probe.tar.gz" -C "$WORK/probe_files" .
-  }
   profile prof_tf32 110 --preset=ffhq --batch=8 --numerics=tf32; pack
   step w_tf32_scan25 120 --numerics=tf32 --sides=jax --steps=w --batches=8 --steps_per_call=25; pack
   XLA_FLAGS="${XLA_FLAGS:+$XLA_FLAGS }--xla_gpu_force_conv_nhwc=true" \
