@@ -92,6 +92,7 @@ def reference(env):
     return out, p
 
 
+@pytest.mark.slow  # a second end-to-end run (70 s); the engine's sharding: test_embed's mesh test
 def test_sharded_run_equals_one_device_and_records_bad_files(env, reference):
     one_out, one = reference
     out = str(env["base"] / "four_devices")
