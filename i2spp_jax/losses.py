@@ -106,9 +106,12 @@ def _band_plan(n_in: int, n_out: int) -> Optional[tuple[int, int, np.ndarray]]:
     shrink), where every row's taps sit at the same place relative to stride * i."""
     if n_out >= n_in or n_in % n_out:
         return None
+    # Resizing the identity gives the weights: one compiled call on the host (op by op it compiled
+    # each of resize's few dozen operations on its own, 4 s of the W+ step's first trace at 1024).
+    eye = np.eye(n_in, dtype=np.float32)[None, :, :, None]
     with jax.ensure_compile_time_eval():
-        eye = jnp.eye(n_in, dtype=jnp.float32)[None, :, :, None]  # resizing the identity gives the weights
-        mat = np.asarray(jax.image.resize(eye, (1, n_out, n_in, 1), method="linear", antialias=True))[0, :, :, 0]
+        weights_of = jax.jit(lambda e: jax.image.resize(e, (1, n_out, n_in, 1), method="linear", antialias=True))
+        mat = np.asarray(weights_of(jax.device_put(eye, jax.devices("cpu")[0])))[0, :, :, 0]
     stride = n_in // n_out
     rows, cols = np.nonzero(mat)
     rel = cols - stride * rows
