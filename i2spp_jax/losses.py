@@ -111,7 +111,7 @@ def _band_plan(n_in: int, n_out: int) -> Optional[tuple[int, int, np.ndarray]]:
     eye = np.eye(n_in, dtype=np.float32)[None, :, :, None]
     with jax.ensure_compile_time_eval():
         weights_of = jax.jit(lambda e: jax.image.resize(e, (1, n_out, n_in, 1), method="linear", antialias=True))
-        mat = np.asarray(weights_of(jax.device_put(eye, jax.devices("cpu")[0])))[0, :, :, 0]
+        mat = np.asarray(weights_of(jax.device_put(eye, _host_device())))[0, :, :, 0]
     stride = n_in // n_out
     rows, cols = np.nonzero(mat)
     rel = cols - stride * rows
@@ -119,6 +119,14 @@ def _band_plan(n_in: int, n_out: int) -> Optional[tuple[int, int, np.ndarray]]:
     weights = np.zeros((n_out, taps), np.float32)
     weights[rows, rel - offset] = mat[rows, cols]
     return stride, offset, weights
+
+
+def _host_device() -> Optional[jax.Device]:
+    """The CPU device, or None (the default device) where JAX runs without its CPU backend."""
+    try:
+        return jax.devices("cpu")[0]
+    except RuntimeError:
+        return None
 
 
 def _banded(x: jax.Array, axis: int, stride: int, offset: int, weights: np.ndarray) -> jax.Array:
