@@ -131,13 +131,6 @@ class GeneratorConfig:
 @functools.partial(jax.jit, static_argnums=0)
 def init_params(config: GeneratorConfig, key: jax.Array) -> Params:
     """Random parameters with the original initialisation (noise strengths and w_avg are zero)."""
-    return _init_params_jit(config, key)
-
-
-@functools.partial(jax.jit, static_argnums=0)
-def _init_params_jit(config: GeneratorConfig, key: jax.Array) -> Params:
-    # Compiled: flax's init runs the whole forward pass, which op by op cost one small compile per
-    # operation (28 s for the training tests' tiny G and D); jitted, XLA drops the unused forward.
     k_map, k_syn = jax.random.split(key)
     z = jnp.zeros((1, config.z_dim))
     ws = jnp.zeros((1, config.num_ws, config.w_dim))
