@@ -61,8 +61,10 @@ def phase_taps(k: int, f: np.ndarray) -> tuple[np.ndarray, int]:
     reference's padding pad0) z[p] = sum_s t[s] f2[p - s + fw - 1 - pad0]; so output 2q + r reads
     x[q + a] through sum_u w[u] f2[r - 2a - u + fw - 1 - pad0].
     """
+    from i2spp_jax import ops
+
     fw = len(f)
-    pad0 = k // 2 + (fw + 1) // 2 - (k - 1)
+    pad0, _ = ops.up2_fir_padding(k, fw)
     f2 = np.asarray(f, np.float64) * 2
 
     def weight(r, a, u):
@@ -101,13 +103,10 @@ def up_conv(variant: str, x, w, f):
         return ops.conv2d_up2(x, w, f)
     if variant == "polyphase":
         return polyphase(x, w, f)
-    k, fw = w.shape[0], len(f)
-    pad0 = k // 2 + (fw + 1) // 2 - (k - 1)
-    pad1 = k // 2 + (fw - 2) // 2 - (k - 2)
-    y = jax.lax.conv_general_dilated(x, w[::-1, ::-1], (1, 1), [(k - 1, k - 1)] * 2, lhs_dilation=(2, 2),
-                                     dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    pad0, pad1 = ops.up2_fir_padding(w.shape[0], len(f))
+    y = ops.conv_transpose2d_up2(x, w)
     y = jax.lax.pad(y, jax.numpy.zeros((), y.dtype), [(0, 0, 0), (pad0, pad1, 0), (pad0, pad1, 0), (0, 0, 0)])
-    return fir_2d(y, f * np.float32(2.0))
+    return fir_2d(y, f * np.float32(2.0))  # gain 4: 2 per axis
 
 
 def layer_shapes(preset: str) -> list[tuple[int, int, int]]:

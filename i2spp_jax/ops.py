@@ -108,28 +108,37 @@ def conv2d(x: jax.Array, w: jax.Array, *, groups: int = 1) -> jax.Array:
     )
 
 
-def conv2d_up2(x: jax.Array, w: jax.Array, f: np.ndarray, *, groups: int = 1) -> jax.Array:
-    """3x3 convolution with 2x upsampling, as `conv2d_resample(up=2, padding=1)`.
-
-    A stride-2 transposed convolution (output 2H+1) followed by the FIR filter with gain 4 and
-    padding 1 (output 2H). The transposed convolution is a correlation of the zero-dilated input
-    with the spatially flipped kernel.
-    """
-    k = w.shape[0]
-    fw = len(f)
+def up2_fir_padding(k: int, fw: int) -> tuple[int, int]:
+    """(low, high) padding of the FIR filter after `conv2d_up2`'s transposed convolution: the
+    reference's px0 and px1 after its adjustments, for a k x k kernel and fw FIR taps."""
     up = 2
-    pad0 = k // 2 + (fw + up - 1) // 2 - (k - 1)  # the reference's px0 after its adjustments
-    pad1 = k // 2 + (fw - up) // 2 - (k - up)
-    x = jax.lax.conv_general_dilated(
+    return k // 2 + (fw + up - 1) // 2 - (k - 1), k // 2 + (fw - up) // 2 - (k - up)
+
+
+def conv_transpose2d_up2(x: jax.Array, w: jax.Array, *, groups: int = 1) -> jax.Array:
+    """Stride-2 transposed convolution, [N, H, W, I] -> [N, 2H + k - 2, 2W + k - 2, O]: a correlation
+    of the zero-dilated input with the spatially flipped kernel."""
+    k = w.shape[0]
+    return jax.lax.conv_general_dilated(
         x,
         w[::-1, ::-1],
         (1, 1),
         [(k - 1, k - 1), (k - 1, k - 1)],
-        lhs_dilation=(up, up),
+        lhs_dilation=(2, 2),
         dimension_numbers=_DIMS,
         feature_group_count=groups,
     )
-    return upfirdn2d(x, f, padding=(pad0, pad1, pad0, pad1), gain=up * up)
+
+
+def conv2d_up2(x: jax.Array, w: jax.Array, f: np.ndarray, *, groups: int = 1) -> jax.Array:
+    """3x3 convolution with 2x upsampling, as `conv2d_resample(up=2, padding=1)`.
+
+    A stride-2 transposed convolution (output 2H+1) followed by the FIR filter with gain 4 and
+    padding 1 (output 2H).
+    """
+    pad0, pad1 = up2_fir_padding(w.shape[0], len(f))
+    x = conv_transpose2d_up2(x, w, groups=groups)
+    return upfirdn2d(x, f, padding=(pad0, pad1, pad0, pad1), gain=4)
 
 
 def modulated_conv2d(

@@ -114,14 +114,16 @@ def test_refuses_an_out_dir_holding_another_run(tmp_path):
     # refusal reads only those. The folder is left as it was.
     cfg = _run(tmp_path, "c")
     T.train(cfg, steps=0, log=lambda m: None)
-    before = {p: open(os.path.join(cfg.out, p), "rb").read() for p in os.listdir(cfg.out)
-              if os.path.isfile(os.path.join(cfg.out, p))}
+
+    def files():
+        return {p: open(os.path.join(cfg.out, p), "rb").read() for p in os.listdir(cfg.out)
+                if os.path.isfile(os.path.join(cfg.out, p))}
+
+    before = files()
     assert cli.RUN_FILE in before
     with pytest.raises(cli.UserError, match="other settings \\(lr\\)"):
         T.train(_run(tmp_path, "c", lr=0.001), log=lambda m: None)
-    after = {p: open(os.path.join(cfg.out, p), "rb").read() for p in os.listdir(cfg.out)
-             if os.path.isfile(os.path.join(cfg.out, p))}
-    assert after == before
+    assert files() == before
 
 
 def test_cli_reports_a_missing_data_folder_in_one_line(tmp_path):
