@@ -59,6 +59,15 @@ def _memory(fn, args) -> dict:
     return {k: getattr(m, f"{k}_size_in_bytes") / 2**20 for k in ("argument", "output", "temp")}
 
 
+def preset_config(preset: str, resolution: int = 0):
+    """The benchmark's generator architecture at `preset`'s sizes (`resolution` > 0: another output side)."""
+    from i2spp_jax.generator import GeneratorConfig
+
+    res, base, cmax, w_dim, layers = benchmark.PRESETS[preset][:5]
+    return GeneratorConfig.from_channel_base(img_resolution=resolution or res, channel_base=base, channel_max=cmax,
+                                             z_dim=w_dim, w_dim=w_dim, mapping_layers=layers)
+
+
 def setup(preset: str, batch: int, resize_to: int, numerics: str, vgg_spec: str, resolution: int = 0) -> dict:
     """The benchmark's random generator and VGG16 at `preset`'s sizes (`resolution` > 0: another output
     side, the preset's widths), a batch of targets rendered from hidden latents, and the numerics'
@@ -66,13 +75,11 @@ def setup(preset: str, batch: int, resize_to: int, numerics: str, vgg_spec: str,
     import jax
     import jax.numpy as jnp
 
-    from i2spp_jax.generator import Generator, GeneratorConfig, random_params
+    from i2spp_jax.generator import Generator, random_params
     from i2spp_jax.vgg import VGG16
 
-    res, base, cmax, w_dim, layers = benchmark.PRESETS[preset][:5]
-    res = resolution or res
-    config = GeneratorConfig.from_channel_base(img_resolution=res, channel_base=base, channel_max=cmax, z_dim=w_dim,
-                                               w_dim=w_dim, mapping_layers=layers)
+    config = preset_config(preset, resolution)
+    res = config.img_resolution
     G = Generator(params=random_params(config, jax.random.PRNGKey(0)), config=config)  # noise strengths > 0
     params, source = benchmark.vgg_trunk(vgg_spec)
     dtype = "bfloat16" if numerics == "bf16" else "float32"

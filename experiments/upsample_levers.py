@@ -26,7 +26,7 @@ import os
 import numpy as np
 from absl import flags
 
-from experiments import benchmark, cli, step_parts
+from experiments import cli, step_parts
 
 VARIANTS = ("reference", "fir_2d", "polyphase")
 
@@ -80,16 +80,15 @@ def phase_taps(k: int, f: np.ndarray) -> tuple[np.ndarray, int]:
 
 def polyphase(x, w, f):
     """`ops.conv2d_up2(x, w, f)` as one convolution at x's resolution with 4*O outputs."""
-    import jax
     import jax.numpy as jnp
 
-    taps, pad = phase_taps(w.shape[0], f)
+    from i2spp_jax import ops
+
+    taps, _ = phase_taps(w.shape[0], f)
     t = jnp.asarray(taps, w.dtype)
     kernel = jnp.einsum("pau,qbv,uvio->abipqo", t, t, w)  # [ka, ka, I, ry, rx, O]
     ka, _, in_ch, _, _, out_ch = kernel.shape
-    kernel = kernel.reshape(ka, ka, in_ch, 4 * out_ch)
-    y = jax.lax.conv_general_dilated(x, kernel, (1, 1), [(pad, pad), (pad, pad)],
-                                     dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    y = ops.conv2d(x, kernel.reshape(ka, ka, in_ch, 4 * out_ch))  # 'same': phase_taps' pad is ka // 2
     n, h, wd, _ = y.shape
     return y.reshape(n, h, wd, 2, 2, out_ch).transpose(0, 1, 3, 2, 4, 5).reshape(n, 2 * h, 2 * wd, out_ch)
 
@@ -111,11 +110,7 @@ def up_conv(variant: str, x, w, f):
 
 def layer_shapes(preset: str) -> list[tuple[int, int, int]]:
     """(input side, input channels, output channels) of every block's up-sampling convolution."""
-    from i2spp_jax.generator import GeneratorConfig
-
-    res, base, cmax, w_dim, layers = benchmark.PRESETS[preset][:5]
-    cfg = GeneratorConfig.from_channel_base(img_resolution=res, channel_base=base, channel_max=cmax, z_dim=w_dim,
-                                            w_dim=w_dim, mapping_layers=layers)
+    cfg = step_parts.preset_config(preset)
     return [(4 * 2**i, cfg.channels[i], cfg.channels[i + 1]) for i in range(len(cfg.channels) - 1)]
 
 

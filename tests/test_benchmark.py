@@ -172,7 +172,7 @@ def test_upsample_levers_compute_the_reference_up_convolution(side, in_ch, out_c
     np.testing.assert_allclose(taps.sum(axis=1), np.ones((2, 3)))
 
 
-def test_upsample_levers_table_on_one_layer(tmp_path):
+def test_upsample_levers_table_on_one_layer():
     from experiments import upsample_levers
 
     rec = upsample_levers.measure("cpu", 1, "fp32", rounds=1, min_side=256)
