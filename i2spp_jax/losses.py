@@ -102,16 +102,11 @@ def resize(x: jax.Array, size: Size) -> jax.Array:
 def _band_plan(n_in: int, n_out: int) -> Optional[tuple[int, int, np.ndarray]]:
     """(stride, first tap's offset, weights [n_out, taps]) such that output i is
     sum_k weights[i, k] * x[stride * i + offset + k] (x zero outside [0, n_in)), read off
-    jax.image.resize's own weight matrix; None unless n_in is a whole multiple of n_out (a
-    shrink), where every row's taps sit at the same place relative to stride * i."""
+    `_linear_resize_weights`; None unless n_in is a whole multiple of n_out (a shrink), where
+    every row's taps sit at the same place relative to stride * i."""
     if n_out >= n_in or n_in % n_out:
         return None
-    # Resizing the identity gives the weights: one compiled call on the host (op by op it compiled
-    # each of resize's few dozen operations on its own, 4 s of the W+ step's first trace at 1024).
-    eye = np.eye(n_in, dtype=np.float32)[None, :, :, None]
-    with jax.ensure_compile_time_eval():
-        weights_of = jax.jit(lambda e: jax.image.resize(e, (1, n_out, n_in, 1), method="linear", antialias=True))
-        mat = np.asarray(weights_of(jax.device_put(eye, _host_device())))[0, :, :, 0]
+    mat = _linear_resize_weights(n_in, n_out)
     stride = n_in // n_out
     rows, cols = np.nonzero(mat)
     rel = cols - stride * rows
@@ -121,12 +116,23 @@ def _band_plan(n_in: int, n_out: int) -> Optional[tuple[int, int, np.ndarray]]:
     return stride, offset, weights
 
 
-def _host_device() -> Optional[jax.Device]:
-    """The CPU device, or None (the default device) where JAX runs without its CPU backend."""
-    try:
-        return jax.devices("cpu")[0]
-    except RuntimeError:
-        return None
+def _linear_resize_weights(n_in: int, n_out: int) -> np.ndarray:
+    """jax.image.resize's weight matrix [n_out, n_in] for one axis (method "linear", antialias=True,
+    no translation), by its own formula in float32 numpy: a triangle kernel widened by the shrink
+    factor, normalised per output, zero where an output's centre falls outside the input. Equal to
+    the matrix jax.image.resize applies to within one float32 rounding of the normalisation (XLA may
+    divide by a reciprocal). Plain numpy, so a trace pays nothing for it: evaluated with jax under
+    `ensure_compile_time_eval`, every operation compiled on its own (about 3 s of the config-f W+
+    step's first trace on the 2-core CPU, BUILD_NOTES.md)."""
+    f32 = np.float32
+    inv_scale = 1.0 / (n_out / n_in)  # as jax.image.resize computes it
+    centres = (np.arange(n_out, dtype=f32) + f32(0.5)) * f32(inv_scale) - f32(0.5)
+    dist = np.abs(centres[None, :] - np.arange(n_in, dtype=f32)[:, None]) / f32(max(inv_scale, 1.0))
+    w = np.maximum(f32(0), f32(1) - dist)
+    total = np.sum(w, axis=0, keepdims=True, dtype=f32)
+    w = np.where(np.abs(total) > 1000.0 * float(np.finfo(np.float32).eps), w / np.where(total != 0, total, f32(1)), f32(0))
+    inside = (centres >= -0.5) & (centres <= n_in - 0.5)
+    return np.where(inside[None, :], w, f32(0)).astype(f32).T
 
 
 def _banded(x: jax.Array, axis: int, stride: int, offset: int, weights: np.ndarray) -> jax.Array:

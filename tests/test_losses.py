@@ -327,6 +327,19 @@ def test_precomputed_target_features_give_the_same_loss(vgg):
     assert set(feats) == {"x", "y"} and "conv3_3" in feats["y"]
 
 
+@pytest.mark.parametrize("n_in,n_out", [(1024, 256), (256, 64), (60, 20), (35, 7), (999, 333), (32, 64)])
+def test_linear_resize_weights_are_jax_image_resize_s_matrix(n_in, n_out):
+    """The numpy weights behind `resize`'s strided taps are the matrix jax.image.resize applies (read off
+    by resizing the identity), to within one float32 rounding of the normalisation, edges included."""
+    eye = np.eye(n_in, dtype=np.float32)[None, :, :, None]
+    ref = np.asarray(jax.jit(lambda e: jax.image.resize(e, (1, n_out, n_in, 1), method="linear",
+                                                        antialias=True))(eye))[0, :, :, 0]
+    got = losses._linear_resize_weights(n_in, n_out)
+    assert got.shape == ref.shape and got.dtype == np.float32
+    np.testing.assert_allclose(got, ref, rtol=0, atol=3e-8)
+    assert np.array_equal(got != 0, ref != 0)
+
+
 @pytest.mark.parametrize("shape,size", [((1, 1024, 1024, 3), 256), ((1, 512, 512, 3), 128), ((1, 256, 256, 1), 64),
                                         ((1, 64, 64, 3), (16, 32)), ((1, 48, 48, 3), 20), ((1, 32, 32, 3), 64)])
 def test_resize_is_jax_image_resize_with_strided_taps_on_whole_factor_shrinks(shape, size):
