@@ -220,9 +220,10 @@ def _share_table(title: str, d: dict, total: float) -> str:
 def report(rec: dict, top: int) -> str:
     s = rec["summary"]
     total = s["kernel_ms_per_call"]
+    phases = ", ".join(f"{k.replace('_', ' ')} {v:.1f} s" for k, v in rec["compile_phases_s"].items())
     head = (f"{rec['device']} ({rec['backend']}, jax {rec['jax']}); {rec['step']} step, {rec['resolution']}x"
             f"{rec['resolution']} ({rec['preset']} preset), batch {rec['batch']}, {rec['numerics']}, modconv "
-            f"{rec['modconv']}; XLA_FLAGS={rec['xla_flags']!r}\ncompile {rec['compile_s']:.1f} s; wall "
+            f"{rec['modconv']}; XLA_FLAGS={rec['xla_flags']!r}\ncompile {rec['compile_s']:.1f} s ({phases}); wall "
             f"{rec['wall_ms']:.2f} ms per call (median of {rec['rounds']}); kernels {total:.2f} ms per call "
             f"({s['launches_per_call']:.0f} launches; {s['unattributed_ms_per_call']:.2f} ms not matched to an "
             f"instruction); events from {rec['events_from']}")
@@ -250,8 +251,13 @@ def main(argv):
     step, args = step_parts.engine_step(su, F.step, fused_modconv=F.modconv == "grouped")
     with jax.default_matmul_precision(su["precision"]):
         t0 = time.perf_counter()
-        compiled = step.lower(*args).compile()
-        compile_s = time.perf_counter() - t0
+        traced = step.trace(*args)  # Python: the step's functions traced to a jaxpr
+        t1 = time.perf_counter()
+        lowered = traced.lower()  # the jaxpr to StableHLO
+        t2 = time.perf_counter()
+        compiled = lowered.compile()  # XLA: optimisation, autotuning of the convolutions on a GPU, codegen
+        t3 = time.perf_counter()
+        compile_s, phases_s = t3 - t0, {"trace": t1 - t0, "lower": t2 - t1, "xla_compile": t3 - t2}
         text = compiled.as_text()
         with gzip.open(os.path.join(F.out, "hlo.txt.gz"), "wt") as f:
             f.write(text)
@@ -268,6 +274,7 @@ def main(argv):
     rec = {"preset": preset, "resolution": su["resolution"], "batch": F.batch, "numerics": F.numerics, "step": F.step,
            "modconv": F.modconv, "device": str(jax.devices()[0].device_kind), "backend": jax.default_backend(),
            "jax": jax.__version__, "xla_flags": os.environ.get("XLA_FLAGS", ""), "compile_s": compile_s,
+           "compile_phases_s": phases_s,
            "rounds": F.rounds, "wall_ms": 1e3 * median_s, "calls": F.calls, "trace": path,
            "events_from": source, "summary": summarise(events, hlo_index(text), F.calls, F.top)}
     with open(os.path.join(F.out, "profile.json"), "w") as f:

@@ -16,9 +16,12 @@
 # autotuning off, each step with a time limit, 560 s in all; everything lands in OUT/probe.tar.gz), "w8" (the W+ step alone at batch 8 with 25
 # iterations per dispatch, TF32 then bf16: about 3 minutes), "alg2" / "alg2_tf32" (Algorithm 2, 5000 + 3000
 # iterations at batch 8, timed end to end by experiments.time_algorithm2 in the bf16 mode / in TF32:
-# about 5 minutes each), "next" (what the last lease left, about 11 minutes: w8's TF32 step, alg2, the
-# up-sampling convolution three ways (experiments.upsample_levers, the 256-1024 layers) and the grouped
-# convolution at batch 8; OUT/probe.tar.gz as for probe) or "all" (base, more, levers, parts).
+# about 5 minutes each), "next" then "next2" (what the last leases left, two calls of the device tool,
+# each under its 600 s limit: about 8.5 minutes for w8's TF32 step and alg2, then about 5 minutes for
+# w8's bf16 step, the first call split into trace / lowering / XLA compile with a fresh kernel profile
+# (profile_step), the grouped convolution at batch 8 and the up-sampling convolution three ways
+# (experiments.upsample_levers, the 256-1024 layers); OUT/probe.tar.gz as for probe) or "all" (base,
+# more, levers, parts).
 # Config-f sizes (1024x1024, w 512, up to 512 channels), VGG16 at 256. Each benchmark writes its
 # table into the log and OUT/NAME.json; the generator's weights (about 130 MB) stay in $BENCH_WORK.
 # Every step has its own time limit, so that one failing or slow step leaves the others' numbers.
@@ -76,33 +79,37 @@ if [ "$PART" = w8 ]; then  # the headline W+ step alone (about 3 minutes): batch
   step w8_tf32_scan25 100 --numerics=tf32 --sides=jax --steps=w --batches=8 --steps_per_call=25
   step w8_bf16_scan25 100 --numerics=bf16 --sides=jax --steps=w --batches=8 --steps_per_call=25
 fi
-if [ "$PART" = alg2 ] || [ "$PART" = alg2_tf32 ]; then  # Algorithm 2 timed end to end, batch 8 (about 5 minutes each)
-  dt=bfloat16; [ "$PART" = alg2_tf32 ] && dt=float32
-  echo "=== $PART (limit 400 s)"
-  timeout -k 10 400 python3 -m experiments.time_algorithm2 --preset=ffhq --batch=8 --compute_dtype=$dt \
-    --vgg=.official/vgg16_trunk.npz --out="$WORK/$PART" $PROFILE_FLAGS
-  echo "=== $PART: exit $?"
-  cp "$WORK/$PART/algorithm2.json" "$OUT/$PART.json" 2>/dev/null
-fi
 pack() {  # after every step, so that a run cut short still brings back what it measured (one file)
   mkdir -p "$WORK/probe_files" && mv "$OUT"/*.json "$OUT"/*_hlo.txt.gz "$WORK/probe_files/" 2>/dev/null
   tar czf "$OUT/probe.tar.gz" -C "$WORK/probe_files" .
 }
-if [ "$PART" = next ]; then  # what the last lease left (about 11 minutes): the banded resize's effect,
-  # Algorithm 2 end to end in the bf16 mode, the FIR up-sampling levers, the grouped convolution at batch 8
+alg2() {  # NAME SECONDS DTYPE: Algorithm 2 timed end to end at batch 8
+  echo "=== $1 (limit $2 s)"
+  timeout -k 10 "$2" python3 -m experiments.time_algorithm2 --preset=ffhq --batch=8 --compute_dtype=$3 \
+    --vgg=.official/vgg16_trunk.npz --out="$WORK/$1" $ALG2_FLAGS  # ALG2_FLAGS: e.g. small sizes for a dry run
+  echo "=== $1: exit $?"
+  cp "$WORK/$1/algorithm2.json" "$OUT/$1.json" 2>/dev/null
+}
+# What the last leases left, in two calls that each fit the device tool's 600 s per command:
+if [ "$PART" = next ]; then  # about 8.5 minutes: the W+ step at batch 8 in TF32 (the banded resize's and
+  # the shorter trace's effect on the rate and the first call), then Algorithm 2 end to end in the bf16 mode
   step w8_tf32_scan25 100 --numerics=tf32 --sides=jax --steps=w --batches=8 --steps_per_call=25; pack
-  echo "=== alg2 (limit 330 s)"
-  timeout -k 10 330 python3 -m experiments.time_algorithm2 --preset=ffhq --batch=8 --compute_dtype=bfloat16 \
-    --vgg=.official/vgg16_trunk.npz --out="$WORK/alg2" $PROFILE_FLAGS
-  echo "=== alg2: exit $?"
-  cp "$WORK/alg2/algorithm2.json" "$OUT/alg2.json" 2>/dev/null; pack
-  echo "=== upsample_levers (limit 90 s)"
-  timeout -k 10 90 python3 -m experiments.upsample_levers --preset=ffhq --batch=8 --numerics=tf32 --min_side=256 \
+  alg2 alg2 400 bfloat16; pack
+fi
+if [ "$PART" = next2 ]; then  # about 5 minutes: the bf16 W+ step at batch 8, the first call split into
+  # trace, lowering and XLA's compile (experiments.profile_step, which also profiles the kernels again), the
+  # grouped convolution at batch 8, and the FIR up-sampling levers
+  step w8_bf16_scan25 100 --numerics=bf16 --sides=jax --steps=w --batches=8 --steps_per_call=25; pack
+  profile prof_tf32 100 --preset=ffhq --batch=8 --numerics=tf32 --rounds=3 --calls=2; pack
+  step w8_tf32_grouped_scan25 100 --numerics=tf32 --sides=jax --steps=w --batches=8 --steps_per_call=25 --modconv=grouped; pack
+  echo "=== upsample_levers (limit 70 s)"
+  timeout -k 10 70 python3 -m experiments.upsample_levers --preset=ffhq --batch=8 --numerics=tf32 --min_side=256 \
     --out="$WORK/upsample_levers" $LEVERS_FLAGS  # LEVERS_FLAGS: e.g. --preset=cpu for a dry run
   echo "=== upsample_levers: exit $?"
   cp "$WORK/upsample_levers/upsample_levers.json" "$OUT/upsample_levers.json" 2>/dev/null; pack
-  step w8_tf32_grouped_scan25 120 --numerics=tf32 --sides=jax --steps=w --batches=8 --steps_per_call=25 --modconv=grouped; pack
 fi
+if [ "$PART" = alg2 ]; then alg2 alg2 400 bfloat16; fi  # Algorithm 2 alone, batch 8 (about 5 minutes each)
+if [ "$PART" = alg2_tf32 ]; then alg2 alg2_tf32 400 float32; fi
 if [ "$PART" = probe ]; then
   profile prof_tf32 110 --preset=ffhq --batch=8 --numerics=tf32; pack
   step w_tf32_scan25 120 --numerics=tf32 --sides=jax --steps=w --batches=8 --steps_per_call=25; pack
