@@ -17,8 +17,8 @@
 # iterations per dispatch, TF32 then bf16: about 3 minutes), "alg2" / "alg2_tf32" (Algorithm 2, 5000 + 3000
 # iterations at batch 8, timed end to end by experiments.time_algorithm2 in the bf16 mode / in TF32:
 # about 5 minutes each), "next" then "next2" (what the last leases left, two calls of the device tool,
-# each under its 600 s limit: about 8.5 minutes for w8's TF32 step and alg2, then about 5 minutes for
-# w8's bf16 step, the first call split into trace / lowering / XLA compile with a fresh kernel profile
+# each under its 600 s limit: about 8.5 minutes for w8's TF32 step and alg2, then about 6 minutes for
+# w8's bf16 step, XLA's autotuning at level 1, the first call split into trace / lowering / XLA compile with a fresh kernel profile
 # (profile_step), the grouped convolution at batch 8 and the up-sampling convolution three ways
 # (experiments.upsample_levers, the 256-1024 layers); OUT/probe.tar.gz as for probe) or "all" (base,
 # more, levers, parts).
@@ -96,10 +96,14 @@ if [ "$PART" = next ]; then  # about 8.5 minutes: the W+ step at batch 8 in TF32
   step w8_tf32_scan25 100 --numerics=tf32 --sides=jax --steps=w --batches=8 --steps_per_call=25; pack
   alg2 alg2 400 bfloat16; pack
 fi
-if [ "$PART" = next2 ]; then  # about 5 minutes: the bf16 W+ step at batch 8, the first call split into
-  # trace, lowering and XLA's compile (experiments.profile_step, which also profiles the kernels again), the
-  # grouped convolution at batch 8, and the FIR up-sampling levers
+if [ "$PART" = next2 ]; then  # about 6 minutes: the bf16 W+ step at batch 8, autotuning at level 1 (no
+  # buffer checks), the first call split into trace, lowering and XLA's compile (experiments.profile_step,
+  # which also profiles the kernels again), the grouped convolution at batch 8, the FIR up-sampling levers
   step w8_bf16_scan25 100 --numerics=bf16 --sides=jax --steps=w --batches=8 --steps_per_call=25; pack
+  # autotuning without its buffer initialisation and correctness checks (XLA's default level is 4): the
+  # same search for the fastest convolution algorithms, predicted a shorter first call at the same rate
+  XLA_FLAGS="${XLA_FLAGS:+$XLA_FLAGS }--xla_gpu_autotune_level=1" \
+    step w8_tf32_autotune1_scan25 100 --numerics=tf32 --sides=jax --steps=w --batches=8 --steps_per_call=25; pack
   profile prof_tf32 100 --preset=ffhq --batch=8 --numerics=tf32 --rounds=3 --calls=2; pack
   step w8_tf32_grouped_scan25 100 --numerics=tf32 --sides=jax --steps=w --batches=8 --steps_per_call=25 --modconv=grouped; pack
   echo "=== upsample_levers (limit 70 s)"
