@@ -5,6 +5,7 @@ The numerics follow stylegan2-ada-pytorch's reference implementations (`upfirdn2
 the official numbers. Every function is pure and works under jit, grad and vmap.
 """
 
+import functools
 from typing import Optional, Sequence
 
 import jax
@@ -58,8 +59,9 @@ def setup_filter(taps: Sequence[float]) -> np.ndarray:
     return f / f.sum()
 
 
-def _fir_1d(x: jax.Array, f: np.ndarray, axis: int) -> jax.Array:
-    """Valid correlation of x with the flipped 1-D filter along `axis` (true convolution)."""
+def _fir_valid(x: jax.Array, f: tuple[float, ...], axis: int) -> jax.Array:
+    """Valid correlation of x with the flipped 1-D filter along `axis` (true convolution): one fused
+    pass of shifted slices, each times its tap."""
     taps = f[::-1]
     out_len = x.shape[axis] - len(taps) + 1
     acc = None
@@ -67,6 +69,28 @@ def _fir_1d(x: jax.Array, f: np.ndarray, axis: int) -> jax.Array:
         term = jax.lax.slice_in_dim(x, j, j + out_len, axis=axis) * jnp.asarray(t, x.dtype)  # keeps bf16 bf16
         acc = term if acc is None else acc + term
     return acc
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2))
+def _fir_1d(x: jax.Array, f: tuple[float, ...], axis: int) -> jax.Array:
+    """`_fir_valid` with its transpose written as the same kind of pass: the full correlation of the
+    cotangent with the reversed taps (zero-padded, then valid). JAX's own transpose of the slices pads
+    the cotangent once per tap and adds the padded copies, one pass each, which XLA's CPU backend
+    does not fuse: 21 of the 453 ms W+ step at the benchmark's 256x256 sizes (BUILD_NOTES.md, issue 9)."""
+    return _fir_valid(x, f, axis)
+
+
+def _fir_1d_fwd(x, f, axis):
+    return _fir_valid(x, f, axis), None
+
+
+def _fir_1d_bwd(f, axis, _, g):
+    pad = [(0, 0, 0)] * g.ndim
+    pad[axis] = (len(f) - 1, len(f) - 1, 0)
+    return (_fir_valid(jax.lax.pad(g, jnp.zeros((), g.dtype), pad), f[::-1], axis),)
+
+
+_fir_1d.defvjp(_fir_1d_fwd, _fir_1d_bwd)
 
 
 def upfirdn2d(
@@ -87,7 +111,7 @@ def upfirdn2d(
     zero = jnp.zeros((), x.dtype)
     cfg = [(0, 0, 0), (py0, py1 + up - 1, up - 1), (px0, px1 + up - 1, up - 1), (0, 0, 0)]
     x = jax.lax.pad(x, zero, cfg)
-    f1 = f * np.float32(np.sqrt(gain))
+    f1 = tuple(float(t) for t in f * np.float32(np.sqrt(gain)))  # static taps (hashable), float32 values
     x = _fir_1d(x, f1, axis=1)
     x = _fir_1d(x, f1, axis=2)
     return x
