@@ -2,7 +2,10 @@
 
 The numerics follow stylegan2-ada-pytorch's reference implementations (`upfirdn2d._upfirdn2d_ref`,
 `bias_act._bias_act_ref`, `modulated_conv2d`, `conv2d_resample`) so that a converted network gives
-the official numbers. Every function is pure and works under jit, grad and vmap.
+the official numbers. Every function is pure and works under jit, grad and vmap. The FIR filter
+(`upfirdn2d`) carries a hand-written gradient (a custom VJP, issue 9's speed work), so the networks
+are differentiable in reverse mode (jax.grad, jax.vjp, jax.jacrev) and not in forward mode (jax.jvp
+and jax.jacfwd raise JAX's "can't apply forward-mode autodiff (jvp) to a custom_vjp function").
 """
 
 import functools

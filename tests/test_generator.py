@@ -177,3 +177,12 @@ def test_fir_custom_vjp_is_the_transpose_of_the_fir(f, up, padding, gain):
     g16 = jax.grad(lambda a: jnp.sum(ours(a).astype(jnp.float32) * r))(x.astype(jnp.bfloat16))
     assert g16.dtype == jnp.bfloat16
     np.testing.assert_allclose(g16.astype(jnp.float32), grad(ref)(x), rtol=5e-2, atol=5e-2)
+
+
+def test_generator_is_reverse_mode_only_as_documented(G, ws):
+    """The FIR's custom VJP makes the generator reverse-mode only (README, ops): grad works, jvp raises
+    JAX's own message, not a wrong number."""
+    img = lambda w: G.synthesis(w, noise="const")  # noqa: E731
+    assert jax.vjp(img, ws)[1](jnp.ones_like(img(ws)))[0].shape == ws.shape
+    with pytest.raises(TypeError, match="forward-mode"):
+        jax.jvp(img, (ws,), (jnp.ones_like(ws),))
