@@ -34,10 +34,13 @@ SETTINGS = ["--generator=demo", "--w_steps=40", "--noise_steps=30", "--vgg=rando
 # 4 devices x 1 image vs 1 device x 1 image. W+ agrees to float rounding (measured: bit-identical,
 # 2-core CPU, jax 0.10.2). In the noise phase a batch of 1 uses the grouped convolution
 # (embed.modconv_for) and a split batch the modulated activations; 30 Adam steps at lr 5 on
-# gradients near Adam's ε amplify their rounding (measured: |Δn| / |n| per map up to 1.8e-3, on one
-# image of five; 1e-6 on the others), while the final PSNRs agree to 8.2e-5 dB. A swapped or mixed
-# image would differ by whole dBs.
-W_ATOL, NOISE_RTOL_NORM, PSNR_ATOL = 1e-6, 1e-2, 1e-3
+# gradients near Adam's ε amplify their rounding, by an amount that changes with any change of
+# float order: per map |Δn| / |n| up to 1.8e-3 (one image of five) and final PSNRs within 8.2e-5 dB in
+# one version; up to 5e-5 and 3.8e-6 dB at b80ebed; up to 7.7e-3 and 2.8e-3 dB (the same image)
+# once the FIR's gradient became one pass (its gradients equal JAX's to 1e-6, tested in
+# test_generator). A swapped or mixed image differs by whole dBs (these five: 0.75 dB apart at the
+# closest) and by about 100% of a noise map's norm.
+W_ATOL, NOISE_RTOL_NORM, PSNR_ATOL = 1e-6, 5e-2, 2e-2
 
 
 def make_folder(root):
