@@ -782,3 +782,22 @@ def test_mesh_of_this_process_gives_the_same_run_and_refuses_an_uneven_batch():
         jax.devices()[:2])
     with pytest.raises(ValueError, match="a batch of 3 images cannot be split over 2 devices"):
         embed.embed(G, targets(G, 3), phases=phases, init_vars=embed.initial_variables(G, 3), mesh=uneven)
+
+
+def test_a_run_compiles_whole_programs_not_one_per_operation(caplog):
+    """embed() compiles its programs (the masks' broadcast, the variables' copy, the optimiser's init, the
+    steps), not one small program per array shape: on a GPU each of those is one more compile in the
+    first call (issue 9). A target given once and masks built for one image still broadcast."""
+    import logging
+    import re
+
+    G = tiny_generator()
+    v0 = embed.initial_variables(G, 3, w_init="uniform_0.4", seed=4)
+    masks = embed.make_masks(G, 1, n_m=[1, 1, 0, 1, 1], mask_mse=np.ones((16, 16), np.float32))
+    x = np.asarray(targets(G, 1, seed=1))
+    jax.clear_caches()
+    with caplog.at_level(logging.WARNING, logger="jax"), jax.log_compiles():
+        embed.embed(G, x, phases=(w_mse(4), n_mse(4)), init_vars=v0, masks=masks, log_every=0, steps_per_call=2)
+        embed.embed(G, x, phases=(w_mse(4), n_mse(4)), init_vars=v0, masks=masks, log_every=0)
+    names = [m.group(1) for r in caplog.records for m in [re.match(r"Compiling jit\((\w+)\)", r.getMessage())] if m]
+    assert names and set(names) <= {"_broadcast_to_batch", "_copy", "init_fn", "run", "step"}, names

@@ -26,7 +26,7 @@ from i2spp_jax.engine import checkpoints, sharding
 from i2spp_jax.engine import step as step_lib
 from i2spp_jax.engine.phases import Phase, modconv_for, phase_key
 from i2spp_jax.engine.step import LOSS_TERMS
-from i2spp_jax.engine.variables import Vars, make_masks, make_optimizer
+from i2spp_jax.engine.variables import Vars, device_array, make_masks
 from i2spp_jax.generator import Generator
 
 logger = logging.getLogger(__name__)
@@ -102,20 +102,25 @@ def _check_targets(G, target, name, batch):
                          "resolution)")
     if not np.isfinite(t).all():
         raise ValueError(f"{name} contains NaN or inf values")
-    return jnp.asarray(t, jnp.float32)
+    return device_array(t)
 
 
 def _broadcast(tree, B, what):
     """Leaves with a leading axis of 1 -> B; any other leading size than B is refused."""
-    def one(path, leaf):
-        leaf = jnp.asarray(leaf)
-        if leaf.ndim and leaf.shape[0] == 1 and B != 1:
-            return jnp.broadcast_to(leaf, (B,) + leaf.shape[1:])
-        if not leaf.ndim or leaf.shape[0] != B:
-            raise ValueError(f"{what}{jax.tree_util.keystr(path)} has shape {leaf.shape}; expected a leading "
+    def check(path, leaf):
+        shape = np.shape(leaf)
+        if not shape or shape[0] not in (1, B):
+            raise ValueError(f"{what}{jax.tree_util.keystr(path)} has shape {shape}; expected a leading "
                              f"batch axis of {B} or 1 (build masks with make_masks(G, {B}, ...) or make_masks(G, 1, ...))")
-        return leaf
-    return jax.tree_util.tree_map_with_path(one, tree)
+    jax.tree_util.tree_map_with_path(check, tree)
+    return _broadcast_to_batch(tree, B)
+
+
+@functools.partial(jax.jit, static_argnums=1)
+def _broadcast_to_batch(tree, B):
+    # One program for the whole tree: leaf by leaf, each shape compiled a small program of its own,
+    # a first-call cost on a GPU (issue 9).
+    return jax.tree.map(lambda a: jnp.broadcast_to(a, (B,) + a.shape[1:]), tree)
 
 
 def _mask_sets(G, masks, phases, B) -> dict:
@@ -247,7 +252,7 @@ def embed(G: Generator, target_x, *, phases: Sequence[Phase], init_vars: Vars, t
             if t >= starts[pi + 1] and len(phase_vars) > pi:
                 continue  # finished before a resume
             if opt_state is None or t == starts[pi]:
-                opt_state = place(jax.vmap(make_optimizer(phase).init)(vars))
+                opt_state = place(step_lib.compiled_init(phase)(vars))
             x = target_y if phase.x == "y" else target_x
             y = _phase_y(phase, G, target_x, target_y, phase_vars[pi - 1] if pi else init_vars, edits)
             masks = mask_sets[phase.masks]
@@ -339,7 +344,9 @@ def _to_next_event(s: int, t: int, num_steps: int, log_every: int, checkpoint_ev
     return min(ends)
 
 
+@jax.jit
 def _copy(tree):
+    """Fresh buffers (the multi-step calls donate theirs), in one program for the whole tree."""
     return jax.tree.map(lambda a: jnp.array(a, copy=True), tree)
 
 
@@ -361,7 +368,7 @@ def _resume(mgr, latest, phases, starts, vars, history, fingerprint, directory):
     t = int(meta["step"])
     pi = int(meta["phase"])
     done = sum(1 for s in starts[1:] if s <= t)  # phases finished at t
-    template = {"vars": vars, "opt_state": jax.vmap(make_optimizer(phases[pi]).init)(vars),
+    template = {"vars": vars, "opt_state": step_lib.compiled_init(phases[pi])(vars),
                 "phase_vars": [vars] * done, "history": {k: history[k] for k in HISTORY_KEYS}}
     state, _ = mgr.restore(latest, template)
     history = dict(history, **{k: np.array(v) for k, v in state["history"].items()})

@@ -121,6 +121,19 @@ def _batched(phase: Phase):
     return jax.vmap(fn, in_axes=(0, 0, None, None, 0, 0, 0, 0, 0))
 
 
+def compiled_init(phase: Phase):
+    """The jitted, vmapped `make_optimizer(phase).init`, one per phase setting for the life of the
+    process (op by op, optax's init compiled a small program per leaf shape: a first-call cost on a
+    GPU, issue 9)."""
+    return _compiled_init_for(dataclasses.replace(phase, num_steps=0, float32_steps=0, name="", masks="", y="y",
+                                                  x="x"))
+
+
+@functools.lru_cache(maxsize=None)
+def _compiled_init_for(phase: Phase):
+    return jax.jit(jax.vmap(make_optimizer(phase).init))
+
+
 def compiled_steps(phase: Phase, k: int):
     """k steps of `phase` in one dispatch: (vars, opt_state, G, vgg, x, y, masks, edits, feats) ->
     (vars, opt_state, metrics with a leading [k] axis).

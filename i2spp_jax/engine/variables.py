@@ -157,8 +157,8 @@ def make_masks(G: Generator, batch: Optional[int] = None, *, w_m=None, n_m=None,
         a = per_image(a, s if spatial else (), f"n_m[{name}] (a bit or an {s} map)")
         if not np.isin(a, (0.0, 1.0)).all():
             raise ValueError(f"n_m[{name}] must be binary")
-        noise.append(jnp.asarray(a if spatial else a.reshape(lead + (1, 1))))
-    out = {"vars": {"w_plus": jnp.asarray(w_bits)[..., None], "noise": noise}, "loss": {}}
+        noise.append(device_array(a if spatial else a.reshape(lead + (1, 1))))
+    out = {"vars": {"w_plus": device_array(np.asarray(w_bits)[..., None]), "noise": noise}, "loss": {}}
     res, ch = G.img_resolution, 1
     for key, m in (("mse", mask_mse), ("percept", mask_percept), ("style", mask_style),
                    ("style_y", mask_style_y)):
@@ -170,5 +170,12 @@ def make_masks(G: Generator, batch: Optional[int] = None, *, w_m=None, n_m=None,
         a = per_image(a, (res, res, ch), f"mask_{key} (spatial loss mask at the generator's {res}x{res})")
         if not (np.isfinite(a).all() and a.min() >= 0 and a.max() <= 1):
             raise ValueError(f"mask_{key} must lie in [0, 1]")
-        out["loss"][key] = jnp.asarray(a)
+        out["loss"][key] = device_array(a)
     return out
+
+
+def device_array(a: np.ndarray) -> jax.Array:
+    """A float32 host array on the default device as a plain transfer. jnp.asarray of a numpy array
+    compiles a small program per shape (jax 0.10: "jit(stage)"), each one more compile in a run's
+    first call, which on a GPU is issue 9's compile-time goal."""
+    return jax.device_put(np.ascontiguousarray(a, np.float32))
