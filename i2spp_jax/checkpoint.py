@@ -13,7 +13,6 @@ import tempfile
 from typing import Any, Optional
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
@@ -64,7 +63,9 @@ def read_params_dir(directory: str, meta_file: str, what: str, how: str) -> tupl
         meta = json.load(f)
     with ocp.StandardCheckpointer() as ckptr:
         params = ckptr.restore(os.path.join(os.path.abspath(directory), PARAMS_DIR))
-    return jax.tree_util.tree_map(jnp.asarray, params), meta
+    # One transfer of the whole tree: jnp.asarray per leaf compiled a small program per shape
+    # (jax 0.10's "jit(stage)"), 26 of them for the demo generator (issue 9).
+    return jax.device_put(params), meta
 
 
 def save_generator(G: generators.AnyGenerator, directory: str, *, source: Optional[str] = None) -> None:

@@ -5,6 +5,7 @@ Images are [N, H, W, C] float32 in [-1, 1] (data_range = 2); masks [N, H, W, 1] 
 An empty mask gives NaN; identical images give PSNR = inf.
 """
 
+import functools
 from typing import Optional
 
 import jax
@@ -34,6 +35,7 @@ def _masked_mean(values: jax.Array, mask: Optional[jax.Array]) -> jax.Array:
     return total / (jnp.sum(inside, axis=(1, 2, 3)) * values.shape[-1])
 
 
+@functools.partial(jax.jit, static_argnames=("data_range",))  # one program per shape, not one per operation
 def psnr(a: jax.Array, b: jax.Array, mask: Optional[jax.Array] = None, data_range: float = 2.0) -> jax.Array:
     """Peak signal-to-noise ratio in dB, [N]: 10 log10(data_range² / MSE).
 
@@ -66,6 +68,7 @@ def _blur(x: jax.Array) -> jax.Array:
     return jax.lax.conv_general_dilated(x, kw, (1, 1), "VALID", dimension_numbers=dn, feature_group_count=c, precision=hp)
 
 
+@functools.partial(jax.jit, static_argnames=("data_range",))  # one program per shape, not one per operation
 def ssim_map(a: jax.Array, b: jax.Array, data_range: float = 2.0) -> jax.Array:
     """Per-pixel, per-channel SSIM (Wang et al. 2004), Gaussian window σ = 1.5, 11 taps, 'valid'.
 
@@ -89,6 +92,7 @@ def ssim_map(a: jax.Array, b: jax.Array, data_range: float = 2.0) -> jax.Array:
     return ((2 * mu_a * mu_b + c1) * (2 * cov + c2)) / ((mu_a**2 + mu_b**2 + c1) * (var_a + var_b + c2))
 
 
+@functools.partial(jax.jit, static_argnames=("data_range",))  # one program per shape, not one per operation
 def ssim(a: jax.Array, b: jax.Array, mask: Optional[jax.Array] = None, data_range: float = 2.0) -> jax.Array:
     """Mean SSIM, [N]: the SSIM map averaged over channels and window centres (mask > 0.5 only).
 

@@ -229,7 +229,7 @@ def _load_dir(directory: str) -> VGG16:
 def from_file(path: str) -> VGG16:
     """A .onnx (Keras weights, "keras" preprocessing) or .pth/.pt (torchvision) file -> VGG16."""
     params, preprocessing = read_weights(path)
-    return VGG16(params=jax.tree_util.tree_map(jnp.asarray, params), preprocessing=preprocessing)
+    return VGG16(params=jax.device_put(params), preprocessing=preprocessing)  # one transfer, no compile
 
 
 def load_vgg16(path: Optional[str] = None) -> VGG16:
