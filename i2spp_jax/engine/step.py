@@ -108,7 +108,12 @@ def compiled_step(phase: Phase):
     """The jitted, vmapped step of `phase`, one per phase setting for the life of the process, so
     that every embed() call with the same settings and shapes reuses one compiled program (the
     number of iterations and the name do not enter the step, so they do not split the cache)."""
-    return _compiled_step_for(dataclasses.replace(phase, num_steps=0, name="", masks="", y="y", x="x"))
+    return _compiled_step_for(_program_key(phase))
+
+
+def _program_key(phase: Phase) -> Phase:
+    """`phase` without the settings that do not enter its programs (length, name, data sources)."""
+    return dataclasses.replace(phase, num_steps=0, float32_steps=0, name="", masks="", y="y", x="x")
 
 
 @functools.lru_cache(maxsize=None)
@@ -125,8 +130,7 @@ def compiled_init(phase: Phase):
     """The jitted, vmapped `make_optimizer(phase).init`, one per phase setting for the life of the
     process (op by op, optax's init compiled a small program per leaf shape: a first-call cost on a
     GPU, issue 9)."""
-    return _compiled_init_for(dataclasses.replace(phase, num_steps=0, float32_steps=0, name="", masks="", y="y",
-                                                  x="x"))
+    return _compiled_init_for(_program_key(phase))
 
 
 @functools.lru_cache(maxsize=None)
@@ -144,7 +148,7 @@ def compiled_steps(phase: Phase, k: int):
     the first False in metrics["finite"] and stops there, as the single-step driver does. vars and
     opt_state are donated: the caller must not use the arrays it passed in.
     """
-    return _compiled_steps_for(dataclasses.replace(phase, num_steps=0, name="", masks="", y="y", x="x"), k)
+    return _compiled_steps_for(_program_key(phase), k)
 
 
 @functools.lru_cache(maxsize=None)
