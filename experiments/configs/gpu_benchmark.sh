@@ -112,6 +112,27 @@ if [ "$PART" = next2 ]; then  # about 6 minutes: the bf16 W+ step at batch 8, au
   echo "=== upsample_levers: exit $?"
   cp "$WORK/upsample_levers/upsample_levers.json" "$OUT/upsample_levers.json" 2>/dev/null; pack
 fi
+# A lease of 900 s in two calls, most needed first: "now" (about 8 minutes) the TF32 W+ step at batch 8,
+# Algorithm 2 end to end in the bf16 mode, then the bf16 W+ step in what is left of the call's 600 s;
+# "now2" (about 3-4 minutes) XLA's autotuning at level 1, the compile split (profile_step), the grouped
+# convolution at batch 8 in what is left.
+if [ "$PART" = now ]; then
+  step w8_tf32_scan25 100 --numerics=tf32 --sides=jax --steps=w --batches=8 --steps_per_call=25; pack
+  alg2 alg2 400 bfloat16; pack
+  left=$((${CALL_LIMIT:-585} - SECONDS))
+  if [ $left -gt 40 ]; then
+    step w8_bf16_scan25 $left --numerics=bf16 --sides=jax --steps=w --batches=8 --steps_per_call=25; pack
+  else echo "=== w8_bf16_scan25: skipped, $left s left"; fi
+fi
+if [ "$PART" = now2 ]; then
+  XLA_FLAGS="${XLA_FLAGS:+$XLA_FLAGS }--xla_gpu_autotune_level=1" \
+    step w8_tf32_autotune1_scan25 100 --numerics=tf32 --sides=jax --steps=w --batches=8 --steps_per_call=25; pack
+  profile prof_tf32 100 --preset=ffhq --batch=8 --numerics=tf32 --rounds=3 --calls=2; pack
+  left=$((${CALL_LIMIT:-330} - SECONDS))
+  if [ $left -gt 40 ]; then
+    step w8_tf32_grouped_scan25 $left --numerics=tf32 --sides=jax --steps=w --batches=8 --steps_per_call=25 --modconv=grouped; pack
+  else echo "=== w8_tf32_grouped_scan25: skipped, $left s left"; fi
+fi
 if [ "$PART" = alg2 ]; then alg2 alg2 400 bfloat16; fi  # Algorithm 2 alone, batch 8 (about 5 minutes each)
 if [ "$PART" = alg2_tf32 ]; then alg2 alg2_tf32 400 float32; fi
 if [ "$PART" = probe ]; then
