@@ -81,6 +81,10 @@ def define_flags() -> None:
     flags.DEFINE_enum("modconv", "auto", ["auto", "grouped", "activations"],
                       "this project's modulated convolutions: grouped (per-image weights), activations (scaled "
                       "activations around a shared convolution), or auto (the engine's choice, embed.modconv_for)")
+    flags.DEFINE_enum("up_method", "transposed", ["transposed", "polyphase", "polyphase_last"],
+                      "this project's up-sampling convolutions (Generator.up_method): the reference's "
+                      "transposed convolution then FIR, or the FIR folded into one convolution per output phase "
+                      "in every block or in the last block only")
     flags.DEFINE_integer("steps_per_call", 1, "this project's iterations per dispatch (embed's steps_per_call: "
                          "k > 1 runs k iterations in one lax.scan)")
     flags.DEFINE_enum("official_host_memory", "default", ["default", "kept"],
@@ -131,6 +135,7 @@ def _settings(F) -> dict:
          "batches": [int(b) for b in (F.batches or batches.split(","))], "steps": list(F.steps),
          "iters": F.iters or iters, "rounds": F.rounds or rounds, "warmup": F.warmup or warmup,
          "resize_to": F.resize_to, "numerics": F.numerics, "modconv": F.modconv, "seed": F.seed,
+         "up_method": F.up_method,
          "steps_per_call": F.steps_per_call,
          "sides": sides}
     if skipped:
@@ -234,7 +239,7 @@ class JaxSide:
         from i2spp_jax.vgg import VGG16
 
         self.s, self.batch, self.embed = s, batch, embed
-        self.G = G = load_generator(inputs["generator"])
+        self.G = G = load_generator(inputs["generator"]).replace(up_method=s.get("up_method", "transposed"))
         with np.load(inputs["vgg"]) as z:
             params = {n: {"kernel": jnp.asarray(z[f"{n}/kernel"]), "bias": jnp.asarray(z[f"{n}/bias"])}
                       for n in VGG_TRUNK_LAYERS}
@@ -247,7 +252,8 @@ class JaxSide:
         self.compute_dtype = "bfloat16" if s["numerics"] == "bf16" else "float32"
         self.info = {"side": "jax", "device": str(jax.devices()[0].device_kind), "backend": jax.default_backend(),
                      "jax": jax.__version__, "numerics": f"{s['numerics']} (jax_default_matmul_precision="
-                     f"{self.precision}, compute_dtype={self.compute_dtype})", "modconv": s["modconv"], "steps_per_call": s["steps_per_call"], "batch": batch,
+                     f"{self.precision}, compute_dtype={self.compute_dtype})", "modconv": s["modconv"],
+                     "up_method": G.up_method, "steps_per_call": s["steps_per_call"], "batch": batch,
                      "xla_flags": os.environ.get("XLA_FLAGS", ""), "host_memory": host_memory.describe()}
 
     def round(self, kind: str, n: int) -> dict:
@@ -459,7 +465,7 @@ def main(argv):
     devices = {side: r["device"] for recs in records.values() for side, r in recs.items()}
     host = {side: r.get("host_memory", "?").split(" (")[0] for recs in records.values() for side, r in recs.items()}
     print(f"\n{machine['processor']} ({machine['cpus']} CPUs); devices: {devices}; host memory: {host}; "
-          f"numerics {s['numerics']}; img-it/s = median of {s['rounds']} rounds of {s['iters']} iterations\n")
+          f"numerics {s['numerics']}; up-sampling {s.get('up_method', 'transposed')}; img-it/s = median of {s['rounds']} rounds of {s['iters']} iterations\n")
     print(text)
     print(f"\nwrote {os.path.join(F.out, 'benchmark.json')} ({result['seconds']:.0f} s in all)")
 

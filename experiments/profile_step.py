@@ -40,6 +40,8 @@ def define_flags() -> None:
     flags.DEFINE_integer("calls", 3, "traced calls", lower_bound=1)
     flags.DEFINE_integer("top", 40, "rows of the per-instruction and per-line tables", lower_bound=1)
     flags.DEFINE_string("vgg", "auto", "auto (ImageNet if installed, else random), random, or a vgg16_trunk.npz")
+    flags.DEFINE_enum("up_method", "transposed", ["transposed", "polyphase", "polyphase_last"],
+                      "the up-sampling convolutions (Generator.up_method; experiments.benchmark's flag)")
     flags.DEFINE_string("out", "runs/profile_step", "output folder")
 
 
@@ -223,7 +225,7 @@ def report(rec: dict, top: int) -> str:
     phases = ", ".join(f"{k.replace('_', ' ')} {v:.1f} s" for k, v in rec["compile_phases_s"].items())
     head = (f"{rec['device']} ({rec['backend']}, jax {rec['jax']}); {rec['step']} step, {rec['resolution']}x"
             f"{rec['resolution']} ({rec['preset']} preset), batch {rec['batch']}, {rec['numerics']}, modconv "
-            f"{rec['modconv']}; XLA_FLAGS={rec['xla_flags']!r}\ncompile {rec['compile_s']:.1f} s ({phases}); wall "
+            f"{rec['modconv']}, up-sampling {rec.get('up_method', 'transposed')}; XLA_FLAGS={rec['xla_flags']!r}\ncompile {rec['compile_s']:.1f} s ({phases}); wall "
             f"{rec['wall_ms']:.2f} ms per call (median of {rec['rounds']}); kernels {total:.2f} ms per call "
             f"({s['launches_per_call']:.0f} launches; {s['unattributed_ms_per_call']:.2f} ms not matched to an "
             f"instruction); events from {rec['events_from']}")
@@ -247,7 +249,7 @@ def main(argv):
     F = flags.FLAGS
     preset = F.preset if F.preset != "auto" else ("ffhq" if jax.default_backend() == "gpu" else "cpu")
     os.makedirs(F.out, exist_ok=True)
-    su = step_parts.setup(preset, F.batch, F.resize_to, F.numerics, F.vgg)
+    su = step_parts.setup(preset, F.batch, F.resize_to, F.numerics, F.vgg, up_method=F.up_method)
     step, args = step_parts.engine_step(su, F.step, fused_modconv=F.modconv == "grouped")
     with jax.default_matmul_precision(su["precision"]):
         t0 = time.perf_counter()
@@ -272,7 +274,7 @@ def main(argv):
         raise cli.UserError(f"the trace {path} holds no device events with an HLO instruction: nothing to sum "
                             "(on a GPU, set XLA_FLAGS=--xla_gpu_enable_command_buffer= and run again)")
     rec = {"preset": preset, "resolution": su["resolution"], "batch": F.batch, "numerics": F.numerics, "step": F.step,
-           "modconv": F.modconv, "device": str(jax.devices()[0].device_kind), "backend": jax.default_backend(),
+           "modconv": F.modconv, "up_method": F.up_method, "device": str(jax.devices()[0].device_kind), "backend": jax.default_backend(),
            "jax": jax.__version__, "xla_flags": os.environ.get("XLA_FLAGS", ""), "compile_s": compile_s,
            "compile_phases_s": phases_s,
            "rounds": F.rounds, "wall_ms": 1e3 * median_s, "calls": F.calls, "trace": path,

@@ -54,45 +54,6 @@ def fir_2d(x, f1):
     return acc
 
 
-def phase_taps(k: int, f: np.ndarray) -> tuple[np.ndarray, int]:
-    """taps[r, a, u]: the weight of kernel tap u in output phase r at input offset a - pad, and pad.
-
-    The transposed convolution gives t[o] = sum_i x[i] w[o - 2i]; the FIR (gain 2 per axis, the
-    reference's padding pad0) z[p] = sum_s t[s] f2[p - s + fw - 1 - pad0]; so output 2q + r reads
-    x[q + a] through sum_u w[u] f2[r - 2a - u + fw - 1 - pad0].
-    """
-    from i2spp_jax import ops
-
-    fw = len(f)
-    pad0, _ = ops.up2_fir_padding(k, fw)
-    f2 = np.asarray(f, np.float64) * 2
-
-    def weight(r, a, u):
-        j = r - 2 * a - u + fw - 1 - pad0
-        return f2[j] if 0 <= j < fw else 0.0
-
-    used = [a for a in range(-(k + fw), k + fw) if any(weight(r, a, u) for r in range(2) for u in range(k))]
-    a_min, a_max = min(used), max(used)
-    assert a_max == -a_min, (a_min, a_max)  # a 'same' convolution: as many taps on each side
-    taps = [[[weight(r, a, u) for u in range(k)] for a in range(a_min, a_max + 1)] for r in range(2)]
-    return np.asarray(taps, np.float32), a_max
-
-
-def polyphase(x, w, f):
-    """`ops.conv2d_up2(x, w, f)` as one convolution at x's resolution with 4*O outputs."""
-    import jax.numpy as jnp
-
-    from i2spp_jax import ops
-
-    taps, _ = phase_taps(w.shape[0], f)
-    t = jnp.asarray(taps, w.dtype)
-    kernel = jnp.einsum("pau,qbv,uvio->abipqo", t, t, w)  # [ka, ka, I, ry, rx, O]
-    ka, _, in_ch, _, _, out_ch = kernel.shape
-    y = ops.conv2d(x, kernel.reshape(ka, ka, in_ch, 4 * out_ch))  # 'same': phase_taps' pad is ka // 2
-    n, h, wd, _ = y.shape
-    return y.reshape(n, h, wd, 2, 2, out_ch).transpose(0, 1, 3, 2, 4, 5).reshape(n, 2 * h, 2 * wd, out_ch)
-
-
 def up_conv(variant: str, x, w, f):
     import jax
 
@@ -101,7 +62,7 @@ def up_conv(variant: str, x, w, f):
     if variant == "reference":
         return ops.conv2d_up2(x, w, f)
     if variant == "polyphase":
-        return polyphase(x, w, f)
+        return ops.conv2d_up2(x, w, f, method="polyphase")
     pad0, pad1 = ops.up2_fir_padding(w.shape[0], len(f))
     y = ops.conv_transpose2d_up2(x, w)
     y = jax.lax.pad(y, jax.numpy.zeros((), y.dtype), [(0, 0, 0), (pad0, pad1, 0), (pad0, pad1, 0), (0, 0, 0)])

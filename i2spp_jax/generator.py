@@ -121,10 +121,13 @@ class GeneratorConfig:
             layer_features=self.mapping_layer_features, lr_multiplier=self.mapping_lr_multiplier,
         )
 
-    def synthesis_module(self) -> networks.SynthesisNetwork:
+    def synthesis_module(self, up_method: str = "transposed") -> networks.SynthesisNetwork:
+        """The synthesis network; up_method is how its up-sampling convolutions are computed
+        (`ops.conv2d_up2`), which changes the speed, not the function."""
         return networks.SynthesisNetwork(
             w_dim=self.w_dim, img_resolution=self.img_resolution, img_channels=self.img_channels,
             channels=self.channels, conv_clamp=self.conv_clamp, resample_filter=self.resample_filter,
+            up_method=up_method,
         )
 
 
@@ -172,7 +175,7 @@ def noise_list(config: GeneratorConfig, noise: NoiseSpec) -> list[NoiseInput]:
 
 def synthesis(config: GeneratorConfig, params: Params, ws: jax.Array, *, noise: NoiseSpec = "const",
               fused_modconv: bool = True, edits: Optional[Edits] = None,
-              return_activations: bool = False, dtype: Optional[str] = None):
+              return_activations: bool = False, dtype: Optional[str] = None, up_method: str = "transposed"):
     """ws [N, num_ws, w_dim] -> image [N, R, R, C] (about [-1, 1]).
 
     Args:
@@ -188,6 +191,9 @@ def synthesis(config: GeneratorConfig, params: Params, ws: jax.Array, *, noise: 
       dtype: the feature maps' and convolutions' dtype: None (the parameters', float32) or
         "bfloat16" (the engine's bf16 mode: convolutions in bf16 on the tensor cores; the styles,
         demodulation coefficients and the skip image, hence the returned image, stay float32).
+      up_method: how the blocks' up-sampling convolutions are computed (`networks.UP_METHODS`):
+        "transposed" (the reference's order), "polyphase" (`ops.conv2d_up2_polyphase`, every block)
+        or "polyphase_last" (in the last block only). Same numbers up to rounding.
     Returns:
       image, or (image, activations) when return_activations.
     """
@@ -198,7 +204,9 @@ def synthesis(config: GeneratorConfig, params: Params, ws: jax.Array, *, noise: 
     if unknown:
         raise ValueError(f"edits name unknown activation points {sorted(unknown)}; "
                          f"valid: {config.activation_names}")
-    img, aux = config.synthesis_module().apply(
+    if up_method not in networks.UP_METHODS:
+        raise ValueError(f"up_method={up_method!r}: use one of {networks.UP_METHODS}")
+    img, aux = config.synthesis_module(up_method).apply(
         {"params": params["synthesis"]}, ws, noise_list(config, noise), fused_modconv, edits,
         return_activations, None if dtype is None else jnp.dtype(dtype),
     )
@@ -210,10 +218,10 @@ def _mapping_jit(config, params, z, truncation_psi, truncation_cutoff):
     return mapping(config, params, z, truncation_psi=truncation_psi, truncation_cutoff=truncation_cutoff)
 
 
-@functools.partial(jax.jit, static_argnums=(0, 4, 5, 7))
-def _synthesis_jit(config, params, ws, noise, fused_modconv, return_activations, edits, dtype):
+@functools.partial(jax.jit, static_argnums=(0, 4, 5, 7, 8))
+def _synthesis_jit(config, params, ws, noise, fused_modconv, return_activations, edits, dtype, up_method):
     return synthesis(config, params, ws, noise=noise, fused_modconv=fused_modconv, edits=edits,
-                     return_activations=return_activations, dtype=dtype)
+                     return_activations=return_activations, dtype=dtype, up_method=up_method)
 
 
 def make_noise(config: GeneratorConfig, key: jax.Array, batch: Optional[int] = None) -> list[jax.Array]:
@@ -226,10 +234,17 @@ def make_noise(config: GeneratorConfig, key: jax.Array, batch: Optional[int] = N
 
 @flax.struct.dataclass
 class Generator(GeneratorFace):
-    """A StyleGAN2 generator: static `config` and a `params` pytree. Itself a pytree."""
+    """A StyleGAN2 generator: static `config` and a `params` pytree. Itself a pytree.
+
+    `up_method` is how the up-sampling convolutions are computed (`networks.UP_METHODS`): "transposed",
+    the reference's order, "polyphase" or "polyphase_last" (`G.replace(up_method="polyphase")`). The
+    same function up to float rounding; static, so every program compiled for G keys on it. Not part
+    of a checkpoint.
+    """
 
     params: Params
     config: GeneratorConfig = flax.struct.field(pytree_node=False)
+    up_method: str = flax.struct.field(pytree_node=False, default="transposed")
 
     def mapping(self, z: jax.Array, truncation_psi: float = 1.0, truncation_cutoff: Optional[int] = None):
         """z [N, z_dim] -> ws [N, num_ws, w_dim]; see `mapping`. Compiled once per shape."""
@@ -243,11 +258,12 @@ class Generator(GeneratorFace):
         edits = dict(edits or {})
         if any(not activations.is_data_edit(e) for e in edits.values()):
             return synthesis(self.config, self.params, ws, noise=noise, fused_modconv=fused_modconv,
-                             edits=edits, return_activations=return_activations, dtype=dtype)
+                             edits=edits, return_activations=return_activations, dtype=dtype,
+                             up_method=self.up_method)
         # "const" entries become the stored maps (the same numbers), so that the noise is a pytree.
         maps = [c if isinstance(n, str) else n for n, c in zip(noise_list(self.config, noise), self.noise_const)]
         return _synthesis_jit(self.config, self.params, jnp.asarray(ws), maps, fused_modconv, return_activations,
-                              edits, dtype)
+                              edits, dtype, self.up_method)
 
 
 def replicate_channels(G: "Generator", img_channels: int) -> "Generator":
@@ -264,7 +280,7 @@ def replicate_channels(G: "Generator", img_channels: int) -> "Generator":
             leaf = jnp.repeat(leaf, img_channels, axis=-1)
         out[path] = leaf
     config = dataclasses.replace(G.config, img_channels=img_channels)
-    return Generator(params=flax.traverse_util.unflatten_dict(out), config=config)
+    return G.replace(params=flax.traverse_util.unflatten_dict(out), config=config)
 
 
 # The random-weight demo generator ("demo-random"): no files, used by tests. Its weights are the original

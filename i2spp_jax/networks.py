@@ -108,6 +108,7 @@ class SynthesisLayer(nn.Module):
     up: int = 1  # 1 or 2
     conv_clamp: Optional[float] = None  # clamp activations to +-X, None = off
     resample_filter: Sequence[float] = (1, 3, 3, 1)  # FIR taps for upsampling
+    up_method: str = "transposed"  # how up=2 is computed (ops.conv2d_up2): the same function either way
     kernel_size: int = 3
 
     @nn.compact
@@ -128,6 +129,7 @@ class SynthesisLayer(nn.Module):
 
         x, dcoefs = ops.modulated_conv2d(
             x, weight, styles, up=self.up, resample_filter=ops.setup_filter(self.resample_filter),
+            up_method=self.up_method,
             fused_modconv=fused_modconv,
         )
         if dcoefs is not None:
@@ -164,6 +166,7 @@ class SynthesisBlock(nn.Module):
     img_channels: int
     conv_clamp: Optional[float] = None
     resample_filter: Sequence[float] = (1, 3, 3, 1)
+    up_method: str = "transposed"  # conv0's up-sampling (ops.conv2d_up2's method)
 
     @property
     def num_conv(self) -> int:
@@ -199,13 +202,14 @@ class SynthesisBlock(nn.Module):
             return x, img
 
         layer = dict(resolution=self.resolution, conv_clamp=self.conv_clamp, resample_filter=self.resample_filter)
+        up = dict(up=2, up_method=self.up_method)
         if self.in_channels == 0:
             const = self.param("const", nn.initializers.normal(1.0), (self.resolution, self.resolution, self.out_channels))
             x = jnp.broadcast_to(const[None], (ws.shape[0],) + const.shape)
             x = x if dtype is None else x.astype(dtype)
             x = SynthesisLayer(self.out_channels, name="conv1", **layer)(x, ws[:, 0], noise[0], fused_modconv)
         else:
-            x = SynthesisLayer(self.out_channels, up=2, name="conv0", **layer)(x, ws[:, 0], noise[0], fused_modconv)
+            x = SynthesisLayer(self.out_channels, name="conv0", **up, **layer)(x, ws[:, 0], noise[0], fused_modconv)
             x, img = tap("conv0", x, img)
             x = SynthesisLayer(self.out_channels, name="conv1", **layer)(x, ws[:, 1], noise[1], fused_modconv)
         x, img = tap("x", x, img)
@@ -219,6 +223,22 @@ class SynthesisBlock(nn.Module):
         return x, img
 
 
+# How the synthesis network's up-sampling convolutions are computed, all the same function (issue 9's
+# "FIR up-sampling" lever): "transposed" (the reference's order in every block), "polyphase" (the FIR
+# folded into the kernel in every block), "polyphase_last" (only in the last block, the largest map
+# with the fewest channels, where the FIR's passes cost most and the folded kernel's 4x multiply-adds
+# least).
+UP_METHODS = ("transposed", "polyphase", "polyphase_last")
+
+
+def block_up_method(up_method: str, resolution: int, img_resolution: int) -> str:
+    """`ops.conv2d_up2`'s method for the block of output side `resolution` under `up_method`."""
+    if up_method not in UP_METHODS:
+        raise ValueError(f"up_method={up_method!r}: use one of {UP_METHODS}")
+    last = resolution == img_resolution
+    return "polyphase" if up_method == "polyphase" or (up_method == "polyphase_last" and last) else "transposed"
+
+
 class SynthesisNetwork(nn.Module):
     """ws [N, num_ws, w_dim] -> image [N, R, R, img_channels] (about [-1, 1]) and named activations."""
 
@@ -228,6 +248,7 @@ class SynthesisNetwork(nn.Module):
     channels: Sequence[int]  # feature maps per block resolution, 4 .. img_resolution
     conv_clamp: Optional[float] = None
     resample_filter: Sequence[float] = (1, 3, 3, 1)
+    up_method: str = "transposed"  # UP_METHODS: how the blocks' conv0 up-sample
 
     @nn.compact
     def __call__(
@@ -254,6 +275,7 @@ class SynthesisNetwork(nn.Module):
                 img_channels=self.img_channels,
                 conv_clamp=self.conv_clamp,
                 resample_filter=self.resample_filter,
+                up_method=block_up_method(self.up_method, res, self.img_resolution),
                 name=f"b{res}",
             )
             num_conv = 1 if i == 0 else 2

@@ -157,15 +157,63 @@ def conv_transpose2d_up2(x: jax.Array, w: jax.Array, *, groups: int = 1) -> jax.
     )
 
 
-def conv2d_up2(x: jax.Array, w: jax.Array, f: np.ndarray, *, groups: int = 1) -> jax.Array:
-    """3x3 convolution with 2x upsampling, as `conv2d_resample(up=2, padding=1)`.
+UP2_METHODS = ("transposed", "polyphase")
 
-    A stride-2 transposed convolution (output 2H+1) followed by the FIR filter with gain 4 and
-    padding 1 (output 2H).
+
+def conv2d_up2(x: jax.Array, w: jax.Array, f: np.ndarray, *, groups: int = 1,
+               method: str = "transposed") -> jax.Array:
+    """3x3 convolution with 2x upsampling, as `conv2d_resample(up=2, padding=1)`: x [N, H, W, I],
+    w [k, k, I/groups, O] -> [N, 2H, 2W, O].
+
+    method "transposed" (the reference's order): a stride-2 transposed convolution (output 2H+1),
+    then the FIR filter with gain 4 and padding 1 (output 2H). "polyphase": the same function as one
+    convolution at the input's resolution (`conv2d_up2_polyphase`).
     """
+    if method == "polyphase":
+        return conv2d_up2_polyphase(x, w, f, groups=groups)
+    if method != "transposed":
+        raise ValueError(f"up-sampling method {method!r}: use one of {UP2_METHODS}")
     pad0, pad1 = up2_fir_padding(w.shape[0], len(f))
     x = conv_transpose2d_up2(x, w, groups=groups)
     return upfirdn2d(x, f, padding=(pad0, pad1, pad0, pad1), gain=4)
+
+
+@functools.lru_cache(maxsize=None)
+def up2_phase_taps(k: int, f: tuple[float, ...]) -> np.ndarray:
+    """taps[r, a, u]: how much kernel tap u contributes to output phase r (row or column parity)
+    from input offset a - ka // 2, for `conv2d_up2` with a k x k kernel and the FIR taps f (gain 2
+    per axis). Output 2q + r of the transposed convolution then the FIR reads x[q + a - ka // 2]
+    through sum_u w[u] taps[r, a, u]; ka is odd (as many offsets on each side)."""
+    fw = len(f)
+    pad0, _ = up2_fir_padding(k, fw)
+    f2 = np.asarray(f, np.float64) * 2
+
+    def weight(r, a, u):  # t[o] = sum_i x[i] w[o - 2i]; z[p] = sum_s t[s] f2[p - s + fw - 1 - pad0]
+        j = r - 2 * a - u + fw - 1 - pad0
+        return f2[j] if 0 <= j < fw else 0.0
+
+    used = [a for a in range(-(k + fw), k + fw) if any(weight(r, a, u) for r in range(2) for u in range(k))]
+    if max(used) != -min(used):
+        raise ValueError(f"conv2d_up2_polyphase: a {k}x{k} kernel with {fw} FIR taps is not a 'same' convolution")
+    span = range(min(used), max(used) + 1)
+    return np.asarray([[[weight(r, a, u) for u in range(k)] for a in span] for r in range(2)], np.float32)
+
+
+def conv2d_up2_polyphase(x: jax.Array, w: jax.Array, f: np.ndarray, *, groups: int = 1) -> jax.Array:
+    """`conv2d_up2` with the FIR folded into the kernel: each of the four output phases (row and
+    column parity) is a 'same' convolution of x with a ka x ka kernel (ka = 3 for a 3x3 kernel and 4
+    taps), so one convolution at x's resolution with 4*O outputs, then the phases interleaved. No FIR
+    pass and no 2H+1 intermediate, for 4x the transposed convolution's multiply-adds (issue 9's
+    "FIR up-sampling" lever). The same function as "transposed" up to float rounding."""
+    t = jnp.asarray(up2_phase_taps(w.shape[0], tuple(float(v) for v in f)), w.dtype)
+    kernel = jnp.einsum("pau,qbv,uvio->abipqo", t, t, w)  # [ka, ka, I/g, ry, rx, O]
+    ka, _, in_g, _, _, out_ch = kernel.shape
+    out_g = out_ch // groups  # a grouped convolution's outputs are contiguous per group
+    kernel = kernel.reshape(ka, ka, in_g, 2, 2, groups, out_g).transpose(0, 1, 2, 5, 3, 4, 6)
+    y = conv2d(x, kernel.reshape(ka, ka, in_g, 4 * out_ch), groups=groups)
+    n, h, wd, _ = y.shape
+    y = y.reshape(n, h, wd, groups, 2, 2, out_g).transpose(0, 1, 4, 2, 5, 3, 6)  # [N, H, ry, W, rx, g, O/g]
+    return y.reshape(n, 2 * h, 2 * wd, out_ch)
 
 
 def modulated_conv2d(
@@ -177,6 +225,7 @@ def modulated_conv2d(
     up: int = 1,
     resample_filter: Optional[np.ndarray] = None,
     fused_modconv: bool = True,
+    up_method: str = "transposed",
 ) -> tuple[jax.Array, Optional[jax.Array]]:
     """StyleGAN2's modulated convolution. Returns (y, dcoefs) with y [N, H*up, W*up, O].
 
@@ -184,6 +233,7 @@ def modulated_conv2d(
     convolution; False scales the activations before the shared convolution and returns the
     demodulation coefficients [N, O] for the caller to apply (they must be applied before the noise
     is added). Both are the same function; which is faster depends on batch size and backend.
+    up_method: how up=2 is computed (`conv2d_up2`'s method); the same function either way.
     """
     n, _, _, in_ch = x.shape
     k, _, _, out_ch = weight.shape
@@ -197,7 +247,7 @@ def modulated_conv2d(
         if up == 1:
             return conv2d(inp, kernel, groups=groups)
         if up == 2:
-            return conv2d_up2(inp, kernel, resample_filter, groups=groups)
+            return conv2d_up2(inp, kernel, resample_filter, groups=groups, method=up_method)
         raise ValueError(f"modulated_conv2d: up={up} is not supported (1 or 2)")
 
     if not fused_modconv:

@@ -89,15 +89,17 @@ def test_gpu_path_flags_carried_vgg_trunk_and_multi_step_dispatch(tmp_path):
     p, _ = run_cli("experiments.benchmark", f"--out={first}", "--vgg=random", *args, timeout=600)
     assert p.returncode == 0, p.stderr[-3000:]
     trunk = os.path.join(first, "vgg16_trunk.npz")
-    p, _ = run_cli("experiments.benchmark", f"--out={second}", f"--vgg={trunk}", "--steps_per_call=2", *args,
-                   timeout=600)
+    p, _ = run_cli("experiments.benchmark", f"--out={second}", f"--vgg={trunk}", "--steps_per_call=2",
+                   "--up_method=polyphase", *args, timeout=600)
     assert p.returncode == 0, p.stderr[-3000:]
     rec = json.load(open(os.path.join(second, "benchmark.json")))
     assert rec["inputs"]["vgg_source"] == f"trunk file {trunk}"
     assert rec["records"]["1"]["jax"]["steps_per_call"] == 2
+    assert rec["records"]["1"]["jax"]["up_method"] == "polyphase" and "up-sampling polyphase" in p.stdout
     with np.load(trunk) as a, np.load(os.path.join(second, "vgg16_trunk.npz")) as b:
         assert sorted(a.files) == sorted(b.files) and all(np.array_equal(a[k], b[k]) for k in a.files)
-    # the same weights and start: the scan path's first loss equals the single-step run's
+    # the same weights and start: the scan path's first loss (polyphase up-sampling: the same function)
+    # equals the single-step run's
     one = json.load(open(os.path.join(first, "benchmark.json")))["records"]["1"]["jax"]["steps"]["w"]["rounds"][0]
     two = rec["records"]["1"]["jax"]["steps"]["w"]["rounds"][0]
     np.testing.assert_allclose(two["loss_first"], one["loss_first"], rtol=1e-5)
@@ -167,8 +169,8 @@ def test_upsample_levers_compute_the_reference_up_convolution(side, in_ch, out_c
                                    err_msg=variant)
     # per axis: each output phase reads 3 input taps (a 3x3 kernel), and each kernel tap meets every
     # other FIR tap of [1, 3, 3, 1] / 8 x 2 (gain 4 over two axes), which sum to 1
-    taps, pad = upsample_levers.phase_taps(3, f)
-    assert taps.shape == (2, 3, 3) and pad == 1
+    taps = ops.up2_phase_taps(3, tuple(float(v) for v in f))
+    assert taps.shape == (2, 3, 3)
     np.testing.assert_allclose(taps.sum(axis=1), np.ones((2, 3)))
 
 

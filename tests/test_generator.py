@@ -1,6 +1,7 @@
 """The generator's API: noise inputs, activation edits, jit/vmap/grad, configs, the demo network."""
 
 import jax
+import jax.extend
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -185,3 +186,71 @@ def test_generator_is_reverse_mode_only_as_documented(G, ws):
     assert jax.vjp(img, ws)[1](jnp.ones_like(img(ws)))[0].shape == ws.shape
     with pytest.raises(TypeError, match="forward-mode"):
         jax.jvp(img, (ws,), (jnp.ones_like(ws),))
+
+
+def _dilated_convs(fn, *args) -> int:
+    """How many convolutions of fn's jaxpr dilate their input (the transposed convolution's form)."""
+    def count(jaxpr):
+        n = 0
+        for eqn in jaxpr.eqns:
+            if eqn.primitive.name == "conv_general_dilated" and tuple(eqn.params["lhs_dilation"]) != (1, 1):
+                n += 1
+            for sub in jax.extend.core.jaxprs_in_params(eqn.params):
+                n += count(sub)
+        return n
+    return count(jax.make_jaxpr(fn)(*args).jaxpr)
+
+
+@pytest.mark.parametrize("groups", [1, 3])
+@pytest.mark.parametrize("f", [(1, 3, 3, 1), (1, 2, 1)])
+def test_polyphase_up_convolution_is_the_reference(groups, f):
+    """ops.conv2d_up2(method="polyphase") folds the FIR into one convolution per output phase: the same
+    function as the transposed convolution then the FIR, its value and both gradients (a wrong phase
+    order, tap offset or group layout differs by O(1)), with no dilated convolution left."""
+    from i2spp_jax import ops
+    f = ops.setup_filter(f)
+    rng = np.random.default_rng(1)
+    x = jnp.asarray(rng.standard_normal((2, 7, 6, 6)), jnp.float32)
+    w = jnp.asarray(rng.standard_normal((3, 3, 6 // groups, 9)), jnp.float32)
+    up = lambda method: (lambda a, k: ops.conv2d_up2(a, k, f, groups=groups, method=method))  # noqa: E731
+    ref, poly = up("transposed")(x, w), up("polyphase")(x, w)
+    assert poly.shape == ref.shape == (2, 14, 12, 9)
+    scale = float(jnp.abs(ref).max())
+    np.testing.assert_allclose(poly, ref, atol=1e-6 * scale)
+    r = jnp.asarray(rng.standard_normal(ref.shape), jnp.float32)
+    grads = lambda fn: jax.grad(lambda a, k: jnp.sum(fn(a, k) * r), argnums=(0, 1))(x, w)  # noqa: E731
+    for g_poly, g_ref in zip(grads(up("polyphase")), grads(up("transposed"))):
+        np.testing.assert_allclose(g_poly, g_ref, atol=1e-6 * float(jnp.abs(g_ref).max()))
+    assert _dilated_convs(up("transposed"), x, w) == 1 and _dilated_convs(up("polyphase"), x, w) == 0
+    # per axis each output phase reads ka input offsets; each kernel tap meets every other FIR tap
+    # (gain 2 per axis), and those sum to 1 for a filter whose even and odd taps sum alike
+    taps = ops.up2_phase_taps(3, tuple(float(v) for v in f))
+    assert taps.shape[0] == 2 and taps.shape[2] == 3 and taps.shape[1] % 2 == 1
+
+
+def test_generator_up_method_is_static_and_the_same_function(G, ws):
+    """Generator.up_method (issue 9's up-sampling lever) changes how the programs compute, not what:
+    the image and the W+ gradient equal the reference's in both modulation forms; jitted code that
+    takes G retraces for it (a stale program would be the other method); unknown methods are named."""
+    from i2spp_jax import ops
+    Gp = G.replace(up_method="polyphase")
+    assert jax.tree_util.tree_structure(Gp) != jax.tree_util.tree_structure(G)  # static: part of the treedef
+    for fused in (False, True):
+        np.testing.assert_allclose(Gp.synthesis(ws, fused_modconv=fused), G.synthesis(ws, fused_modconv=fused),
+                                   atol=ATOL_F32)
+    loss = jax.jit(jax.grad(lambda g, w: jnp.sum(jnp.square(g.synthesis(w, fused_modconv=False))), argnums=1))
+    g_ref, g_poly = loss(G, ws), loss(Gp, ws)
+    np.testing.assert_allclose(g_poly, g_ref, atol=1e-5 * float(jnp.abs(g_ref).max()))
+    assert loss._cache_size() == 2
+    img = lambda g: (lambda w: g.synthesis(w, fused_modconv=False))  # noqa: E731
+    n_up = len(TINY.block_resolutions) - 1
+    G_last = G.replace(up_method="polyphase_last")  # the last block only
+    assert [_dilated_convs(img(g), ws) for g in (G, Gp, G_last)] == [n_up, 0, n_up - 1]
+    np.testing.assert_allclose(G_last.synthesis(ws, fused_modconv=False), G.synthesis(ws, fused_modconv=False),
+                               atol=ATOL_F32)
+    with pytest.raises(ValueError, match=r"up_method='bilinear': use one of \('transposed', 'polyphase', "
+                       r"'polyphase_last'\)"):
+        G.replace(up_method="bilinear").synthesis(ws)
+    with pytest.raises(ValueError, match=r"up-sampling method 'bilinear': use one of \('transposed', 'polyphase'\)"):
+        ops.conv2d_up2(ws[:, None, :2, None], jnp.ones((3, 3, 1, 1)), ops.setup_filter([1, 3, 3, 1]),
+                       method="bilinear")

@@ -16,11 +16,8 @@
 # autotuning off, each step with a time limit, 560 s in all; everything lands in OUT/probe.tar.gz), "w8" (the W+ step alone at batch 8 with 25
 # iterations per dispatch, TF32 then bf16: about 3 minutes), "alg2" / "alg2_tf32" (Algorithm 2, 5000 + 3000
 # iterations at batch 8, timed end to end by experiments.time_algorithm2 in the bf16 mode / in TF32:
-# about 5 minutes each), "next" then "next2" (what the last leases left, two calls of the device tool,
-# each under its 600 s limit: about 8.5 minutes for w8's TF32 step and alg2, then about 6 minutes for
-# w8's bf16 step, XLA's autotuning at level 1, the first call split into trace / lowering / XLA compile with a fresh kernel profile
-# (profile_step), the grouped convolution at batch 8 and the up-sampling convolution three ways
-# (experiments.upsample_levers, the 256-1024 layers); OUT/probe.tar.gz as for probe) or "all" (base,
+# about 5 minutes each), "next" then "next2" (what the last lease left, two calls of the device tool,
+# each under its 600 s limit; see their comments below; OUT/probe.tar.gz as for probe) or "all" (base,
 # more, levers, parts).
 # Config-f sizes (1024x1024, w 512, up to 512 channels), VGG16 at 256. Each benchmark writes its
 # table into the log and OUT/NAME.json; the generator's weights (about 130 MB) stay in $BENCH_WORK.
@@ -90,48 +87,40 @@ alg2() {  # NAME SECONDS DTYPE: Algorithm 2 timed end to end at batch 8
   echo "=== $1: exit $?"
   cp "$WORK/$1/algorithm2.json" "$OUT/$1.json" 2>/dev/null
 }
-# What the last leases left, in two calls that each fit the device tool's 600 s per command:
-if [ "$PART" = next ]; then  # about 8.5 minutes: the W+ step at batch 8 in TF32 (the banded resize's and
-  # the shorter trace's effect on the rate and the first call), then Algorithm 2 end to end in the bf16 mode
-  step w8_tf32_scan25 100 --numerics=tf32 --sides=jax --steps=w --batches=8 --steps_per_call=25; pack
-  alg2 alg2 400 bfloat16; pack
-fi
-if [ "$PART" = next2 ]; then  # about 6 minutes: the bf16 W+ step at batch 8, autotuning at level 1 (no
-  # buffer checks), the first call split into trace, lowering and XLA's compile (experiments.profile_step,
-  # which also profiles the kernels again), the grouped convolution at batch 8, the FIR up-sampling levers
-  step w8_bf16_scan25 100 --numerics=bf16 --sides=jax --steps=w --batches=8 --steps_per_call=25; pack
-  # autotuning without its buffer initialisation and correctness checks (XLA's default level is 4): the
-  # same search for the fastest convolution algorithms, predicted a shorter first call at the same rate
-  XLA_FLAGS="${XLA_FLAGS:+$XLA_FLAGS }--xla_gpu_autotune_level=1" \
-    step w8_tf32_autotune1_scan25 100 --numerics=tf32 --sides=jax --steps=w --batches=8 --steps_per_call=25; pack
-  profile prof_tf32 100 --preset=ffhq --batch=8 --numerics=tf32 --rounds=3 --calls=2; pack
-  step w8_tf32_grouped_scan25 100 --numerics=tf32 --sides=jax --steps=w --batches=8 --steps_per_call=25 --modconv=grouped; pack
-  echo "=== upsample_levers (limit 70 s)"
-  timeout -k 10 70 python3 -m experiments.upsample_levers --preset=ffhq --batch=8 --numerics=tf32 --min_side=256 \
+# What the last lease left (it measured the old "next"/"next2" as "now"/"now2": docs/bench_h200/call5_*,
+# call6_*), in two calls that each fit the device tool's 600 s per command, most needed first.
+# "next" (about 7 minutes): the W+ step at batch 8 with the last block's up-sampling as a polyphase
+# convolution (Generator.up_method=polyphase_last), TF32 and bf16, each beside the step as it is in the
+# same call; the up-sampling convolution three ways layer by layer, 128-1024 (experiments.upsample_levers:
+# where else the polyphase form wins); XLA without Triton GEMM fusions (their autotuning is a share of
+# the 28 s XLA compile); then the first bf16 kernel profile, in what is left of the call.
+if [ "$PART" = next ]; then
+  W8="--sides=jax --steps=w --batches=8 --steps_per_call=25"
+  step w8_tf32_polylast 100 --numerics=tf32 $W8 --up_method=polyphase_last; pack
+  step w8_tf32 100 --numerics=tf32 $W8; pack
+  step w8_bf16_polylast 100 --numerics=bf16 $W8 --up_method=polyphase_last; pack
+  step w8_bf16 100 --numerics=bf16 $W8; pack
+  echo "=== upsample_levers (limit 80 s)"
+  timeout -k 10 80 python3 -m experiments.upsample_levers --preset=ffhq --batch=8 --numerics=tf32 --min_side=128 \
     --out="$WORK/upsample_levers" $LEVERS_FLAGS  # LEVERS_FLAGS: e.g. --preset=cpu for a dry run
   echo "=== upsample_levers: exit $?"
   cp "$WORK/upsample_levers/upsample_levers.json" "$OUT/upsample_levers.json" 2>/dev/null; pack
+  XLA_FLAGS="${XLA_FLAGS:+$XLA_FLAGS }--xla_gpu_enable_triton_gemm=false" \
+    step w8_tf32_notriton 100 --numerics=tf32 $W8; pack
+  left=$((${CALL_LIMIT:-580} - SECONDS))
+  if [ $left -gt 60 ]; then profile prof_bf16 $left --preset=ffhq --batch=8 --numerics=bf16 --rounds=3 --calls=2; pack
+  else echo "=== prof_bf16: skipped, $left s left"; fi
 fi
-# A lease of 900 s in two calls, most needed first: "now" (about 8 minutes) the TF32 W+ step at batch 8,
-# Algorithm 2 end to end in the bf16 mode, then the bf16 W+ step in what is left of the call's 600 s;
-# "now2" (about 3-4 minutes) XLA's autotuning at level 1, the compile split (profile_step), the grouped
-# convolution at batch 8 in what is left.
-if [ "$PART" = now ]; then
-  step w8_tf32_scan25 100 --numerics=tf32 --sides=jax --steps=w --batches=8 --steps_per_call=25; pack
-  alg2 alg2 400 bfloat16; pack
-  left=$((${CALL_LIMIT:-585} - SECONDS))
-  if [ $left -gt 40 ]; then
-    step w8_bf16_scan25 $left --numerics=bf16 --sides=jax --steps=w --batches=8 --steps_per_call=25; pack
-  else echo "=== w8_bf16_scan25: skipped, $left s left"; fi
-fi
-if [ "$PART" = now2 ]; then
-  XLA_FLAGS="${XLA_FLAGS:+$XLA_FLAGS }--xla_gpu_autotune_level=1" \
-    step w8_tf32_autotune1_scan25 100 --numerics=tf32 --sides=jax --steps=w --batches=8 --steps_per_call=25; pack
-  profile prof_tf32 100 --preset=ffhq --batch=8 --numerics=tf32 --rounds=3 --calls=2; pack
-  left=$((${CALL_LIMIT:-330} - SECONDS))
-  if [ $left -gt 40 ]; then
-    step w8_tf32_grouped_scan25 $left --numerics=tf32 --sides=jax --steps=w --batches=8 --steps_per_call=25 --modconv=grouped; pack
-  else echo "=== w8_tf32_grouped_scan25: skipped, $left s left"; fi
+# "next2" (about 6 minutes): Algorithm 2 end to end in TF32 (the bf16 mode's 19.3 s per image was timed),
+# with UP_METHOD (e.g. polyphase_last, if "next" found it faster), then the same in the bf16 mode in
+# what is left of the call (its limit may cut it).
+if [ "$PART" = next2 ]; then
+  UP="--up_method=${UP_METHOD:-transposed}"
+  ALG2_FLAGS="${ALG2_FLAGS:+$ALG2_FLAGS }$UP" alg2 alg2_tf32 420 float32; pack
+  left=$((${CALL_LIMIT:-580} - SECONDS))
+  if [ $left -gt 60 ] && [ "$UP" != "--up_method=transposed" ]; then
+    ALG2_FLAGS="${ALG2_FLAGS:+$ALG2_FLAGS }$UP" alg2 alg2_bf16 $left bfloat16; pack
+  else echo "=== alg2_bf16: skipped ($left s left, $UP)"; fi
 fi
 if [ "$PART" = alg2 ]; then alg2 alg2 400 bfloat16; fi  # Algorithm 2 alone, batch 8 (about 5 minutes each)
 if [ "$PART" = alg2_tf32 ]; then alg2 alg2_tf32 400 float32; fi
