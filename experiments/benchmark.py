@@ -465,7 +465,8 @@ def main(argv):
     devices = {side: r["device"] for recs in records.values() for side, r in recs.items()}
     host = {side: r.get("host_memory", "?").split(" (")[0] for recs in records.values() for side, r in recs.items()}
     print(f"\n{machine['processor']} ({machine['cpus']} CPUs); devices: {devices}; host memory: {host}; "
-          f"numerics {s['numerics']}; up-sampling {s.get('up_method', 'transposed')}; img-it/s = median of {s['rounds']} rounds of {s['iters']} iterations\n")
+          f"numerics {s['numerics']}; up-sampling {s.get('up_method', 'transposed')}; "
+          f"img-it/s = median of {s['rounds']} rounds of {s['iters']} iterations\n")
     print(text)
     print(f"\nwrote {os.path.join(F.out, 'benchmark.json')} ({result['seconds']:.0f} s in all)")
 

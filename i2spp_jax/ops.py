@@ -196,7 +196,9 @@ def up2_phase_taps(k: int, f: tuple[float, ...]) -> np.ndarray:
     if max(used) != -min(used):
         raise ValueError(f"conv2d_up2_polyphase: a {k}x{k} kernel with {fw} FIR taps is not a 'same' convolution")
     span = range(min(used), max(used) + 1)
-    return np.asarray([[[weight(r, a, u) for u in range(k)] for a in span] for r in range(2)], np.float32)
+    taps = np.asarray([[[weight(r, a, u) for u in range(k)] for a in span] for r in range(2)], np.float32)
+    taps.setflags(write=False)  # cached: shared by every caller
+    return taps
 
 
 def conv2d_up2_polyphase(x: jax.Array, w: jax.Array, f: np.ndarray, *, groups: int = 1) -> jax.Array:
@@ -206,7 +208,8 @@ def conv2d_up2_polyphase(x: jax.Array, w: jax.Array, f: np.ndarray, *, groups: i
     pass and no 2H+1 intermediate, for 4x the transposed convolution's multiply-adds (issue 9's
     "FIR up-sampling" lever). The same function as "transposed" up to float rounding."""
     t = jnp.asarray(up2_phase_taps(w.shape[0], tuple(float(v) for v in f)), w.dtype)
-    kernel = jnp.einsum("pau,qbv,uvio->abipqo", t, t, w)  # [ka, ka, I/g, ry, rx, O]
+    # [ka, ka, I/g, ry, rx, O], folded at full precision (TF32 matmuls would round the weights once more)
+    kernel = jnp.einsum("pau,qbv,uvio->abipqo", t, t, w, precision=jax.lax.Precision.HIGHEST)
     ka, _, in_g, _, _, out_ch = kernel.shape
     out_g = out_ch // groups  # a grouped convolution's outputs are contiguous per group
     kernel = kernel.reshape(ka, ka, in_g, 2, 2, groups, out_g).transpose(0, 1, 2, 5, 3, 4, 6)
