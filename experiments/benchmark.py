@@ -51,6 +51,19 @@ STEP_NAMES = {"w": "W+ step", "noise": "noise step"}
 PROTOCOL = "@@bench "  # marks the lines a side's process answers with on stdout
 
 
+# i2spp_jax.networks.UP_METHODS, written out: the commands import JAX only after their flags are parsed
+# (test_benchmark holds the two equal)
+UP_METHODS = ("transposed", "polyphase", "polyphase_last")
+
+
+def define_up_method_flag() -> None:
+    """--up_method, for the commands that time the engine (benchmark, profile_step, time_algorithm2)."""
+    flags.DEFINE_enum("up_method", "transposed", list(UP_METHODS),
+                      "this project's up-sampling convolutions (Generator.up_method): the reference's transposed "
+                      "convolution then FIR, or the FIR folded into one convolution per output phase in every "
+                      "block or in the last block only")
+
+
 def define_flags() -> None:
     flags.DEFINE_string("out", "runs/benchmark", "output folder (benchmark.json, weights, per-process records)")
     flags.DEFINE_string("torch_repo", None, "a checkout of NVlabs/stylegan2-ada-pytorch (never copied here); "
@@ -81,10 +94,7 @@ def define_flags() -> None:
     flags.DEFINE_enum("modconv", "auto", ["auto", "grouped", "activations"],
                       "this project's modulated convolutions: grouped (per-image weights), activations (scaled "
                       "activations around a shared convolution), or auto (the engine's choice, embed.modconv_for)")
-    flags.DEFINE_enum("up_method", "transposed", ["transposed", "polyphase", "polyphase_last"],
-                      "this project's up-sampling convolutions (Generator.up_method): the reference's "
-                      "transposed convolution then FIR, or the FIR folded into one convolution per output phase "
-                      "in every block or in the last block only")
+    define_up_method_flag()
     flags.DEFINE_integer("steps_per_call", 1, "this project's iterations per dispatch (embed's steps_per_call: "
                          "k > 1 runs k iterations in one lax.scan)")
     flags.DEFINE_enum("official_host_memory", "default", ["default", "kept"],

@@ -26,7 +26,7 @@ import time
 
 from absl import flags
 
-from experiments import cli, step_parts
+from experiments import benchmark, cli, step_parts
 
 
 def define_flags() -> None:
@@ -40,8 +40,7 @@ def define_flags() -> None:
     flags.DEFINE_integer("calls", 3, "traced calls", lower_bound=1)
     flags.DEFINE_integer("top", 40, "rows of the per-instruction and per-line tables", lower_bound=1)
     flags.DEFINE_string("vgg", "auto", "auto (ImageNet if installed, else random), random, or a vgg16_trunk.npz")
-    flags.DEFINE_enum("up_method", "transposed", ["transposed", "polyphase", "polyphase_last"],
-                      "the up-sampling convolutions (Generator.up_method; experiments.benchmark's flag)")
+    benchmark.define_up_method_flag()
     flags.DEFINE_string("out", "runs/profile_step", "output folder")
 
 

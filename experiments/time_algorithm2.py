@@ -20,7 +20,7 @@ import time
 
 from absl import flags
 
-from experiments import cli, step_parts
+from experiments import benchmark, cli, step_parts
 
 
 def define_flags() -> None:
@@ -37,8 +37,7 @@ def define_flags() -> None:
     flags.DEFINE_float("float32_tail", 0.1, "the bf16 mode's float32 share of each phase")
     flags.DEFINE_integer("steps_per_call", 0, "iterations per dispatch (0 = the engine's default)", lower_bound=0)
     flags.DEFINE_string("vgg", "auto", "auto (ImageNet if installed, else random), random, or a vgg16_trunk.npz")
-    flags.DEFINE_enum("up_method", "transposed", ["transposed", "polyphase", "polyphase_last"],
-                      "the up-sampling convolutions (Generator.up_method; experiments.benchmark's flag)")
+    benchmark.define_up_method_flag()
     flags.DEFINE_string("out", "runs/time_algorithm2", "output folder (algorithm2.json)")
 
 

@@ -204,8 +204,6 @@ def synthesis(config: GeneratorConfig, params: Params, ws: jax.Array, *, noise: 
     if unknown:
         raise ValueError(f"edits name unknown activation points {sorted(unknown)}; "
                          f"valid: {config.activation_names}")
-    if up_method not in networks.UP_METHODS:
-        raise ValueError(f"up_method={up_method!r}: use one of {networks.UP_METHODS}")
     img, aux = config.synthesis_module(up_method).apply(
         {"params": params["synthesis"]}, ws, noise_list(config, noise), fused_modconv, edits,
         return_activations, None if dtype is None else jnp.dtype(dtype),

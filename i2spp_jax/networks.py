@@ -202,14 +202,14 @@ class SynthesisBlock(nn.Module):
             return x, img
 
         layer = dict(resolution=self.resolution, conv_clamp=self.conv_clamp, resample_filter=self.resample_filter)
-        up = dict(up=2, up_method=self.up_method)
         if self.in_channels == 0:
             const = self.param("const", nn.initializers.normal(1.0), (self.resolution, self.resolution, self.out_channels))
             x = jnp.broadcast_to(const[None], (ws.shape[0],) + const.shape)
             x = x if dtype is None else x.astype(dtype)
             x = SynthesisLayer(self.out_channels, name="conv1", **layer)(x, ws[:, 0], noise[0], fused_modconv)
         else:
-            x = SynthesisLayer(self.out_channels, name="conv0", **up, **layer)(x, ws[:, 0], noise[0], fused_modconv)
+            x = SynthesisLayer(self.out_channels, up=2, up_method=self.up_method, name="conv0", **layer)(
+                x, ws[:, 0], noise[0], fused_modconv)
             x, img = tap("conv0", x, img)
             x = SynthesisLayer(self.out_channels, name="conv1", **layer)(x, ws[:, 1], noise[1], fused_modconv)
         x, img = tap("x", x, img)

@@ -184,3 +184,12 @@ def test_upsample_levers_table_on_one_layer():
         assert m["ms_forward"] > 0 and m["ms_forward_input_grad"] > 0 and m["max_abs_diff"] < 1e-4
     lines = upsample_levers.table(rec).splitlines()
     assert lines[2].startswith("| 256 | 64 → 32 |") and lines[-1].startswith("| all |")
+
+
+def test_the_commands_up_methods_are_the_generators():
+    """--up_method's choices (written out in experiments.benchmark, which imports JAX late) are
+    networks.UP_METHODS: a method added to the generator reaches the commands that time it."""
+    from experiments import benchmark
+    from i2spp_jax import networks
+
+    assert benchmark.UP_METHODS == networks.UP_METHODS
