@@ -27,19 +27,20 @@ def rel(a, b) -> float:
     return float(jnp.max(jnp.abs(a - b)) / jnp.max(jnp.abs(b)))
 
 
-@pytest.mark.parametrize("fused_modconv", [False, True])
-def test_synthesis_convolves_in_bf16_and_returns_a_float32_image(fused_modconv):
-    G = tiny_generator()
+@pytest.mark.parametrize("fused_modconv,up_method", [(False, "transposed"), (True, "transposed"),
+                                                     (False, "polyphase")])
+def test_synthesis_convolves_in_bf16_and_returns_a_float32_image(fused_modconv, up_method):
+    G = tiny_generator().replace(up_method=up_method)  # polyphase: its folded kernel stays bf16 too
     cfg = G.config
     ws = G.w_avg + 0.5 * jax.random.normal(jax.random.PRNGKey(1), (2, G.num_ws, G.w_dim))
-    n_conv = sum(conv_dtypes(lambda w: generator.synthesis(cfg, G.params, w, fused_modconv=fused_modconv), ws)
-                 .values())
-    f32 = conv_dtypes(lambda w: generator.synthesis(cfg, G.params, w, fused_modconv=fused_modconv), ws)
-    bf16 = conv_dtypes(lambda w: generator.synthesis(cfg, G.params, w, fused_modconv=fused_modconv,
-                                                     dtype="bfloat16"), ws)
+    synth = lambda w, **kw: generator.synthesis(cfg, G.params, w, fused_modconv=fused_modconv,  # noqa: E731
+                                                 up_method=up_method, **kw)
+    n_conv = sum(conv_dtypes(synth, ws).values())
+    f32 = conv_dtypes(synth, ws)
+    bf16 = conv_dtypes(lambda w: synth(w, dtype="bfloat16"), ws)
     assert f32 == {"float32/float32->float32": n_conv}
     assert bf16 == {"bfloat16/bfloat16->bfloat16": n_conv}  # none promoted back to float32 on the way
-    a = G.synthesis(ws, fused_modconv=fused_modconv)
+    a = tiny_generator().synthesis(ws, fused_modconv=fused_modconv)  # the reference's up-sampling, float32
     b = G.synthesis(ws, fused_modconv=fused_modconv, dtype="bfloat16")
     assert b.dtype == jnp.float32
     assert 1e-4 < rel(b, a) < 5e-2  # bf16 rounding (8 bits of mantissa), and the same network
