@@ -193,3 +193,15 @@ def test_the_commands_up_methods_are_the_generators():
     from i2spp_jax import networks
 
     assert benchmark.UP_METHODS == networks.UP_METHODS
+
+
+def test_the_gpu_script_parts_the_readme_names_exist():
+    """Every `gpu_benchmark.sh OUT PART` (or `... OUT PART`) in README.md is a part the script runs, so a
+    user on a lent GPU does not start a command that does nothing."""
+    import re
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    script = open(os.path.join(root, "experiments", "configs", "gpu_benchmark.sh")).read()
+    parts = set(re.findall(r'"\$PART" = (\w+)', script))
+    named = set(re.findall(r"(?:gpu_benchmark\.sh|\.\.\.) OUT (\w+)", open(os.path.join(root, "README.md")).read()))
+    assert named and named <= parts, sorted(named - parts)
