@@ -224,7 +224,8 @@ def report(rec: dict, top: int) -> str:
     phases = ", ".join(f"{k.replace('_', ' ')} {v:.1f} s" for k, v in rec["compile_phases_s"].items())
     head = (f"{rec['device']} ({rec['backend']}, jax {rec['jax']}); {rec['step']} step, {rec['resolution']}x"
             f"{rec['resolution']} ({rec['preset']} preset), batch {rec['batch']}, {rec['numerics']}, modconv "
-            f"{rec['modconv']}, up-sampling {rec.get('up_method', 'transposed')}; XLA_FLAGS={rec['xla_flags']!r}\ncompile {rec['compile_s']:.1f} s ({phases}); wall "
+            f"{rec['modconv']}, up-sampling {rec.get('up_method', 'transposed')}; XLA_FLAGS={rec['xla_flags']!r}\n"
+            f"compile {rec['compile_s']:.1f} s ({phases}); wall "
             f"{rec['wall_ms']:.2f} ms per call (median of {rec['rounds']}); kernels {total:.2f} ms per call "
             f"({s['launches_per_call']:.0f} launches; {s['unattributed_ms_per_call']:.2f} ms not matched to an "
             f"instruction); events from {rec['events_from']}")
@@ -273,7 +274,8 @@ def main(argv):
         raise cli.UserError(f"the trace {path} holds no device events with an HLO instruction: nothing to sum "
                             "(on a GPU, set XLA_FLAGS=--xla_gpu_enable_command_buffer= and run again)")
     rec = {"preset": preset, "resolution": su["resolution"], "batch": F.batch, "numerics": F.numerics, "step": F.step,
-           "modconv": F.modconv, "up_method": F.up_method, "device": str(jax.devices()[0].device_kind), "backend": jax.default_backend(),
+           "modconv": F.modconv, "up_method": F.up_method, "device": str(jax.devices()[0].device_kind),
+           "backend": jax.default_backend(),
            "jax": jax.__version__, "xla_flags": os.environ.get("XLA_FLAGS", ""), "compile_s": compile_s,
            "compile_phases_s": phases_s,
            "rounds": F.rounds, "wall_ms": 1e3 * median_s, "calls": F.calls, "trace": path,

@@ -79,7 +79,8 @@ def main(argv):
     psnr = [np.asarray(embed.evaluate(v, su["G"], su["target"])[1]) for v in res.phase_vars]
     rec = {"preset": preset, "resolution": su["resolution"], "batch": F.batch, "w_steps": F.w_steps,
            "noise_steps": F.noise_steps, "resize_to": F.resize_to, "numerics": F.numerics,
-           "compute_dtype": F.compute_dtype, "up_method": F.up_method, "float32_tail": F.float32_tail if F.compute_dtype != "float32" else 0.0,
+           "compute_dtype": F.compute_dtype, "up_method": F.up_method,
+           "float32_tail": F.float32_tail if F.compute_dtype != "float32" else 0.0,
            "steps_per_call": F.steps_per_call or default_steps_per_call(), "vgg": su["vgg_source"],
            "device": str(jax.devices()[0].device_kind), "backend": jax.default_backend(), "jax": jax.__version__,
            "warmup_steps": F.warmup_steps, "compile_and_warmup_s": warm_s, "wall_s": wall,
