@@ -249,7 +249,7 @@ class JaxSide:
         from i2spp_jax.vgg import VGG16
 
         self.s, self.batch, self.embed = s, batch, embed
-        self.G = G = load_generator(inputs["generator"]).replace(up_method=s.get("up_method", "transposed"))
+        self.G = G = load_generator(inputs["generator"]).replace(up_method=s["up_method"])
         with np.load(inputs["vgg"]) as z:
             params = {n: {"kernel": jnp.asarray(z[f"{n}/kernel"]), "bias": jnp.asarray(z[f"{n}/bias"])}
                       for n in VGG_TRUNK_LAYERS}
@@ -475,7 +475,7 @@ def main(argv):
     devices = {side: r["device"] for recs in records.values() for side, r in recs.items()}
     host = {side: r.get("host_memory", "?").split(" (")[0] for recs in records.values() for side, r in recs.items()}
     print(f"\n{machine['processor']} ({machine['cpus']} CPUs); devices: {devices}; host memory: {host}; "
-          f"numerics {s['numerics']}; up-sampling {s.get('up_method', 'transposed')}; "
+          f"numerics {s['numerics']}; up-sampling {s['up_method']}; "
           f"img-it/s = median of {s['rounds']} rounds of {s['iters']} iterations\n")
     print(text)
     print(f"\nwrote {os.path.join(F.out, 'benchmark.json')} ({result['seconds']:.0f} s in all)")

@@ -224,7 +224,7 @@ def report(rec: dict, top: int) -> str:
     phases = ", ".join(f"{k.replace('_', ' ')} {v:.1f} s" for k, v in rec["compile_phases_s"].items())
     head = (f"{rec['device']} ({rec['backend']}, jax {rec['jax']}); {rec['step']} step, {rec['resolution']}x"
             f"{rec['resolution']} ({rec['preset']} preset), batch {rec['batch']}, {rec['numerics']}, modconv "
-            f"{rec['modconv']}, up-sampling {rec.get('up_method', 'transposed')}; XLA_FLAGS={rec['xla_flags']!r}\n"
+            f"{rec['modconv']}, up-sampling {rec['up_method']}; XLA_FLAGS={rec['xla_flags']!r}\n"
             f"compile {rec['compile_s']:.1f} s ({phases}); wall "
             f"{rec['wall_ms']:.2f} ms per call (median of {rec['rounds']}); kernels {total:.2f} ms per call "
             f"({s['launches_per_call']:.0f} launches; {s['unattributed_ms_per_call']:.2f} ms not matched to an "
