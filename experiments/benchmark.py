@@ -53,15 +53,16 @@ PROTOCOL = "@@bench "  # marks the lines a side's process answers with on stdout
 
 # i2spp_jax.networks.UP_METHODS, written out: the commands import JAX only after their flags are parsed
 # (test_benchmark holds the two equal)
-UP_METHODS = ("transposed", "polyphase", "polyphase_last")
+UP_METHODS = ("auto", "transposed", "polyphase", "polyphase_last")
 
 
 def define_up_method_flag() -> None:
     """--up_method, for the commands that time the engine (benchmark, profile_step, time_algorithm2)."""
-    flags.DEFINE_enum("up_method", "transposed", list(UP_METHODS),
-                      "this project's up-sampling convolutions (Generator.up_method): the reference's transposed "
-                      "convolution then FIR, or the FIR folded into one convolution per output phase in every "
-                      "block or in the last block only")
+    flags.DEFINE_enum("up_method", "auto", list(UP_METHODS),
+                      "this project's up-sampling convolutions (Generator.up_method): auto (the library's default: "
+                      "polyphase_last on a GPU, transposed elsewhere), the reference's transposed convolution then "
+                      "FIR, or the FIR folded into one convolution per output phase in every block or in the last "
+                      "block only")
 
 
 def define_flags() -> None:
@@ -244,7 +245,7 @@ class JaxSide:
         import jax
         import jax.numpy as jnp
 
-        from i2spp_jax import embed
+        from i2spp_jax import embed, networks
         from i2spp_jax.checkpoint import load_generator
         from i2spp_jax.vgg import VGG16
 
@@ -263,7 +264,7 @@ class JaxSide:
         self.info = {"side": "jax", "device": str(jax.devices()[0].device_kind), "backend": jax.default_backend(),
                      "jax": jax.__version__, "numerics": f"{s['numerics']} (jax_default_matmul_precision="
                      f"{self.precision}, compute_dtype={self.compute_dtype})", "modconv": s["modconv"],
-                     "up_method": G.up_method, "steps_per_call": s["steps_per_call"], "batch": batch,
+                     "up_method": networks.resolve_up_method(G.up_method), "steps_per_call": s["steps_per_call"], "batch": batch,
                      "xla_flags": os.environ.get("XLA_FLAGS", ""), "host_memory": host_memory.describe()}
 
     def round(self, kind: str, n: int) -> dict:
@@ -474,8 +475,10 @@ def main(argv):
         json.dump(result, f, indent=1)
     devices = {side: r["device"] for recs in records.values() for side, r in recs.items()}
     host = {side: r.get("host_memory", "?").split(" (")[0] for recs in records.values() for side, r in recs.items()}
+    # the method --up_method resolved to on the project's side (auto: per backend)
+    up = next((r["jax"]["up_method"] for r in records.values() if "jax" in r), s["up_method"])
     print(f"\n{machine['processor']} ({machine['cpus']} CPUs); devices: {devices}; host memory: {host}; "
-          f"numerics {s['numerics']}; up-sampling {s['up_method']}; "
+          f"numerics {s['numerics']}; up-sampling {up}{' (auto)' if s['up_method'] == 'auto' else ''}; "
           f"img-it/s = median of {s['rounds']} rounds of {s['iters']} iterations\n")
     print(text)
     print(f"\nwrote {os.path.join(F.out, 'benchmark.json')} ({result['seconds']:.0f} s in all)")

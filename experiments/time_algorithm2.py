@@ -64,7 +64,7 @@ def main(argv):
     import numpy as np
     from absl import logging
 
-    from i2spp_jax import embed
+    from i2spp_jax import embed, networks
     from i2spp_jax.engine.driver import default_steps_per_call
 
     logging.set_verbosity(logging.WARNING)
@@ -79,7 +79,7 @@ def main(argv):
     psnr = [np.asarray(embed.evaluate(v, su["G"], su["target"])[1]) for v in res.phase_vars]
     rec = {"preset": preset, "resolution": su["resolution"], "batch": F.batch, "w_steps": F.w_steps,
            "noise_steps": F.noise_steps, "resize_to": F.resize_to, "numerics": F.numerics,
-           "compute_dtype": F.compute_dtype, "up_method": F.up_method,
+           "compute_dtype": F.compute_dtype, "up_method": networks.resolve_up_method(F.up_method),
            "float32_tail": F.float32_tail if F.compute_dtype != "float32" else 0.0,
            "steps_per_call": F.steps_per_call or default_steps_per_call(), "vgg": su["vgg_source"],
            "device": str(jax.devices()[0].device_kind), "backend": jax.default_backend(), "jax": jax.__version__,
@@ -92,7 +92,7 @@ def main(argv):
     print(f"{rec['device']} ({rec['backend']}, jax {rec['jax']}); {rec['resolution']}x{rec['resolution']} generator "
           f"({preset} preset), batch {F.batch}, VGG16 at {F.resize_to} ({rec['vgg']}), {F.compute_dtype}"
           f"{' with a float32 tail of %g' % rec['float32_tail'] if rec['float32_tail'] else ''}, matmul precision "
-          f"{su['precision']}, {rec['steps_per_call']} iterations per dispatch, up-sampling {F.up_method}")
+          f"{su['precision']}, {rec['steps_per_call']} iterations per dispatch, up-sampling {rec['up_method']}")
     print(f"Algorithm 2 ({F.w_steps} W+ + {F.noise_steps} noise iterations): {wall:.1f} s for {F.batch} images = "
           f"{wall / F.batch:.1f} s per image (after {warm_s:.1f} s of compiling and a {F.warmup_steps} + "
           f"{F.warmup_steps}-iteration warm-up)")

@@ -121,7 +121,7 @@ class GeneratorConfig:
             layer_features=self.mapping_layer_features, lr_multiplier=self.mapping_lr_multiplier,
         )
 
-    def synthesis_module(self, up_method: str = "transposed") -> networks.SynthesisNetwork:
+    def synthesis_module(self, up_method: str = "auto") -> networks.SynthesisNetwork:
         """The synthesis network; up_method is how its up-sampling convolutions are computed
         (`ops.conv2d_up2`), which changes the speed, not the function."""
         return networks.SynthesisNetwork(
@@ -175,7 +175,7 @@ def noise_list(config: GeneratorConfig, noise: NoiseSpec) -> list[NoiseInput]:
 
 def synthesis(config: GeneratorConfig, params: Params, ws: jax.Array, *, noise: NoiseSpec = "const",
               fused_modconv: bool = True, edits: Optional[Edits] = None,
-              return_activations: bool = False, dtype: Optional[str] = None, up_method: str = "transposed"):
+              return_activations: bool = False, dtype: Optional[str] = None, up_method: str = "auto"):
     """ws [N, num_ws, w_dim] -> image [N, R, R, C] (about [-1, 1]).
 
     Args:
@@ -192,8 +192,9 @@ def synthesis(config: GeneratorConfig, params: Params, ws: jax.Array, *, noise: 
         "bfloat16" (the engine's bf16 mode: convolutions in bf16 on the tensor cores; the styles,
         demodulation coefficients and the skip image, hence the returned image, stay float32).
       up_method: how the blocks' up-sampling convolutions are computed (`networks.UP_METHODS`):
-        "transposed" (the reference's order), "polyphase" (`ops.conv2d_up2_polyphase`, every block)
-        or "polyphase_last" (in the last block only). Same numbers up to rounding.
+        "transposed" (the reference's order), "polyphase" (`ops.conv2d_up2_polyphase`, every block),
+        "polyphase_last" (in the last block only) or "auto" (the fastest measured on the backend:
+        `networks.resolve_up_method`). Same numbers up to rounding.
     Returns:
       image, or (image, activations) when return_activations.
     """
@@ -234,15 +235,16 @@ def make_noise(config: GeneratorConfig, key: jax.Array, batch: Optional[int] = N
 class Generator(GeneratorFace):
     """A StyleGAN2 generator: static `config` and a `params` pytree. Itself a pytree.
 
-    `up_method` is how the up-sampling convolutions are computed (`networks.UP_METHODS`): "transposed",
-    the reference's order, "polyphase" or "polyphase_last" (`G.replace(up_method="polyphase")`). The
-    same function up to float rounding; static, so every program compiled for G keys on it. Not part
-    of a checkpoint.
+    `up_method` is how the up-sampling convolutions are computed (`networks.UP_METHODS`): "auto" (the
+    default: the fastest measured on the backend, `networks.resolve_up_method`: "polyphase_last" on a
+    GPU, "transposed" elsewhere), "transposed" (the reference's order), "polyphase" or "polyphase_last"
+    (`G.replace(up_method="transposed")`). The same function up to float rounding; static, so every
+    program compiled for G keys on it. Not part of a checkpoint.
     """
 
     params: Params
     config: GeneratorConfig = flax.struct.field(pytree_node=False)
-    up_method: str = flax.struct.field(pytree_node=False, default="transposed")
+    up_method: str = flax.struct.field(pytree_node=False, default="auto")
 
     def mapping(self, z: jax.Array, truncation_psi: float = 1.0, truncation_cutoff: Optional[int] = None):
         """z [N, z_dim] -> ws [N, num_ws, w_dim]; see `mapping`. Compiled once per shape."""

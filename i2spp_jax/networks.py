@@ -227,14 +227,27 @@ class SynthesisBlock(nn.Module):
 # "FIR up-sampling" lever): "transposed" (the reference's order in every block), "polyphase" (the FIR
 # folded into the kernel in every block), "polyphase_last" (only in the last block, the largest map
 # with the fewest channels, where the FIR's passes cost most and the folded kernel's 4x multiply-adds
-# least).
-UP_METHODS = ("transposed", "polyphase", "polyphase_last")
+# least), or "auto": the one measured fastest on the backend the program is traced for
+# (`resolve_up_method`).
+UP_METHODS = ("auto", "transposed", "polyphase", "polyphase_last")
+
+
+def resolve_up_method(up_method: str, backend: Optional[str] = None) -> str:
+    """The concrete method `up_method` stands for on `backend` (None: JAX's default backend). "auto"
+    is "polyphase_last" on a GPU (an H200 at config-f, batch 8, the W+ step: 271 against 264 img-it/s
+    in TF32, 408 against 388 in bf16; "polyphase" in every block lost: 252 and 387; BUILD_NOTES.md,
+    issue 9) and "transposed" elsewhere (on the CPU the folded kernel's 4x multiply-adds lose:
+    581 against 499 ms per step at batch 1; TPUs are not measured)."""
+    if up_method not in UP_METHODS:
+        raise ValueError(f"up_method={up_method!r}: use one of {UP_METHODS}")
+    if up_method != "auto":
+        return up_method
+    return "polyphase_last" if (backend or jax.default_backend()) == "gpu" else "transposed"
 
 
 def block_up_method(up_method: str, resolution: int, img_resolution: int) -> str:
     """`ops.conv2d_up2`'s method for the block of output side `resolution` under `up_method`."""
-    if up_method not in UP_METHODS:
-        raise ValueError(f"up_method={up_method!r}: use one of {UP_METHODS}")
+    up_method = resolve_up_method(up_method)
     last = resolution == img_resolution
     return "polyphase" if up_method == "polyphase" or (up_method == "polyphase_last" and last) else "transposed"
 
@@ -248,7 +261,7 @@ class SynthesisNetwork(nn.Module):
     channels: Sequence[int]  # feature maps per block resolution, 4 .. img_resolution
     conv_clamp: Optional[float] = None
     resample_filter: Sequence[float] = (1, 3, 3, 1)
-    up_method: str = "transposed"  # UP_METHODS: how the blocks' conv0 up-sample
+    up_method: str = "auto"  # UP_METHODS: how the blocks' conv0 up-sample
 
     @nn.compact
     def __call__(

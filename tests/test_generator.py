@@ -228,6 +228,35 @@ def test_polyphase_up_convolution_is_the_reference(groups, f):
     assert taps.shape[0] == 2 and taps.shape[2] == 3 and taps.shape[1] % 2 == 1
 
 
+def test_up_method_auto_is_the_measured_fastest_per_backend(G, ws):
+    """A Generator's default up-sampling is "auto": the last block's polyphase form on a GPU (where it
+    was measured faster, issue 9) and the reference's transposed convolution elsewhere, so the CPU's
+    programs (and its parity with the official code) are unchanged by the default."""
+    from i2spp_jax import networks
+    assert G.up_method == "auto" and Generator(params=G.params, config=G.config).up_method == "auto"
+    assert networks.resolve_up_method("auto", "gpu") == "polyphase_last"
+    assert [networks.resolve_up_method("auto", b) for b in ("cpu", "tpu")] == ["transposed", "transposed"]
+    assert [networks.resolve_up_method(m, "gpu") for m in ("transposed", "polyphase")] == ["transposed", "polyphase"]
+    with pytest.raises(ValueError, match="up_method='fast'"):
+        networks.resolve_up_method("fast", "gpu")
+    assert jax.default_backend() == "cpu"  # the suite's backend: auto traces the reference's order here
+    img = lambda g: (lambda w: g.synthesis(w, fused_modconv=False))  # noqa: E731
+    n_up = len(TINY.block_resolutions) - 1
+    assert [_dilated_convs(img(g), ws) for g in (G, G.replace(up_method="transposed"))] == [n_up, n_up]
+    np.testing.assert_array_equal(G.synthesis(ws), G.replace(up_method="transposed").synthesis(ws))
+
+
+def test_up_method_auto_traces_the_polyphase_last_block_for_a_gpu(G, ws, monkeypatch):
+    """What "auto" builds when the program is traced for a GPU (the backend faked at trace time: tracing
+    needs no device): the last block's up-sampling without a dilated convolution, the others with."""
+    from i2spp_jax import generator
+    monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+    n_up = len(TINY.block_resolutions) - 1
+    traced = lambda m: _dilated_convs(  # noqa: E731 (un-jitted: traced afresh, no cached program)
+        lambda w: generator.synthesis(G.config, G.params, w, fused_modconv=False, up_method=m), ws)
+    assert [traced(m) for m in ("auto", "transposed", "polyphase_last")] == [n_up - 1, n_up, n_up - 1]
+
+
 def test_generator_up_method_is_static_and_the_same_function(G, ws):
     """Generator.up_method (issue 9's up-sampling lever) changes how the programs compute, not what:
     the image and the W+ gradient equal the reference's in both modulation forms; jitted code that
@@ -248,7 +277,7 @@ def test_generator_up_method_is_static_and_the_same_function(G, ws):
     assert [_dilated_convs(img(g), ws) for g in (G, Gp, G_last)] == [n_up, 0, n_up - 1]
     np.testing.assert_allclose(G_last.synthesis(ws, fused_modconv=False), G.synthesis(ws, fused_modconv=False),
                                atol=ATOL_F32)
-    with pytest.raises(ValueError, match=r"up_method='bilinear': use one of \('transposed', 'polyphase', "
+    with pytest.raises(ValueError, match=r"up_method='bilinear': use one of \('auto', 'transposed', 'polyphase', "
                        r"'polyphase_last'\)"):
         G.replace(up_method="bilinear").synthesis(ws)
     with pytest.raises(ValueError, match=r"up-sampling method 'bilinear': use one of \('transposed', 'polyphase'\)"):
