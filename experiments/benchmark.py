@@ -53,7 +53,7 @@ PROTOCOL = "@@bench "  # marks the lines a side's process answers with on stdout
 
 # i2spp_jax.networks.UP_METHODS, written out: the commands import JAX only after their flags are parsed
 # (test_benchmark holds the two equal)
-UP_METHODS = ("auto", "transposed", "polyphase", "polyphase_last")
+UP_METHODS = ("auto", "transposed", "polyphase", "polyphase_last", "polyphase_last2")
 
 
 def define_up_method_flag() -> None:
@@ -61,8 +61,8 @@ def define_up_method_flag() -> None:
     flags.DEFINE_enum("up_method", "auto", list(UP_METHODS),
                       "this project's up-sampling convolutions (Generator.up_method): auto (the library's default: "
                       "polyphase_last on a GPU, transposed elsewhere), the reference's transposed convolution then "
-                      "FIR, or the FIR folded into one convolution per output phase in every block or in the last "
-                      "block only")
+                      "FIR, or the FIR folded into one convolution per output phase in every block, in the last "
+                      "block only, or in the last two")
 
 
 def define_flags() -> None:

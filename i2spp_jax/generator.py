@@ -193,8 +193,8 @@ def synthesis(config: GeneratorConfig, params: Params, ws: jax.Array, *, noise: 
         demodulation coefficients and the skip image, hence the returned image, stay float32).
       up_method: how the blocks' up-sampling convolutions are computed (`networks.UP_METHODS`):
         "transposed" (the reference's order), "polyphase" (`ops.conv2d_up2_polyphase`, every block),
-        "polyphase_last" (in the last block only) or "auto" (the fastest measured on the backend:
-        `networks.resolve_up_method`). Same numbers up to rounding.
+        "polyphase_last" (in the last block only), "polyphase_last2" (the last two) or "auto" (the
+        fastest measured on the backend: `networks.resolve_up_method`). Same numbers up to rounding.
     Returns:
       image, or (image, activations) when return_activations.
     """
@@ -237,8 +237,8 @@ class Generator(GeneratorFace):
 
     `up_method` is how the up-sampling convolutions are computed (`networks.UP_METHODS`): "auto" (the
     default: the fastest measured on the backend, `networks.resolve_up_method`: "polyphase_last" on a
-    GPU, "transposed" elsewhere), "transposed" (the reference's order), "polyphase" or "polyphase_last"
-    (`G.replace(up_method="transposed")`). The same function up to float rounding; static, so every
+    GPU, "transposed" elsewhere), "transposed" (the reference's order), "polyphase", "polyphase_last"
+    or "polyphase_last2" (`G.replace(up_method="transposed")`). The same function up to float rounding; static, so every
     program compiled for G keys on it. Not part of a checkpoint.
     """
 

@@ -227,9 +227,10 @@ class SynthesisBlock(nn.Module):
 # "FIR up-sampling" lever): "transposed" (the reference's order in every block), "polyphase" (the FIR
 # folded into the kernel in every block), "polyphase_last" (only in the last block, the largest map
 # with the fewest channels, where the FIR's passes cost most and the folded kernel's 4x multiply-adds
-# least), or "auto": the one measured fastest on the backend the program is traced for
-# (`resolve_up_method`).
-UP_METHODS = ("auto", "transposed", "polyphase", "polyphase_last")
+# least), "polyphase_last2" (the last two blocks: on an H200 in bf16 the 512 block's up-sampling layer
+# alone ran faster folded too), or "auto": the one measured fastest on the backend the program is
+# traced for (`resolve_up_method`).
+UP_METHODS = ("auto", "transposed", "polyphase", "polyphase_last", "polyphase_last2")
 
 
 def resolve_up_method(up_method: str, backend: Optional[str] = None) -> str:
@@ -248,8 +249,8 @@ def resolve_up_method(up_method: str, backend: Optional[str] = None) -> str:
 def block_up_method(up_method: str, resolution: int, img_resolution: int) -> str:
     """`ops.conv2d_up2`'s method for the block of output side `resolution` under `up_method`."""
     up_method = resolve_up_method(up_method)
-    last = resolution == img_resolution
-    return "polyphase" if up_method == "polyphase" or (up_method == "polyphase_last" and last) else "transposed"
+    folded = {"transposed": 0, "polyphase_last": 1, "polyphase_last2": 2}.get(up_method)  # None: every block
+    return "polyphase" if folded is None or resolution * 2**folded > img_resolution else "transposed"
 
 
 class SynthesisNetwork(nn.Module):

@@ -274,11 +274,13 @@ def test_generator_up_method_is_static_and_the_same_function(G, ws):
     img = lambda g: (lambda w: g.synthesis(w, fused_modconv=False))  # noqa: E731
     n_up = len(TINY.block_resolutions) - 1
     G_last = G.replace(up_method="polyphase_last")  # the last block only
-    assert [_dilated_convs(img(g), ws) for g in (G, Gp, G_last)] == [n_up, 0, n_up - 1]
-    np.testing.assert_allclose(G_last.synthesis(ws, fused_modconv=False), G.synthesis(ws, fused_modconv=False),
-                               atol=ATOL_F32)
+    G_last2 = G.replace(up_method="polyphase_last2")  # the last two blocks
+    assert [_dilated_convs(img(g), ws) for g in (G, Gp, G_last, G_last2)] == [n_up, 0, n_up - 1, n_up - 2]
+    for g in (G_last, G_last2):
+        np.testing.assert_allclose(g.synthesis(ws, fused_modconv=False), G.synthesis(ws, fused_modconv=False),
+                                   atol=ATOL_F32)
     with pytest.raises(ValueError, match=r"up_method='bilinear': use one of \('auto', 'transposed', 'polyphase', "
-                       r"'polyphase_last'\)"):
+                       r"'polyphase_last', 'polyphase_last2'\)"):
         G.replace(up_method="bilinear").synthesis(ws)
     with pytest.raises(ValueError, match=r"up-sampling method 'bilinear': use one of \('transposed', 'polyphase'\)"):
         ops.conv2d_up2(ws[:, None, :2, None], jnp.ones((3, 3, 1, 1)), ops.setup_filter([1, 3, 3, 1]),
