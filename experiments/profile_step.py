@@ -40,7 +40,7 @@ def define_flags() -> None:
     flags.DEFINE_integer("calls", 3, "traced calls", lower_bound=1)
     flags.DEFINE_integer("top", 40, "rows of the per-instruction and per-line tables", lower_bound=1)
     flags.DEFINE_string("vgg", "auto", "auto (ImageNet if installed, else random), random, or a vgg16_trunk.npz")
-    benchmark.define_up_method_flag()
+    benchmark.define_method_flags()
     flags.DEFINE_string("out", "runs/profile_step", "output folder")
 
 
@@ -224,7 +224,8 @@ def report(rec: dict, top: int) -> str:
     phases = ", ".join(f"{k.replace('_', ' ')} {v:.1f} s" for k, v in rec["compile_phases_s"].items())
     head = (f"{rec['device']} ({rec['backend']}, jax {rec['jax']}); {rec['step']} step, {rec['resolution']}x"
             f"{rec['resolution']} ({rec['preset']} preset), batch {rec['batch']}, {rec['numerics']}, modconv "
-            f"{rec['modconv']}, up-sampling {rec['up_method']}; XLA_FLAGS={rec['xla_flags']!r}\n"
+            f"{rec['modconv']}, up-sampling {rec['up_method']}, ToRGB {rec['torgb_method']}; "
+            f"XLA_FLAGS={rec['xla_flags']!r}\n"
             f"compile {rec['compile_s']:.1f} s ({phases}); wall "
             f"{rec['wall_ms']:.2f} ms per call (median of {rec['rounds']}); kernels {total:.2f} ms per call "
             f"({s['launches_per_call']:.0f} launches; {s['unattributed_ms_per_call']:.2f} ms not matched to an "
@@ -251,7 +252,8 @@ def main(argv):
     F = flags.FLAGS
     preset = F.preset if F.preset != "auto" else ("ffhq" if jax.default_backend() == "gpu" else "cpu")
     os.makedirs(F.out, exist_ok=True)
-    su = step_parts.setup(preset, F.batch, F.resize_to, F.numerics, F.vgg, up_method=F.up_method)
+    su = step_parts.setup(preset, F.batch, F.resize_to, F.numerics, F.vgg, up_method=F.up_method,
+                          torgb_method=F.torgb_method)
     step, args = step_parts.engine_step(su, F.step, fused_modconv=F.modconv == "grouped")
     with jax.default_matmul_precision(su["precision"]):
         t0 = time.perf_counter()
@@ -276,7 +278,8 @@ def main(argv):
         raise cli.UserError(f"the trace {path} holds no device events with an HLO instruction: nothing to sum "
                             "(on a GPU, set XLA_FLAGS=--xla_gpu_enable_command_buffer= and run again)")
     rec = {"preset": preset, "resolution": su["resolution"], "batch": F.batch, "numerics": F.numerics, "step": F.step,
-           "modconv": F.modconv, "up_method": networks.resolve_up_method(F.up_method), "device": str(jax.devices()[0].device_kind),
+           "modconv": F.modconv, "up_method": networks.resolve_up_method(F.up_method),
+           "torgb_method": F.torgb_method, "device": str(jax.devices()[0].device_kind),
            "backend": jax.default_backend(),
            "jax": jax.__version__, "xla_flags": os.environ.get("XLA_FLAGS", ""), "compile_s": compile_s,
            "compile_phases_s": phases_s,

@@ -37,7 +37,7 @@ def define_flags() -> None:
     flags.DEFINE_float("float32_tail", 0.1, "the bf16 mode's float32 share of each phase")
     flags.DEFINE_integer("steps_per_call", 0, "iterations per dispatch (0 = the engine's default)", lower_bound=0)
     flags.DEFINE_string("vgg", "auto", "auto (ImageNet if installed, else random), random, or a vgg16_trunk.npz")
-    benchmark.define_up_method_flag()
+    benchmark.define_method_flags()
     flags.DEFINE_string("out", "runs/time_algorithm2", "output folder (algorithm2.json)")
 
 
@@ -72,7 +72,7 @@ def main(argv):
     preset = F.preset if F.preset != "auto" else ("ffhq" if jax.default_backend() == "gpu" else "cpu")
     numerics = "bf16" if F.compute_dtype == "bfloat16" else F.numerics
     su = step_parts.setup(preset, F.batch, F.resize_to, numerics, F.vgg, resolution=F.resolution,
-                          up_method=F.up_method)
+                          up_method=F.up_method, torgb_method=F.torgb_method)
     su["precision"] = "highest" if F.numerics == "fp32" else "tensorfloat32"
     _, warm_s = _run(su, F.warmup_steps, F.warmup_steps, F)
     res, wall = _run(su, F.w_steps, F.noise_steps, F)
@@ -80,6 +80,7 @@ def main(argv):
     rec = {"preset": preset, "resolution": su["resolution"], "batch": F.batch, "w_steps": F.w_steps,
            "noise_steps": F.noise_steps, "resize_to": F.resize_to, "numerics": F.numerics,
            "compute_dtype": F.compute_dtype, "up_method": networks.resolve_up_method(F.up_method),
+           "torgb_method": F.torgb_method,
            "float32_tail": F.float32_tail if F.compute_dtype != "float32" else 0.0,
            "steps_per_call": F.steps_per_call or default_steps_per_call(), "vgg": su["vgg_source"],
            "device": str(jax.devices()[0].device_kind), "backend": jax.default_backend(), "jax": jax.__version__,
@@ -92,7 +93,8 @@ def main(argv):
     print(f"{rec['device']} ({rec['backend']}, jax {rec['jax']}); {rec['resolution']}x{rec['resolution']} generator "
           f"({preset} preset), batch {F.batch}, VGG16 at {F.resize_to} ({rec['vgg']}), {F.compute_dtype}"
           f"{' with a float32 tail of %g' % rec['float32_tail'] if rec['float32_tail'] else ''}, matmul precision "
-          f"{su['precision']}, {rec['steps_per_call']} iterations per dispatch, up-sampling {rec['up_method']}")
+          f"{su['precision']}, {rec['steps_per_call']} iterations per dispatch, up-sampling {rec['up_method']}, "
+          f"ToRGB {rec['torgb_method']}")
     print(f"Algorithm 2 ({F.w_steps} W+ + {F.noise_steps} noise iterations): {wall:.1f} s for {F.batch} images = "
           f"{wall / F.batch:.1f} s per image (after {warm_s:.1f} s of compiling and a {F.warmup_steps} + "
           f"{F.warmup_steps}-iteration warm-up)")

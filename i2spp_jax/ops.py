@@ -219,6 +219,17 @@ def conv2d_up2_polyphase(x: jax.Array, w: jax.Array, f: np.ndarray, *, groups: i
     return y.reshape(n, 2 * h, 2 * wd, out_ch)
 
 
+def modulated_matmul(x: jax.Array, weight: jax.Array, styles: jax.Array) -> jax.Array:
+    """`modulated_conv2d` of a 1x1 kernel without demodulation (ToRGB) as one matrix product per
+    sample: x [N, H, W, I] times the modulated weights [N, I, O], which are small, so the activations
+    are read once and never scaled in memory (issue 9's ToRGB lever). The same function as either
+    modulation form of the convolution, up to rounding."""
+    if weight.shape[:2] != (1, 1):
+        raise ValueError(f"modulated_matmul: a 1x1 kernel is needed, got {weight.shape[0]}x{weight.shape[1]}")
+    w = weight[0, 0][None] * styles[:, :, None]  # [N, I, O], float32
+    return jnp.einsum("nhwi,nio->nhwo", x, w.astype(x.dtype))
+
+
 def modulated_conv2d(
     x: jax.Array,  # [N, H, W, I]
     weight: jax.Array,  # [k, k, I, O]

@@ -16,30 +16,35 @@ from i2spp_jax import vgg as vgg_lib
 from test_embed import assert_trees_equal, n_mse, targets, tiny_generator, w_mse
 
 
-def conv_dtypes(fn, *args) -> collections.Counter:
-    """{"in/kernel->out": count} over the convolutions of fn's jaxpr."""
+def conv_dtypes(fn, *args, primitive: str = "conv_general_dilated") -> collections.Counter:
+    """{"in/kernel->out": count} over the convolutions (or other products) of fn's jaxpr."""
     eqns = jax.make_jaxpr(fn)(*args).jaxpr.eqns
     return collections.Counter(f"{e.invars[0].aval.dtype}/{e.invars[1].aval.dtype}->{e.outvars[0].aval.dtype}"
-                               for e in eqns if e.primitive.name == "conv_general_dilated")
+                               for e in eqns if e.primitive.name == primitive)
 
 
 def rel(a, b) -> float:
     return float(jnp.max(jnp.abs(a - b)) / jnp.max(jnp.abs(b)))
 
 
-@pytest.mark.parametrize("fused_modconv,up_method", [(False, "transposed"), (True, "transposed"),
-                                                     (False, "polyphase")])
-def test_synthesis_convolves_in_bf16_and_returns_a_float32_image(fused_modconv, up_method):
-    G = tiny_generator().replace(up_method=up_method)  # polyphase: its folded kernel stays bf16 too
+@pytest.mark.parametrize("fused_modconv,up_method,torgb_method", [
+    (False, "transposed", "conv"), (True, "transposed", "conv"), (False, "polyphase", "conv"),
+    (False, "transposed", "matmul")])
+def test_synthesis_convolves_in_bf16_and_returns_a_float32_image(fused_modconv, up_method, torgb_method):
+    # polyphase: its folded kernel stays bf16 too; matmul: so do the ToRGB's matrix products
+    G = tiny_generator().replace(up_method=up_method, torgb_method=torgb_method)
     cfg = G.config
     ws = G.w_avg + 0.5 * jax.random.normal(jax.random.PRNGKey(1), (2, G.num_ws, G.w_dim))
     synth = lambda w, **kw: generator.synthesis(cfg, G.params, w, fused_modconv=fused_modconv,  # noqa: E731
-                                                 up_method=up_method, **kw)
+                                                 up_method=up_method, torgb_method=torgb_method, **kw)
     n_conv = sum(conv_dtypes(synth, ws).values())
     f32 = conv_dtypes(synth, ws)
     bf16 = conv_dtypes(lambda w: synth(w, dtype="bfloat16"), ws)
     assert f32 == {"float32/float32->float32": n_conv}
     assert bf16 == {"bfloat16/bfloat16->bfloat16": n_conv}  # none promoted back to float32 on the way
+    if torgb_method == "matmul":  # one product per ToRGB layer, in bf16 too; the mapping's stay float32
+        mm = conv_dtypes(lambda w: synth(w, dtype="bfloat16"), ws, primitive="dot_general")
+        assert mm["bfloat16/bfloat16->bfloat16"] == len(cfg.block_resolutions)
     a = tiny_generator().synthesis(ws, fused_modconv=fused_modconv)  # the reference's up-sampling, float32
     b = G.synthesis(ws, fused_modconv=fused_modconv, dtype="bfloat16")
     assert b.dtype == jnp.float32

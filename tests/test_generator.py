@@ -228,6 +228,35 @@ def test_polyphase_up_convolution_is_the_reference(groups, f):
     assert taps.shape[0] == 2 and taps.shape[2] == 3 and taps.shape[1] % 2 == 1
 
 
+def _convs(fn, *args) -> int:
+    """How many convolutions fn's jaxpr holds."""
+    def count(jaxpr):
+        return sum((eqn.primitive.name == "conv_general_dilated")
+                   + sum(count(sub) for sub in jax.extend.core.jaxprs_in_params(eqn.params)) for eqn in jaxpr.eqns)
+    return count(jax.make_jaxpr(fn)(*args).jaxpr)
+
+
+def test_generator_torgb_method_is_static_and_the_same_function(G, ws):
+    """Generator.torgb_method="matmul" (issue 9's ToRGB lever) computes every ToRGB layer as one matrix
+    product per sample, not a convolution, and is the same function: image and W+ gradient equal the
+    reference's in both modulation forms; static (G's treedef), so compiled programs key on it."""
+    Gm = G.replace(torgb_method="matmul")
+    assert G.torgb_method == "conv"
+    assert jax.tree_util.tree_structure(Gm) != jax.tree_util.tree_structure(G)
+    img = lambda g: (lambda w: g.synthesis(w, fused_modconv=False))  # noqa: E731
+    n_torgb = len(TINY.block_resolutions)
+    assert _convs(img(G), ws) - _convs(img(Gm), ws) == n_torgb  # every ToRGB, nothing else
+    for fused in (False, True):
+        np.testing.assert_allclose(Gm.synthesis(ws, fused_modconv=fused), G.synthesis(ws, fused_modconv=fused),
+                                   atol=ATOL_F32)
+    loss = jax.jit(jax.grad(lambda g, w: jnp.sum(jnp.square(g.synthesis(w, fused_modconv=False))), argnums=1))
+    g_ref, g_mm = loss(G, ws), loss(Gm, ws)
+    np.testing.assert_allclose(g_mm, g_ref, atol=1e-5 * float(jnp.abs(g_ref).max()))
+    assert loss._cache_size() == 2
+    with pytest.raises(ValueError, match=r"torgb_method='dense': use one of \('conv', 'matmul'\)"):
+        G.replace(torgb_method="dense").synthesis(ws)
+
+
 def test_up_method_auto_is_the_measured_fastest_per_backend(G, ws):
     """A Generator's default up-sampling is "auto": the last block's polyphase form on a GPU (where it
     was measured faster, issue 9) and the reference's transposed convolution elsewhere, so the CPU's
