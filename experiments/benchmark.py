@@ -54,15 +54,20 @@ PROTOCOL = "@@bench "  # marks the lines a side's process answers with on stdout
 # i2spp_jax.networks.UP_METHODS, written out: the commands import JAX only after their flags are parsed
 # (test_benchmark holds the two equal)
 UP_METHODS = ("auto", "transposed", "polyphase", "polyphase_last", "polyphase_last2")
+TORGB_METHODS = ("conv", "matmul")  # i2spp_jax.networks.TORGB_METHODS
 
 
-def define_up_method_flag() -> None:
-    """--up_method, for the commands that time the engine (benchmark, profile_step, time_algorithm2)."""
+def define_method_flags() -> None:
+    """--up_method and --torgb_method, for the commands that time the engine (benchmark, profile_step,
+    time_algorithm2)."""
     flags.DEFINE_enum("up_method", "auto", list(UP_METHODS),
                       "this project's up-sampling convolutions (Generator.up_method): auto (the library's default: "
                       "polyphase_last on a GPU, transposed elsewhere), the reference's transposed convolution then "
                       "FIR, or the FIR folded into one convolution per output phase in every block, in the last "
                       "block only, or in the last two")
+    flags.DEFINE_enum("torgb_method", "conv", list(TORGB_METHODS),
+                      "this project's ToRGB layers (Generator.torgb_method): the modulated 1x1 convolution, or one "
+                      "matrix product per image with modulated weights")
 
 
 def define_flags() -> None:
@@ -95,12 +100,17 @@ def define_flags() -> None:
     flags.DEFINE_enum("modconv", "auto", ["auto", "grouped", "activations"],
                       "this project's modulated convolutions: grouped (per-image weights), activations (scaled "
                       "activations around a shared convolution), or auto (the engine's choice, embed.modconv_for)")
-    define_up_method_flag()
+    define_method_flags()
     flags.DEFINE_integer("steps_per_call", 1, "this project's iterations per dispatch (embed's steps_per_call: "
                          "k > 1 runs k iterations in one lax.scan)")
     flags.DEFINE_enum("official_host_memory", "default", ["default", "kept"],
                       "the official side's glibc allocator: its defaults (as its users run it), or kept as this "
                       "project's processes keep it (i2spp_jax.host_memory), to see what that setting alone gives")
+    flags.DEFINE_string("compilation_cache", None,
+                        "a folder for JAX's persistent compilation cache on this project's side (default: none, so "
+                        "every first call is a cold compile). Two runs with the same folder and settings show what "
+                        "a later run pays: the commands (reconstruct, embed_folder, ...) keep such a cache in "
+                        "$I2SPP_CACHE/xla")
     flags.DEFINE_integer("seed", 0, "weights and targets")
     flags.DEFINE_bool("fresh", False, "make new weights even if --out has them")
     # One side and batch in this process (the main process runs these as subprocesses).
@@ -146,8 +156,8 @@ def _settings(F) -> dict:
          "batches": [int(b) for b in (F.batches or batches.split(","))], "steps": list(F.steps),
          "iters": F.iters or iters, "rounds": F.rounds or rounds, "warmup": F.warmup or warmup,
          "resize_to": F.resize_to, "numerics": F.numerics, "modconv": F.modconv, "seed": F.seed,
-         "up_method": F.up_method,
-         "steps_per_call": F.steps_per_call,
+         "up_method": F.up_method, "torgb_method": F.torgb_method,
+         "steps_per_call": F.steps_per_call, "compilation_cache": F.compilation_cache,
          "sides": sides}
     if skipped:
         s["official_skipped"] = skipped
@@ -250,7 +260,8 @@ class JaxSide:
         from i2spp_jax.vgg import VGG16
 
         self.s, self.batch, self.embed = s, batch, embed
-        self.G = G = load_generator(inputs["generator"]).replace(up_method=s["up_method"])
+        self.G = G = load_generator(inputs["generator"]).replace(up_method=s["up_method"],
+                                                                        torgb_method=s["torgb_method"])
         with np.load(inputs["vgg"]) as z:
             params = {n: {"kernel": jnp.asarray(z[f"{n}/kernel"]), "bias": jnp.asarray(z[f"{n}/bias"])}
                       for n in VGG_TRUNK_LAYERS}
@@ -264,7 +275,8 @@ class JaxSide:
         self.info = {"side": "jax", "device": str(jax.devices()[0].device_kind), "backend": jax.default_backend(),
                      "jax": jax.__version__, "numerics": f"{s['numerics']} (jax_default_matmul_precision="
                      f"{self.precision}, compute_dtype={self.compute_dtype})", "modconv": s["modconv"],
-                     "up_method": networks.resolve_up_method(G.up_method), "steps_per_call": s["steps_per_call"], "batch": batch,
+                     "up_method": networks.resolve_up_method(G.up_method),
+                     "torgb_method": G.torgb_method, "steps_per_call": s["steps_per_call"], "batch": batch,
                      "xla_flags": os.environ.get("XLA_FLAGS", ""), "host_memory": host_memory.describe()}
 
     def round(self, kind: str, n: int) -> dict:
@@ -441,6 +453,11 @@ def main(argv):
     if F.role in ("jax", "official"):
         inputs = json.load(open(os.path.join(F.out, "inputs.json")))
         if F.role == "jax":
+            if F.compilation_cache:
+                import jax
+
+                jax.config.update("jax_compilation_cache_dir", os.path.abspath(F.compilation_cache))
+                jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
             return serve(JaxSide(s, inputs, F.batch))
         from experiments import benchmark_official as official
 
@@ -479,6 +496,7 @@ def main(argv):
     up = next((r["jax"]["up_method"] for r in records.values() if "jax" in r), s["up_method"])
     print(f"\n{machine['processor']} ({machine['cpus']} CPUs); devices: {devices}; host memory: {host}; "
           f"numerics {s['numerics']}; up-sampling {up}{' (auto)' if s['up_method'] == 'auto' else ''}; "
+          f"ToRGB {s['torgb_method']}; "
           f"img-it/s = median of {s['rounds']} rounds of {s['iters']} iterations\n")
     print(text)
     print(f"\nwrote {os.path.join(F.out, 'benchmark.json')} ({result['seconds']:.0f} s in all)")

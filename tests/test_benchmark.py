@@ -82,24 +82,29 @@ def test_refusals_are_one_line(tmp_path, args, words):
 @pytest.mark.slow  # an end-to-end run (60-75 s on the 2-core CPU): `pytest -m slow`
 def test_gpu_path_flags_carried_vgg_trunk_and_multi_step_dispatch(tmp_path):
     """What experiments/configs/gpu_benchmark.sh uses off the CPU: a carried vgg16_trunk.npz as --vgg
-    (the same weights as the run that wrote it) and --steps_per_call (the scan path)."""
+    (the same weights as the run that wrote it), --steps_per_call (the scan path), the methods' flags
+    and --compilation_cache (the project's side keeps its compiled programs there)."""
     first, second = str(tmp_path / "a"), str(tmp_path / "b")
     args = [a for a in TINY if not a.startswith(("--vgg", "--warmup"))] + ["--warmup=2", "--batches=1", "--steps=w",
                                                                           "--sides=jax"]
     p, _ = run_cli("experiments.benchmark", f"--out={first}", "--vgg=random", *args, timeout=600)
     assert p.returncode == 0, p.stderr[-3000:]
     trunk = os.path.join(first, "vgg16_trunk.npz")
+    cache = tmp_path / "xla"
     p, _ = run_cli("experiments.benchmark", f"--out={second}", f"--vgg={trunk}", "--steps_per_call=2",
-                   "--up_method=polyphase", *args, timeout=600)
+                   "--up_method=polyphase", "--torgb_method=matmul", f"--compilation_cache={cache}", *args,
+                   timeout=600)
     assert p.returncode == 0, p.stderr[-3000:]
     rec = json.load(open(os.path.join(second, "benchmark.json")))
     assert rec["inputs"]["vgg_source"] == f"trunk file {trunk}"
     assert rec["records"]["1"]["jax"]["steps_per_call"] == 2
     assert rec["records"]["1"]["jax"]["up_method"] == "polyphase" and "up-sampling polyphase" in p.stdout
+    assert rec["records"]["1"]["jax"]["torgb_method"] == "matmul" and "ToRGB matmul" in p.stdout
+    assert rec["settings"]["compilation_cache"] == str(cache) and any(f.startswith("jit_run") for f in os.listdir(cache))
     with np.load(trunk) as a, np.load(os.path.join(second, "vgg16_trunk.npz")) as b:
         assert sorted(a.files) == sorted(b.files) and all(np.array_equal(a[k], b[k]) for k in a.files)
-    # the same weights and start: the scan path's first loss (polyphase up-sampling: the same function)
-    # equals the single-step run's
+    # the same weights and start: the scan path's first loss (polyphase up-sampling and ToRGB products:
+    # the same function) equals the single-step run's
     one = json.load(open(os.path.join(first, "benchmark.json")))["records"]["1"]["jax"]["steps"]["w"]["rounds"][0]
     two = rec["records"]["1"]["jax"]["steps"]["w"]["rounds"][0]
     np.testing.assert_allclose(two["loss_first"], one["loss_first"], rtol=1e-5)
@@ -193,6 +198,7 @@ def test_the_commands_up_methods_are_the_generators():
     from i2spp_jax import networks
 
     assert benchmark.UP_METHODS == networks.UP_METHODS
+    assert benchmark.TORGB_METHODS == networks.TORGB_METHODS
 
 
 def test_the_gpu_script_parts_the_readme_names_exist():

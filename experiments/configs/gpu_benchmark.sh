@@ -87,40 +87,40 @@ alg2() {  # NAME SECONDS DTYPE: Algorithm 2 timed end to end at batch 8
   echo "=== $1: exit $?"
   cp "$WORK/$1/algorithm2.json" "$OUT/$1.json" 2>/dev/null
 }
-# What the last lease left (it measured the old "next"/"next2" as "now"/"now2": docs/bench_h200/call5_*,
-# call6_*), in two calls that each fit the device tool's 600 s per command, most needed first.
-# "next" (about 7 minutes): the W+ step at batch 8 with the last block's up-sampling as a polyphase
-# convolution (Generator.up_method=polyphase_last), TF32 and bf16, each beside the step as it is in the
-# same call; the up-sampling convolution three ways layer by layer, 128-1024 (experiments.upsample_levers:
-# where else the polyphase form wins); XLA without Triton GEMM fusions (their autotuning is a share of
-# the 28 s XLA compile); then the first bf16 kernel profile, in what is left of the call.
+# What the last lease left (it measured the former "next"/"next2" as "now"/"now2", docs/bench_h200/call5_*
+# and call6_*, and the former "next" as itself, call7_*: polyphase_last won and became the GPU default),
+# in two calls that each fit the device tool's 600 s per command, most needed first.
+# "next" (about 7 minutes): the W+ step at batch 8 in TF32 and in bf16, each three ways in the same call:
+# as it is (Generator defaults: up_method auto = polyphase_last on a GPU, ToRGB as a convolution), the
+# ToRGB layers as one matrix product per image (--torgb_method=matmul), and the FIR folded in the last
+# two blocks (--up_method=polyphase_last2); every step with one persistent compilation cache (each is a
+# new program, so each compiles cold), then the TF32 step as it is once more, from that cache: the first
+# call a later run pays (the commands keep such a cache); then the bf16 kernel profile of the ToRGB lever,
+# in what is left of the call.
 if [ "$PART" = next ]; then
-  W8="--sides=jax --steps=w --batches=8 --steps_per_call=25"
-  step w8_tf32_polylast 100 --numerics=tf32 $W8 --up_method=polyphase_last; pack
-  step w8_tf32 100 --numerics=tf32 $W8; pack
-  step w8_bf16_polylast 100 --numerics=bf16 $W8 --up_method=polyphase_last; pack
-  step w8_bf16 100 --numerics=bf16 $W8; pack
-  echo "=== upsample_levers (limit 80 s)"
-  timeout -k 10 80 python3 -m experiments.upsample_levers --preset=ffhq --batch=8 --numerics=tf32 --min_side=128 \
-    --out="$WORK/upsample_levers" $LEVERS_FLAGS  # LEVERS_FLAGS: e.g. --preset=cpu for a dry run
-  echo "=== upsample_levers: exit $?"
-  cp "$WORK/upsample_levers/upsample_levers.json" "$OUT/upsample_levers.json" 2>/dev/null; pack
-  XLA_FLAGS="${XLA_FLAGS:+$XLA_FLAGS }--xla_gpu_enable_triton_gemm=false" \
-    step w8_tf32_notriton 100 --numerics=tf32 $W8; pack
+  W8="--sides=jax --steps=w --batches=8 --steps_per_call=25 --compilation_cache=$WORK/xla_cache"
+  rm -rf "$WORK/xla_cache"
+  for nm in bf16 tf32; do
+    step w8_$nm 100 --numerics=$nm $W8; pack
+    step w8_${nm}_torgbmm 100 --numerics=$nm $W8 --torgb_method=matmul; pack
+    step w8_${nm}_last2 100 --numerics=$nm $W8 --up_method=polyphase_last2; pack
+  done
+  step w8_tf32_warmcache 80 --numerics=tf32 $W8; pack
   left=$((${CALL_LIMIT:-580} - SECONDS))
-  if [ $left -gt 60 ]; then profile prof_bf16 $left --preset=ffhq --batch=8 --numerics=bf16 --rounds=3 --calls=2; pack
-  else echo "=== prof_bf16: skipped, $left s left"; fi
+  if [ $left -gt 60 ]; then
+    profile prof_bf16_torgbmm $left --preset=ffhq --batch=8 --numerics=bf16 --torgb_method=matmul --rounds=3 --calls=2
+    pack
+  else echo "=== prof_bf16_torgbmm: skipped, $left s left"; fi
 fi
 # "next2" (about 6 minutes): Algorithm 2 end to end in TF32 (the bf16 mode's 19.3 s per image was timed),
-# with UP_METHOD (e.g. polyphase_last, if "next" found it faster), then the same in the bf16 mode in
-# what is left of the call (its limit may cut it).
+# with UP_METHOD and TORGB_METHOD (default: the library's), then the same in the bf16 mode in what is
+# left of the call (its limit may cut it).
 if [ "$PART" = next2 ]; then
-  UP="--up_method=${UP_METHOD:-transposed}"
-  ALG2_FLAGS="${ALG2_FLAGS:+$ALG2_FLAGS }$UP" alg2 alg2_tf32 420 float32; pack
+  M="--up_method=${UP_METHOD:-auto} --torgb_method=${TORGB_METHOD:-conv}"
+  ALG2_FLAGS="${ALG2_FLAGS:+$ALG2_FLAGS }$M" alg2 alg2_tf32 420 float32; pack
   left=$((${CALL_LIMIT:-580} - SECONDS))
-  if [ $left -gt 60 ] && [ "$UP" != "--up_method=transposed" ]; then
-    ALG2_FLAGS="${ALG2_FLAGS:+$ALG2_FLAGS }$UP" alg2 alg2_bf16 $left bfloat16; pack
-  else echo "=== alg2_bf16: skipped ($left s left, $UP)"; fi
+  if [ $left -gt 60 ]; then ALG2_FLAGS="${ALG2_FLAGS:+$ALG2_FLAGS }$M" alg2 alg2_bf16 $left bfloat16; pack
+  else echo "=== alg2_bf16: skipped ($left s left)"; fi
 fi
 if [ "$PART" = alg2 ]; then alg2 alg2 400 bfloat16; fi  # Algorithm 2 alone, batch 8 (about 5 minutes each)
 if [ "$PART" = alg2_tf32 ]; then alg2 alg2_tf32 400 float32; fi
