@@ -223,11 +223,37 @@ def modulated_matmul(x: jax.Array, weight: jax.Array, styles: jax.Array) -> jax.
     """`modulated_conv2d` of a 1x1 kernel without demodulation (ToRGB) as one matrix product per
     sample: x [N, H, W, I] times the modulated weights [N, I, O], which are small, so the activations
     are read once and never scaled in memory (issue 9's ToRGB lever). The same function as either
-    modulation form of the convolution, up to rounding."""
+    modulation form of the convolution, up to rounding. Returns at least float32 (the skip image's
+    dtype), accumulated so; the gradient (`_torgb_product`) takes the float32 cotangent as it is."""
     if weight.shape[:2] != (1, 1):
         raise ValueError(f"modulated_matmul: a 1x1 kernel is needed, got {weight.shape[0]}x{weight.shape[1]}")
-    w = weight[0, 0][None] * styles[:, :, None]  # [N, I, O], float32
-    return jnp.einsum("nhwi,nio->nhwo", x, w.astype(x.dtype))
+    return _torgb_product(x, weight[0, 0][None] * styles[:, :, None])  # [N, I, O] modulated, float32
+
+
+@jax.custom_vjp
+def _torgb_product(x: jax.Array, w: jax.Array) -> jax.Array:
+    """x [N, H, W, I] @ w [N, I, O] per sample, in x's dtype with a float32 (or wider) result. Its VJP
+    is written for few outputs (ToRGB's 3): the input gradient as O broadcast products, one elementwise
+    pass that reads the float32 cotangent and writes x's dtype (autodiff's would be a matrix product
+    with a float32 result, or a conversion pass over the cotangent first); the weight gradient as one
+    reduction of x times the cotangent over the pixels."""
+    return jnp.einsum("nhwi,nio->nhwo", x, w.astype(x.dtype), preferred_element_type=jnp.promote_types(x.dtype,
+                                                                                                       jnp.float32))
+
+
+def _torgb_product_fwd(x, w):
+    return _torgb_product(x, w), (x, w)
+
+
+def _torgb_product_bwd(res, g):
+    x, w = res
+    wg = w.astype(g.dtype)
+    dx = functools.reduce(jnp.add, [g[..., o:o + 1] * wg[:, None, None, :, o] for o in range(w.shape[-1])])
+    dw = jnp.sum(x.astype(g.dtype)[..., :, None] * g[..., None, :], axis=(1, 2))
+    return dx.astype(x.dtype), dw.astype(w.dtype)
+
+
+_torgb_product.defvjp(_torgb_product_fwd, _torgb_product_bwd)
 
 
 def modulated_conv2d(

@@ -7,6 +7,7 @@ import os
 import dataclasses
 
 import jax
+import jax.extend
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -17,10 +18,15 @@ from test_embed import assert_trees_equal, n_mse, targets, tiny_generator, w_mse
 
 
 def conv_dtypes(fn, *args, primitive: str = "conv_general_dilated") -> collections.Counter:
-    """{"in/kernel->out": count} over the convolutions (or other products) of fn's jaxpr."""
-    eqns = jax.make_jaxpr(fn)(*args).jaxpr.eqns
+    """{"in/kernel->out": count} over the convolutions (or other products) of fn's jaxpr, nested ones
+    (custom-gradient functions) included."""
+    def eqns(jaxpr):
+        for e in jaxpr.eqns:
+            yield e
+            for sub in jax.extend.core.jaxprs_in_params(e.params):
+                yield from eqns(sub)
     return collections.Counter(f"{e.invars[0].aval.dtype}/{e.invars[1].aval.dtype}->{e.outvars[0].aval.dtype}"
-                               for e in eqns if e.primitive.name == primitive)
+                               for e in eqns(jax.make_jaxpr(fn)(*args).jaxpr) if e.primitive.name == primitive)
 
 
 def rel(a, b) -> float:
@@ -42,9 +48,9 @@ def test_synthesis_convolves_in_bf16_and_returns_a_float32_image(fused_modconv, 
     bf16 = conv_dtypes(lambda w: synth(w, dtype="bfloat16"), ws)
     assert f32 == {"float32/float32->float32": n_conv}
     assert bf16 == {"bfloat16/bfloat16->bfloat16": n_conv}  # none promoted back to float32 on the way
-    if torgb_method == "matmul":  # one product per ToRGB layer, in bf16 too; the mapping's stay float32
+    if torgb_method == "matmul":  # one product per ToRGB layer, bf16 in and float32 out (the skip image's)
         mm = conv_dtypes(lambda w: synth(w, dtype="bfloat16"), ws, primitive="dot_general")
-        assert mm["bfloat16/bfloat16->bfloat16"] == len(cfg.block_resolutions)
+        assert mm["bfloat16/bfloat16->float32"] == len(cfg.block_resolutions)
     a = tiny_generator().synthesis(ws, fused_modconv=fused_modconv)  # the reference's up-sampling, float32
     b = G.synthesis(ws, fused_modconv=fused_modconv, dtype="bfloat16")
     assert b.dtype == jnp.float32
