@@ -261,9 +261,10 @@ def block_up_method(up_method: str, resolution: int, img_resolution: int) -> str
 
 # How the ToRGB layers (modulated 1x1 convolutions, 3 outputs) are computed, the same function (issue
 # 9's ToRGB lever): "conv" (the modulated convolution, as the reference) or "matmul" (one matrix product
-# per sample with modulated weights, `ops.modulated_matmul`). On the CPU XLA already lowers the 1x1
-# convolution to a matrix product (the same numbers); on an H200 in bf16 the 1024 block's ToRGB
-# convolution ran as 8 cuDNN kernels for 0.69 ms, where reading its input once takes about 0.12.
+# per sample with modulated weights and a hand-written gradient, `ops.modulated_matmul`). On the CPU it
+# was neutral to 6% slower; on an H200 in bf16 the 1024 block's ToRGB convolution ran as 8 cuDNN kernels
+# for 0.69 ms, where reading its input once takes about 0.12 (BUILD_NOTES.md, issue 9). Not yet timed on
+# a GPU, so "conv" stays the default.
 TORGB_METHODS = ("conv", "matmul")
 
 

@@ -237,8 +237,8 @@ def _torgb_product(x: jax.Array, w: jax.Array) -> jax.Array:
     pass that reads the float32 cotangent and writes x's dtype (autodiff's would be a matrix product
     with a float32 result, or a conversion pass over the cotangent first); the weight gradient as one
     reduction of x times the cotangent over the pixels."""
-    return jnp.einsum("nhwi,nio->nhwo", x, w.astype(x.dtype), preferred_element_type=jnp.promote_types(x.dtype,
-                                                                                                       jnp.float32))
+    out_dtype = jnp.promote_types(x.dtype, jnp.float32)
+    return jnp.einsum("nhwi,nio->nhwo", x, w.astype(x.dtype), preferred_element_type=out_dtype)
 
 
 def _torgb_product_fwd(x, w):

@@ -90,7 +90,8 @@ alg2() {  # NAME SECONDS DTYPE: Algorithm 2 timed end to end at batch 8
 # What the last lease left (it measured the former "next"/"next2" as "now"/"now2", docs/bench_h200/call5_*
 # and call6_*, and the former "next" as itself, call7_*: polyphase_last won and became the GPU default),
 # in two calls that each fit the device tool's 600 s per command, most needed first.
-# "next" (about 7 minutes): the W+ step at batch 8 in TF32 and in bf16, each three ways in the same call:
+# "next" (about 9 minutes with CALL_LIMIT=560): the W+ step at batch 8 in TF32 and in bf16, each three ways
+# in the same call:
 # as it is (Generator defaults: up_method auto = polyphase_last on a GPU, ToRGB as a convolution), the
 # ToRGB layers as one matrix product per image (--torgb_method=matmul), and the FIR folded in the last
 # two blocks (--up_method=polyphase_last2); every step with one persistent compilation cache (each is a
@@ -112,15 +113,16 @@ if [ "$PART" = next ]; then
     pack
   else echo "=== prof_bf16_torgbmm: skipped, $left s left"; fi
 fi
-# "next2" (about 6 minutes): Algorithm 2 end to end in TF32 (the bf16 mode's 19.3 s per image was timed),
-# with UP_METHOD and TORGB_METHOD (default: the library's), then the same in the bf16 mode in what is
-# left of the call (its limit may cut it).
+# "next2" (about 4-5 minutes in bf16, what is left of a lease after "next"): Algorithm 2 end to end in the
+# bf16 mode with UP_METHOD and TORGB_METHOD (default: the library's; the last timing, 19.3 s per image,
+# predates polyphase_last), then in TF32 if the call has the time (about 6 minutes more: a lease of its
+# own, or CALL_LIMIT raised).
 if [ "$PART" = next2 ]; then
   M="--up_method=${UP_METHOD:-auto} --torgb_method=${TORGB_METHOD:-conv}"
-  ALG2_FLAGS="${ALG2_FLAGS:+$ALG2_FLAGS }$M" alg2 alg2_tf32 420 float32; pack
+  ALG2_FLAGS="${ALG2_FLAGS:+$ALG2_FLAGS }$M" alg2 alg2_bf16 300 bfloat16; pack
   left=$((${CALL_LIMIT:-580} - SECONDS))
-  if [ $left -gt 60 ]; then ALG2_FLAGS="${ALG2_FLAGS:+$ALG2_FLAGS }$M" alg2 alg2_bf16 $left bfloat16; pack
-  else echo "=== alg2_bf16: skipped ($left s left)"; fi
+  if [ $left -gt 360 ]; then ALG2_FLAGS="${ALG2_FLAGS:+$ALG2_FLAGS }$M" alg2 alg2_tf32 $left float32; pack
+  else echo "=== alg2_tf32: skipped ($left s left; it needs about 6 minutes)"; fi
 fi
 if [ "$PART" = alg2 ]; then alg2 alg2 400 bfloat16; fi  # Algorithm 2 alone, batch 8 (about 5 minutes each)
 if [ "$PART" = alg2_tf32 ]; then alg2 alg2_tf32 400 float32; fi
