@@ -90,36 +90,43 @@ alg2() {  # NAME SECONDS DTYPE: Algorithm 2 timed end to end at batch 8
 # What the last lease left (it measured the former "next"/"next2" as "now"/"now2", docs/bench_h200/call5_*
 # and call6_*, and the former "next" as itself, call7_*: polyphase_last won and became the GPU default),
 # in two calls that each fit the device tool's 600 s per command, most needed first.
-# "next" (about 9 minutes with CALL_LIMIT=560): the W+ step at batch 8 in TF32 and in bf16, each three ways
-# in the same call:
+# "next" (about 8 minutes): the W+ step at batch 8 in bf16 and in TF32, each three ways in the same call:
 # as it is (Generator defaults: up_method auto = polyphase_last on a GPU, ToRGB as a convolution), the
 # ToRGB layers as one matrix product per image (--torgb_method=matmul), and the FIR folded in the last
-# two blocks (--up_method=polyphase_last2); every step with one persistent compilation cache (each is a
-# new program, so each compiles cold), then the TF32 step as it is once more, from that cache: the first
-# call a later run pays (the commands keep such a cache); then the bf16 kernel profile of the ToRGB lever,
-# in what is left of the call.
+# two blocks (--up_method=polyphase_last2); then the TF32 step as it is with XLA's LLVM module compiled
+# in parallel parts (--xla_gpu_enable_llvm_module_compilation_parallelism=true: for the compile goal;
+# every step here compiles cold, no persistent cache); then, if CALL_LIMIT leaves a minute, the bf16
+# kernel profile of the ToRGB lever.
 if [ "$PART" = next ]; then
-  W8="--sides=jax --steps=w --batches=8 --steps_per_call=25 --compilation_cache=$WORK/xla_cache"
-  rm -rf "$WORK/xla_cache"
+  W8="--sides=jax --steps=w --batches=8 --steps_per_call=25"
   for nm in bf16 tf32; do
     step w8_$nm 100 --numerics=$nm $W8; pack
     step w8_${nm}_torgbmm 100 --numerics=$nm $W8 --torgb_method=matmul; pack
     step w8_${nm}_last2 100 --numerics=$nm $W8 --up_method=polyphase_last2; pack
   done
-  step w8_tf32_warmcache 80 --numerics=tf32 $W8; pack
+  XLA_FLAGS="${XLA_FLAGS:+$XLA_FLAGS }--xla_gpu_enable_llvm_module_compilation_parallelism=true" \
+    step w8_tf32_llvmpar 100 --numerics=tf32 $W8; pack
   left=$((${CALL_LIMIT:-580} - SECONDS))
   if [ $left -gt 60 ]; then
     profile prof_bf16_torgbmm $left --preset=ffhq --batch=8 --numerics=bf16 --torgb_method=matmul --rounds=3 --calls=2
     pack
   else echo "=== prof_bf16_torgbmm: skipped, $left s left"; fi
 fi
-# "next2" (about 4-5 minutes in bf16, what is left of a lease after "next"): Algorithm 2 end to end in the
-# bf16 mode with UP_METHOD and TORGB_METHOD (default: the library's; the last timing, 19.3 s per image,
-# predates polyphase_last), then in TF32 if the call has the time (about 6 minutes more: a lease of its
-# own, or CALL_LIMIT raised).
+# "next2" (about 6 minutes, what a 900 s lease has left after "next"): Algorithm 2 end to end in the bf16
+# mode with UP_METHOD and TORGB_METHOD (default: the library's; the last timing, 19.3 s per image,
+# predates polyphase_last); then the TF32 W+ step twice with one persistent compilation cache, cold then
+# from the cache (the first call a later run pays: the commands keep such a cache); then Algorithm 2 in
+# TF32 if the call has about 6 minutes left (a lease of its own, or CALL_LIMIT raised).
 if [ "$PART" = next2 ]; then
   M="--up_method=${UP_METHOD:-auto} --torgb_method=${TORGB_METHOD:-conv}"
   ALG2_FLAGS="${ALG2_FLAGS:+$ALG2_FLAGS }$M" alg2 alg2_bf16 300 bfloat16; pack
+  left=$((${CALL_LIMIT:-580} - SECONDS))
+  if [ $left -gt 110 ]; then
+    rm -rf "$WORK/xla_cache"
+    C="--numerics=tf32 --sides=jax --steps=w --batches=8 --steps_per_call=25 --compilation_cache=$WORK/xla_cache"
+    step w8_tf32_cache_cold 75 $C; pack
+    step w8_tf32_cache_hit 45 $C; pack
+  else echo "=== w8_tf32_cache_*: skipped ($left s left)"; fi
   left=$((${CALL_LIMIT:-580} - SECONDS))
   if [ $left -gt 360 ]; then ALG2_FLAGS="${ALG2_FLAGS:+$ALG2_FLAGS }$M" alg2 alg2_tf32 $left float32; pack
   else echo "=== alg2_tf32: skipped ($left s left; it needs about 6 minutes)"; fi
