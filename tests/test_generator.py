@@ -188,17 +188,36 @@ def test_generator_is_reverse_mode_only_as_documented(G, ws):
         jax.jvp(img, (ws,), (jnp.ones_like(ws),))
 
 
-def _dilated_convs(fn, *args) -> int:
-    """How many convolutions of fn's jaxpr dilate their input (the transposed convolution's form)."""
+def _convs(fn, *args, dilated: bool = False) -> int:
+    """How many convolutions fn's jaxpr holds (dilated: only those that dilate their input, the
+    transposed convolution's form), nested jaxprs included."""
     def count(jaxpr):
         n = 0
         for eqn in jaxpr.eqns:
-            if eqn.primitive.name == "conv_general_dilated" and tuple(eqn.params["lhs_dilation"]) != (1, 1):
+            if eqn.primitive.name == "conv_general_dilated" and (
+                    not dilated or tuple(eqn.params["lhs_dilation"]) != (1, 1)):
                 n += 1
             for sub in jax.extend.core.jaxprs_in_params(eqn.params):
                 n += count(sub)
         return n
     return count(jax.make_jaxpr(fn)(*args).jaxpr)
+
+
+def _dilated_convs(fn, *args) -> int:
+    return _convs(fn, *args, dilated=True)
+
+
+def _assert_same_function(G, G2, ws):
+    """G2 (another way of computing G) gives G's image in both modulation forms and G's W+ gradient, and a
+    jitted function of the generator compiles once for each (the setting is static: in G's treedef)."""
+    assert jax.tree_util.tree_structure(G2) != jax.tree_util.tree_structure(G)
+    for fused in (False, True):
+        np.testing.assert_allclose(G2.synthesis(ws, fused_modconv=fused), G.synthesis(ws, fused_modconv=fused),
+                                   atol=ATOL_F32)
+    loss = jax.jit(jax.grad(lambda g, w: jnp.sum(jnp.square(g.synthesis(w, fused_modconv=False))), argnums=1))
+    g_ref, g_2 = loss(G, ws), loss(G2, ws)
+    np.testing.assert_allclose(g_2, g_ref, atol=1e-5 * float(jnp.abs(g_ref).max()))
+    assert loss._cache_size() == 2
 
 
 @pytest.mark.parametrize("groups", [1, 3])
@@ -228,31 +247,16 @@ def test_polyphase_up_convolution_is_the_reference(groups, f):
     assert taps.shape[0] == 2 and taps.shape[2] == 3 and taps.shape[1] % 2 == 1
 
 
-def _convs(fn, *args) -> int:
-    """How many convolutions fn's jaxpr holds."""
-    def count(jaxpr):
-        return sum((eqn.primitive.name == "conv_general_dilated")
-                   + sum(count(sub) for sub in jax.extend.core.jaxprs_in_params(eqn.params)) for eqn in jaxpr.eqns)
-    return count(jax.make_jaxpr(fn)(*args).jaxpr)
-
-
 def test_generator_torgb_method_is_static_and_the_same_function(G, ws):
     """Generator.torgb_method="matmul" (issue 9's ToRGB lever) computes every ToRGB layer as one matrix
     product per sample, not a convolution, and is the same function: image and W+ gradient equal the
     reference's in both modulation forms; static (G's treedef), so compiled programs key on it."""
     Gm = G.replace(torgb_method="matmul")
     assert G.torgb_method == "conv"
-    assert jax.tree_util.tree_structure(Gm) != jax.tree_util.tree_structure(G)
     img = lambda g: (lambda w: g.synthesis(w, fused_modconv=False))  # noqa: E731
     n_torgb = len(TINY.block_resolutions)
     assert _convs(img(G), ws) - _convs(img(Gm), ws) == n_torgb  # every ToRGB, nothing else
-    for fused in (False, True):
-        np.testing.assert_allclose(Gm.synthesis(ws, fused_modconv=fused), G.synthesis(ws, fused_modconv=fused),
-                                   atol=ATOL_F32)
-    loss = jax.jit(jax.grad(lambda g, w: jnp.sum(jnp.square(g.synthesis(w, fused_modconv=False))), argnums=1))
-    g_ref, g_mm = loss(G, ws), loss(Gm, ws)
-    np.testing.assert_allclose(g_mm, g_ref, atol=1e-5 * float(jnp.abs(g_ref).max()))
-    assert loss._cache_size() == 2
+    _assert_same_function(G, Gm, ws)
     with pytest.raises(ValueError, match=r"torgb_method='dense': use one of \('conv', 'matmul'\)"):
         G.replace(torgb_method="dense").synthesis(ws)
 
@@ -292,14 +296,7 @@ def test_generator_up_method_is_static_and_the_same_function(G, ws):
     takes G retraces for it (a stale program would be the other method); unknown methods are named."""
     from i2spp_jax import ops
     Gp = G.replace(up_method="polyphase")
-    assert jax.tree_util.tree_structure(Gp) != jax.tree_util.tree_structure(G)  # static: part of the treedef
-    for fused in (False, True):
-        np.testing.assert_allclose(Gp.synthesis(ws, fused_modconv=fused), G.synthesis(ws, fused_modconv=fused),
-                                   atol=ATOL_F32)
-    loss = jax.jit(jax.grad(lambda g, w: jnp.sum(jnp.square(g.synthesis(w, fused_modconv=False))), argnums=1))
-    g_ref, g_poly = loss(G, ws), loss(Gp, ws)
-    np.testing.assert_allclose(g_poly, g_ref, atol=1e-5 * float(jnp.abs(g_ref).max()))
-    assert loss._cache_size() == 2
+    _assert_same_function(G, Gp, ws)
     img = lambda g: (lambda w: g.synthesis(w, fused_modconv=False))  # noqa: E731
     n_up = len(TINY.block_resolutions) - 1
     G_last = G.replace(up_method="polyphase_last")  # the last block only
