@@ -454,10 +454,7 @@ def main(argv):
         inputs = json.load(open(os.path.join(F.out, "inputs.json")))
         if F.role == "jax":
             if F.compilation_cache:
-                import jax
-
-                jax.config.update("jax_compilation_cache_dir", os.path.abspath(F.compilation_cache))
-                jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
+                cli.use_compilation_cache(os.path.abspath(F.compilation_cache))
             return serve(JaxSide(s, inputs, F.batch))
         from experiments import benchmark_official as official
 

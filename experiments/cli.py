@@ -82,6 +82,13 @@ def compilation_cache_dir() -> str:
     return os.path.join(root, "xla")
 
 
+def use_compilation_cache(path: str) -> None:
+    """JAX's persistent compilation cache in `path`, for every program that takes a second or more to
+    compile (set before the first compile)."""
+    jax.config.update("jax_compilation_cache_dir", path)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
+
+
 def _fail(message: str) -> None:
     one_line = " ".join(part.strip() for part in str(message).splitlines() if part.strip())
     print(f"error: {one_line}", file=sys.stderr, flush=True)
@@ -105,8 +112,7 @@ def run(main: Callable[[list[str]], Any], *, persistent_cache: bool = True, keep
 
     def guarded(argv):
         if persistent_cache:
-            jax.config.update("jax_compilation_cache_dir", compilation_cache_dir())
-            jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
+            use_compilation_cache(compilation_cache_dir())
         try:
             return main(argv)
         except USER_ERRORS as e:

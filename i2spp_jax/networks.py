@@ -303,6 +303,7 @@ class SynthesisNetwork(nn.Module):
         ws = ws.astype(_at_least_f32(ws))
         x = img = None
         w_idx = noise_idx = 0
+        torgb_method = check_torgb_method(self.torgb_method)
         for i, res in enumerate(resolutions):
             block = SynthesisBlock(
                 in_channels=0 if i == 0 else self.channels[i - 1],
@@ -312,7 +313,7 @@ class SynthesisNetwork(nn.Module):
                 conv_clamp=self.conv_clamp,
                 resample_filter=self.resample_filter,
                 up_method=block_up_method(self.up_method, res, self.img_resolution),
-                torgb_method=check_torgb_method(self.torgb_method),
+                torgb_method=torgb_method,
                 name=f"b{res}",
             )
             num_conv = 1 if i == 0 else 2

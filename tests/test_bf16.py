@@ -43,8 +43,8 @@ def test_synthesis_convolves_in_bf16_and_returns_a_float32_image(fused_modconv, 
     ws = G.w_avg + 0.5 * jax.random.normal(jax.random.PRNGKey(1), (2, G.num_ws, G.w_dim))
     synth = lambda w, **kw: generator.synthesis(cfg, G.params, w, fused_modconv=fused_modconv,  # noqa: E731
                                                  up_method=up_method, torgb_method=torgb_method, **kw)
-    n_conv = sum(conv_dtypes(synth, ws).values())
     f32 = conv_dtypes(synth, ws)
+    n_conv = sum(f32.values())
     bf16 = conv_dtypes(lambda w: synth(w, dtype="bfloat16"), ws)
     assert f32 == {"float32/float32->float32": n_conv}
     assert bf16 == {"bfloat16/bfloat16->bfloat16": n_conv}  # none promoted back to float32 on the way
