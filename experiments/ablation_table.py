@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import i2spp_jax
-from experiments.reconstruct import hidden_target
+from experiments.presets import hidden_target
 from i2spp_jax import embed, metrics
 
 

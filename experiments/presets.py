@@ -1,7 +1,11 @@
 """The embedding commands' presets (experiments.reconstruct, experiments.embed_folder): how many
-iterations of each phase, and the resolution VGG sees, unless the flags say otherwise."""
+iterations of each phase, and the resolution VGG sees, unless the flags say otherwise; and the
+demo's target with a known answer (`hidden_target`)."""
 
 from typing import Optional
+
+import jax
+import jax.numpy as jnp
 
 from i2spp_jax import checkpoint
 
@@ -80,3 +84,12 @@ def run_settings(cfg, exclude=()) -> dict:
         settings.pop("compute_dtype")
         settings.pop("float32_tail", None)
     return settings
+
+
+def hidden_target(G, truth_seed: int, psi: float = 1.0):
+    """The demo's true answer: ws from z ~ N(0, I) (seed), noise ~ N(0, I) (seed + 1), its image."""
+    z = jax.random.normal(jax.random.PRNGKey(truth_seed), (1, G.z_dim))
+    ws = G.mapping(z, truncation_psi=psi)
+    noise = G.make_noise(jax.random.PRNGKey(truth_seed + 1))
+    img = jnp.clip(G.synthesis(ws, noise=noise), -1, 1)
+    return ws[0], noise, img[0]

@@ -47,7 +47,7 @@ import numpy as np
 from absl import flags, logging
 
 from experiments import cli, presets
-from experiments.presets import PRESETS  # noqa: F401 (re-exported)
+from experiments.presets import PRESETS, hidden_target  # noqa: F401 (re-exported)
 from i2spp_jax import checkpoint, embed, io, plots
 from i2spp_jax.generator import GeneratorConfig
 
@@ -85,15 +85,6 @@ def _resolve(cfg: ReconstructConfig, G) -> tuple[str, int, int, Optional[int]]:
     return presets.resolve(cfg.preset, cfg.generator, G.img_resolution, w_steps=cfg.w_steps,
                            noise_steps=cfg.noise_steps, resize_to=cfg.resize_to)
 
-
-
-def hidden_target(G, truth_seed: int, psi: float = 1.0):
-    """The demo's true answer: ws from z ~ N(0, I) (seed), noise ~ N(0, I) (seed + 1), its image."""
-    z = jax.random.normal(jax.random.PRNGKey(truth_seed), (1, G.z_dim))
-    ws = G.mapping(z, truncation_psi=psi)
-    noise = G.make_noise(jax.random.PRNGKey(truth_seed + 1))
-    img = jnp.clip(G.synthesis(ws, noise=noise), -1, 1)
-    return ws[0], noise, img[0]
 
 
 def _quality(img, target):

@@ -113,6 +113,65 @@ def test_bf16_mode_runs_its_float32_tail_in_float32():
     np.testing.assert_allclose(half.history["loss"], f32.history["loss"], rtol=0.03)
 
 
+def test_bf16_mode_runs_its_float32_head_in_float32():
+    """float32_head=0.25 on an 8-iteration phase: iterations 0-1 are the float32 run's bit for bit,
+    2-5 run in bf16, 6-7 are the float32 tail; a multi-step dispatch stops at both switches."""
+    G = tiny_generator()
+    x = targets(G, 2)
+    v0 = embed.initial_variables(G, 2, w_init="uniform", seed=1)
+    phases = (w_mse(8),)
+    f32 = run(G, x, v0, phases)
+    both = run(G, x, v0, phases, compute_dtype="bfloat16", float32_tail=0.25, float32_head=0.25)
+    assert [(p.float32_head_steps, p.float32_steps) for p in both.phases] == [(2, 2)]
+    loss = {"f32": f32.history["loss"], "both": both.history["loss"]}
+    np.testing.assert_array_equal(both.history["loss"][:2], f32.history["loss"][:2])
+    # iteration 2 starts from the float32 run's variables, so only bf16's rounding tells it apart
+    assert not np.allclose(both.history["loss"][2], f32.history["loss"][2], rtol=1e-5), loss
+    tail_only = run(G, x, v0, phases, compute_dtype="bfloat16", float32_tail=0.25)
+    assert not np.array_equal(tail_only.history["loss"][:2], f32.history["loss"][:2])  # no head there
+    scan = run(G, x, v0, phases, compute_dtype="bfloat16", float32_tail=0.25, float32_head=0.25, steps_per_call=3)
+    np.testing.assert_array_equal(scan.history["loss"][:2], f32.history["loss"][:2])
+    np.testing.assert_allclose(scan.history["loss"], both.history["loss"], rtol=1e-5)
+    with pytest.raises(ValueError, match="float32_head"):
+        run(G, x, v0, phases, compute_dtype="bfloat16", float32_tail=0.5, float32_head=0.6)
+    with pytest.raises(ValueError, match="float32_head_steps"):
+        dataclasses.replace(embed.W_l(10), compute_dtype="bfloat16", float32_steps=5, float32_head_steps=6)
+    # a float32 run has neither head nor tail
+    assert [(p.float32_head_steps, p.float32_steps) for p in run(G, x, v0, phases, compute_dtype="float32",
+                                                                 float32_head=0.5).phases] == [(0, 0)]
+
+
+def test_vgg_dtype_keeps_vgg_float32_beside_a_bf16_generator():
+    """Phase.vgg_dtype="float32": VGG16's features (of the targets, and of G's image in the step) are
+    the float32 ones bit for bit, while G still renders in bf16."""
+    from i2spp_jax.engine import step as step_lib
+
+    G = tiny_generator()
+    vgg = vgg_lib.random_vgg16(jax.random.PRNGKey(0))
+    x = targets(G, 2)
+    base = embed.W_l(4, percept=1.0, resize_to=32)
+    low = dataclasses.replace(base, compute_dtype="bfloat16")
+    mixed = dataclasses.replace(low, vgg_dtype="float32")
+    feats = {name: step_lib.target_features(vgg, x, x, p) for name, p in
+             (("f32", base), ("bf16", low), ("mixed", mixed))}
+    assert_trees_equal(feats["mixed"], feats["f32"])
+    assert not np.allclose(feats["bf16"]["x"]["conv1_1"], feats["f32"]["x"]["conv1_1"], rtol=1e-5)
+    # in the step: the generator's convolutions bf16, VGG's float32
+    v0 = embed.initial_variables(G, 1, seed=1)
+    v1 = jax.tree.map(lambda a: a[0], v0)
+    opt = step_lib.make_optimizer(mixed).init(v1)
+    masks = jax.tree.map(lambda a: a[0], embed.make_masks(G, 1))
+    f1 = jax.tree.map(lambda a: a[0], feats["mixed"])
+    fn = lambda v: step_lib.step(v, opt, G, vgg, x[0], x[0], masks, None, f1, phase=mixed)[2]["loss"]  # noqa: E731
+    n_g = sum(conv_dtypes(lambda w: G.synthesis(w), v0["w_plus"]).values())
+    dtypes = conv_dtypes(fn, v1)
+    assert dtypes["bfloat16/bfloat16->bfloat16"] >= n_g  # G (forward; its backward is not traced by make_jaxpr)
+    assert dtypes["float32/float32->float32"] > 0  # VGG
+    assert set(dtypes) == {"bfloat16/bfloat16->bfloat16", "float32/float32->float32"}
+    with pytest.raises(ValueError, match="vgg_dtype"):
+        dataclasses.replace(base, vgg_dtype="float16")
+
+
 def test_bf16_settings_are_checked():
     with pytest.raises(ValueError, match="compute_dtype"):
         dataclasses.replace(embed.W_l(10), compute_dtype="float16")
@@ -137,14 +196,15 @@ def test_reconstruct_runs_and_records_the_bf16_mode(tmp_path):
 
 
 def test_float32_runs_keep_the_fingerprints_of_earlier_versions():
-    """Phase gained compute_dtype and float32_steps: at their float32 values a phase's key is the repr
+    """Phase gained compute_dtype, float32_steps, float32_head_steps and vgg_dtype: at their float32 values a phase's key is the repr
     an earlier version wrote into run.json and checkpoints, so that its runs resume; a bf16 phase's
     key names them. The same for the commands' settings."""
     from experiments import presets
     from experiments.reconstruct import ReconstructConfig
 
     for p in (embed.W_l(10), embed.Mk_n(5, masks="known", y="previous")):
-        assert embed.phase_key(p) == repr(p).replace(", compute_dtype='float32', float32_steps=0", "")
+        assert embed.phase_key(p) == repr(p).replace(
+            ", compute_dtype='float32', float32_steps=0, float32_head_steps=0, vgg_dtype=None", "")
         assert "compute_dtype" not in embed.phase_key(p)
         low = dataclasses.replace(p, compute_dtype="bfloat16", float32_steps=1)
         assert "compute_dtype='bfloat16', float32_steps=1" in embed.phase_key(low)

@@ -154,7 +154,7 @@ def embed(G: Generator, target_x, *, phases: Sequence[Phase], init_vars: Vars, t
           checkpoint_every: int = 0, on_phase_end: Optional[Callable[[int, Vars], None]] = None,
           callback: Optional[Callable[[int, dict], None]] = None,
           steps_per_call: Optional[int] = None, mesh: Optional[jax.sharding.Mesh] = None,
-          compute_dtype: Optional[str] = None, float32_tail: float = 0.1) -> EmbedResult:
+          compute_dtype: Optional[str] = None, float32_tail: float = 0.1, float32_head: float = 0.0) -> EmbedResult:
     """Runs `phases` in order on a batch of images, each with its own target, masks and start.
 
     Args:
@@ -186,17 +186,21 @@ def embed(G: Generator, target_x, *, phases: Sequence[Phase], init_vars: Vars, t
       compute_dtype: "bfloat16" runs every phase in the bf16 mode (`Phase.compute_dtype`: G's and
         VGG's convolutions in bfloat16; variables, Adam, losses and metrics in float32) except its
         last `float32_tail` fraction of iterations (`Phase.float32_steps`), which run in float32 with
-        the same optimiser state; "float32" runs every phase in float32; None = each phase's own.
+        the same optimiser state, and its first `float32_head` fraction (`Phase.float32_head_steps`),
+        also in float32; "float32" runs every phase in float32; None = each phase's own.
     Raises:
       NonFiniteLossError: the loss or the variables became NaN/inf (the last good checkpoint stays).
     """
     phases = tuple(phases)
     if compute_dtype is not None:
-        if not 0 <= float32_tail <= 1:
-            raise ValueError(f"float32_tail must be in [0, 1], got {float32_tail}")
-        tail = float32_tail if compute_dtype != "float32" else 0.0
+        if not (0 <= float32_tail <= 1 and 0 <= float32_head <= 1 - float32_tail):
+            raise ValueError(f"float32_tail and float32_head must be in [0, 1] with a sum <= 1, got "
+                             f"{float32_tail} and {float32_head}")
+        low = compute_dtype != "float32"
         phases = tuple(dataclasses.replace(p, compute_dtype=compute_dtype,
-                                           float32_steps=int(round(tail * p.num_steps))) for p in phases)
+                                           float32_steps=int(round(float32_tail * p.num_steps)) if low else 0,
+                                           float32_head_steps=int(float32_head * p.num_steps) if low else 0)
+                       for p in phases)
     B = _check_vars(G, init_vars)
     target_x = _check_targets(G, target_x, "target_x", B)
     target_y = target_x if target_y is None else _check_targets(G, target_y, "target_y", B)
@@ -259,14 +263,17 @@ def embed(G: Generator, target_x, *, phases: Sequence[Phase], init_vars: Vars, t
             # XLA cannot split the grouped convolution's groups over devices (it fails to compile,
             # jax 0.10.2): a batch split over devices always modulates activations.
             grouped = modconv_for(phase, B, jax.default_backend()) and (mesh is None or mesh.size == 1)
-            # The phase's iterations before `switch` run in its compute dtype, the rest in float32.
-            switch = phase.num_steps - phase.float32_steps if phase.compute_dtype != "float32" else phase.num_steps
+            # The phase's iterations in [head, switch) run in its compute dtype, the others in float32.
+            low_dtype = phase.compute_dtype != "float32"
+            head = phase.float32_head_steps if low_dtype else 0
+            switch = phase.num_steps - phase.float32_steps if low_dtype else phase.num_steps
             programs = {}
 
-            def program(low: bool):  # (step settings, data) of the bf16 part or the float32 tail
+            def program(low: bool):  # (step settings, data) of the bf16 part or the float32 head and tail
                 if low not in programs:
-                    run = dataclasses.replace(phase, fused_modconv=grouped, float32_steps=0,
-                                              compute_dtype=phase.compute_dtype if low else "float32")
+                    run = dataclasses.replace(phase, fused_modconv=grouped, float32_steps=0, float32_head_steps=0)
+                    if not low:
+                        run = dataclasses.replace(run, compute_dtype="float32", vgg_dtype=None)
                     feats = step_lib.target_features(vgg, x, y, run)  # once per phase: the targets are fixed
                     programs[low] = run, (G, vgg, x, y, masks, edits, feats)
                 return programs[low]
@@ -274,9 +281,10 @@ def embed(G: Generator, target_x, *, phases: Sequence[Phase], init_vars: Vars, t
             first_call = True
             while t < starts[pi + 1]:
                 s = t - starts[pi]
-                run_as, data = program(s < switch)
+                run_as, data = program(head <= s < switch)
                 to_event = _to_next_event(s, t, phase.num_steps, log_every, checkpoint_every)
-                to_event = min(to_event, switch - s) if s < switch else to_event
+                for edge in (head, switch):  # one program per dispatch
+                    to_event = min(to_event, edge - s) if s < edge else to_event
                 k = chunk if to_event >= chunk else 1
                 if k > 1:
                     vars, opt_state, ms = step_lib.compiled_steps(run_as, k)(vars, opt_state, *data)

@@ -49,6 +49,12 @@ class Phase:
     # optimiser state), so that the result is a float32 optimum (bf16 alone stops ~0.5 dB short on W+
     # and far short on the noise maps: BUILD_NOTES.md, issue 9).
     float32_steps: int = 0
+    # With compute_dtype "bfloat16": the phase's first float32_head_steps iterations run in float32
+    # too, where the optimisation picks its basin (BUILD_NOTES.md, "float32 head").
+    float32_head_steps: int = 0
+    # VGG16's dtype in this phase: None = compute_dtype's; "float32" keeps the perceptual and style
+    # terms float32 in the bf16 mode (G alone in bf16).
+    vgg_dtype: Optional[str] = None
 
     def __post_init__(self):
         if self.x not in ("x", "y"):
@@ -65,13 +71,19 @@ class Phase:
         if not 0 <= self.float32_steps <= self.num_steps:
             raise ValueError(f"phase {self.name}: float32_steps must be in [0, num_steps={self.num_steps}], "
                              f"got {self.float32_steps}")
+        if not 0 <= self.float32_head_steps <= self.num_steps - self.float32_steps:
+            raise ValueError(f"phase {self.name}: float32_head_steps must be in [0, num_steps - float32_steps = "
+                             f"{self.num_steps - self.float32_steps}], got {self.float32_head_steps}")
+        if self.vgg_dtype not in (None,) + COMPUTE_DTYPES:
+            raise ValueError(f"phase {self.name}: vgg_dtype must be None or one of {COMPUTE_DTYPES}, "
+                             f"got {self.vgg_dtype!r}")
         if not (self.update_w or self.update_noise):
             raise ValueError(f"phase {self.name} updates nothing: set update_w and/or update_noise")
 
 
 # Fields added to Phase after runs were first checkpointed, with the value that means "as before".
 # `phase_key` leaves them out at that value, so that a run started by an earlier version resumes.
-ADDED_LATER = {"compute_dtype": "float32", "float32_steps": 0}
+ADDED_LATER = {"compute_dtype": "float32", "float32_steps": 0, "float32_head_steps": 0, "vgg_dtype": None}
 
 
 def phase_key(phase: Phase) -> str:

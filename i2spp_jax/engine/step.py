@@ -113,7 +113,8 @@ def compiled_step(phase: Phase):
 
 def _program_key(phase: Phase) -> Phase:
     """`phase` without the settings that do not enter its programs (length, name, data sources)."""
-    return dataclasses.replace(phase, num_steps=0, float32_steps=0, name="", masks="", y="y", x="x")
+    return dataclasses.replace(phase, num_steps=0, float32_steps=0, float32_head_steps=0, name="", masks="", y="y",
+                               x="x")
 
 
 @functools.lru_cache(maxsize=None)
@@ -177,10 +178,12 @@ def target_features(vgg, target_x: jax.Array, target_y: jax.Array, phase: Phase)
 
 
 def _vgg_in(vgg, phase: Phase):
-    """VGG16 computing in the phase's dtype (its features of G's image and of the targets alike)."""
-    if vgg is None or getattr(vgg, "compute_dtype", phase.compute_dtype) == phase.compute_dtype:
+    """VGG16 computing in the phase's VGG dtype (vgg_dtype, else compute_dtype), for its features of
+    G's image and of the targets alike."""
+    dtype = phase.vgg_dtype or phase.compute_dtype
+    if vgg is None or getattr(vgg, "compute_dtype", dtype) == dtype:
         return vgg
-    return vgg.replace(compute_dtype=phase.compute_dtype)
+    return vgg.replace(compute_dtype=dtype)
 
 
 @functools.partial(jax.jit, static_argnums=(3, 4))

@@ -1,0 +1,47 @@
+"""experiments.bf16_accuracy: the float32 row is reconstruct's W+ phase bit for bit; the control only
+changes rounding; finished runs are kept and reread; other settings are refused."""
+
+import json
+import os
+
+import pytest
+
+from experiments import bf16_accuracy as A
+from experiments import cli
+from experiments import reconstruct as R
+
+SETTINGS = A.Settings(w_steps=6, resize_to=32, head=0.5, tail=0.2)
+
+
+def test_sweep_rows_resume_and_refusal(tmp_path):
+    out = str(tmp_path / "acc")
+    lines = []
+    text, summary = A.sweep(out, SETTINGS, [0], ["float32_rounding", "bfloat16_head"], vgg="random",
+                            log=lines.append)
+    runs = {r["variant"]: r for r in json.load(open(os.path.join(out, "summary.json")))["runs"]}
+    assert list(runs) == ["float32", "float32_rounding", "bfloat16_head"]  # float32 always, first
+    assert "float32_head_steps=3" in runs["bfloat16_head"]["phase"] and "float32_steps=1" in runs["bfloat16_head"]["phase"]
+    assert runs["float32"]["up_method"] != runs["float32_rounding"]["up_method"]
+    for name in ("rendered", "real"):
+        ref = runs["float32"]["psnr"][name]
+        # the control: other rounding, the same optimisation
+        assert runs["float32_rounding"]["psnr"][name] != ref
+        assert abs(runs["float32_rounding"]["psnr"][name] - ref) < 0.05
+        assert summary[name]["bfloat16_head"]["deltas"] == [runs["bfloat16_head"]["psnr"][name] - ref]
+    assert "| 0 | rendered |" in text and "| mean / worst | real |" in text
+
+    # the float32 row is reconstruct's W+ phase with --noise_steps=0, seed 0, truth seed 123
+    cfg = R.ReconstructConfig(out=str(tmp_path / "rec"), vgg="random", w_steps=6, noise_steps=0, resize_to=32,
+                              seed=0, truth_seed=123, log_every=0)
+    m = R.reconstruct(cfg, log=lambda _: None)
+    for name in ("rendered", "real"):
+        assert m["targets"][name]["per_phase"][0]["psnr"] == pytest.approx(runs["float32"]["psnr"][name], abs=1e-6)
+
+    # again: the finished runs are read back, not run
+    lines.clear()
+    again, _ = A.sweep(out, SETTINGS, [0], ["float32_rounding", "bfloat16_head"], vgg="random", log=lines.append)
+    assert again == text and not [line for line in lines if "seed 0:" in line]
+    with pytest.raises(cli.UserError, match="w_steps"):
+        A.sweep(out, A.Settings(w_steps=7, resize_to=32, head=0.5, tail=0.2), [0], [], vgg="random")
+    with pytest.raises(cli.UserError, match="unknown bf16"):
+        A.sweep(out, SETTINGS, [0], ["bf16"], vgg="random")
