@@ -34,7 +34,7 @@ def resolve(preset: Optional[str], generator: str, resolution: int, *, w_steps: 
 def define_flags(defaults, *, schedule_help: str = "phase order") -> None:
     """The flags of an embedding command that pick its preset and its phases (--paper, --smoke,
     --schedule, --w_steps, --noise_steps, --w_lr, --w_optimizer, --noise_lr, --percept,
-    --resize_to, --vgg, --noise_init, --compute_dtype, --float32_tail), defaulting to `defaults` (the command's config)."""
+    --resize_to, --vgg, --noise_init, --compute_dtype, --float32_tail, --float32_head), defaulting to `defaults` (the command's config)."""
     from absl import flags
 
     from i2spp_jax import embed
@@ -57,6 +57,8 @@ def define_flags(defaults, *, schedule_help: str = "phase order") -> None:
                       "Adam and losses stay float32; results are rendered in float32)")
     flags.DEFINE_float("float32_tail", defaults.float32_tail, "with --compute_dtype=bfloat16: the fraction of each "
                        "phase's iterations, at its end, that runs in float32", lower_bound=0.0, upper_bound=1.0)
+    flags.DEFINE_float("float32_head", defaults.float32_head, "with --compute_dtype=bfloat16: the fraction of each "
+                       "phase's iterations, at its start, that runs in float32", lower_bound=0.0, upper_bound=1.0)
 
 
 def from_flags(FLAGS, defaults) -> dict:
@@ -66,23 +68,30 @@ def from_flags(FLAGS, defaults) -> dict:
 
     if FLAGS.paper and FLAGS.smoke:
         raise cli.UserError("--paper and --smoke exclude each other: give one")
+    if FLAGS.float32_head + FLAGS.float32_tail > 1:
+        raise cli.UserError(f"--float32_head={FLAGS.float32_head} and --float32_tail={FLAGS.float32_tail} add up to "
+                            "more than the whole phase; lower one")
     return dict(preset="paper" if FLAGS.paper else "smoke" if FLAGS.smoke else None, schedule=FLAGS.schedule,
                 w_steps=FLAGS.w_steps, noise_steps=FLAGS.noise_steps, w_lr=FLAGS.w_lr, w_optimizer=FLAGS.w_optimizer,
                 noise_lr=FLAGS.noise_lr, percept=FLAGS.percept, resize_to=FLAGS.resize_to,
                 vgg="random" if FLAGS.smoke and FLAGS.vgg == defaults.vgg else FLAGS.vgg, noise_init=FLAGS.noise_init,
-                compute_dtype=FLAGS.compute_dtype, float32_tail=FLAGS.float32_tail)
+                compute_dtype=FLAGS.compute_dtype, float32_tail=FLAGS.float32_tail, float32_head=FLAGS.float32_head)
 
 
 def run_settings(cfg, exclude=()) -> dict:
     """The config's fields that make a run (for run.json), less `exclude`. Settings added after run
-    folders were first written are left out where they hold their old meaning (float32; the float32
-    tail of a float32 run means nothing), so that a folder of an earlier version resumes."""
+    folders were first written are left out where they hold their old meaning (float32; no float32
+    head; the float32 head and tail of a float32 run mean nothing), so that a folder of an earlier
+    version resumes."""
     import dataclasses
 
     settings = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in exclude}
     if settings.get("compute_dtype") == "float32":
         settings.pop("compute_dtype")
         settings.pop("float32_tail", None)
+        settings.pop("float32_head", None)
+    elif settings.get("float32_head") == 0.0:  # as before it existed
+        settings.pop("float32_head")
     return settings
 
 

@@ -34,7 +34,8 @@ def define_flags() -> None:
     flags.DEFINE_integer("resize_to", 256, "the side VGG16 sees")
     flags.DEFINE_enum("numerics", "tf32", ["fp32", "tf32"], "matrix precision of the float32 parts (fp32 = highest)")
     flags.DEFINE_enum("compute_dtype", "float32", ["float32", "bfloat16"], "the bf16 mode or float32")
-    flags.DEFINE_float("float32_tail", 0.1, "the bf16 mode's float32 share of each phase")
+    flags.DEFINE_float("float32_tail", 0.1, "the bf16 mode's float32 share of each phase, at its end")
+    flags.DEFINE_float("float32_head", 0.0, "the bf16 mode's float32 share of each phase, at its start")
     flags.DEFINE_integer("steps_per_call", 0, "iterations per dispatch (0 = the engine's default)", lower_bound=0)
     flags.DEFINE_string("vgg", "auto", "auto (ImageNet if installed, else random), random, or a vgg16_trunk.npz")
     benchmark.define_method_flags()
@@ -53,7 +54,7 @@ def _run(su, w_steps, noise_steps, F):
     with jax.default_matmul_precision(su["precision"]):
         res = embed.embed(G, su["target"], phases=phases, init_vars=init, vgg=su["vgg"], log=None, log_every=0,
                           steps_per_call=F.steps_per_call or None, compute_dtype=F.compute_dtype,
-                          float32_tail=F.float32_tail)
+                          float32_tail=F.float32_tail, float32_head=F.float32_head)
     jax.block_until_ready(res.vars)
     return res, time.perf_counter() - t0
 
@@ -82,6 +83,7 @@ def main(argv):
            "compute_dtype": F.compute_dtype, "up_method": networks.resolve_up_method(F.up_method),
            "torgb_method": F.torgb_method,
            "float32_tail": F.float32_tail if F.compute_dtype != "float32" else 0.0,
+           "float32_head": F.float32_head if F.compute_dtype != "float32" else 0.0,
            "steps_per_call": F.steps_per_call or default_steps_per_call(), "vgg": su["vgg_source"],
            "device": str(jax.devices()[0].device_kind), "backend": jax.default_backend(), "jax": jax.__version__,
            "warmup_steps": F.warmup_steps, "compile_and_warmup_s": warm_s, "wall_s": wall,
@@ -92,7 +94,8 @@ def main(argv):
         json.dump(rec, f, indent=1)
     print(f"{rec['device']} ({rec['backend']}, jax {rec['jax']}); {rec['resolution']}x{rec['resolution']} generator "
           f"({preset} preset), batch {F.batch}, VGG16 at {F.resize_to} ({rec['vgg']}), {F.compute_dtype}"
-          f"{' with a float32 tail of %g' % rec['float32_tail'] if rec['float32_tail'] else ''}, matmul precision "
+          f"{' with a float32 tail of %g' % rec['float32_tail'] if rec['float32_tail'] else ''}"
+          f"{' and head of %g' % rec['float32_head'] if rec['float32_head'] else ''}, matmul precision "
           f"{su['precision']}, {rec['steps_per_call']} iterations per dispatch, up-sampling {rec['up_method']}, "
           f"ToRGB {rec['torgb_method']}")
     print(f"Algorithm 2 ({F.w_steps} W+ + {F.noise_steps} noise iterations): {wall:.1f} s for {F.batch} images = "

@@ -211,4 +211,6 @@ def test_float32_runs_keep_the_fingerprints_of_earlier_versions():
     settings = presets.run_settings(ReconstructConfig(), exclude=("out",))
     assert "compute_dtype" not in settings and "float32_tail" not in settings and "w_lr" in settings
     low = presets.run_settings(ReconstructConfig(compute_dtype="bfloat16"), exclude=("out",))
-    assert (low["compute_dtype"], low["float32_tail"]) == ("bfloat16", 0.1)
+    assert (low["compute_dtype"], low["float32_tail"]) == ("bfloat16", 0.1) and "float32_head" not in low
+    head = presets.run_settings(ReconstructConfig(compute_dtype="bfloat16", float32_head=0.1), exclude=("out",))
+    assert head["float32_head"] == 0.1
