@@ -31,6 +31,7 @@ import json
 import os
 import time
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 from absl import flags, logging
@@ -53,6 +54,9 @@ class Settings:
     resize_to: int = 64  # VGG input size (the demo preset's)
     head: float = 0.1  # bfloat16_head: the fraction of iterations, at the start, in float32
     tail: float = 0.1  # every bf16 variant: the fraction of iterations, at the end, in float32
+    # The float32 products' precision (jax.default_matmul_precision): "default" is TF32 on an NVIDIA
+    # GPU (what users run), "highest" full float32. The same on the CPU.
+    precision: str = "default"
 
 
 def phase_for(variant: str, s: Settings) -> embed.Phase:
@@ -159,17 +163,22 @@ def sweep(out: str, s: Settings, seeds, variants, vgg: str = "imagenet", *, fres
     if s.head + s.tail > 1:
         raise cli.UserError(f"--head={s.head} and --tail={s.tail} add up to more than 1; lower one")
     variants = ["float32"] + [v for v in VARIANTS if v in variants and v != "float32"]
-    cli.prepare_out(out, {"settings": dataclasses.asdict(s) | {"vgg": vgg}}, fresh=fresh, log=log)
+    settings = dataclasses.asdict(s) | {"vgg": vgg}
+    if s.precision == "default":  # as before the setting existed
+        settings.pop("precision")
+    cli.prepare_out(out, {"settings": settings}, fresh=fresh, log=log)
     G = cli.load_generator(s.generator)
     with cli.user_input(f"--vgg={vgg}", "give 'imagenet', 'random', or VGG16 weights"):
         vgg_tree = cli.load_vgg(vgg)
     results = {}
-    for seed in seeds:
-        for v in variants:
-            results[(v, seed)] = run_one(out, v, seed, s, G, vgg_tree, log)
+    with jax.default_matmul_precision(s.precision):
+        for seed in seeds:
+            for v in variants:
+                results[(v, seed)] = run_one(out, v, seed, s, G, vgg_tree, log)
     text, summary = table(results, variants, seeds)
     with open(os.path.join(out, "summary.json"), "w") as f:
         json.dump({"settings": dataclasses.asdict(s), "seeds": list(seeds), "summary": summary,
+                   "machine": f"{jax.devices()[0].device_kind} ({jax.default_backend()}, {os.cpu_count()} cores)",
                    "runs": [results[(v, seed)] for seed in seeds for v in variants]}, f, indent=1)
     return f"W+ phase, {s.w_steps} iterations, PSNR in dB after it (difference to float32):\n{text}", summary
 
@@ -188,7 +197,9 @@ def define_flags() -> None:
     flags.DEFINE_integer("resize_to", d.resize_to, "VGG input size", lower_bound=16)
     flags.DEFINE_float("head", d.head, "bfloat16_head: the float32 fraction at the start", lower_bound=0, upper_bound=0.9)
     flags.DEFINE_float("tail", d.tail, "bf16 variants: the float32 fraction at the end", lower_bound=0, upper_bound=0.9)
-    flags.DEFINE_string("vgg", "imagenet", "'imagenet', 'random', or VGG16 weights")
+    flags.DEFINE_string("vgg", "imagenet", "'imagenet', 'random', or VGG16 weights (e.g. a vgg16_trunk.npz)")
+    flags.DEFINE_enum("precision", d.precision, ["default", "highest"], "float32 products: default (TF32 on an "
+                      "NVIDIA GPU) or highest (full float32)")
     flags.DEFINE_bool("fresh", False, "move an existing --out aside to OUT.old-<time> (nothing is deleted) "
                       "and start over; without it the same command resumes, and other settings are refused")
 
@@ -200,7 +211,7 @@ def main(argv):
     except ValueError:
         raise cli.UserError(f"--seeds={','.join(FLAGS.seeds)}: give integers, comma-separated") from None
     s = Settings(generator=FLAGS.generator, w_steps=FLAGS.w_steps, percept=FLAGS.percept,
-                 resize_to=FLAGS.resize_to, head=FLAGS.head, tail=FLAGS.tail)
+                 resize_to=FLAGS.resize_to, head=FLAGS.head, tail=FLAGS.tail, precision=FLAGS.precision)
     logging.set_verbosity(logging.WARNING)  # orbax logs every checkpoint step at INFO
     text, _ = sweep(FLAGS.out, s, seeds, FLAGS.variants, FLAGS.vgg, fresh=FLAGS.fresh)
     print(text)

@@ -17,8 +17,8 @@
 # iterations per dispatch, TF32 then bf16: about 3 minutes), "alg2" / "alg2_tf32" (Algorithm 2, 5000 + 3000
 # iterations at batch 8, timed end to end by experiments.time_algorithm2 in the bf16 mode / in TF32:
 # about 5 minutes each), "next" then "next2" (what the last lease left, two calls of the device tool,
-# each under its 600 s limit; see their comments below; OUT/probe.tar.gz as for probe) or "all" (base,
-# more, levers, parts).
+# each under its 600 s limit; see their comments below; OUT/probe.tar.gz as for probe), "accuracy" (the
+# bf16 mode's quality against TF32 and float32, below) or "all" (base, more, levers, parts).
 # Config-f sizes (1024x1024, w 512, up to 512 channels), VGG16 at 256. Each benchmark writes its
 # table into the log and OUT/NAME.json; the generator's weights (about 130 MB) stay in $BENCH_WORK.
 # Every step has its own time limit, so that one failing or slow step leaves the others' numbers.
@@ -130,6 +130,19 @@ if [ "$PART" = next2 ]; then
   left=$((${CALL_LIMIT:-580} - SECONDS))
   if [ $left -gt 360 ]; then ALG2_FLAGS="${ALG2_FLAGS:+$ALG2_FLAGS }$M" alg2 alg2_tf32 $left float32; pack
   else echo "=== alg2_tf32: skipped ($left s left; it needs about 6 minutes)"; fi
+fi
+# "accuracy" (ACC_LIMIT s per precision, default 240; resumes where a cut-short call stopped): the bf16
+# mode's accuracy on the GPU (issue 9's "< 0.1 dB"): experiments.bf16_accuracy on the demo generator,
+# seeds 0-2, every variant, against TF32 (--precision=default, what users run) and then full float32.
+if [ "$PART" = accuracy ]; then
+  for pr in default highest; do
+    echo "=== acc_$pr (limit ${ACC_LIMIT:-240} s)"
+    timeout -k 10 "${ACC_LIMIT:-240}" python3 -m experiments.bf16_accuracy --precision=$pr \
+      --vgg=.official/vgg16_trunk.npz --out="$WORK/acc_$pr" $ACC_FLAGS  # ACC_FLAGS: e.g. --w_steps=20 for a dry run
+    echo "=== acc_$pr: exit $?"
+    cp "$WORK/acc_$pr/summary.json" "$OUT/acc_$pr.json" 2>/dev/null
+    (cd "$WORK" && tar czf "$OUT/acc_$pr.tar.gz" acc_$pr/runs/*/result.json 2>/dev/null)
+  done
 fi
 if [ "$PART" = alg2 ]; then alg2 alg2 400 bfloat16; fi  # Algorithm 2 alone, batch 8 (about 5 minutes each)
 if [ "$PART" = alg2_tf32 ]; then alg2 alg2_tf32 400 float32; fi
