@@ -14,6 +14,8 @@ Variants (--variants, in this order in the table):
                     iterations (--tail) in float32.
   bfloat16_head     the same, with the first 10% (--head) in float32 too.
   bfloat16_vgg32    G in bf16, VGG16 in float32, the same tail.
+  bfloat16_switch   the bf16 mode until an image of the batch reaches --switch_db dB of PSNR, float32
+                    from there (`Phase.float32_above_db`), the same tail.
 
 Each seed S has its own initialisation (seed S) and its own hidden latent (truth seed 123 + S), the same
 in every variant. On the demo generator a real held-out photograph is embedded beside the rendered
@@ -40,7 +42,7 @@ from experiments import cli
 from experiments.presets import hidden_target
 from i2spp_jax import checkpoint, embed, metrics, networks
 
-VARIANTS = ("float32", "float32_rounding", "bfloat16", "bfloat16_head", "bfloat16_vgg32")
+VARIANTS = ("float32", "float32_rounding", "bfloat16", "bfloat16_head", "bfloat16_vgg32", "bfloat16_switch")
 TRUTH_SEED_BASE = 123
 
 
@@ -57,6 +59,7 @@ class Settings:
     # The float32 products' precision (jax.default_matmul_precision): "default" is TF32 on an NVIDIA
     # GPU (what users run), "highest" full float32. The same on the CPU.
     precision: str = "default"
+    switch_db: float = 36.0  # bfloat16_switch: float32 once an image reaches this PSNR
 
 
 def phase_for(variant: str, s: Settings) -> embed.Phase:
@@ -71,6 +74,8 @@ def phase_for(variant: str, s: Settings) -> embed.Phase:
         return dataclasses.replace(low, float32_head_steps=int(s.head * s.w_steps))
     if variant == "bfloat16_vgg32":
         return dataclasses.replace(low, vgg_dtype="float32")
+    if variant == "bfloat16_switch":
+        return dataclasses.replace(low, float32_above_db=s.switch_db)
     raise ValueError(f"unknown variant {variant!r}; choose from {', '.join(VARIANTS)}")
 
 
@@ -88,6 +93,18 @@ def targets(G, seed: int, generator: str) -> dict:
     if generator in checkpoint.GENERATOR_NAMES:
         out["real"] = jnp.asarray(cli.load_image(checkpoint.heldout_images()[0], G.config, lambda _: None))
     return out
+
+
+def _bf16_iterations(phase, psnr) -> int:
+    """How many of the phase's iterations ran in bf16 (with one iteration per dispatch, as on the CPU;
+    on a GPU a switch waits for the end of its dispatch of up to 25)."""
+    if phase.compute_dtype == "float32":
+        return 0
+    end = phase.num_steps - phase.float32_steps
+    if phase.float32_above_db is not None:
+        over = np.flatnonzero(psnr.max(axis=1) >= phase.float32_above_db)
+        end = min(end, max(int(over[0]) + 1, phase.float32_head_steps) if over.size else end)
+    return max(0, end - phase.float32_head_steps)
 
 
 def run_one(out: str, variant: str, seed: int, s: Settings, G, vgg, log) -> dict:
@@ -115,6 +132,7 @@ def run_one(out: str, variant: str, seed: int, s: Settings, G, vgg, log) -> dict
     res = {"variant": variant, "seed": seed, "truth_seed": TRUTH_SEED_BASE + seed,
            "phase": embed.phase_key(phase), "up_method": networks.resolve_up_method(G_run.up_method),
            "psnr": {name: float(psnr[b]) for b, name in enumerate(ts)},
+           "bf16_iterations": _bf16_iterations(phase, result.history["psnr"]),
            f"psnr_every_{every}": {name: [float(v) for v in curve[:, b]] for b, name in enumerate(ts)},
            "seconds": seconds}
     tmp = path + ".tmp"
@@ -122,7 +140,7 @@ def run_one(out: str, variant: str, seed: int, s: Settings, G, vgg, log) -> dict
         json.dump(res, f, indent=1)
     os.replace(tmp, path)
     log(f"{variant} seed {seed}: " + ", ".join(f"{k} {v:.2f} dB" for k, v in res["psnr"].items())
-        + f" ({seconds:.0f} s)")
+        + f" ({res['bf16_iterations']} of {phase.num_steps} iterations in bf16; {seconds:.0f} s)")
     return res
 
 
@@ -164,8 +182,9 @@ def sweep(out: str, s: Settings, seeds, variants, vgg: str = "imagenet", *, fres
         raise cli.UserError(f"--head={s.head} and --tail={s.tail} add up to more than 1; lower one")
     variants = ["float32"] + [v for v in VARIANTS if v in variants and v != "float32"]
     settings = dataclasses.asdict(s) | {"vgg": vgg}
-    if s.precision == "default":  # as before the setting existed
-        settings.pop("precision")
+    for name, before in (("precision", "default"), ("switch_db", 36.0)):  # as before these settings existed
+        if settings[name] == before:
+            settings.pop(name)
     cli.prepare_out(out, {"settings": settings}, fresh=fresh, log=log)
     G = cli.load_generator(s.generator)
     with cli.user_input(f"--vgg={vgg}", "give 'imagenet', 'random', or VGG16 weights"):
@@ -198,6 +217,7 @@ def define_flags() -> None:
     flags.DEFINE_float("head", d.head, "bfloat16_head: the float32 fraction at the start", lower_bound=0, upper_bound=0.9)
     flags.DEFINE_float("tail", d.tail, "bf16 variants: the float32 fraction at the end", lower_bound=0, upper_bound=0.9)
     flags.DEFINE_string("vgg", "imagenet", "'imagenet', 'random', or VGG16 weights (e.g. a vgg16_trunk.npz)")
+    flags.DEFINE_float("switch_db", d.switch_db, "bfloat16_switch: float32 once an image reaches this PSNR (dB)")
     flags.DEFINE_enum("precision", d.precision, ["default", "highest"], "float32 products: default (TF32 on an "
                       "NVIDIA GPU) or highest (full float32)")
     flags.DEFINE_bool("fresh", False, "move an existing --out aside to OUT.old-<time> (nothing is deleted) "
@@ -211,7 +231,8 @@ def main(argv):
     except ValueError:
         raise cli.UserError(f"--seeds={','.join(FLAGS.seeds)}: give integers, comma-separated") from None
     s = Settings(generator=FLAGS.generator, w_steps=FLAGS.w_steps, percept=FLAGS.percept,
-                 resize_to=FLAGS.resize_to, head=FLAGS.head, tail=FLAGS.tail, precision=FLAGS.precision)
+                 resize_to=FLAGS.resize_to, head=FLAGS.head, tail=FLAGS.tail, precision=FLAGS.precision,
+                 switch_db=FLAGS.switch_db)
     logging.set_verbosity(logging.WARNING)  # orbax logs every checkpoint step at INFO
     text, _ = sweep(FLAGS.out, s, seeds, FLAGS.variants, FLAGS.vgg, fresh=FLAGS.fresh)
     print(text)

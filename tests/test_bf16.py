@@ -141,6 +141,51 @@ def test_bf16_mode_runs_its_float32_head_in_float32():
                                                                  float32_head=0.5).phases] == [(0, 0)]
 
 
+class Kill(Exception):
+    pass
+
+
+def test_bf16_mode_switches_to_float32_once_an_image_reaches_float32_above_db(tmp_path):
+    """float32_above_db: the iterations after the first whose PSNR (of either image) reaches it run in
+    float32, as a float32 tail that starts there would; a run killed after the switch resumes in
+    float32 (the switch is read back from the history), bit for bit."""
+    G = tiny_generator()
+    x = targets(G, 2)
+    v0 = embed.initial_variables(G, 2, w_init="uniform", seed=1)
+    phases = (w_mse(8),)
+    kw = dict(compute_dtype="bfloat16", float32_tail=0.0)
+    bf16 = run(G, x, v0, phases, **kw)
+    never = run(G, x, v0, phases, float32_above_db=1e3, **kw)
+    np.testing.assert_array_equal(never.history["loss"], bf16.history["loss"])
+    assert [p.float32_above_db for p in never.phases] == [1e3]
+    # the threshold crossed at iteration j: j bf16, j + 1.. float32, as with a float32 tail of 7 - j
+    psnr = bf16.history["psnr"].max(axis=1)
+    j = 3
+    thr = float(psnr[j])
+    j = int(np.argmax(psnr >= thr))  # the first iteration at or above it (3 or earlier)
+    switched = run(G, x, v0, phases, float32_above_db=thr, **kw)
+    tail = run(G, x, v0, phases, compute_dtype="bfloat16", float32_tail=(7 - j) / 8)
+    assert [p.float32_steps for p in tail.phases] == [7 - j]
+    np.testing.assert_array_equal(switched.history["loss"], tail.history["loss"])
+    assert not np.array_equal(switched.history["loss"], bf16.history["loss"])
+
+    def killer(t, m):
+        if t == 6:
+            raise Kill()
+
+    ckpt = str(tmp_path / "ckpt")
+    with pytest.raises(Kill):
+        run(G, x, v0, phases, float32_above_db=thr, checkpoint_dir=ckpt, checkpoint_every=5, callback=killer, **kw)
+    lines = []
+    resumed = run(G, x, v0, phases, float32_above_db=thr, checkpoint_dir=ckpt, checkpoint_every=5, log=lines.append,
+                  **kw)
+    assert "iteration 5/8" in lines[0]
+    np.testing.assert_array_equal(resumed.history["loss"], switched.history["loss"])
+    assert_trees_equal(resumed.vars, switched.vars)
+    with pytest.raises(ValueError, match="float32_above_db"):
+        dataclasses.replace(embed.W_l(10), float32_above_db=float("nan"))
+
+
 def test_vgg_dtype_keeps_vgg_float32_beside_a_bf16_generator():
     """Phase.vgg_dtype="float32": VGG16's features (of the targets, and of G's image in the step) are
     the float32 ones bit for bit, while G still renders in bf16."""
@@ -204,7 +249,8 @@ def test_float32_runs_keep_the_fingerprints_of_earlier_versions():
 
     for p in (embed.W_l(10), embed.Mk_n(5, masks="known", y="previous")):
         assert embed.phase_key(p) == repr(p).replace(
-            ", compute_dtype='float32', float32_steps=0, float32_head_steps=0, vgg_dtype=None", "")
+            ", compute_dtype='float32', float32_steps=0, float32_head_steps=0, vgg_dtype=None, float32_above_db=None",
+            "")
         assert "compute_dtype" not in embed.phase_key(p)
         low = dataclasses.replace(p, compute_dtype="bfloat16", float32_steps=1)
         assert "compute_dtype='bfloat16', float32_steps=1" in embed.phase_key(low)

@@ -154,7 +154,8 @@ def embed(G: Generator, target_x, *, phases: Sequence[Phase], init_vars: Vars, t
           checkpoint_every: int = 0, on_phase_end: Optional[Callable[[int, Vars], None]] = None,
           callback: Optional[Callable[[int, dict], None]] = None,
           steps_per_call: Optional[int] = None, mesh: Optional[jax.sharding.Mesh] = None,
-          compute_dtype: Optional[str] = None, float32_tail: float = 0.1, float32_head: float = 0.0) -> EmbedResult:
+          compute_dtype: Optional[str] = None, float32_tail: float = 0.1, float32_head: float = 0.0,
+          float32_above_db: Optional[float] = None) -> EmbedResult:
     """Runs `phases` in order on a batch of images, each with its own target, masks and start.
 
     Args:
@@ -187,7 +188,9 @@ def embed(G: Generator, target_x, *, phases: Sequence[Phase], init_vars: Vars, t
         VGG's convolutions in bfloat16; variables, Adam, losses and metrics in float32) except its
         last `float32_tail` fraction of iterations (`Phase.float32_steps`), which run in float32 with
         the same optimiser state, and its first `float32_head` fraction (`Phase.float32_head_steps`),
-        also in float32; "float32" runs every phase in float32; None = each phase's own.
+        also in float32, and, once an image of the batch reaches `float32_above_db` dB of PSNR
+        (`Phase.float32_above_db`; None = never), the rest of the phase in float32; "float32" runs
+        every phase in float32; None = each phase's own.
     Raises:
       NonFiniteLossError: the loss or the variables became NaN/inf (the last good checkpoint stays).
     """
@@ -199,7 +202,8 @@ def embed(G: Generator, target_x, *, phases: Sequence[Phase], init_vars: Vars, t
         low = compute_dtype != "float32"
         phases = tuple(dataclasses.replace(p, compute_dtype=compute_dtype,
                                            float32_steps=int(round(float32_tail * p.num_steps)) if low else 0,
-                                           float32_head_steps=int(float32_head * p.num_steps) if low else 0)
+                                           float32_head_steps=int(float32_head * p.num_steps) if low else 0,
+                                           float32_above_db=float32_above_db if low else None)
                        for p in phases)
     B = _check_vars(G, init_vars)
     target_x = _check_targets(G, target_x, "target_x", B)
@@ -267,6 +271,11 @@ def embed(G: Generator, target_x, *, phases: Sequence[Phase], init_vars: Vars, t
             low_dtype = phase.compute_dtype != "float32"
             head = phase.float32_head_steps if low_dtype else 0
             switch = phase.num_steps - phase.float32_steps if low_dtype else phase.num_steps
+            above = phase.float32_above_db if low_dtype else None
+
+            def reached(lo, hi):  # an image's PSNR reached `above` in iterations [lo, hi) (history: so a resume agrees)
+                return above is not None and hi > lo and bool(np.max(history["psnr"][lo:hi]) >= above)
+            precise = reached(starts[pi], t)  # float32 from here to the phase's end
             programs = {}
 
             def program(low: bool):  # (step settings, data) of the bf16 part or the float32 head and tail
@@ -281,7 +290,7 @@ def embed(G: Generator, target_x, *, phases: Sequence[Phase], init_vars: Vars, t
             first_call = True
             while t < starts[pi + 1]:
                 s = t - starts[pi]
-                run_as, data = program(head <= s < switch)
+                run_as, data = program(head <= s < switch and not precise)
                 to_event = _to_next_event(s, t, phase.num_steps, log_every, checkpoint_every)
                 for edge in (head, switch):  # one program per dispatch
                     to_event = min(to_event, edge - s) if s < edge else to_event
@@ -301,6 +310,7 @@ def embed(G: Generator, target_x, *, phases: Sequence[Phase], init_vars: Vars, t
                     for key in HISTORY_KEYS:
                         history[key][t] = m[key]
                     t += 1
+                precise = precise or reached(t - k, t)  # decided per dispatch: the next one runs float32
                 s = t - starts[pi]
                 if first_call:  # leave compilation out of the rate
                     tick, tick_t, first_call = time.perf_counter(), t, False

@@ -13,6 +13,7 @@ render of the variables this phase starts from, i.e. the previous phase's result
 
 import dataclasses
 import functools
+import math
 from typing import Any, Optional
 
 from i2spp_jax.losses import LossWeights
@@ -55,6 +56,11 @@ class Phase:
     # VGG16's dtype in this phase: None = compute_dtype's; "float32" keeps the perceptual and style
     # terms float32 in the bf16 mode (G alone in bf16).
     vgg_dtype: Optional[str] = None
+    # With compute_dtype "bfloat16": once an image of the batch reaches this PSNR (dB, against its
+    # target x), the rest of the phase runs in float32. Near bf16's rounding floor (the demo
+    # generator's bf16 render is 46-50 dB from its float32 render) bf16's gradients are mostly
+    # rounding, and the W+ phase stalls there (BUILD_NOTES.md, "The bf16 mode's accuracy"). None = never.
+    float32_above_db: Optional[float] = None
 
     def __post_init__(self):
         if self.x not in ("x", "y"):
@@ -74,6 +80,9 @@ class Phase:
         if not 0 <= self.float32_head_steps <= self.num_steps - self.float32_steps:
             raise ValueError(f"phase {self.name}: float32_head_steps must be in [0, num_steps - float32_steps = "
                              f"{self.num_steps - self.float32_steps}], got {self.float32_head_steps}")
+        if self.float32_above_db is not None and not math.isfinite(self.float32_above_db):
+            raise ValueError(f"phase {self.name}: float32_above_db must be None or a finite PSNR in dB, "
+                             f"got {self.float32_above_db}")
         if self.vgg_dtype not in (None,) + COMPUTE_DTYPES:
             raise ValueError(f"phase {self.name}: vgg_dtype must be None or one of {COMPUTE_DTYPES}, "
                              f"got {self.vgg_dtype!r}")
@@ -83,7 +92,8 @@ class Phase:
 
 # Fields added to Phase after runs were first checkpointed, with the value that means "as before".
 # `phase_key` leaves them out at that value, so that a run started by an earlier version resumes.
-ADDED_LATER = {"compute_dtype": "float32", "float32_steps": 0, "float32_head_steps": 0, "vgg_dtype": None}
+ADDED_LATER = {"compute_dtype": "float32", "float32_steps": 0, "float32_head_steps": 0, "vgg_dtype": None,
+               "float32_above_db": None}
 
 
 def phase_key(phase: Phase) -> str:

@@ -113,8 +113,8 @@ def compiled_step(phase: Phase):
 
 def _program_key(phase: Phase) -> Phase:
     """`phase` without the settings that do not enter its programs (length, name, data sources)."""
-    return dataclasses.replace(phase, num_steps=0, float32_steps=0, float32_head_steps=0, name="", masks="", y="y",
-                               x="x")
+    return dataclasses.replace(phase, num_steps=0, float32_steps=0, float32_head_steps=0, float32_above_db=None,
+                               name="", masks="", y="y", x="x")
 
 
 @functools.lru_cache(maxsize=None)
