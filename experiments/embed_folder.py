@@ -88,6 +88,7 @@ class FolderConfig:
     compute_dtype: str = "float32"  # "bfloat16": G's and VGG's convolutions in bf16 (the GPU fast mode)
     float32_tail: float = 0.1  # bfloat16 only: the fraction of each phase, at its end, run in float32
     float32_head: float = 0.0  # bfloat16 only: the fraction of each phase, at its start, run in float32
+    float32_above_db: Optional[float] = None  # bfloat16 only: float32 once an image reaches this PSNR (dB)
     seed: int = 0  # each image's draws come from (seed, its name): independent of batching
     resize: bool = False  # convert images of another size (else they are refused)
     batch_per_device: int = 4  # images per device in one batch
@@ -297,7 +298,8 @@ class _BatchRun:
                                  checkpoint_every=self.cfg.checkpoint_every, mesh=self.mesh,
                                  callback=lambda t, m: self.progress.iteration(len(items), t, total),
                                  compute_dtype=self.cfg.compute_dtype,
-                                 float32_tail=self.cfg.float32_tail, float32_head=self.cfg.float32_head)
+                                 float32_tail=self.cfg.float32_tail, float32_head=self.cfg.float32_head,
+                                 float32_above_db=self.cfg.float32_above_db)
         except embed.NonFiniteLossError as e:
             bad = {items[i if i < len(items) else 0].key for i in e.images}  # padding repeats items[0]
             for it in items:

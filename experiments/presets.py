@@ -34,7 +34,7 @@ def resolve(preset: Optional[str], generator: str, resolution: int, *, w_steps: 
 def define_flags(defaults, *, schedule_help: str = "phase order") -> None:
     """The flags of an embedding command that pick its preset and its phases (--paper, --smoke,
     --schedule, --w_steps, --noise_steps, --w_lr, --w_optimizer, --noise_lr, --percept,
-    --resize_to, --vgg, --noise_init, --compute_dtype, --float32_tail, --float32_head), defaulting to `defaults` (the command's config)."""
+    --resize_to, --vgg, --noise_init, --compute_dtype, --float32_tail, --float32_head, --float32_above_db), defaulting to `defaults` (the command's config)."""
     from absl import flags
 
     from i2spp_jax import embed
@@ -59,6 +59,9 @@ def define_flags(defaults, *, schedule_help: str = "phase order") -> None:
                        "phase's iterations, at its end, that runs in float32", lower_bound=0.0, upper_bound=1.0)
     flags.DEFINE_float("float32_head", defaults.float32_head, "with --compute_dtype=bfloat16: the fraction of each "
                        "phase's iterations, at its start, that runs in float32", lower_bound=0.0, upper_bound=1.0)
+    flags.DEFINE_float("float32_above_db", defaults.float32_above_db, "with --compute_dtype=bfloat16: once an image "
+                       "reaches this PSNR (dB), the rest of the phase runs in float32 (bf16's gradients stall near "
+                       "its rounding floor)")
 
 
 def from_flags(FLAGS, defaults) -> dict:
@@ -75,7 +78,8 @@ def from_flags(FLAGS, defaults) -> dict:
                 w_steps=FLAGS.w_steps, noise_steps=FLAGS.noise_steps, w_lr=FLAGS.w_lr, w_optimizer=FLAGS.w_optimizer,
                 noise_lr=FLAGS.noise_lr, percept=FLAGS.percept, resize_to=FLAGS.resize_to,
                 vgg="random" if FLAGS.smoke and FLAGS.vgg == defaults.vgg else FLAGS.vgg, noise_init=FLAGS.noise_init,
-                compute_dtype=FLAGS.compute_dtype, float32_tail=FLAGS.float32_tail, float32_head=FLAGS.float32_head)
+                compute_dtype=FLAGS.compute_dtype, float32_tail=FLAGS.float32_tail, float32_head=FLAGS.float32_head,
+                float32_above_db=FLAGS.float32_above_db)
 
 
 def run_settings(cfg, exclude=()) -> dict:
@@ -90,8 +94,10 @@ def run_settings(cfg, exclude=()) -> dict:
         settings.pop("compute_dtype")
         settings.pop("float32_tail", None)
         settings.pop("float32_head", None)
-    elif settings.get("float32_head") == 0.0:  # as before it existed
-        settings.pop("float32_head")
+        settings.pop("float32_above_db", None)
+    for name, before in (("float32_head", 0.0), ("float32_above_db", None)):  # as before they existed
+        if name in settings and settings[name] == before:
+            settings.pop(name)
     return settings
 
 

@@ -75,6 +75,7 @@ class ReconstructConfig:
     compute_dtype: str = "float32"  # "bfloat16": G's and VGG's convolutions in bf16 (the GPU fast mode)
     float32_tail: float = 0.1  # bfloat16 only: the fraction of each phase, at its end, run in float32
     float32_head: float = 0.0  # bfloat16 only: the fraction of each phase, at its start, run in float32
+    float32_above_db: Optional[float] = None  # bfloat16 only: float32 once an image reaches this PSNR (dB)
     seed: int = 0  # seed of every random draw of the optimisation (init)
     truth_seed: int = 123  # demo: seed of the hidden latent and noise
     truth_psi: float = 1.0  # demo: truncation of the hidden latent
@@ -258,7 +259,8 @@ def reconstruct(cfg: ReconstructConfig, *, fresh: bool = False, log=logging.info
                                  log_every=cfg.log_every, log=log, checkpoint_dir=os.path.join(cfg.out, "ckpt"),
                                  checkpoint_every=cfg.checkpoint_every, on_phase_end=on_phase_end,
                                  callback=lambda t, m: ran.append(t), compute_dtype=cfg.compute_dtype,
-                                 float32_tail=cfg.float32_tail, float32_head=cfg.float32_head)
+                                 float32_tail=cfg.float32_tail, float32_head=cfg.float32_head,
+                                 float32_above_db=cfg.float32_above_db)
     except embed.NonFiniteLossError as e:  # keep what was computed: finished phases are on disk already
         np.savez(os.path.join(cfg.out, "history_partial.npz"), **e.history)
         raise FloatingPointError(f"{e} The history so far is in {cfg.out}/history_partial.npz.") from None

@@ -36,6 +36,7 @@ def define_flags() -> None:
     flags.DEFINE_enum("compute_dtype", "float32", ["float32", "bfloat16"], "the bf16 mode or float32")
     flags.DEFINE_float("float32_tail", 0.1, "the bf16 mode's float32 share of each phase, at its end")
     flags.DEFINE_float("float32_head", 0.0, "the bf16 mode's float32 share of each phase, at its start")
+    flags.DEFINE_float("float32_above_db", None, "the bf16 mode: float32 once an image reaches this PSNR (dB)")
     flags.DEFINE_integer("steps_per_call", 0, "iterations per dispatch (0 = the engine's default)", lower_bound=0)
     flags.DEFINE_string("vgg", "auto", "auto (ImageNet if installed, else random), random, or a vgg16_trunk.npz")
     benchmark.define_method_flags()
@@ -54,7 +55,8 @@ def _run(su, w_steps, noise_steps, F):
     with jax.default_matmul_precision(su["precision"]):
         res = embed.embed(G, su["target"], phases=phases, init_vars=init, vgg=su["vgg"], log=None, log_every=0,
                           steps_per_call=F.steps_per_call or None, compute_dtype=F.compute_dtype,
-                          float32_tail=F.float32_tail, float32_head=F.float32_head)
+                          float32_tail=F.float32_tail, float32_head=F.float32_head,
+                          float32_above_db=F.float32_above_db)
     jax.block_until_ready(res.vars)
     return res, time.perf_counter() - t0
 
@@ -84,6 +86,7 @@ def main(argv):
            "torgb_method": F.torgb_method,
            "float32_tail": F.float32_tail if F.compute_dtype != "float32" else 0.0,
            "float32_head": F.float32_head if F.compute_dtype != "float32" else 0.0,
+           "float32_above_db": F.float32_above_db if F.compute_dtype != "float32" else None,
            "steps_per_call": F.steps_per_call or default_steps_per_call(), "vgg": su["vgg_source"],
            "device": str(jax.devices()[0].device_kind), "backend": jax.default_backend(), "jax": jax.__version__,
            "warmup_steps": F.warmup_steps, "compile_and_warmup_s": warm_s, "wall_s": wall,

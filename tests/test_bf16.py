@@ -258,5 +258,7 @@ def test_float32_runs_keep_the_fingerprints_of_earlier_versions():
     assert "compute_dtype" not in settings and "float32_tail" not in settings and "w_lr" in settings
     low = presets.run_settings(ReconstructConfig(compute_dtype="bfloat16"), exclude=("out",))
     assert (low["compute_dtype"], low["float32_tail"]) == ("bfloat16", 0.1) and "float32_head" not in low
-    head = presets.run_settings(ReconstructConfig(compute_dtype="bfloat16", float32_head=0.1), exclude=("out",))
-    assert head["float32_head"] == 0.1
+    head = presets.run_settings(ReconstructConfig(compute_dtype="bfloat16", float32_head=0.1, float32_above_db=36.0),
+                                exclude=("out",))
+    assert head["float32_head"] == 0.1 and head["float32_above_db"] == 36.0
+    assert "float32_above_db" not in low
