@@ -10,12 +10,15 @@ Variants (--variants, in this order in the table):
   float32_rounding  float32 with the last block's up-sampling in its other form (`polyphase_last` where
                     the reference traces `transposed`, and the reverse on a GPU): the same function,
                     other rounding. Its spread is how far rounding alone moves the end PSNR.
-  bfloat16          the bf16 mode as shipped: G's and VGG's convolutions in bf16, the last 10% of the
-                    iterations (--tail) in float32.
+  bfloat16          the bf16 mode with its float32 tail alone: G's and VGG's convolutions in bf16, the
+                    last 10% of the iterations (--tail) in float32.
   bfloat16_head     the same, with the first 10% (--head) in float32 too.
   bfloat16_vgg32    G in bf16, VGG16 in float32, the same tail.
   bfloat16_switch   the bf16 mode until an image of the batch reaches --switch_db dB of PSNR, float32
                     from there (`Phase.float32_above_db`), the same tail.
+  bfloat16_auto     the bf16 mode as `embed(compute_dtype="bfloat16")` runs it: the same switch at
+                    `driver.AUTO_MARGIN_DB` (10 dB) under the bf16 rounding floor of the batch's
+                    initial variables (`driver.bf16_floor_db`: 46-47 dB on the demo), the same tail.
 
 Each seed S has its own initialisation (seed S) and its own hidden latent (truth seed 123 + S), the same
 in every variant. On the demo generator a real held-out photograph is embedded beside the rendered
@@ -32,6 +35,7 @@ import dataclasses
 import json
 import os
 import time
+from typing import Optional
 
 import jax
 import jax.numpy as jnp
@@ -41,8 +45,10 @@ from absl import flags, logging
 from experiments import cli
 from experiments.presets import hidden_target
 from i2spp_jax import checkpoint, embed, metrics, networks
+from i2spp_jax.engine import driver
 
-VARIANTS = ("float32", "float32_rounding", "bfloat16", "bfloat16_head", "bfloat16_vgg32", "bfloat16_switch")
+VARIANTS = ("float32", "float32_rounding", "bfloat16", "bfloat16_head", "bfloat16_vgg32", "bfloat16_switch",
+            "bfloat16_auto")
 TRUTH_SEED_BASE = 123
 
 
@@ -62,8 +68,9 @@ class Settings:
     switch_db: float = 36.0  # bfloat16_switch: float32 once an image reaches this PSNR
 
 
-def phase_for(variant: str, s: Settings) -> embed.Phase:
-    """The W+ phase of Algorithm 2 (Adam lr 0.01, MSE + λ_p perceptual) as `variant` runs it."""
+def phase_for(variant: str, s: Settings, floor_db: Optional[float] = None) -> embed.Phase:
+    """The W+ phase of Algorithm 2 (Adam lr 0.01, MSE + λ_p perceptual) as `variant` runs it
+    (bfloat16_auto: with `floor_db`, the batch's `driver.bf16_floor_db`)."""
     w = embed.schedule("w_then_noise", s.w_steps, 0, percept=s.percept, resize_to=s.resize_to)[0]
     if variant.startswith("float32"):
         return w
@@ -76,6 +83,8 @@ def phase_for(variant: str, s: Settings) -> embed.Phase:
         return dataclasses.replace(low, vgg_dtype="float32")
     if variant == "bfloat16_switch":
         return dataclasses.replace(low, float32_above_db=s.switch_db)
+    if variant == "bfloat16_auto":
+        return dataclasses.replace(low, float32_above_db=floor_db - driver.AUTO_MARGIN_DB)
     raise ValueError(f"unknown variant {variant!r}; choose from {', '.join(VARIANTS)}")
 
 
@@ -119,7 +128,7 @@ def run_one(out: str, variant: str, seed: int, s: Settings, G, vgg, log) -> dict
     ts = targets(G, seed, s.generator)
     stack = jnp.stack(list(ts.values()))
     init = embed.initial_variables(G, len(ts), w_init="w_avg", noise_init="normal", seed=seed)
-    phase = phase_for(variant, s)
+    phase = phase_for(variant, s, driver.bf16_floor_db(G, init) if variant == "bfloat16_auto" else None)
     t0 = time.perf_counter()
     result = embed.embed(G_run, stack, phases=(phase,), init_vars=init, vgg=vgg, seed=seed, log=None,
                          log_every=0, checkpoint_dir=os.path.join(d, "ckpt"), checkpoint_every=1000)

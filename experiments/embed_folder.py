@@ -50,7 +50,7 @@ import json
 import os
 import shutil
 import time
-from typing import Callable, Optional
+from typing import Callable, Optional, Union
 
 import jax
 import jax.numpy as jnp
@@ -88,7 +88,9 @@ class FolderConfig:
     compute_dtype: str = "float32"  # "bfloat16": G's and VGG's convolutions in bf16 (the GPU fast mode)
     float32_tail: float = 0.1  # bfloat16 only: the fraction of each phase, at its end, run in float32
     float32_head: float = 0.0  # bfloat16 only: the fraction of each phase, at its start, run in float32
-    float32_above_db: Optional[float] = None  # bfloat16 only: float32 once an image reaches this PSNR (dB)
+    # bfloat16 only: float32 once an image reaches this PSNR (dB); "auto" = 10 dB under bf16's rounding
+    # floor (embed's default); None = never
+    float32_above_db: Union[str, float, None] = "auto"
     seed: int = 0  # each image's draws come from (seed, its name): independent of batching
     resize: bool = False  # convert images of another size (else they are refused)
     batch_per_device: int = 4  # images per device in one batch

@@ -59,9 +59,9 @@ def define_flags(defaults, *, schedule_help: str = "phase order") -> None:
                        "phase's iterations, at its end, that runs in float32", lower_bound=0.0, upper_bound=1.0)
     flags.DEFINE_float("float32_head", defaults.float32_head, "with --compute_dtype=bfloat16: the fraction of each "
                        "phase's iterations, at its start, that runs in float32", lower_bound=0.0, upper_bound=1.0)
-    flags.DEFINE_float("float32_above_db", defaults.float32_above_db, "with --compute_dtype=bfloat16: once an image "
-                       "reaches this PSNR (dB), the rest of the phase runs in float32 (bf16's gradients stall near "
-                       "its rounding floor)")
+    flags.DEFINE_string("float32_above_db", str(defaults.float32_above_db).lower(), "with --compute_dtype=bfloat16: "
+                        "once an image reaches this PSNR (dB), the rest of the phase runs in float32, as bf16's "
+                        "gradients stall near its rounding floor; auto = 10 dB under that floor; none = never")
 
 
 def from_flags(FLAGS, defaults) -> dict:
@@ -79,7 +79,22 @@ def from_flags(FLAGS, defaults) -> dict:
                 noise_lr=FLAGS.noise_lr, percept=FLAGS.percept, resize_to=FLAGS.resize_to,
                 vgg="random" if FLAGS.smoke and FLAGS.vgg == defaults.vgg else FLAGS.vgg, noise_init=FLAGS.noise_init,
                 compute_dtype=FLAGS.compute_dtype, float32_tail=FLAGS.float32_tail, float32_head=FLAGS.float32_head,
-                float32_above_db=FLAGS.float32_above_db)
+                float32_above_db=parse_above_db(FLAGS.float32_above_db))
+
+
+def parse_above_db(text: str):
+    """--float32_above_db: "auto", "none" (None) or a PSNR in dB (float); cli.UserError otherwise."""
+    from experiments import cli
+
+    if text in ("auto", "none"):
+        return None if text == "none" else text
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if value != value or value in (float("inf"), float("-inf")):
+        raise cli.UserError(f"--float32_above_db={text}: give auto, none, or a PSNR in dB such as 36")
+    return value
 
 
 def run_settings(cfg, exclude=()) -> dict:

@@ -75,7 +75,9 @@ class ReconstructConfig:
     compute_dtype: str = "float32"  # "bfloat16": G's and VGG's convolutions in bf16 (the GPU fast mode)
     float32_tail: float = 0.1  # bfloat16 only: the fraction of each phase, at its end, run in float32
     float32_head: float = 0.0  # bfloat16 only: the fraction of each phase, at its start, run in float32
-    float32_above_db: Optional[float] = None  # bfloat16 only: float32 once an image reaches this PSNR (dB)
+    # bfloat16 only: float32 once an image reaches this PSNR (dB); "auto" = 10 dB under bf16's rounding
+    # floor (embed's default); None = never
+    float32_above_db: Union[str, float, None] = "auto"
     seed: int = 0  # seed of every random draw of the optimisation (init)
     truth_seed: int = 123  # demo: seed of the hidden latent and noise
     truth_psi: float = 1.0  # demo: truncation of the hidden latent

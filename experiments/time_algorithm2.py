@@ -20,7 +20,7 @@ import time
 
 from absl import flags
 
-from experiments import benchmark, cli, step_parts
+from experiments import benchmark, cli, presets, step_parts
 
 
 def define_flags() -> None:
@@ -36,7 +36,8 @@ def define_flags() -> None:
     flags.DEFINE_enum("compute_dtype", "float32", ["float32", "bfloat16"], "the bf16 mode or float32")
     flags.DEFINE_float("float32_tail", 0.1, "the bf16 mode's float32 share of each phase, at its end")
     flags.DEFINE_float("float32_head", 0.0, "the bf16 mode's float32 share of each phase, at its start")
-    flags.DEFINE_float("float32_above_db", None, "the bf16 mode: float32 once an image reaches this PSNR (dB)")
+    flags.DEFINE_string("float32_above_db", "auto", "the bf16 mode: float32 once an image reaches this PSNR (dB); "
+                        "auto = 10 dB under bf16's rounding floor; none = never")
     flags.DEFINE_integer("steps_per_call", 0, "iterations per dispatch (0 = the engine's default)", lower_bound=0)
     flags.DEFINE_string("vgg", "auto", "auto (ImageNet if installed, else random), random, or a vgg16_trunk.npz")
     benchmark.define_method_flags()
@@ -56,7 +57,7 @@ def _run(su, w_steps, noise_steps, F):
         res = embed.embed(G, su["target"], phases=phases, init_vars=init, vgg=su["vgg"], log=None, log_every=0,
                           steps_per_call=F.steps_per_call or None, compute_dtype=F.compute_dtype,
                           float32_tail=F.float32_tail, float32_head=F.float32_head,
-                          float32_above_db=F.float32_above_db)
+                          float32_above_db=presets.parse_above_db(F.float32_above_db))
     jax.block_until_ready(res.vars)
     return res, time.perf_counter() - t0
 
@@ -72,6 +73,7 @@ def main(argv):
 
     logging.set_verbosity(logging.WARNING)
     F = flags.FLAGS
+    presets.parse_above_db(F.float32_above_db)  # a bad value refused before anything slow
     preset = F.preset if F.preset != "auto" else ("ffhq" if jax.default_backend() == "gpu" else "cpu")
     numerics = "bf16" if F.compute_dtype == "bfloat16" else F.numerics
     su = step_parts.setup(preset, F.batch, F.resize_to, numerics, F.vgg, resolution=F.resolution,
@@ -86,7 +88,7 @@ def main(argv):
            "torgb_method": F.torgb_method,
            "float32_tail": F.float32_tail if F.compute_dtype != "float32" else 0.0,
            "float32_head": F.float32_head if F.compute_dtype != "float32" else 0.0,
-           "float32_above_db": F.float32_above_db if F.compute_dtype != "float32" else None,
+           "float32_above_db": [p.float32_above_db for p in res.phases],  # as resolved ("auto": the floor's)
            "steps_per_call": F.steps_per_call or default_steps_per_call(), "vgg": su["vgg_source"],
            "device": str(jax.devices()[0].device_kind), "backend": jax.default_backend(), "jax": jax.__version__,
            "warmup_steps": F.warmup_steps, "compile_and_warmup_s": warm_s, "wall_s": wall,

@@ -186,6 +186,31 @@ def test_bf16_mode_switches_to_float32_once_an_image_reaches_float32_above_db(tm
         dataclasses.replace(embed.W_l(10), float32_above_db=float("nan"))
 
 
+def test_bf16_mode_switches_10_db_under_its_rounding_floor_by_default():
+    """embed(compute_dtype="bfloat16") sets float32_above_db to AUTO_MARGIN_DB under bf16_floor_db of
+    the initial variables: the lowest PSNR, over the batch, between their bf16 and float32 renders."""
+    from i2spp_jax.engine import driver
+
+    G = tiny_generator()
+    x = targets(G, 2)
+    v0 = embed.initial_variables(G, 2, w_init="uniform", seed=1)
+    floor = driver.bf16_floor_db(G, v0)
+    noise = list(v0["noise"])
+    a = G.synthesis(v0["w_plus"], noise=noise)
+    b = G.synthesis(v0["w_plus"], noise=noise, dtype="bfloat16")
+    mse = np.mean((np.clip(a, -1, 1) - np.clip(b, -1, 1)) ** 2, axis=(1, 2, 3))
+    assert floor == pytest.approx(np.min(10 * np.log10(4 / mse)), abs=0.06)  # data range 2, rounded to 0.1
+    assert 30 < floor < 70  # bf16's 8 bits of mantissa
+    phases = (w_mse(2),)
+    auto = run(G, x, v0, phases, compute_dtype="bfloat16")
+    assert [p.float32_above_db for p in auto.phases] == [floor - driver.AUTO_MARGIN_DB]
+    assert [p.float32_above_db for p in run(G, x, v0, phases, compute_dtype="bfloat16",
+                                            float32_above_db=None).phases] == [None]
+    assert [p.float32_above_db for p in run(G, x, v0, phases, compute_dtype="float32").phases] == [None]
+    with pytest.raises(ValueError, match="float32_above_db"):
+        run(G, x, v0, phases, compute_dtype="bfloat16", float32_above_db="high")
+
+
 def test_vgg_dtype_keeps_vgg_float32_beside_a_bf16_generator():
     """Phase.vgg_dtype="float32": VGG16's features (of the targets, and of G's image in the step) are
     the float32 ones bit for bit, while G still renders in bf16."""
@@ -261,4 +286,12 @@ def test_float32_runs_keep_the_fingerprints_of_earlier_versions():
     head = presets.run_settings(ReconstructConfig(compute_dtype="bfloat16", float32_head=0.1, float32_above_db=36.0),
                                 exclude=("out",))
     assert head["float32_head"] == 0.1 and head["float32_above_db"] == 36.0
-    assert "float32_above_db" not in low
+    # the bf16 mode now switches to float32 near its floor by default: a bf16 run of an earlier version
+    # is another run (refused, --fresh), unless started with --float32_above_db=none
+    assert low["float32_above_db"] == "auto"
+    never = presets.run_settings(ReconstructConfig(compute_dtype="bfloat16", float32_above_db=None), exclude=("out",))
+    assert "float32_above_db" not in never
+    assert [presets.parse_above_db(t) for t in ("auto", "none", "36", "-1.5")] == ["auto", None, 36.0, -1.5]
+    for bad in ("high", "nan", "inf", ""):
+        with pytest.raises(ValueError, match="--float32_above_db"):
+            presets.parse_above_db(bad)

@@ -179,6 +179,7 @@ def _mistakes(tmp_path):
         (["--no_such_flag"], ["no_such_flag"]),
         (["--paper"], ["exclude"]),
         (["--compute_dtype=bfloat16", "--float32_head=0.6", "--float32_tail=0.5"], ["--float32_head=0.6", "lower one"]),
+        (["--compute_dtype=bfloat16", "--float32_above_db=high"], ["--float32_above_db=high", "auto, none"]),
     ]
 
 

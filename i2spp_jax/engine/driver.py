@@ -16,7 +16,7 @@ import hashlib
 import json
 import logging
 import time
-from typing import Callable, Optional, Sequence
+from typing import Callable, Optional, Sequence, Union
 
 import jax
 import jax.numpy as jnp
@@ -32,6 +32,10 @@ from i2spp_jax.generator import Generator
 logger = logging.getLogger(__name__)
 
 HISTORY_KEYS = ("loss",) + LOSS_TERMS + ("psnr",)
+# float32_above_db="auto" hands a bf16 phase over to float32 this far under bf16's rounding floor
+# (`bf16_floor_db`): there bf16's rounding error is a third of the remaining error in amplitude, and
+# beyond it the W+ phase stalls (BUILD_NOTES.md, "The bf16 mode's accuracy").
+AUTO_MARGIN_DB = 10.0
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -55,6 +59,18 @@ class EmbedResult:
     phases: tuple  # the Phase settings that ran
     seconds: float  # wall time of this call's optimisation (without a resumed run's earlier part)
     iterations_run: int = 0  # iterations this call ran (a resumed run's earlier ones not counted)
+
+
+def bf16_floor_db(G: Generator, vars: Vars) -> float:
+    """How close a bf16 render comes to the float32 one: the PSNR between the two renders of the
+    batched `vars` (the batch's lowest), rounded to 0.1 dB. The demo generator's is 46-50 dB."""
+    a, b = _floor_renders(G, vars)
+    return round(float(jnp.min(step_lib.psnr(a, b))), 1)
+
+
+@jax.jit
+def _floor_renders(G, vars):
+    return tuple(G.synthesis(vars["w_plus"], noise=list(vars["noise"]), dtype=d) for d in (None, "bfloat16"))
 
 
 def data_hash(*trees) -> str:
@@ -155,7 +171,7 @@ def embed(G: Generator, target_x, *, phases: Sequence[Phase], init_vars: Vars, t
           callback: Optional[Callable[[int, dict], None]] = None,
           steps_per_call: Optional[int] = None, mesh: Optional[jax.sharding.Mesh] = None,
           compute_dtype: Optional[str] = None, float32_tail: float = 0.1, float32_head: float = 0.0,
-          float32_above_db: Optional[float] = None) -> EmbedResult:
+          float32_above_db: Union[None, float, str] = "auto") -> EmbedResult:
     """Runs `phases` in order on a batch of images, each with its own target, masks and start.
 
     Args:
@@ -189,23 +205,28 @@ def embed(G: Generator, target_x, *, phases: Sequence[Phase], init_vars: Vars, t
         last `float32_tail` fraction of iterations (`Phase.float32_steps`), which run in float32 with
         the same optimiser state, and its first `float32_head` fraction (`Phase.float32_head_steps`),
         also in float32, and, once an image of the batch reaches `float32_above_db` dB of PSNR
-        (`Phase.float32_above_db`; None = never), the rest of the phase in float32; "float32" runs
-        every phase in float32; None = each phase's own.
+        (`Phase.float32_above_db`; "auto" = `AUTO_MARGIN_DB` under `bf16_floor_db` of init_vars;
+        None = never), the rest of the phase in float32; "float32" runs every phase in float32;
+        None = each phase's own.
     Raises:
       NonFiniteLossError: the loss or the variables became NaN/inf (the last good checkpoint stays).
     """
     phases = tuple(phases)
+    B = _check_vars(G, init_vars)
     if compute_dtype is not None:
         if not (0 <= float32_tail <= 1 and 0 <= float32_head <= 1 - float32_tail):
             raise ValueError(f"float32_tail and float32_head must be in [0, 1] with a sum <= 1, got "
                              f"{float32_tail} and {float32_head}")
         low = compute_dtype != "float32"
+        if float32_above_db == "auto":
+            float32_above_db = bf16_floor_db(G, init_vars) - AUTO_MARGIN_DB if low else None
+        elif float32_above_db is not None and not isinstance(float32_above_db, (int, float)):
+            raise ValueError(f"float32_above_db must be 'auto', None or a PSNR in dB, got {float32_above_db!r}")
         phases = tuple(dataclasses.replace(p, compute_dtype=compute_dtype,
                                            float32_steps=int(round(float32_tail * p.num_steps)) if low else 0,
                                            float32_head_steps=int(float32_head * p.num_steps) if low else 0,
                                            float32_above_db=float32_above_db if low else None)
                        for p in phases)
-    B = _check_vars(G, init_vars)
     target_x = _check_targets(G, target_x, "target_x", B)
     target_y = target_x if target_y is None else _check_targets(G, target_y, "target_y", B)
     mask_sets = _mask_sets(G, masks, phases, B)
