@@ -149,6 +149,8 @@ def test_time_algorithm2_runs_both_phases_and_reports_seconds_per_image(tmp_path
     assert p.returncode == 0, p.stderr[-3000:]
     rec = json.load(open(os.path.join(tmp_path, "algorithm2.json")))
     assert rec["iterations_run"] == 80 and rec["float32_tail"] == 0.1 and rec["compute_dtype"] == "bfloat16"
+    above = rec["float32_above_db"]  # "auto", resolved: 10 dB under bf16's floor, the same in both phases
+    assert len(above) == 2 and above[0] == above[1] and 20 < above[0] < 60, above
     assert rec["seconds_per_image"] == pytest.approx(rec["wall_s"] / 2) and rec["compile_and_warmup_s"] > 0
     w, n = (np.asarray(rec["psnr_db"][k]) for k in ("W+ phase", "noise phase"))
     assert w.shape == n.shape == (2,) and np.all(n > w + 3), (w, n)
