@@ -19,6 +19,7 @@ Variants (--variants, in this order in the table):
   bfloat16_auto     the bf16 mode as `embed(compute_dtype="bfloat16")` runs it: the same switch at
                     `driver.AUTO_MARGIN_DB` (10 dB) under the bf16 rounding floor of the batch's
                     initial variables (`driver.bf16_floor_db`: 46-47 dB on the demo), the same tail.
+  bfloat16_head_auto  bfloat16_auto with bfloat16_head's float32 head.
 
 Each seed S has its own initialisation (seed S) and its own hidden latent (truth seed 123 + S), the same
 in every variant. On the demo generator a real held-out photograph is embedded beside the rendered
@@ -48,7 +49,7 @@ from i2spp_jax import checkpoint, embed, metrics, networks
 from i2spp_jax.engine import driver
 
 VARIANTS = ("float32", "float32_rounding", "bfloat16", "bfloat16_head", "bfloat16_vgg32", "bfloat16_switch",
-            "bfloat16_auto")
+            "bfloat16_auto", "bfloat16_head_auto")
 TRUTH_SEED_BASE = 123
 
 
@@ -83,8 +84,9 @@ def phase_for(variant: str, s: Settings, floor_db: Optional[float] = None) -> em
         return dataclasses.replace(low, vgg_dtype="float32")
     if variant == "bfloat16_switch":
         return dataclasses.replace(low, float32_above_db=s.switch_db)
-    if variant == "bfloat16_auto":
-        return dataclasses.replace(low, float32_above_db=floor_db - driver.AUTO_MARGIN_DB)
+    if variant in ("bfloat16_auto", "bfloat16_head_auto"):
+        auto = dataclasses.replace(low, float32_above_db=floor_db - driver.AUTO_MARGIN_DB)
+        return auto if variant == "bfloat16_auto" else dataclasses.replace(auto, float32_head_steps=int(s.head * s.w_steps))
     raise ValueError(f"unknown variant {variant!r}; choose from {', '.join(VARIANTS)}")
 
 
@@ -128,7 +130,7 @@ def run_one(out: str, variant: str, seed: int, s: Settings, G, vgg, log) -> dict
     ts = targets(G, seed, s.generator)
     stack = jnp.stack(list(ts.values()))
     init = embed.initial_variables(G, len(ts), w_init="w_avg", noise_init="normal", seed=seed)
-    phase = phase_for(variant, s, driver.bf16_floor_db(G, init) if variant == "bfloat16_auto" else None)
+    phase = phase_for(variant, s, driver.bf16_floor_db(G, init) if variant.endswith("_auto") else None)
     t0 = time.perf_counter()
     result = embed.embed(G_run, stack, phases=(phase,), init_vars=init, vgg=vgg, seed=seed, log=None,
                          log_every=0, checkpoint_dir=os.path.join(d, "ckpt"), checkpoint_every=1000)

@@ -16,14 +16,15 @@ SETTINGS = A.Settings(w_steps=6, resize_to=32, head=0.5, tail=0.2, switch_db=-10
 def test_sweep_rows_resume_and_refusal(tmp_path):
     out = str(tmp_path / "acc")
     lines = []
-    text, summary = A.sweep(out, SETTINGS, [0], ["float32_rounding", "bfloat16_head", "bfloat16_switch", "bfloat16_auto"], vgg="random",
+    text, summary = A.sweep(out, SETTINGS, [0], ["float32_rounding", "bfloat16_head", "bfloat16_switch", "bfloat16_auto", "bfloat16_head_auto"], vgg="random",
                             log=lines.append)
     runs = {r["variant"]: r for r in json.load(open(os.path.join(out, "summary.json")))["runs"]}
-    assert list(runs) == ["float32", "float32_rounding", "bfloat16_head", "bfloat16_switch", "bfloat16_auto"]
+    assert list(runs) == ["float32", "float32_rounding", "bfloat16_head", "bfloat16_switch", "bfloat16_auto",
+                          "bfloat16_head_auto"]
     # iterations in bf16: 6 less a head of 3 and a tail of 1; the switch's first iteration alone; auto, 10 dB
     # under the demo's bf16 floor (about 46 dB), none of 6 iterations reaches it
-    assert [runs[v]["bf16_iterations"] for v in runs] == [0, 0, 2, 1, 5]
-    assert "float32_above_db=3" in runs["bfloat16_auto"]["phase"]
+    assert [runs[v]["bf16_iterations"] for v in runs] == [0, 0, 2, 1, 5, 2]
+    assert "float32_above_db=3" in runs["bfloat16_auto"]["phase"] and "float32_head_steps=3" in runs["bfloat16_head_auto"]["phase"]
     assert "float32_head_steps=3" in runs["bfloat16_head"]["phase"] and "float32_steps=1" in runs["bfloat16_head"]["phase"]
     assert runs["float32"]["up_method"] != runs["float32_rounding"]["up_method"]
     for name in ("rendered", "real"):
@@ -43,7 +44,7 @@ def test_sweep_rows_resume_and_refusal(tmp_path):
 
     # again: the finished runs are read back, not run
     lines.clear()
-    again, _ = A.sweep(out, SETTINGS, [0], ["float32_rounding", "bfloat16_head", "bfloat16_switch", "bfloat16_auto"], vgg="random", log=lines.append)
+    again, _ = A.sweep(out, SETTINGS, [0], ["float32_rounding", "bfloat16_head", "bfloat16_switch", "bfloat16_auto", "bfloat16_head_auto"], vgg="random", log=lines.append)
     assert again == text and not [line for line in lines if "seed 0:" in line]
     with pytest.raises(cli.UserError, match="w_steps"):
         A.sweep(out, A.Settings(w_steps=7, resize_to=32, head=0.5, tail=0.2, switch_db=-100.0), [0], [], vgg="random")
