@@ -292,9 +292,9 @@ class JaxSide:
         with jax.default_matmul_precision(self.precision):
             res = embed.embed(self.G, self.target, phases=(phase,), init_vars=self.init, vgg=self.vgg, log=None,
                               steps_per_call=self.s["steps_per_call"], compute_dtype=self.compute_dtype,
-                              # the bf16 step alone: the engine's defaults end a phase in fp32 and switch to it
-                              # near bf16's rounding floor (measured by two renders of their own)
-                              float32_tail=0.0, float32_above_db=None)
+                              # the bf16 step alone: the engine's defaults start and end a phase in fp32 and
+                              # switch to it near bf16's rounding floor (measured by two renders of their own)
+                              float32_tail=0.0, float32_head=0.0, float32_above_db=None)
         jax.block_until_ready(res.vars)  # embed() has read every iteration's metrics back already
         seconds = time.perf_counter() - t0
         loss = res.history["loss"]

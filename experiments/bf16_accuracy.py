@@ -16,10 +16,11 @@ Variants (--variants, in this order in the table):
   bfloat16_vgg32    G in bf16, VGG16 in float32, the same tail.
   bfloat16_switch   the bf16 mode until an image of the batch reaches --switch_db dB of PSNR, float32
                     from there (`Phase.float32_above_db`), the same tail.
-  bfloat16_auto     the bf16 mode as `embed(compute_dtype="bfloat16")` runs it: the same switch at
-                    `driver.AUTO_MARGIN_DB` (10 dB) under the bf16 rounding floor of the batch's
-                    initial variables (`driver.bf16_floor_db`: 46-47 dB on the demo), the same tail.
-  bfloat16_head_auto  bfloat16_auto with bfloat16_head's float32 head.
+  bfloat16_auto     the same switch at `driver.AUTO_MARGIN_DB` (10 dB) under the bf16 rounding floor of
+                    the batch's initial variables (`driver.bf16_floor_db`: 46-47 dB on the demo), the
+                    same tail.
+  bfloat16_head_auto  bfloat16_auto with bfloat16_head's float32 head: the bf16 mode as
+                    `embed(compute_dtype="bfloat16")` runs it by default.
 
 Each seed S has its own initialisation (seed S) and its own hidden latent (truth seed 123 + S), the same
 in every variant. On the demo generator a real held-out photograph is embedded beside the rendered

@@ -87,7 +87,7 @@ class FolderConfig:
     noise_init: str = "normal"  # "normal" or "const"
     compute_dtype: str = "float32"  # "bfloat16": G's and VGG's convolutions in bf16 (the GPU fast mode)
     float32_tail: float = 0.1  # bfloat16 only: the fraction of each phase, at its end, run in float32
-    float32_head: float = 0.0  # bfloat16 only: the fraction of each phase, at its start, run in float32
+    float32_head: float = 0.1  # bfloat16 only: the fraction of each phase, at its start, run in float32
     # bfloat16 only: float32 once an image reaches this PSNR (dB); "auto" = 10 dB under bf16's rounding
     # floor (embed's default); None = never
     float32_above_db: Union[str, float, None] = "auto"

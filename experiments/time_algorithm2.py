@@ -35,7 +35,7 @@ def define_flags() -> None:
     flags.DEFINE_enum("numerics", "tf32", ["fp32", "tf32"], "matrix precision of the float32 parts (fp32 = highest)")
     flags.DEFINE_enum("compute_dtype", "float32", ["float32", "bfloat16"], "the bf16 mode or float32")
     flags.DEFINE_float("float32_tail", 0.1, "the bf16 mode's float32 share of each phase, at its end")
-    flags.DEFINE_float("float32_head", 0.0, "the bf16 mode's float32 share of each phase, at its start")
+    flags.DEFINE_float("float32_head", 0.1, "the bf16 mode's float32 share of each phase, at its start")
     flags.DEFINE_string("float32_above_db", "auto", "the bf16 mode: float32 once an image reaches this PSNR (dB); "
                         "auto = 10 dB under bf16's rounding floor; none = never")
     flags.DEFINE_integer("steps_per_call", 0, "iterations per dispatch (0 = the engine's default)", lower_bound=0)

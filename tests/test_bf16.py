@@ -132,8 +132,11 @@ def test_bf16_mode_runs_its_float32_head_in_float32():
     scan = run(G, x, v0, phases, compute_dtype="bfloat16", float32_tail=0.25, float32_head=0.25, steps_per_call=3)
     np.testing.assert_array_equal(scan.history["loss"][:2], f32.history["loss"][:2])
     np.testing.assert_allclose(scan.history["loss"], both.history["loss"], rtol=1e-5)
+    # a head larger than what the tail leaves takes the rest: all float32
+    assert [(p.float32_head_steps, p.float32_steps) for p in run(G, x, v0, phases, compute_dtype="bfloat16",
+                                                                 float32_tail=0.5, float32_head=0.6).phases] == [(4, 4)]
     with pytest.raises(ValueError, match="float32_head"):
-        run(G, x, v0, phases, compute_dtype="bfloat16", float32_tail=0.5, float32_head=0.6)
+        run(G, x, v0, phases, compute_dtype="bfloat16", float32_head=1.5)
     with pytest.raises(ValueError, match="float32_head_steps"):
         dataclasses.replace(embed.W_l(10), compute_dtype="bfloat16", float32_steps=5, float32_head_steps=6)
     # a float32 run has neither head nor tail
@@ -282,7 +285,7 @@ def test_float32_runs_keep_the_fingerprints_of_earlier_versions():
     settings = presets.run_settings(ReconstructConfig(), exclude=("out",))
     assert "compute_dtype" not in settings and "float32_tail" not in settings and "w_lr" in settings
     low = presets.run_settings(ReconstructConfig(compute_dtype="bfloat16"), exclude=("out",))
-    assert (low["compute_dtype"], low["float32_tail"]) == ("bfloat16", 0.1) and "float32_head" not in low
+    assert (low["compute_dtype"], low["float32_tail"], low["float32_head"]) == ("bfloat16", 0.1, 0.1)
     head = presets.run_settings(ReconstructConfig(compute_dtype="bfloat16", float32_head=0.1, float32_above_db=36.0),
                                 exclude=("out",))
     assert head["float32_head"] == 0.1 and head["float32_above_db"] == 36.0

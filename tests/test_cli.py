@@ -178,7 +178,6 @@ def _mistakes(tmp_path):
         (["--w_steps=-5"], ["--w_steps"]),
         (["--no_such_flag"], ["no_such_flag"]),
         (["--paper"], ["exclude"]),
-        (["--compute_dtype=bfloat16", "--float32_head=0.6", "--float32_tail=0.5"], ["--float32_head=0.6", "lower one"]),
         (["--compute_dtype=bfloat16", "--float32_above_db=high"], ["--float32_above_db=high", "auto, none"]),
     ]
 

@@ -170,7 +170,7 @@ def embed(G: Generator, target_x, *, phases: Sequence[Phase], init_vars: Vars, t
           checkpoint_every: int = 0, on_phase_end: Optional[Callable[[int, Vars], None]] = None,
           callback: Optional[Callable[[int, dict], None]] = None,
           steps_per_call: Optional[int] = None, mesh: Optional[jax.sharding.Mesh] = None,
-          compute_dtype: Optional[str] = None, float32_tail: float = 0.1, float32_head: float = 0.0,
+          compute_dtype: Optional[str] = None, float32_tail: float = 0.1, float32_head: float = 0.1,
           float32_above_db: Union[None, float, str] = "auto") -> EmbedResult:
     """Runs `phases` in order on a batch of images, each with its own target, masks and start.
 
@@ -203,8 +203,8 @@ def embed(G: Generator, target_x, *, phases: Sequence[Phase], init_vars: Vars, t
       compute_dtype: "bfloat16" runs every phase in the bf16 mode (`Phase.compute_dtype`: G's and
         VGG's convolutions in bfloat16; variables, Adam, losses and metrics in float32) except its
         last `float32_tail` fraction of iterations (`Phase.float32_steps`), which run in float32 with
-        the same optimiser state, and its first `float32_head` fraction (`Phase.float32_head_steps`),
-        also in float32, and, once an image of the batch reaches `float32_above_db` dB of PSNR
+        the same optimiser state, and its first `float32_head` fraction (`Phase.float32_head_steps`,
+        at most what the tail leaves), also in float32, and, once an image of the batch reaches `float32_above_db` dB of PSNR
         (`Phase.float32_above_db`; "auto" = `AUTO_MARGIN_DB` under `bf16_floor_db` of init_vars;
         None = never), the rest of the phase in float32; "float32" runs every phase in float32;
         None = each phase's own.
@@ -214,19 +214,21 @@ def embed(G: Generator, target_x, *, phases: Sequence[Phase], init_vars: Vars, t
     phases = tuple(phases)
     B = _check_vars(G, init_vars)
     if compute_dtype is not None:
-        if not (0 <= float32_tail <= 1 and 0 <= float32_head <= 1 - float32_tail):
-            raise ValueError(f"float32_tail and float32_head must be in [0, 1] with a sum <= 1, got "
-                             f"{float32_tail} and {float32_head}")
+        if not (0 <= float32_tail <= 1 and 0 <= float32_head <= 1):
+            raise ValueError(f"float32_tail and float32_head must be in [0, 1], got {float32_tail} and {float32_head}")
         low = compute_dtype != "float32"
         if float32_above_db == "auto":
             float32_above_db = bf16_floor_db(G, init_vars) - AUTO_MARGIN_DB if low else None
         elif float32_above_db is not None and not isinstance(float32_above_db, (int, float)):
             raise ValueError(f"float32_above_db must be 'auto', None or a PSNR in dB, got {float32_above_db!r}")
-        phases = tuple(dataclasses.replace(p, compute_dtype=compute_dtype,
-                                           float32_steps=int(round(float32_tail * p.num_steps)) if low else 0,
-                                           float32_head_steps=int(float32_head * p.num_steps) if low else 0,
-                                           float32_above_db=float32_above_db if low else None)
-                       for p in phases)
+        def low_phase(p):  # the tail first; the head takes what the tail leaves
+            tail = int(round(float32_tail * p.num_steps))
+            return dataclasses.replace(p, compute_dtype=compute_dtype, float32_steps=tail,
+                                       float32_head_steps=min(int(float32_head * p.num_steps), p.num_steps - tail),
+                                       float32_above_db=float32_above_db)
+        phases = tuple(low_phase(p) if low else dataclasses.replace(
+            p, compute_dtype=compute_dtype, float32_steps=0, float32_head_steps=0, float32_above_db=None)
+            for p in phases)
     target_x = _check_targets(G, target_x, "target_x", B)
     target_y = target_x if target_y is None else _check_targets(G, target_y, "target_y", B)
     mask_sets = _mask_sets(G, masks, phases, B)
