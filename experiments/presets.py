@@ -2,6 +2,7 @@
 iterations of each phase, and the resolution VGG sees, unless the flags say otherwise; and the
 demo's target with a known answer (`hidden_target`)."""
 
+import math
 from typing import Optional
 
 import jax
@@ -90,7 +91,7 @@ def parse_above_db(text: str):
         value = float(text)
     except ValueError:
         value = float("nan")
-    if value != value or value in (float("inf"), float("-inf")):
+    if not math.isfinite(value):
         raise cli.UserError(f"--float32_above_db={text}: give auto, none, or a PSNR in dB such as 36")
     return value
 
