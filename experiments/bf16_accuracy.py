@@ -34,6 +34,7 @@ refused (--fresh moves it aside). It prints the table and writes OUT/summary.jso
 """
 
 import dataclasses
+import functools
 import json
 import os
 import time
@@ -48,6 +49,7 @@ from experiments import cli
 from experiments.presets import hidden_target
 from i2spp_jax import checkpoint, embed, metrics, networks
 from i2spp_jax.engine import driver
+from i2spp_jax.engine.phases import in_compute_dtype
 
 VARIANTS = ("float32", "float32_rounding", "bfloat16", "bfloat16_head", "bfloat16_vgg32", "bfloat16_switch",
             "bfloat16_auto", "bfloat16_head_auto")
@@ -76,18 +78,20 @@ def phase_for(variant: str, s: Settings, floor_db: Optional[float] = None) -> em
     w = embed.schedule("w_then_noise", s.w_steps, 0, percept=s.percept, resize_to=s.resize_to)[0]
     if variant.startswith("float32"):
         return w
-    low = dataclasses.replace(w, compute_dtype="bfloat16", float32_steps=int(round(s.tail * s.w_steps)))
+    low = functools.partial(in_compute_dtype, w, "bfloat16", tail=s.tail)
+    auto = None if floor_db is None else floor_db - driver.AUTO_MARGIN_DB
     if variant == "bfloat16":
-        return low
+        return low()
     if variant == "bfloat16_head":
-        return dataclasses.replace(low, float32_head_steps=int(s.head * s.w_steps))
+        return low(head=s.head)
     if variant == "bfloat16_vgg32":
-        return dataclasses.replace(low, vgg_dtype="float32")
+        return dataclasses.replace(low(), vgg_dtype="float32")
     if variant == "bfloat16_switch":
-        return dataclasses.replace(low, float32_above_db=s.switch_db)
-    if variant in ("bfloat16_auto", "bfloat16_head_auto"):
-        auto = dataclasses.replace(low, float32_above_db=floor_db - driver.AUTO_MARGIN_DB)
-        return auto if variant == "bfloat16_auto" else dataclasses.replace(auto, float32_head_steps=int(s.head * s.w_steps))
+        return low(above_db=s.switch_db)
+    if variant == "bfloat16_auto":
+        return low(above_db=auto)
+    if variant == "bfloat16_head_auto":
+        return low(head=s.head, above_db=auto)
     raise ValueError(f"unknown variant {variant!r}; choose from {', '.join(VARIANTS)}")
 
 

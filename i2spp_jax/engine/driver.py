@@ -24,7 +24,7 @@ import numpy as np
 
 from i2spp_jax.engine import checkpoints, sharding
 from i2spp_jax.engine import step as step_lib
-from i2spp_jax.engine.phases import Phase, modconv_for, phase_key
+from i2spp_jax.engine.phases import Phase, in_compute_dtype, modconv_for, phase_key
 from i2spp_jax.engine.step import LOSS_TERMS
 from i2spp_jax.engine.variables import Vars, device_array, make_masks
 from i2spp_jax.generator import Generator
@@ -221,14 +221,8 @@ def embed(G: Generator, target_x, *, phases: Sequence[Phase], init_vars: Vars, t
             float32_above_db = bf16_floor_db(G, init_vars) - AUTO_MARGIN_DB if low else None
         elif float32_above_db is not None and not isinstance(float32_above_db, (int, float)):
             raise ValueError(f"float32_above_db must be 'auto', None or a PSNR in dB, got {float32_above_db!r}")
-        def low_phase(p):  # the tail first; the head takes what the tail leaves
-            tail = int(round(float32_tail * p.num_steps))
-            return dataclasses.replace(p, compute_dtype=compute_dtype, float32_steps=tail,
-                                       float32_head_steps=min(int(float32_head * p.num_steps), p.num_steps - tail),
-                                       float32_above_db=float32_above_db)
-        phases = tuple(low_phase(p) if low else dataclasses.replace(
-            p, compute_dtype=compute_dtype, float32_steps=0, float32_head_steps=0, float32_above_db=None)
-            for p in phases)
+        phases = tuple(in_compute_dtype(p, compute_dtype, tail=float32_tail, head=float32_head,
+                                        above_db=float32_above_db) for p in phases)
     target_x = _check_targets(G, target_x, "target_x", B)
     target_y = target_x if target_y is None else _check_targets(G, target_y, "target_y", B)
     mask_sets = _mask_sets(G, masks, phases, B)

@@ -96,6 +96,20 @@ ADDED_LATER = {"compute_dtype": "float32", "float32_steps": 0, "float32_head_ste
                "float32_above_db": None}
 
 
+def in_compute_dtype(phase: Phase, compute_dtype: str, *, tail: float = 0.0, head: float = 0.0,
+                     above_db: Optional[float] = None) -> Phase:
+    """`phase` run in `compute_dtype`: for bf16, its last `tail` fraction of iterations in float32, its
+    first `head` fraction too (at most what the tail leaves), and the rest of it once an image
+    reaches `above_db` dB; a float32 phase has none of these."""
+    if compute_dtype == "float32":
+        return dataclasses.replace(phase, compute_dtype=compute_dtype, float32_steps=0, float32_head_steps=0,
+                                   float32_above_db=None)
+    n = phase.num_steps
+    tail_steps = int(round(tail * n))
+    return dataclasses.replace(phase, compute_dtype=compute_dtype, float32_steps=tail_steps,
+                               float32_head_steps=min(int(head * n), n - tail_steps), float32_above_db=above_db)
+
+
 def phase_key(phase: Phase) -> str:
     """The phase as text, for run fingerprints: its repr, without the ADDED_LATER fields where they
     hold their old meaning (then exactly the repr an earlier version wrote)."""
