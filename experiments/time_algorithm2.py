@@ -89,6 +89,7 @@ def main(argv):
            "float32_tail": F.float32_tail if F.compute_dtype != "float32" else 0.0,
            "float32_head": F.float32_head if F.compute_dtype != "float32" else 0.0,
            "float32_above_db": [p.float32_above_db for p in res.phases],  # as resolved ("auto": the floor's)
+           "low_dtype_iterations": list(res.low_dtype_iterations),  # per phase, in bf16 (the rest float32)
            "steps_per_call": F.steps_per_call or default_steps_per_call(), "vgg": su["vgg_source"],
            "device": str(jax.devices()[0].device_kind), "backend": jax.default_backend(), "jax": jax.__version__,
            "warmup_steps": F.warmup_steps, "compile_and_warmup_s": warm_s, "wall_s": wall,
@@ -106,6 +107,9 @@ def main(argv):
     print(f"Algorithm 2 ({F.w_steps} W+ + {F.noise_steps} noise iterations): {wall:.1f} s for {F.batch} images = "
           f"{wall / F.batch:.1f} s per image (after {warm_s:.1f} s of compiling and a {F.warmup_steps} + "
           f"{F.warmup_steps}-iteration warm-up)")
+    if F.compute_dtype != "float32":
+        print(f"  in {F.compute_dtype}: {' + '.join(map(str, res.low_dtype_iterations))} of the phases' iterations, "
+              f"float32 past {rec['float32_above_db']} dB (the rest in float32)")
     for name, p in rec["psnr_db"].items():
         print(f"  PSNR after the {name}: mean {np.mean(p):.2f} dB (min {np.min(p):.2f}) against the hidden-latent targets")
     print(f"wrote {F.out}/algorithm2.json")

@@ -151,6 +151,8 @@ def test_time_algorithm2_runs_both_phases_and_reports_seconds_per_image(tmp_path
     assert rec["iterations_run"] == 80 and rec["float32_tail"] == 0.1 and rec["compute_dtype"] == "bfloat16"
     above = rec["float32_above_db"]  # "auto", resolved: 10 dB under bf16's floor, the same in both phases
     assert len(above) == 2 and above[0] == above[1] and 20 < above[0] < 60, above
+    # at most the 32 iterations between the float32 head and tail of each 40-iteration phase ran in bf16
+    assert len(rec["low_dtype_iterations"]) == 2 and all(0 <= k <= 32 for k in rec["low_dtype_iterations"]), rec
     assert rec["seconds_per_image"] == pytest.approx(rec["wall_s"] / 2) and rec["compile_and_warmup_s"] > 0
     w, n = (np.asarray(rec["psnr_db"][k]) for k in ("W+ phase", "noise phase"))
     assert w.shape == n.shape == (2,) and np.all(n > w + 3), (w, n)

@@ -123,6 +123,7 @@ def test_bf16_mode_runs_its_float32_head_in_float32():
     f32 = run(G, x, v0, phases)
     both = run(G, x, v0, phases, compute_dtype="bfloat16", float32_tail=0.25, float32_head=0.25)
     assert [(p.float32_head_steps, p.float32_steps) for p in both.phases] == [(2, 2)]
+    assert both.low_dtype_iterations == (4,) and f32.low_dtype_iterations == (0,)
     loss = {"f32": f32.history["loss"], "both": both.history["loss"]}
     np.testing.assert_array_equal(both.history["loss"][:2], f32.history["loss"][:2])
     # iteration 2 starts from the float32 run's variables, so only bf16's rounding tells it apart
@@ -132,6 +133,7 @@ def test_bf16_mode_runs_its_float32_head_in_float32():
     scan = run(G, x, v0, phases, compute_dtype="bfloat16", float32_tail=0.25, float32_head=0.25, steps_per_call=3)
     np.testing.assert_array_equal(scan.history["loss"][:2], f32.history["loss"][:2])
     np.testing.assert_allclose(scan.history["loss"], both.history["loss"], rtol=1e-5)
+    assert scan.low_dtype_iterations == (4,)
     # a head larger than what the tail leaves takes the rest: all float32
     assert [(p.float32_head_steps, p.float32_steps) for p in run(G, x, v0, phases, compute_dtype="bfloat16",
                                                                  float32_tail=0.5, float32_head=0.6).phases] == [(4, 4)]
@@ -170,6 +172,7 @@ def test_bf16_mode_switches_to_float32_once_an_image_reaches_float32_above_db(tm
     tail = run(G, x, v0, phases, compute_dtype="bfloat16", float32_tail=(7 - j) / 8)
     assert [p.float32_steps for p in tail.phases] == [7 - j]
     np.testing.assert_array_equal(switched.history["loss"], tail.history["loss"])
+    assert (never.low_dtype_iterations, switched.low_dtype_iterations) == ((8,), (j + 1,))
     assert not np.array_equal(switched.history["loss"], bf16.history["loss"])
 
     def killer(t, m):
@@ -185,6 +188,7 @@ def test_bf16_mode_switches_to_float32_once_an_image_reaches_float32_above_db(tm
     assert "iteration 5/8" in lines[0]
     np.testing.assert_array_equal(resumed.history["loss"], switched.history["loss"])
     assert_trees_equal(resumed.vars, switched.vars)
+    assert resumed.low_dtype_iterations == (0,)  # this call's iterations 5-7, after the switch
     with pytest.raises(ValueError, match="float32_above_db"):
         dataclasses.replace(embed.W_l(10), float32_above_db=float("nan"))
 

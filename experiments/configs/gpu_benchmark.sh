@@ -17,7 +17,9 @@
 # iterations per dispatch, TF32 then bf16: about 3 minutes), "alg2" / "alg2_tf32" (Algorithm 2, 5000 + 3000
 # iterations at batch 8, timed end to end by experiments.time_algorithm2 in the bf16 mode / in TF32:
 # about 5 minutes each), "next" then "next2" (what the last lease left, two calls of the device tool,
-# each under its 600 s limit; see their comments below; OUT/probe.tar.gz as for probe), "accuracy" (the
+# each under its 600 s limit; see their comments below; OUT/probe.tar.gz as for probe), "alg2_levers"
+# then "levers2" (the fifth lease's plan: Algorithm 2 in the bf16 mode as it is now, then the same levers
+# in another order; below), "accuracy" (the
 # bf16 mode's quality against TF32 and float32, below) or "all" (base, more, levers, parts).
 # Config-f sizes (1024x1024, w 512, up to 512 channels), VGG16 at 256. Each benchmark writes its
 # table into the log and OUT/NAME.json; the generator's weights (about 130 MB) stay in $BENCH_WORK.
@@ -130,6 +132,41 @@ if [ "$PART" = next2 ]; then
   left=$((${CALL_LIMIT:-580} - SECONDS))
   if [ $left -gt 360 ]; then ALG2_FLAGS="${ALG2_FLAGS:+$ALG2_FLAGS }$M" alg2 alg2_tf32 $left float32; pack
   else echo "=== alg2_tf32: skipped ($left s left; it needs about 6 minutes)"; fi
+fi
+# "alg2_levers" then "levers2" (the fifth lease's plan, 900 s of device time: two calls, the most needed
+# first). "alg2_levers" (about 9 minutes, CALL_LIMIT=560): Algorithm 2 end to end in the bf16 mode as it
+# is now (a float32 head and tail, float32 past the automatic threshold; ALG2_LIMIT s, default 330), then
+# the W+ step at batch 8 (25 per dispatch) in bf16 and in TF32, each as it is and with the ToRGB layers
+# as matrix products, each step only while CALL_LIMIT leaves 75 s. "levers2" (about 3-4 minutes): bf16
+# with the FIR folded in the last two blocks, the TF32 step with XLA's LLVM module compiled in parallel
+# parts (the compile goal; the TF32 step "as it is" of the first call, on the same warm machine, is its
+# baseline), then, while CALL_LIMIT leaves time, polyphase_last2 in TF32 and the persistent-cache pair.
+if [ "$PART" = alg2_levers ]; then
+  M="--up_method=${UP_METHOD:-auto} --torgb_method=${TORGB_METHOD:-conv}"
+  ALG2_FLAGS="${ALG2_FLAGS:+$ALG2_FLAGS }$M" alg2 alg2_bf16 "${ALG2_LIMIT:-330}" bfloat16; pack
+  W8="--sides=jax --steps=w --batches=8 --steps_per_call=25"
+  for v in "bf16" "bf16_torgbmm --torgb_method=matmul" "tf32" "tf32_torgbmm --torgb_method=matmul"; do
+    set -- $v; nm=$1; shift
+    left=$((${CALL_LIMIT:-560} - SECONDS))
+    if [ $left -gt 75 ]; then step w8_$nm $((left < 100 ? left : 100)) --numerics=${nm%%_*} $W8 "$@"; pack
+    else echo "=== w8_$nm: skipped, $left s left"; fi
+  done
+fi
+if [ "$PART" = levers2 ]; then
+  W8="--sides=jax --steps=w --batches=8 --steps_per_call=25"
+  step w8_bf16_last2 100 --numerics=bf16 $W8 --up_method=polyphase_last2; pack
+  XLA_FLAGS="${XLA_FLAGS:+$XLA_FLAGS }--xla_gpu_enable_llvm_module_compilation_parallelism=true" \
+    step w8_tf32_llvmpar 100 --numerics=tf32 $W8; pack
+  left=$((${CALL_LIMIT:-300} - SECONDS))
+  if [ $left -gt 75 ]; then step w8_tf32_last2 $((left < 100 ? left : 100)) --numerics=tf32 $W8 --up_method=polyphase_last2; pack
+  else echo "=== w8_tf32_last2: skipped, $left s left"; fi
+  left=$((${CALL_LIMIT:-300} - SECONDS))
+  if [ $left -gt 120 ]; then
+    rm -rf "$WORK/xla_cache"
+    C="--numerics=tf32 $W8 --compilation_cache=$WORK/xla_cache"
+    step w8_tf32_cache_cold 75 $C; pack
+    step w8_tf32_cache_hit 45 $C; pack
+  else echo "=== w8_tf32_cache_*: skipped ($left s left)"; fi
 fi
 # "accuracy" (ACC_LIMIT s per precision, default 240; resumes where a cut-short call stopped): the bf16
 # mode's accuracy on the GPU (issue 9's "< 0.1 dB"): experiments.bf16_accuracy on the demo generator,

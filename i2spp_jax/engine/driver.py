@@ -59,6 +59,9 @@ class EmbedResult:
     phases: tuple  # the Phase settings that ran
     seconds: float  # wall time of this call's optimisation (without a resumed run's earlier part)
     iterations_run: int = 0  # iterations this call ran (a resumed run's earlier ones not counted)
+    # per phase, how many of this call's iterations ran in the phase's compute_dtype (the bf16 mode's
+    # bf16 part; its head, tail and the iterations after a float32_above_db switch ran in float32)
+    low_dtype_iterations: tuple = ()
 
 
 def bf16_floor_db(G: Generator, vars: Vars) -> float:
@@ -272,6 +275,7 @@ def embed(G: Generator, target_x, *, phases: Sequence[Phase], init_vars: Vars, t
         mgr.save(t_now, state, {"step": int(t_now), "phase": int(pi), "seed": seed, "fingerprint": fingerprint})
 
     t_start = time.perf_counter()
+    low_runs = [0] * len(phases)
     try:
         for pi, phase in enumerate(phases):
             if t >= starts[pi + 1] and len(phase_vars) > pi:
@@ -307,7 +311,8 @@ def embed(G: Generator, target_x, *, phases: Sequence[Phase], init_vars: Vars, t
             first_call = True
             while t < starts[pi + 1]:
                 s = t - starts[pi]
-                run_as, data = program(head <= s < switch and not precise)
+                low = head <= s < switch and not precise
+                run_as, data = program(low)
                 to_event = _to_next_event(s, t, phase.num_steps, log_every, checkpoint_every)
                 for edge in (head, switch):  # one program per dispatch
                     to_event = min(to_event, edge - s) if s < edge else to_event
@@ -321,6 +326,7 @@ def embed(G: Generator, target_x, *, phases: Sequence[Phase], init_vars: Vars, t
                     if np.all(ms["finite"]):
                         vars, opt_state = new_vars, new_opt
                 per_iteration = [{key: v[j] for key, v in ms.items()} for j in range(k)]
+                low_runs[pi] += k if low and low_dtype else 0
                 for m in per_iteration:
                     if not np.all(m["finite"]):
                         _raise_nonfinite(m, t, phase, mgr, checkpoint_dir, history, phase_vars)
@@ -356,7 +362,8 @@ def embed(G: Generator, target_x, *, phases: Sequence[Phase], init_vars: Vars, t
             mgr.wait_until_finished()
             mgr.close()
     return EmbedResult(vars=vars, phase_vars=phase_vars, history=history, phases=phases,
-                       seconds=time.perf_counter() - t_start, iterations_run=t - t_first)
+                       seconds=time.perf_counter() - t_start, iterations_run=t - t_first,
+                       low_dtype_iterations=tuple(low_runs))
 
 
 def default_steps_per_call() -> int:
