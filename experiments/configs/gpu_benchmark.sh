@@ -16,10 +16,9 @@
 # autotuning off, each step with a time limit, 560 s in all; everything lands in OUT/probe.tar.gz), "w8" (the W+ step alone at batch 8 with 25
 # iterations per dispatch, TF32 then bf16: about 3 minutes), "alg2" / "alg2_tf32" (Algorithm 2, 5000 + 3000
 # iterations at batch 8, timed end to end by experiments.time_algorithm2 in the bf16 mode / in TF32:
-# about 5 minutes each), "next" then "next2" (what the last lease left, two calls of the device tool,
-# each under its 600 s limit; see their comments below; OUT/probe.tar.gz as for probe), "alg2_levers"
-# then "levers2" (the fifth lease's plan: Algorithm 2 in the bf16 mode as it is now, then the same levers
-# in another order; below), "accuracy" (the
+# about 5 minutes each), "alg2_levers" then "levers2" (what the fifth lease ran, two calls of the device
+# tool, each under its 600 s limit; OUT/probe.tar.gz as for probe), "alg2_diag" (the next lease's first
+# call: why that lease's Algorithm 2 run stalled; below), "accuracy" (the
 # bf16 mode's quality against TF32 and float32, below) or "all" (base, more, levers, parts).
 # Config-f sizes (1024x1024, w 512, up to 512 channels), VGG16 at 256. Each benchmark writes its
 # table into the log and OUT/NAME.json; the generator's weights (about 130 MB) stay in $BENCH_WORK.
@@ -89,58 +88,13 @@ alg2() {  # NAME SECONDS DTYPE: Algorithm 2 timed end to end at batch 8
   echo "=== $1: exit $?"
   cp "$WORK/$1/algorithm2.json" "$OUT/$1.json" 2>/dev/null
 }
-# What the last lease left (it measured the former "next"/"next2" as "now"/"now2", docs/bench_h200/call5_*
-# and call6_*, and the former "next" as itself, call7_*: polyphase_last won and became the GPU default),
-# in two calls that each fit the device tool's 600 s per command, most needed first.
-# "next" (about 8 minutes): the W+ step at batch 8 in bf16 and in TF32, each three ways in the same call:
-# as it is (Generator defaults: up_method auto = polyphase_last on a GPU, ToRGB as a convolution), the
-# ToRGB layers as one matrix product per image (--torgb_method=matmul), and the FIR folded in the last
-# two blocks (--up_method=polyphase_last2); then the TF32 step as it is with XLA's LLVM module compiled
-# in parallel parts (--xla_gpu_enable_llvm_module_compilation_parallelism=true: for the compile goal;
-# every step here compiles cold, no persistent cache); then, if CALL_LIMIT leaves a minute, the bf16
-# kernel profile of the ToRGB lever.
-if [ "$PART" = next ]; then
-  W8="--sides=jax --steps=w --batches=8 --steps_per_call=25"
-  for nm in bf16 tf32; do
-    step w8_$nm 100 --numerics=$nm $W8; pack
-    step w8_${nm}_torgbmm 100 --numerics=$nm $W8 --torgb_method=matmul; pack
-    step w8_${nm}_last2 100 --numerics=$nm $W8 --up_method=polyphase_last2; pack
-  done
-  XLA_FLAGS="${XLA_FLAGS:+$XLA_FLAGS }--xla_gpu_enable_llvm_module_compilation_parallelism=true" \
-    step w8_tf32_llvmpar 100 --numerics=tf32 $W8; pack
-  left=$((${CALL_LIMIT:-580} - SECONDS))
-  if [ $left -gt 60 ]; then
-    profile prof_bf16_torgbmm $left --preset=ffhq --batch=8 --numerics=bf16 --torgb_method=matmul --rounds=3 --calls=2
-    pack
-  else echo "=== prof_bf16_torgbmm: skipped, $left s left"; fi
-fi
-# "next2" (about 6 minutes, what a 900 s lease has left after "next"): Algorithm 2 end to end in the bf16
-# mode with UP_METHOD and TORGB_METHOD (default: the library's; the last timing, 19.3 s per image,
-# predates polyphase_last); then the TF32 W+ step twice with one persistent compilation cache, cold then
-# from the cache (the first call a later run pays: the commands keep such a cache); then Algorithm 2 in
-# TF32 if the call has about 6 minutes left (a lease of its own, or CALL_LIMIT raised).
-if [ "$PART" = next2 ]; then
-  M="--up_method=${UP_METHOD:-auto} --torgb_method=${TORGB_METHOD:-conv}"
-  ALG2_FLAGS="${ALG2_FLAGS:+$ALG2_FLAGS }$M" alg2 alg2_bf16 300 bfloat16; pack
-  left=$((${CALL_LIMIT:-580} - SECONDS))
-  if [ $left -gt 110 ]; then
-    rm -rf "$WORK/xla_cache"
-    C="--numerics=tf32 --sides=jax --steps=w --batches=8 --steps_per_call=25 --compilation_cache=$WORK/xla_cache"
-    step w8_tf32_cache_cold 75 $C; pack
-    step w8_tf32_cache_hit 45 $C; pack
-  else echo "=== w8_tf32_cache_*: skipped ($left s left)"; fi
-  left=$((${CALL_LIMIT:-580} - SECONDS))
-  if [ $left -gt 360 ]; then ALG2_FLAGS="${ALG2_FLAGS:+$ALG2_FLAGS }$M" alg2 alg2_tf32 $left float32; pack
-  else echo "=== alg2_tf32: skipped ($left s left; it needs about 6 minutes)"; fi
-fi
-# "alg2_levers" then "levers2" (the fifth lease's plan, 900 s of device time: two calls, the most needed
-# first). "alg2_levers" (about 9 minutes, CALL_LIMIT=560): Algorithm 2 end to end in the bf16 mode as it
+# "alg2_levers" then "levers2": what the fifth lease ran (two calls; records docs/bench_h200/call9_* and
+# call10_*; they replaced the former "next" and "next2", which held the same steps in another order). "alg2_levers" (about 9 minutes, CALL_LIMIT=560): Algorithm 2 end to end in the bf16 mode as it
 # is now (a float32 head and tail, float32 past the automatic threshold; ALG2_LIMIT s, default 330), then
 # the W+ step at batch 8 (25 per dispatch) in bf16 and in TF32, each as it is and with the ToRGB layers
 # as matrix products, each step only while CALL_LIMIT leaves 75 s. "levers2" (about 3-4 minutes): bf16
-# with the FIR folded in the last two blocks, the TF32 step with XLA's LLVM module compiled in parallel
-# parts (the compile goal; the TF32 step "as it is" of the first call, on the same warm machine, is its
-# baseline), then, while CALL_LIMIT leaves time, polyphase_last2 in TF32 and the persistent-cache pair.
+# with the FIR folded in the last two blocks, then, while CALL_LIMIT leaves time, polyphase_last2 in
+# TF32 and the persistent-cache pair (the TF32 step cold, then again from the cache).
 if [ "$PART" = alg2_levers ]; then
   M="--up_method=${UP_METHOD:-auto} --torgb_method=${TORGB_METHOD:-conv}"
   ALG2_FLAGS="${ALG2_FLAGS:+$ALG2_FLAGS }$M" alg2 alg2_bf16 "${ALG2_LIMIT:-330}" bfloat16; pack
@@ -155,8 +109,8 @@ fi
 if [ "$PART" = levers2 ]; then
   W8="--sides=jax --steps=w --batches=8 --steps_per_call=25"
   step w8_bf16_last2 100 --numerics=bf16 $W8 --up_method=polyphase_last2; pack
-  XLA_FLAGS="${XLA_FLAGS:+$XLA_FLAGS }--xla_gpu_enable_llvm_module_compilation_parallelism=true" \
-    step w8_tf32_llvmpar 100 --numerics=tf32 $W8; pack
+  # (the fifth lease also ran the TF32 step with --xla_gpu_enable_llvm_module_compilation_parallelism=true
+  # here: jax 0.11.2's XLA refused the flag as unknown, so that lever does not exist there)
   left=$((${CALL_LIMIT:-300} - SECONDS))
   if [ $left -gt 75 ]; then step w8_tf32_last2 $((left < 100 ? left : 100)) --numerics=tf32 $W8 --up_method=polyphase_last2; pack
   else echo "=== w8_tf32_last2: skipped, $left s left"; fi
@@ -167,6 +121,27 @@ if [ "$PART" = levers2 ]; then
     step w8_tf32_cache_cold 75 $C; pack
     step w8_tf32_cache_hit 45 $C; pack
   else echo "=== w8_tf32_cache_*: skipped ($left s left)"; fi
+fi
+# "alg2_diag" (about 8 minutes; the sixth lease's first call): on the fifth lease Algorithm 2 in the bf16
+# mode (head, tail and switch, polyphase_last) did not finish in 330 s, where the fourth's version had
+# taken 238 s, and XLA warned four times that it could not bring a program under 106 GiB by
+# rematerialisation (259-519 GiB). This runs it short (250 + 250 iterations after a 250 + 250 warm-up)
+# as it is and then with the reference's up-sampling, each with XLA's dump of every compiled module
+# and JAX's compile log (which program compiled when), and brings back each module's buffer total
+# and largest buffers (experiments/configs/xla_memory_summary.py) and the largest module's HLO.
+if [ "$PART" = alg2_diag ]; then
+  for um in auto transposed; do
+    left=$((${CALL_LIMIT:-560} - SECONDS))
+    if [ $left -lt 120 ]; then echo "=== alg2diag_$um: skipped, $left s left"; continue; fi
+    D="$WORK/dump_$um"; rm -rf "$D"
+    XLA_FLAGS="${XLA_FLAGS:+$XLA_FLAGS }--xla_dump_to=$D --xla_dump_hlo_as_text" JAX_LOG_COMPILES=1 \
+      ALG2_FLAGS="--w_steps=250 --noise_steps=250 --warmup_steps=250 --up_method=$um${ALG2_FLAGS:+ $ALG2_FLAGS}" \
+      alg2 alg2diag_$um $((left < 270 ? left - 20 : 250)) bfloat16
+    python3 experiments/configs/xla_memory_summary.py "$D" > "$OUT/alg2diag_${um}_memory.txt"
+    head -12 "$OUT/alg2diag_${um}_memory.txt" | cut -c1-400
+    big=$(head -1 "$OUT/alg2diag_${um}_memory.txt" | awk '{print $3}')
+    [ -n "$big" ] && gzip -c "$D/$big.txt" > "$OUT/alg2diag_${um}_largest_hlo.txt.gz"
+  done
 fi
 # "accuracy" (ACC_LIMIT s per precision, default 240; resumes where a cut-short call stopped): the bf16
 # mode's accuracy on the GPU (issue 9's "< 0.1 dB"): experiments.bf16_accuracy on the demo generator,
