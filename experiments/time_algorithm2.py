@@ -42,9 +42,11 @@ def define_flags() -> None:
     flags.DEFINE_string("vgg", "auto", "auto (ImageNet if installed, else random), random, or a vgg16_trunk.npz")
     benchmark.define_method_flags()
     flags.DEFINE_string("out", "runs/time_algorithm2", "output folder (algorithm2.json)")
+    flags.DEFINE_integer("log_every", 1000, "the timed call's progress line every this many iterations (PSNR, "
+                         "img-it/s; 0 = none), so that a run cut short still says how far it got", lower_bound=0)
 
 
-def _run(su, w_steps, noise_steps, F):
+def _run(su, w_steps, noise_steps, F, log_every=0):
     import jax
 
     from i2spp_jax import embed
@@ -54,12 +56,16 @@ def _run(su, w_steps, noise_steps, F):
     init = embed.initial_variables(G, su["batch"], w_init="w_avg", noise_init="normal", seed=0)
     t0 = time.perf_counter()
     with jax.default_matmul_precision(su["precision"]):
-        res = embed.embed(G, su["target"], phases=phases, init_vars=init, vgg=su["vgg"], log=None, log_every=0,
+        res = embed.embed(G, su["target"], phases=phases, init_vars=init, vgg=su["vgg"], log=_say, log_every=log_every,
                           steps_per_call=F.steps_per_call or None, compute_dtype=F.compute_dtype,
                           float32_tail=F.float32_tail, float32_head=F.float32_head,
                           float32_above_db=presets.parse_above_db(F.float32_above_db))
     jax.block_until_ready(res.vars)
     return res, time.perf_counter() - t0
+
+
+def _say(line: str) -> None:
+    print(f"{time.strftime('%H:%M:%S')} {line}", flush=True)
 
 
 def main(argv):
@@ -79,8 +85,11 @@ def main(argv):
     su = step_parts.setup(preset, F.batch, F.resize_to, numerics, F.vgg, resolution=F.resolution,
                           up_method=F.up_method, torgb_method=F.torgb_method)
     su["precision"] = "highest" if F.numerics == "fp32" else "tensorfloat32"
+    _say(f"{jax.devices()[0].device_kind}: the untimed first call ({F.warmup_steps} + {F.warmup_steps} iterations, "
+         f"compiling every program)")
     _, warm_s = _run(su, F.warmup_steps, F.warmup_steps, F)
-    res, wall = _run(su, F.w_steps, F.noise_steps, F)
+    _say(f"first call {warm_s:.1f} s; the timed call ({F.w_steps} + {F.noise_steps} iterations, batch {F.batch})")
+    res, wall = _run(su, F.w_steps, F.noise_steps, F, F.log_every)
     psnr = [np.asarray(embed.evaluate(v, su["G"], su["target"])[1]) for v in res.phase_vars]
     rec = {"preset": preset, "resolution": su["resolution"], "batch": F.batch, "w_steps": F.w_steps,
            "noise_steps": F.noise_steps, "resize_to": F.resize_to, "numerics": F.numerics,
