@@ -17,7 +17,7 @@ Variants (--variants, in this order in the table):
   bfloat16_switch   the bf16 mode until an image of the batch reaches --switch_db dB of PSNR, float32
                     from there (`Phase.float32_above_db`), the same tail.
   bfloat16_auto     the same switch at `driver.AUTO_MARGIN_DB` (10 dB) under the bf16 rounding floor of
-                    the batch's initial variables (`driver.bf16_floor_db`: 46-47 dB on the demo), the
+                    the batch's initial variables (`driver.bf16_floor_db`: 45-46 dB on the demo), the
                     same tail.
   bfloat16_head_auto  bfloat16_auto with bfloat16_head's float32 head: the bf16 mode as
                     `embed(compute_dtype="bfloat16")` runs it by default.
