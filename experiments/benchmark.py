@@ -335,16 +335,22 @@ class _Child:
         argv = [a for a in sys.argv[1:] if not a.startswith(("--role", "--batch="))]
         cmd = [sys.executable, "-m", "experiments.benchmark", *argv, f"--role={role}", f"--batch={batch}"]
         self.role, self.batch = role, batch
-        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                     text=True)
+        # The side's stderr (XLA's and torch's warnings) goes to a file in --out: kept for reading, and
+        # never a pipe that nobody drains, where a chatty compile would block the side.
+        self.stderr_path = os.path.join(F.out, f"{role}_b{batch}_stderr.txt")
+        with open(self.stderr_path, "w") as err:
+            self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err, text=True)
         self.info = self._read()["ready"]
 
     def _read(self) -> dict:
         for line in self.proc.stdout:
             if line.startswith(PROTOCOL):
                 return json.loads(line[len(PROTOCOL):])
-        err = self.proc.stderr.read().strip().splitlines()[-15:]
-        raise cli.UserError(f"the {self.role} process (batch {self.batch}) failed:\n  " + "\n  ".join(err))
+        self.proc.wait()
+        with open(self.stderr_path) as f:
+            err = f.read().strip().splitlines()[-15:]
+        raise cli.UserError(f"the {self.role} process (batch {self.batch}) failed ({self.stderr_path}):\n  "
+                            + "\n  ".join(err))
 
     def round(self, kind: str, n: int, save: Optional[str] = None) -> dict:
         self.proc.stdin.write(json.dumps({"kind": kind, "n": n, "save": save}) + "\n")

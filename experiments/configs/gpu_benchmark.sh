@@ -42,6 +42,7 @@ step() {  # NAME SECONDS FLAGS...
   echo "=== $name: exit $? after $((SECONDS - t0)) s"
   pkill -f "experiments.benchmark .*--role=" 2>/dev/null  # a timed-out step's side processes
   cp "$WORK/$name/benchmark.json" "$OUT/$name.json" 2>/dev/null
+  for e in "$WORK/$name"/*_stderr.txt; do [ -f "$e" ] && gzip -c "$e" > "$OUT/${name}_$(basename "$e").gz"; done  # the sides' warnings
   cp -n "$WORK/$name"/g*_s0.weights.npz "$WORK/$name"/g*_s0.json "$WORK/shared/" 2>/dev/null
 }
 
@@ -78,7 +79,7 @@ if [ "$PART" = w8 ]; then  # the headline W+ step alone (about 3 minutes): batch
   step w8_bf16_scan25 100 --numerics=bf16 --sides=jax --steps=w --batches=8 --steps_per_call=25
 fi
 pack() {  # after every step, so that a run cut short still brings back what it measured (one file)
-  mkdir -p "$WORK/probe_files" && mv "$OUT"/*.json "$OUT"/*_hlo.txt.gz "$WORK/probe_files/" 2>/dev/null
+  mkdir -p "$WORK/probe_files" && mv "$OUT"/*.json "$OUT"/*_hlo.txt.gz "$OUT"/*_stderr.txt.gz "$WORK/probe_files/" 2>/dev/null
   tar czf "$OUT/probe.tar.gz" -C "$WORK/probe_files" .
 }
 alg2() {  # NAME SECONDS DTYPE: Algorithm 2 timed end to end at batch 8
