@@ -45,7 +45,10 @@ def combine(G, vars_a: dict, vars_b: dict, mask, *, point: str, op: str = "spati
         raise ValueError(f"op {op!r}: use one of {sorted(OPS)}")
     if point not in G.config.activation_names:
         raise ValueError(f"activation point {point!r}: use one of {G.config.activation_names}")
-    _, acts_b = G.synthesis(vars_b["w_plus"], noise=list(vars_b["noise"]), return_activations=True)
+    # modulated activations, as the engine renders (`render` below): the grouped convolution with one group
+    # per image is the form that exhausted memory for a batch at 1024 (driver.bf16_floor_db, issue 9)
+    _, acts_b = G.synthesis(vars_b["w_plus"], noise=list(vars_b["noise"]), return_activations=True,
+                            fused_modconv=False)
     other = activations.capture(acts_b, point)
     B = np.shape(vars_a["w_plus"])[0]
     m = jnp.asarray(mask, jnp.float32)
