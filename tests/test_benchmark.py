@@ -215,3 +215,35 @@ def test_the_gpu_script_parts_the_readme_names_exist():
     parts = set(re.findall(r'"\$PART" = (\w+)', script))
     named = set(re.findall(r"(?:gpu_benchmark\.sh|\.\.\.) OUT (\w+)", open(os.path.join(root, "README.md")).read()))
     assert named and named <= parts, sorted(named - parts)
+
+
+def test_xla_memory_summary_names_the_largest_module_first(tmp_path):
+    """experiments/configs/xla_memory_summary.py (the GPU script's alg2_diag): one line per module of an
+    XLA dump, largest total first, with the module's file stem (which the script gzips) and its
+    largest buffers by size, read from XLA's memory-usage reports (the CPU's format, as a dry run
+    writes it; the GPU's differs in the stem only)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("xla_memory_summary", os.path.join(
+        os.path.dirname(__file__), "..", "experiments", "configs", "xla_memory_summary.py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+
+    def report(stem, total, rows):
+        lines = ["Memory Space: default (color=0)", f"Total bytes: {total} (x)",
+                 "  cumulative_size;       size;       offset; used_by_n_values; shapes_list",
+                 "  " + "-" * 60]
+        lines += [f"    {c}(  4%);    {size};      0;                1; {shape}" for c, size, shape in rows]
+        (tmp_path / f"{stem}-memory-usage-report.txt").write_text("\n".join(lines) + "\n")
+
+    report("module_0001.jit_small.sm_9.0_gpu_after_optimizations", 2**20, [("1.00MiB", "1.00MiB", "f32[512,512]")])
+    report("module_0002.jit_run.sm_9.0_gpu_after_optimizations", 3 * 2**30,
+           [("2.00GiB", "2.00GiB", "f32[8,1024,1024,64]"), ("2.50GiB", "512.0MiB", "bf16[8,1024,1024,32]"),
+            ("2.60GiB", "100.0KiB", "f32[25600]")])
+    (tmp_path / "module_0002.jit_run.sm_9.0_gpu_after_optimizations.txt").write_text("HloModule jit_run\n")
+    lines = mod.summarise(str(tmp_path), top=2)
+    assert len(lines) == 2
+    assert lines[0].split()[:3] == ["3.00", "GiB", "module_0002.jit_run.sm_9.0_gpu_after_optimizations"], lines
+    assert "2.00GiB f32[8,1024,1024,64] | 512.0MiB bf16[8,1024,1024,32]" in lines[0] and "f32[25600]" not in lines[0]
+    assert lines[1].split()[2] == "module_0001.jit_small.sm_9.0_gpu_after_optimizations"
+    assert os.path.exists(tmp_path / (lines[0].split()[2] + ".txt"))  # the stem the script gzips
