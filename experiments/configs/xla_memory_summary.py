@@ -9,6 +9,9 @@ import re
 import sys
 
 
+BUFFER_ROW = re.compile(r"\s+[\d.]+\w*\(\s*\d+%\);")  # "  cumulative(pct%); size; offset; values; shapes"
+
+
 def summarise(folder: str, top: int = 3) -> list[str]:
     rows = []
     for path in glob.glob(os.path.join(folder, "*memory-usage-report.txt")):
@@ -17,10 +20,9 @@ def summarise(folder: str, top: int = 3) -> list[str]:
         total = re.search(r"Total bytes: (\d+)", text)
         if not total:
             continue
-        biggest = [ln.split(";")[-1].strip() for ln in text.splitlines() if re.match(r"\s+[\d.]+\w*\(\s*\d+%\);", ln)]
-        sizes = [ln.split(";")[1].strip() for ln in text.splitlines() if re.match(r"\s+[\d.]+\w*\(\s*\d+%\);", ln)]
+        cells = [ln.split(";") for ln in text.splitlines() if BUFFER_ROW.match(ln)]
         name = os.path.basename(path).split("-memory-usage-report")[0]
-        rows.append((int(total.group(1)), name, list(zip(sizes, biggest))))
+        rows.append((int(total.group(1)), name, [(c[1].strip(), c[-1].strip()) for c in cells]))  # (size, shapes)
     rows.sort(key=lambda r: -r[0])
     out = []
     for total, name, bufs in rows:

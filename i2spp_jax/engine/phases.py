@@ -58,7 +58,7 @@ class Phase:
     vgg_dtype: Optional[str] = None
     # With compute_dtype "bfloat16": once an image of the batch reaches this PSNR (dB, against its
     # target x), the rest of the phase runs in float32. Near bf16's rounding floor (the demo
-    # generator's bf16 render is 46-50 dB from its float32 render) bf16's gradients are mostly
+    # generator's bf16 render is 45-46 dB from its float32 render) bf16's gradients are mostly
     # rounding, and the W+ phase stalls there (BUILD_NOTES.md, "The bf16 mode's accuracy"). None = never.
     float32_above_db: Optional[float] = None
 
