@@ -46,7 +46,7 @@ def define_flags() -> None:
                          "img-it/s; 0 = none), so that a run cut short still says how far it got", lower_bound=0)
 
 
-def _run(su, w_steps, noise_steps, F, log_every=0):
+def _run(su, w_steps, noise_steps, F, above_db, log_every=0):
     import jax
 
     from i2spp_jax import embed
@@ -59,7 +59,7 @@ def _run(su, w_steps, noise_steps, F, log_every=0):
         res = embed.embed(G, su["target"], phases=phases, init_vars=init, vgg=su["vgg"], log=_say, log_every=log_every,
                           steps_per_call=F.steps_per_call or None, compute_dtype=F.compute_dtype,
                           float32_tail=F.float32_tail, float32_head=F.float32_head,
-                          float32_above_db=presets.parse_above_db(F.float32_above_db))
+                          float32_above_db=above_db)
     jax.block_until_ready(res.vars)
     return res, time.perf_counter() - t0
 
@@ -79,7 +79,7 @@ def main(argv):
 
     logging.set_verbosity(logging.WARNING)
     F = flags.FLAGS
-    presets.parse_above_db(F.float32_above_db)  # a bad value refused before anything slow
+    above_db = presets.parse_above_db(F.float32_above_db)  # a bad value refused before anything slow
     preset = F.preset if F.preset != "auto" else ("ffhq" if jax.default_backend() == "gpu" else "cpu")
     numerics = "bf16" if F.compute_dtype == "bfloat16" else F.numerics
     su = step_parts.setup(preset, F.batch, F.resize_to, numerics, F.vgg, resolution=F.resolution,
@@ -87,9 +87,9 @@ def main(argv):
     su["precision"] = "highest" if F.numerics == "fp32" else "tensorfloat32"
     _say(f"{jax.devices()[0].device_kind}: the untimed first call ({F.warmup_steps} + {F.warmup_steps} iterations, "
          f"compiling every program)")
-    _, warm_s = _run(su, F.warmup_steps, F.warmup_steps, F)
+    _, warm_s = _run(su, F.warmup_steps, F.warmup_steps, F, above_db)
     _say(f"first call {warm_s:.1f} s; the timed call ({F.w_steps} + {F.noise_steps} iterations, batch {F.batch})")
-    res, wall = _run(su, F.w_steps, F.noise_steps, F, F.log_every)
+    res, wall = _run(su, F.w_steps, F.noise_steps, F, above_db, F.log_every)
     psnr = [np.asarray(embed.evaluate(v, su["G"], su["target"])[1]) for v in res.phase_vars]
     rec = {"preset": preset, "resolution": su["resolution"], "batch": F.batch, "w_steps": F.w_steps,
            "noise_steps": F.noise_steps, "resize_to": F.resize_to, "numerics": F.numerics,

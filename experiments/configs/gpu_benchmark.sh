@@ -90,8 +90,8 @@ alg2() {  # NAME SECONDS DTYPE: Algorithm 2 timed end to end at batch 8
   cp "$WORK/$1/algorithm2.json" "$OUT/$1.json" 2>/dev/null
 }
 # "alg2_levers" then "levers2": what the fifth lease ran (two calls; records docs/bench_h200/call9_* and
-# call10_*; they replaced the former "next" and "next2", which held the same steps in another order). "alg2_levers" (about 9 minutes, CALL_LIMIT=560): Algorithm 2 end to end in the bf16 mode as it
-# is now (a float32 head and tail, float32 past the automatic threshold; ALG2_LIMIT s, default 330), then
+# call10_*; they replaced the former "next" and "next2", which held the same steps in another order).
+# "alg2_levers" (about 9 minutes, CALL_LIMIT=560): Algorithm 2 end to end in the bf16 mode as it was then (a float32 head and tail, float32 past the automatic threshold; ALG2_LIMIT s, default 330), then
 # the W+ step at batch 8 (25 per dispatch) in bf16 and in TF32, each as it is and with the ToRGB layers
 # as matrix products, each step only while CALL_LIMIT leaves 75 s. "levers2" (about 3-4 minutes): bf16
 # with the FIR folded in the last two blocks, then, while CALL_LIMIT leaves time, polyphase_last2 in
@@ -128,9 +128,10 @@ fi
 # its 330 s limit, where the fourth lease's version (tail only, transposed up-sampling) took 238 s with
 # its compile. It printed nothing but XLA's warnings, four of them that a program could not be brought
 # under 106 GiB by rematerialisation (259-519 GiB estimated). The benchmark's W+ steps ran normally in
-# the same lease, but their subprocesses' warnings are not shown, so whether they warn too is not known.
-# A predicted reason that needs no fault: the new default runs more float32 (the head, and the switch
-# once PSNR passes the automatic threshold), so that 330 s was too short. This part runs the same
+# the same lease; their sides' warnings were discarded then (now kept: OUT/*_stderr.txt.gz). The CPU
+# then found that the automatic threshold's two renders used the grouped convolution, one group per
+# image, which exhausted 24 GB for 8 config-f images; they now render as the steps do. Predicted, if
+# that was the trouble: about 20.5 s per image (BUILD_NOTES.md, "GPU, fifth lease"). This part runs the same
 # Algorithm 2 with a longer limit, a progress line every 1000 iterations (PSNR and rate: where it is,
 # and whether it switched), JAX's compile log (which program compiled when, next to XLA's warnings),
 # and XLA's dump of every compiled module, summarised by experiments/configs/xla_memory_summary.py
