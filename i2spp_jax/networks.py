@@ -23,6 +23,19 @@ NoiseInput = Union[None, str, jax.Array]  # None = no noise, "const" = the store
 Edits = Mapping[str, Union[Callable[[jax.Array], jax.Array], activations.Mix]]
 
 
+def param(module: nn.Module, name: str, init: Callable, shape: tuple) -> jax.Array:
+    """`module.param(name, init, shape)`, without flax's check of a stored parameter, which traces
+    `init` under `jax.eval_shape` on every apply: 0.8 s of the 3.5 s that tracing the W+ step took at
+    config-f (BUILD_NOTES.md, issue 9). A stored parameter's shape is checked against `shape` here."""
+    if module.has_variable("params", name):
+        value = module.get_variable("params", name)
+        if jnp.shape(value) != tuple(shape):
+            raise ValueError(f"parameter {'/'.join(module.scope.path + (name,))} has shape {jnp.shape(value)}; "
+                             f"this network expects {tuple(shape)}: the weights are for another architecture")
+        return value
+    return module.param(name, init, shape)
+
+
 class FullyConnectedLayer(nn.Module):
     """Equalized-lr dense layer: y = act(x @ (W * lr / sqrt(in)) + b * lr)."""
 
@@ -34,12 +47,9 @@ class FullyConnectedLayer(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         in_features = x.shape[-1]
-        weight = self.param(
-            "weight",
-            lambda k, s: jax.random.normal(k, s) / self.lr_multiplier,
-            (in_features, self.features),
-        )
-        bias = self.param("bias", lambda k, s: jnp.full(s, self.bias_init, jnp.float32), (self.features,))
+        weight = param(self, "weight", lambda k, s: jax.random.normal(k, s) / self.lr_multiplier,
+                       (in_features, self.features))
+        bias = param(self, "bias", lambda k, s: jnp.full(s, self.bias_init, jnp.float32), (self.features,))
         w = weight * (self.lr_multiplier / np.sqrt(in_features))
         return ops.bias_act(x @ w, bias * self.lr_multiplier, act=self.activation)
 
@@ -66,7 +76,7 @@ class MappingNetwork(nn.Module):
         for idx in range(self.num_layers):
             out = self.w_dim if idx == self.num_layers - 1 else hidden
             x = FullyConnectedLayer(out, "lrelu", self.lr_multiplier, name=f"fc{idx}")(x)
-        w_avg = self.param("w_avg", nn.initializers.zeros, (self.w_dim,))
+        w_avg = param(self, "w_avg", nn.initializers.zeros, (self.w_dim,))
         x = jnp.broadcast_to(x[:, None, :], (x.shape[0], self.num_ws, self.w_dim))
         if truncation_psi != 1:
             truncated = w_avg + truncation_psi * (x - w_avg)  # torch.lerp(w_avg, x, psi)
@@ -122,10 +132,10 @@ class SynthesisLayer(nn.Module):
         in_channels = x.shape[-1]
         styles = FullyConnectedLayer(in_channels, bias_init=1.0, name="affine")(w)  # [N, I]
         k = self.kernel_size
-        weight = self.param("weight", nn.initializers.normal(1.0), (k, k, in_channels, self.out_channels))
-        noise_const = self.param("noise_const", nn.initializers.normal(1.0), (self.resolution, self.resolution))
-        noise_strength = self.param("noise_strength", nn.initializers.zeros, ())
-        bias = self.param("bias", nn.initializers.zeros, (self.out_channels,))
+        weight = param(self, "weight", nn.initializers.normal(1.0), (k, k, in_channels, self.out_channels))
+        noise_const = param(self, "noise_const", nn.initializers.normal(1.0), (self.resolution, self.resolution))
+        noise_strength = param(self, "noise_strength", nn.initializers.zeros, ())
+        bias = param(self, "bias", nn.initializers.zeros, (self.out_channels,))
 
         x, dcoefs = ops.modulated_conv2d(
             x, weight, styles, up=self.up, resample_filter=ops.setup_filter(self.resample_filter),
@@ -152,8 +162,8 @@ class ToRGBLayer(nn.Module):
         in_channels = x.shape[-1]
         styles = FullyConnectedLayer(in_channels, bias_init=1.0, name="affine")(w)
         styles = styles * (1.0 / np.sqrt(in_channels))
-        weight = self.param("weight", nn.initializers.normal(1.0), (1, 1, in_channels, self.out_channels))
-        bias = self.param("bias", nn.initializers.zeros, (self.out_channels,))
+        weight = param(self, "weight", nn.initializers.normal(1.0), (1, 1, in_channels, self.out_channels))
+        bias = param(self, "bias", nn.initializers.zeros, (self.out_channels,))
         if self.method == "matmul":  # the same function either way (and either fused_modconv)
             x = ops.modulated_matmul(x, weight, styles)
         else:
@@ -208,7 +218,8 @@ class SynthesisBlock(nn.Module):
 
         layer = dict(resolution=self.resolution, conv_clamp=self.conv_clamp, resample_filter=self.resample_filter)
         if self.in_channels == 0:
-            const = self.param("const", nn.initializers.normal(1.0), (self.resolution, self.resolution, self.out_channels))
+            const = param(self, "const", nn.initializers.normal(1.0),
+                          (self.resolution, self.resolution, self.out_channels))
             x = jnp.broadcast_to(const[None], (ws.shape[0],) + const.shape)
             x = x if dtype is None else x.astype(dtype)
             x = SynthesisLayer(self.out_channels, name="conv1", **layer)(x, ws[:, 0], noise[0], fused_modconv)

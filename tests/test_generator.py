@@ -311,3 +311,33 @@ def test_generator_up_method_is_static_and_the_same_function(G, ws):
     with pytest.raises(ValueError, match=r"up-sampling method 'bilinear': use one of \('transposed', 'polyphase'\)"):
         ops.conv2d_up2(ws[:, None, :2, None], jnp.ones((3, 3, 1, 1)), ops.setup_filter([1, 3, 3, 1]),
                        method="bilinear")
+
+
+def test_tracing_inside_a_jit_neither_nests_a_jit_nor_traces_the_initialisers(G, ws, monkeypatch):
+    """Issue 9's trace time: inside the caller's jit (the engine's step) `G.synthesis` traces the network
+    into the caller's program, not as a nested jit (whose jaxpr grad linearises once more), and the
+    stored parameters are read without flax's shape check, which traces every initialiser under
+    jax.eval_shape on every apply (together 0.3-0.5 s of the W+ step's trace at config-f). The image is
+    the jitted method's, bit for bit."""
+    calls = []
+    real = jax.eval_shape
+    monkeypatch.setattr(jax, "eval_shape", lambda *a, **k: calls.append(1) or real(*a, **k))
+    f = lambda w: G.synthesis(w, fused_modconv=False)  # noqa: E731
+    jaxpr = jax.make_jaxpr(jax.grad(lambda w: jnp.sum(f(w))))(ws)
+    assert calls == []
+    names = [str(e.params.get("name", "")) for e in jaxpr.jaxpr.eqns]
+    assert "_synthesis_jit" not in names and len(jaxpr.jaxpr.eqns) > 50, names[:10]
+    np.testing.assert_array_equal(np.asarray(jax.jit(f)(ws)), np.asarray(f(ws)))
+
+
+def test_a_stored_parameter_of_another_shape_is_named(G, ws):
+    """Reading the parameters without flax's check keeps its refusal: a stored weight of another shape
+    (weights for another architecture) is named with both shapes."""
+    from flax import traverse_util
+
+    flat = traverse_util.flatten_dict(G.params)
+    key = ("synthesis", "b8", "conv0", "weight")
+    flat[key] = jnp.zeros(flat[key].shape[:2] + (flat[key].shape[2] + 1, flat[key].shape[3]))
+    bad = G.replace(params=traverse_util.unflatten_dict(flat))
+    with pytest.raises(ValueError, match=r"b8/conv0/weight has shape \(3, 3, 17, 16\).*expects \(3, 3, 16, 16\)"):
+        bad.synthesis(ws, fused_modconv=False)
