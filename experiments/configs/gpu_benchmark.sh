@@ -18,7 +18,8 @@
 # iterations at batch 8, timed end to end by experiments.time_algorithm2 in the bf16 mode / in TF32:
 # about 5 minutes each), "alg2_levers" then "levers2" (what the fifth lease ran, two calls of the device
 # tool, each under its 600 s limit; OUT/probe.tar.gz as for probe), "alg2_diag" (the next lease's first
-# call: why that lease's Algorithm 2 run stalled; below), "accuracy" (the
+# call: why that lease's Algorithm 2 run stalled; below), "compile_diag" (its second call: where the
+# first call's compile goes, by XLA's own spans; below), "accuracy" (the
 # bf16 mode's quality against TF32 and float32, below) or "all" (base, more, levers, parts).
 # Config-f sizes (1024x1024, w 512, up to 512 channels), VGG16 at 256. Each benchmark writes its
 # table into the log and OUT/NAME.json; the generator's weights (about 130 MB) stay in $BENCH_WORK.
@@ -144,6 +145,35 @@ if [ "$PART" = alg2_diag ]; then
   head -12 "$OUT/alg2diag_memory.txt" | cut -c1-400
   big=$(head -1 "$OUT/alg2diag_memory.txt" | awk '{print $3}')
   [ -n "$big" ] && gzip -c "$D/$big.txt" > "$OUT/alg2diag_largest_hlo.txt.gz"
+fi
+# "compile_diag" (about 4-5 minutes; the next lease's second call, CALL_LIMIT s in all, default 300): where
+# the cold first call's 33-36 s go (issue 9's goal: 30 s). experiments.compile_split compiles the W+ step
+# at batch 8 (25 iterations per dispatch) under the profiler and sums XLA's own spans (HLO passes,
+# autotuning, LLVM, the PTX assembler) with each thread's busy time, then runs it twice (one call's
+# rate: a check). In TF32 as it is; with --xla_gpu_force_compilation_parallelism=16 (XLA compiles its
+# LLVM module in parts only when the client lends a thread pool, else on one thread; the flag forces
+# 16 threads, if this XLA still knows it: checked first); in bf16; then with convolution autotuning off
+# (level 0), which the second lease could not time inside 60 s, while CALL_LIMIT leaves time.
+if [ "$PART" = compile_diag ]; then
+  cs() {  # NAME SECONDS FLAGS...
+    local name=$1 limit=$2 t0=$SECONDS
+    shift 2
+    echo "=== $name (limit $limit s): XLA_FLAGS=${XLA_FLAGS:-} $*"
+    timeout -k 10 "$limit" python3 -m experiments.compile_split --preset=ffhq --batch=8 \
+      --vgg=.official/vgg16_trunk.npz --out="$WORK/$name" "$@" $CS_FLAGS  # CS_FLAGS (last): e.g. a dry run's sizes
+    echo "=== $name: exit $? after $((SECONDS - t0)) s"
+    cp "$WORK/$name/compile_split.json" "$OUT/$name.json" 2>/dev/null
+  }
+  knows() { XLA_FLAGS="$1" python3 -c "import jax.numpy as jnp; jnp.ones(1).block_until_ready()" >/dev/null 2>&1; }
+  cs cs_tf32 100 --numerics=tf32; pack
+  PAR=--xla_gpu_force_compilation_parallelism=16
+  if knows "$PAR"; then XLA_FLAGS="${XLA_FLAGS:+$XLA_FLAGS }$PAR" cs cs_tf32_par16 100 --numerics=tf32; pack
+  else echo "=== cs_tf32_par16: skipped, XLA does not know $PAR"; fi
+  cs cs_bf16 100 --numerics=bf16; pack
+  left=$((${CALL_LIMIT:-300} - SECONDS))
+  if [ $left -gt 70 ]; then
+    XLA_FLAGS="${XLA_FLAGS:+$XLA_FLAGS }--xla_gpu_autotune_level=0" cs cs_tf32_autotune0 $((left - 10)) --numerics=tf32; pack
+  else echo "=== cs_tf32_autotune0: skipped, $left s left"; fi
 fi
 # "accuracy" (ACC_LIMIT s per precision, default 240; resumes where a cut-short call stopped): the bf16
 # mode's accuracy on the GPU (issue 9's "< 0.1 dB"): experiments.bf16_accuracy on the demo generator,
