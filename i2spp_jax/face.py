@@ -67,3 +67,12 @@ class GeneratorFace:
 def make_noise(noise_shapes, key: jax.Array, batch: Optional[int] = None) -> list[jax.Array]:
     lead = () if batch is None else (batch,)
     return [jax.random.normal(jax.random.fold_in(key, i), lead + tuple(shape)) for i, shape in enumerate(noise_shapes)]
+
+
+def traced(x) -> bool:
+    """Whether x is a tracer: the call is inside the caller's jit, grad or vmap (the engine's step), where
+    a generator's own jitted synthesis would nest a jit, which only lengthens the trace (grad
+    linearises its jaxpr once more; issue 9). False if this JAX's public core no longer names the class
+    (then the nested jit runs: the same numbers, a longer trace)."""
+    tracer = getattr(jax.core, "Tracer", None)
+    return tracer is not None and isinstance(x, tracer)

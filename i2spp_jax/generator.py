@@ -229,13 +229,6 @@ def _synthesis_jit(config, params, ws, noise, fused_modconv, return_activations,
                      torgb_method=torgb_method)
 
 
-def _traced(x) -> bool:
-    """Whether x is a tracer (the call is inside a jit, grad or vmap); False if this JAX's public core
-    no longer names the class (then the nested jit runs: the same numbers, a longer trace)."""
-    tracer = getattr(jax.core, "Tracer", None)
-    return tracer is not None and isinstance(x, tracer)
-
-
 def make_noise(config: GeneratorConfig, key: jax.Array, batch: Optional[int] = None) -> list[jax.Array]:
     """N(0, I) noise maps, one per layer, from an explicit key (fold_in(key, layer index)).
 
@@ -278,8 +271,7 @@ class Generator(GeneratorFace):
                              up_method=self.up_method, torgb_method=self.torgb_method)
         # "const" entries become the stored maps (the same numbers), so that the noise is a pytree.
         maps = [c if isinstance(n, str) else n for n, c in zip(noise_list(self.config, noise), self.noise_const)]
-        if _traced(ws):  # inside the caller's jit (the engine's step): a nested jit would only add tracing
-            # (its jaxpr linearised once more: 0.3-0.5 s of the W+ step's trace at config-f, issue 9)
+        if face.traced(ws):  # inside the caller's jit (the engine's step): the network traced into it
             return synthesis(self.config, self.params, ws, noise=maps, fused_modconv=fused_modconv, edits=edits,
                              return_activations=return_activations, dtype=dtype, up_method=self.up_method,
                              torgb_method=self.torgb_method)

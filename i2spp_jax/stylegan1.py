@@ -35,7 +35,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from i2spp_jax import activations
+from i2spp_jax import activations, face
 from i2spp_jax.face import GeneratorFace
 
 Params = dict
@@ -297,4 +297,7 @@ class StyleGAN1Generator(GeneratorFace):
             return synthesis(self.config, self.params, ws, noise, edits=edits, return_activations=return_activations,
                              dtype=dtype)
         maps = _noise_maps(self.config, self.params, noise, jnp.shape(ws)[0])
+        if face.traced(ws):  # inside the caller's jit (the engine's step): the network traced into it
+            return synthesis(self.config, self.params, ws, maps, edits=edits, return_activations=return_activations,
+                             dtype=dtype)
         return _synthesis_jit(self.config, self.params, jnp.asarray(ws), maps, return_activations, edits, dtype)

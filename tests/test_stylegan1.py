@@ -188,3 +188,17 @@ def test_reconstruction_and_an_application_run_on_v1(tf_dir):
     out = combine(G, va, vb, mask, point="b8.x")
     a, b = np.asarray(G.synthesis(va["w_plus"])), np.asarray(G.synthesis(vb["w_plus"]))
     assert np.abs(out - a).mean() > 1e-3 and np.abs(out - b).mean() > 1e-3  # neither image alone
+
+
+def test_inside_a_callers_trace_synthesis_is_not_a_nested_jit(tf_dir):
+    """As for StyleGAN2 (issue 9's trace time): under the engine's grad the network is traced into the
+    caller's program, not as a nested `_synthesis_jit`, and with G an argument (as in the engine's step)
+    gives the jitted method's image bit for bit."""
+    G = _v1(tf_dir)
+    ws = G.mapping(jax.random.normal(jax.random.PRNGKey(0), (2, G.z_dim)))
+    f = lambda w: G.synthesis(w)  # noqa: E731
+    jaxpr = jax.make_jaxpr(jax.grad(lambda w: jnp.sum(f(w))))(ws)
+    names = [str(e.params.get("name", "")) for e in jaxpr.jaxpr.eqns]
+    assert "_synthesis_jit" not in names and len(names) > 30, names[:10]
+    inside = jax.jit(lambda G, w: G.synthesis(w))(G, ws)
+    np.testing.assert_array_equal(np.asarray(inside), np.asarray(f(ws)))
