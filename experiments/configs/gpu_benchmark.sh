@@ -19,7 +19,8 @@
 # about 5 minutes each), "alg2_levers" then "levers2" (what the fifth lease ran, two calls of the device
 # tool, each under its 600 s limit; OUT/probe.tar.gz as for probe), "alg2_diag" (the next lease's first
 # call: why that lease's Algorithm 2 run stalled; below), "compile_diag" (its second call: where the
-# first call's compile goes, by XLA's own spans; below), "accuracy" (the
+# first call's compile goes, by XLA's own spans; below), "w8_par16" (a third: the W+ step with XLA's
+# compile forced onto 16 threads), "accuracy" (the
 # bf16 mode's quality against TF32 and float32, below) or "all" (base, more, levers, parts).
 # Config-f sizes (1024x1024, w 512, up to 512 channels), VGG16 at 256. Each benchmark writes its
 # table into the log and OUT/NAME.json; the generator's weights (about 130 MB) stay in $BENCH_WORK.
@@ -174,6 +175,15 @@ if [ "$PART" = compile_diag ]; then
   if [ $left -gt 70 ]; then
     XLA_FLAGS="${XLA_FLAGS:+$XLA_FLAGS }--xla_gpu_autotune_level=0" cs cs_tf32_autotune0 $((left - 10)) --numerics=tf32; pack
   else echo "=== cs_tf32_autotune0: skipped, $left s left"; fi
+fi
+# "w8_par16" (about 3 minutes; a third call, if compile_diag found the forced compile threads shorter):
+# the headline W+ step (batch 8, 25 per dispatch) in TF32 and bf16 with them, so that the first call is
+# timed as the goal counts it (the benchmark's first call) and the rate is checked unchanged.
+if [ "$PART" = w8_par16 ]; then
+  W8="--sides=jax --steps=w --batches=8 --steps_per_call=25"
+  export XLA_FLAGS="${XLA_FLAGS:+$XLA_FLAGS }--xla_gpu_force_compilation_parallelism=16"
+  step w8_tf32_par16 100 --numerics=tf32 $W8; pack
+  step w8_bf16_par16 100 --numerics=bf16 $W8; pack
 fi
 # "accuracy" (ACC_LIMIT s per precision, default 240; resumes where a cut-short call stopped): the bf16
 # mode's accuracy on the GPU (issue 9's "< 0.1 dB"): experiments.bf16_accuracy on the demo generator,
