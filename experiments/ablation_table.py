@@ -23,7 +23,7 @@ from i2spp_jax import embed, metrics
 
 def table(root: str) -> str:
     generators = {}  # each run's own generator (the demo, or a checkpoint given with --generator)
-    rows = [f"| run | phases | PSNR phase 1 | PSNR final | SSIM final | W+ alone, initial noise | W+ alone, no noise "
+    rows = ["| run | phases | PSNR phase 1 | PSNR final | SSIM final | W+ alone, initial noise | W+ alone, no noise "
             "| W+ RMSE to truth | noise RMS |", "|" + " --- |" * 9]
     for d in sorted(glob.glob(os.path.join(root, "*"))):
         if not os.path.exists(os.path.join(d, "metrics.json")):

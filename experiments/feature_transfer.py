@@ -14,7 +14,6 @@ M ⊙ A + (1 − M) ⊙ B at one activation tensor of two embedded images.
 Writes grid.png, metrics.json, inputs/, outputs/, ckpt/ (see edit_cli).
 """
 
-import jax.numpy as jnp
 import numpy as np
 from absl import flags
 

@@ -316,7 +316,7 @@ def _write_outputs(cfg, G, phases, names, result, targets, preset, resize_to, ti
             row += [im[b], io.difference_map(im[b], target)]
             mode = " (bf16 mode)" if p.compute_dtype == "bfloat16" else ""
             row_titles += [f"after {_PHASE_LABELS.get(p.name, p.name)}\n{q['iterations']} it{mode}: {q['psnr']:.2f} dB",
-                           f"|that result - target| x4\n(black = equal)"]
+                           "|that result - target| x4\n(black = equal)"]
         rows.append(row)
         titles.append(row_titles)
     labels = [t.label for t in targets]

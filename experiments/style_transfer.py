@@ -13,7 +13,6 @@ Writes grid.png, metrics.json, inputs/, outputs/, ckpt/ (see edit_cli).
 """
 
 import jax.numpy as jnp
-import numpy as np
 from absl import flags
 
 from experiments import cli, edit_cli

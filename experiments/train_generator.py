@@ -30,7 +30,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
-from absl import app, flags, logging
+from absl import flags, logging
 
 from experiments import cli
 from i2spp_jax import checkpoint, datasets, plots, training

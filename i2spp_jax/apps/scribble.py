@@ -14,7 +14,6 @@ original) while λ_mse2 holds the scribbled region to the W+ result's render (y 
 
 from typing import Iterable, Optional
 
-import jax.numpy as jnp
 import numpy as np
 
 from i2spp_jax import embed as engine
