@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from i2spp_jax import ops
-from i2spp_jax.networks import FullyConnectedLayer
+from i2spp_jax.networks import FullyConnectedLayer, param
 
 _DIMS = ("NHWC", "HWIO", "NHWC")
 
@@ -41,7 +41,7 @@ class Conv2dLayer(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:  # [N, H, W, I] -> [N, H/down, W/down, O]
         k, in_ch = self.kernel_size, x.shape[-1]
-        weight = self.param("weight", nn.initializers.normal(1.0), (k, k, in_ch, self.out_channels))
+        weight = param(self, "weight", nn.initializers.normal(1.0), (k, k, in_ch, self.out_channels))
         w = weight * (1.0 / np.sqrt(in_ch * k * k))
         if self.down == 1:
             x = ops.conv2d(x, w.astype(x.dtype))
@@ -51,7 +51,7 @@ class Conv2dLayer(nn.Module):
             pad = (len(f) - self.down + 1) // 2 + k // 2
             x = downsample_fir(x, f, pad)
             x = jax.lax.conv_general_dilated(x, w.astype(x.dtype), (2, 2), "VALID", dimension_numbers=_DIMS)
-        b = self.param("bias", nn.initializers.zeros, (self.out_channels,)) if self.bias else None
+        b = param(self, "bias", nn.initializers.zeros, (self.out_channels,)) if self.bias else None
         act_gain = ops.LRELU_GAIN if self.activation == "lrelu" else 1.0
         return ops.bias_act(x, b, act=self.activation, gain=act_gain * self.gain)
 

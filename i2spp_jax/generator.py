@@ -265,16 +265,14 @@ class Generator(GeneratorFace):
         """ws [N, num_ws, w_dim] -> image [N, R, R, C]; see `synthesis`. Compiled once per shape and
         edit structure (edits that are functions run the functional core: wrap it in your own jax.jit)."""
         edits = dict(edits or {})
-        if any(not activations.is_data_edit(e) for e in edits.values()):
+        # The functional core runs unjitted for edits that are functions, and inside a caller's trace (the
+        # engine's step), where a nested jit would only lengthen the trace (face.traced).
+        if face.traced(ws) or any(not activations.is_data_edit(e) for e in edits.values()):
             return synthesis(self.config, self.params, ws, noise=noise, fused_modconv=fused_modconv,
                              edits=edits, return_activations=return_activations, dtype=dtype,
                              up_method=self.up_method, torgb_method=self.torgb_method)
         # "const" entries become the stored maps (the same numbers), so that the noise is a pytree.
         maps = [c if isinstance(n, str) else n for n, c in zip(noise_list(self.config, noise), self.noise_const)]
-        if face.traced(ws):  # inside the caller's jit (the engine's step): the network traced into it
-            return synthesis(self.config, self.params, ws, noise=maps, fused_modconv=fused_modconv, edits=edits,
-                             return_activations=return_activations, dtype=dtype, up_method=self.up_method,
-                             torgb_method=self.torgb_method)
         return _synthesis_jit(self.config, self.params, jnp.asarray(ws), maps, fused_modconv, return_activations,
                               edits, dtype, self.up_method, self.torgb_method)
 

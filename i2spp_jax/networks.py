@@ -25,8 +25,8 @@ Edits = Mapping[str, Union[Callable[[jax.Array], jax.Array], activations.Mix]]
 
 def param(module: nn.Module, name: str, init: Callable, shape: tuple) -> jax.Array:
     """`module.param(name, init, shape)`, without flax's check of a stored parameter, which traces
-    `init` under `jax.eval_shape` on every apply: 0.8 s of the 3.5 s that tracing the W+ step took at
-    config-f (BUILD_NOTES.md, issue 9). A stored parameter's shape is checked against `shape` here."""
+    `init` under `jax.eval_shape` on every apply (0.8 s of a 3.5 s cProfile of the W+ step's trace at
+    config-f; BUILD_NOTES.md, issue 9). A stored parameter's shape is checked against `shape` here."""
     if module.has_variable("params", name):
         value = module.get_variable("params", name)
         if jnp.shape(value) != tuple(shape):

@@ -293,11 +293,10 @@ class StyleGAN1Generator(GeneratorFace):
         has no effect (StyleGAN has no modulated convolution)."""
         del fused_modconv
         edits = dict(edits or {})
-        if any(not activations.is_data_edit(e) for e in edits.values()):
+        # The functional core runs unjitted for edits that are functions, and inside a caller's trace (the
+        # engine's step), where a nested jit would only lengthen the trace (face.traced).
+        if face.traced(ws) or any(not activations.is_data_edit(e) for e in edits.values()):
             return synthesis(self.config, self.params, ws, noise, edits=edits, return_activations=return_activations,
                              dtype=dtype)
         maps = _noise_maps(self.config, self.params, noise, jnp.shape(ws)[0])
-        if face.traced(ws):  # inside the caller's jit (the engine's step): the network traced into it
-            return synthesis(self.config, self.params, ws, maps, edits=edits, return_activations=return_activations,
-                             dtype=dtype)
         return _synthesis_jit(self.config, self.params, jnp.asarray(ws), maps, return_activations, edits, dtype)
