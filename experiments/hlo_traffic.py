@@ -1,0 +1,133 @@
+"""The memory traffic of a compiled program, kernel by kernel, read from its optimised HLO text.
+
+One step of the engine's W+ step on a GPU is about 430 kernels. Each of XLA's fusions reads its
+operands from device memory and writes its result, so the bytes of a fusion's distinct operands plus
+its output bound what it moves. On an H200 the large elementwise and reduction fusions ran at 3.8-4.6
+TB/s by that count (`compare` against a measured profile_step trace; BUILD_NOTES.md, issue 9), so
+bytes / bandwidth predicts their time, and a change that moves fewer bytes can be weighed without a
+GPU. Convolutions and matrix products are listed with their bytes too, but their time is their
+arithmetic's.
+
+`kernels(text)`: the kernels one iteration launches. With a while loop (the engine's `lax.scan` of
+iterations per dispatch) that is the loop body's top-level instructions; without one, the entry
+computation's. Free instructions (parameters, tuples, bitcasts, constants) are left out.
+"""
+
+import collections
+import re
+
+from experiments import profile_step
+
+DTYPE_BYTES = {"pred": 1, "s8": 1, "u8": 1, "s16": 2, "u16": 2, "f16": 2, "bf16": 2, "s32": 4, "u32": 4, "f32": 4,
+               "s64": 8, "u64": 8, "f64": 8, "c64": 8, "c128": 16, "f8e4m3fn": 1, "f8e5m2": 1}
+FREE_OPCODES = frozenset({"parameter", "get-tuple-element", "tuple", "bitcast", "constant", "after-all",
+                          "partition-id", "replica-id", "opt-barrier"})
+_ARRAY = re.compile(r"\b([a-z]\w*)\[([\d,]*)\]")
+_COMPUTATION = re.compile(r"^(ENTRY\s+)?%?([\w.\-]+)\s.*\{\s*$")
+_OPERANDS = re.compile(r"%([\w.\-]+)")
+_BODY = re.compile(r"body=%?([\w.\-]+)")
+
+
+def shape_bytes(shape: str) -> int:
+    """Bytes of an HLO shape: an array "f32[8,64]{1,0}" or a tuple of them (token and opaque parts: 0)."""
+    total = 0
+    for dtype, dims in _ARRAY.findall(shape):
+        n = 1
+        for d in dims.split(","):
+            if d:
+                n *= int(d)
+        total += n * DTYPE_BYTES.get(dtype, 0)
+    return total
+
+
+def computations(text: str) -> tuple[dict, str]:
+    """({computation name: [(name, shape, opcode, operand names, line)]}, the entry's name)."""
+    comps, current, entry = {}, None, None
+    for line in text.splitlines():
+        if current is None:
+            m = _COMPUTATION.match(line)
+            if m and not line.startswith((" ", "\t")):
+                current = comps.setdefault(m.group(2), [])
+                entry = m.group(2) if m.group(1) else entry
+            continue
+        if line.startswith("}"):
+            current = None
+            continue
+        m = profile_step._INSTR.match(line)
+        if m:
+            name, shape, opcode = m.groups()
+            args = line[m.end():]
+            depth, end = 1, 0
+            for end, ch in enumerate(args):  # the operand list ends at its matching parenthesis
+                depth += {"(": 1, ")": -1}.get(ch, 0)
+                if depth == 0:
+                    break
+            current.append((name, shape, opcode, _OPERANDS.findall(args[:end]), line))
+    if entry is None:
+        raise ValueError("no ENTRY computation in this HLO text: give the optimised module's text (as_text())")
+    return comps, entry
+
+
+def kernels(text: str) -> list[dict]:
+    """[{name, opcode, kind, shape, bytes_read, bytes_written, bytes, source, region, direction}] of the
+    kernels one iteration launches (see the module's docstring), in program order."""
+    comps, entry = computations(text)
+    body = entry
+    for _, _, opcode, _, line in comps[entry]:
+        m = _BODY.search(line) if opcode == "while" else None
+        if m and m.group(1) in comps:
+            body = m.group(1)  # the scan's body: one iteration
+            break
+    index = profile_step.hlo_index(text)
+    shapes = {name: shape for name, shape, _, _, _ in comps[body]}
+    out = []
+    for name, shape, opcode, operands, _ in comps[body]:
+        if opcode in FREE_OPCODES or opcode in ("while", "conditional", "call"):
+            continue
+        info = index.get(name, {"opcode": opcode})
+        read = sum(shape_bytes(shapes[o]) for o in dict.fromkeys(operands) if o in shapes)
+        written = shape_bytes(shape)
+        out.append({"name": name, "opcode": opcode, "kind": profile_step.work_kind(name, info, ""), "shape": shape,
+                    "bytes_read": read, "bytes_written": written, "bytes": read + written,
+                    "source": info.get("source", ""), "region": info.get("region", "other"),
+                    "direction": profile_step.direction(info)})
+    return out
+
+
+def by_kind(ks: list[dict], tbs: float) -> dict:
+    """{kind: {"kernels", "gb", "ms_at_bandwidth"}}, most bytes first; `tbs`: TB/s."""
+    d = collections.defaultdict(lambda: {"kernels": 0, "gb": 0.0})
+    for k in ks:
+        d[k["kind"]]["kernels"] += 1
+        d[k["kind"]]["gb"] += k["bytes"] / 1e9
+    for v in d.values():
+        v["ms_at_bandwidth"] = v["gb"] / tbs
+    return dict(sorted(d.items(), key=lambda kv: -kv[1]["gb"]))
+
+
+MEMORY_BOUND = ("elementwise (fused)", "reduction", "copy/transpose")
+
+
+def compare(ks: list[dict], profile: dict) -> dict:
+    """The model against a measured profile_step record (its "instructions"): the memory-bound kernels
+    found in both under the same name and shape, each with measured ms, model bytes and the
+    bandwidth they imply; totals; and how many of the measured instructions were found."""
+    mine = {k["name"]: k for k in ks}
+    measured = profile["summary"]["instructions"]
+    rows, found = [], 0
+    for m in measured:
+        k = mine.get(m["op"])
+        if k is None or m["shape"].split("{")[0] != k["shape"].split("{")[0]:
+            continue
+        found += 1
+        if m["kind"] in MEMORY_BOUND and m["ms"] > 0:
+            rows.append({"name": k["name"], "kind": m["kind"], "source": m.get("source", ""),
+                         "direction": m.get("direction", ""), "shape": k["shape"], "ms": m["ms"],
+                         "gb": k["bytes"] / 1e9, "tbs": k["bytes"] / 1e9 / m["ms"]})
+    rows.sort(key=lambda r: -r["ms"])
+    ms, gb = sum(r["ms"] for r in rows), sum(r["gb"] for r in rows)
+    big = [r for r in rows if r["gb"] >= 0.2]
+    return {"measured_instructions": len(measured), "found": found, "memory_bound": rows,
+            "memory_bound_ms": ms, "memory_bound_gb": gb, "tbs": gb / ms if ms else 0.0,
+            "large_ms": sum(r["ms"] for r in big), "large_gb": sum(r["gb"] for r in big),
+            "large_tbs": sum(r["gb"] for r in big) / sum(r["ms"] for r in big) if big else 0.0}

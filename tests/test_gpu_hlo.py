@@ -1,0 +1,136 @@
+"""experiments.hlo_traffic (bytes per kernel from optimised HLO) and experiments.gpu_hlo (the GPU program
+compiled without a GPU, or read from a file)."""
+
+import gzip
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import pytest
+
+from experiments import hlo_traffic
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_shape_bytes():
+    assert hlo_traffic.shape_bytes("f32[8,64]{1,0}") == 8 * 64 * 4
+    assert hlo_traffic.shape_bytes("(f32[2,3]{1,0}, u8[0]{0})") == 24
+    assert hlo_traffic.shape_bytes("(bf16[2,2]{1,0}, pred[5]{0}, s32[])") == 8 + 5 + 4
+    assert hlo_traffic.shape_bytes("token[]") == 0
+
+
+def _scan_program_text(n: int = 4096) -> str:
+    def f(x, y):
+        def body(c, _):
+            return jnp.sin(c) * y + 1.0, None  # one elementwise pass over c and y per iteration
+
+        c, _ = jax.lax.scan(body, x, None, length=3)
+        return jnp.cos(c)  # outside the loop: not one iteration's kernel
+
+    a = jnp.ones((n,), jnp.float32)
+    return jax.jit(f).lower(a, a).compile().as_text()
+
+
+def test_kernels_are_the_loop_body_with_their_operands_and_output():
+    n = 4096
+    ks = hlo_traffic.kernels(_scan_program_text(n))
+    assert all(k["opcode"] not in hlo_traffic.FREE_OPCODES | {"while"} for k in ks)
+    full = [k for k in ks if k["bytes_written"] == 4 * n]
+    assert full, ks
+    # the pass over the carry reads it and y (two distinct f32[n] operands) and writes the new carry
+    assert max(k["bytes_read"] for k in full) >= 2 * 4 * n
+    assert all(k["bytes"] == k["bytes_read"] + k["bytes_written"] for k in ks)
+    # cos(c) runs once after the loop: no kernel of the body is it
+    assert not any("cos" in k["name"] for k in ks)
+
+
+def test_kernels_without_a_loop_are_the_entry():
+    text = jax.jit(lambda x: jnp.cos(x) * 2).lower(jnp.ones((256,))).compile().as_text()
+    ks = hlo_traffic.kernels(text)
+    assert ks and sum(k["bytes_written"] for k in ks) >= 256 * 4
+
+
+def test_kernels_refuses_text_without_an_entry():
+    with pytest.raises(ValueError, match="ENTRY"):
+        hlo_traffic.kernels("HloModule m\n")
+
+
+def test_compare_divides_measured_time_into_model_bytes():
+    ks = [{"name": "loop_fusion.1", "shape": "f32[1000]{0}", "bytes": 2_000_000_000, "kind": "elementwise (fused)"},
+          {"name": "conv.2", "shape": "f32[10]{0}", "bytes": 5, "kind": "convolution"}]
+    profile = {"summary": {"instructions": [
+        {"op": "loop_fusion.1", "shape": "f32[1000]{0}", "ms": 0.5, "kind": "elementwise (fused)"},
+        {"op": "conv.2", "shape": "f32[10]{0}", "ms": 1.0, "kind": "convolution"},
+        {"op": "loop_fusion.9", "shape": "f32[7]{0}", "ms": 0.1, "kind": "elementwise (fused)"},  # not in the model
+        {"op": "conv.2x", "shape": "f32[11]{0}", "ms": 0.1, "kind": "convolution"}]}}
+    c = hlo_traffic.compare(ks, profile)
+    assert c["measured_instructions"] == 4 and c["found"] == 2
+    assert [r["name"] for r in c["memory_bound"]] == ["loop_fusion.1"]  # convolutions are not memory-bound rows
+    assert c["tbs"] == pytest.approx(4.0)  # 2 GB in 0.5 ms
+    # a kernel of the same name but another shape is another kernel
+    profile["summary"]["instructions"][0]["shape"] = "f32[999]{0}"
+    assert hlo_traffic.compare(ks, profile)["found"] == 1
+
+
+def _run(*args):
+    return subprocess.run([sys.executable, "-m", "experiments.gpu_hlo", *args], cwd=ROOT, capture_output=True,
+                          text=True, timeout=300)
+
+
+def test_command_reads_a_module_and_compares_with_a_profile(tmp_path):
+    text = _scan_program_text()
+    path = tmp_path / "hlo.txt.gz"
+    with gzip.open(path, "wt") as f:
+        f.write(text)
+    ks = hlo_traffic.kernels(text)
+    big = max((k for k in ks if k["kind"] != "convolution"), key=lambda k: k["bytes"])
+    prof = tmp_path / "profile.json"
+    prof.write_text(json.dumps({"summary": {"instructions": [
+        {"op": big["name"], "shape": big["shape"], "ms": 0.001, "kind": "elementwise (fused)",
+         "source": "", "direction": "forward"}]}}))
+    out = tmp_path / "out"
+    r = _run(f"--hlo={path}", f"--profile={prof}", f"--out={out}", "--top=5")
+    assert r.returncode == 0, r.stderr
+    rec = json.loads((out / "gpu_hlo.json").read_text())
+    assert rec["compare"]["found"] == 1
+    assert rec["compare"]["tbs"] == pytest.approx(big["bytes"] / 1e9 / 0.001)
+    assert sum(v["kernels"] for v in rec["by_kind"].values()) == len(ks)
+    assert "kernels per iteration" in r.stdout and big["name"] in r.stdout
+
+
+def test_command_errors_are_one_line(tmp_path):
+    r = _run(f"--hlo={tmp_path / 'missing.txt'}", f"--out={tmp_path / 'o'}")
+    assert r.returncode == 2 and "Traceback" not in r.stderr and "--hlo=" in r.stderr
+    bad = tmp_path / "bad.txt"
+    bad.write_text("not hlo\n")
+    r = _run(f"--hlo={bad}", f"--out={tmp_path / 'o'}")
+    assert r.returncode == 2 and "Traceback" not in r.stderr and "ENTRY" in r.stderr
+    r = _run(f"--hlo={bad}", f"--profile={bad}", f"--out={tmp_path / 'o'}")
+    assert r.returncode == 2 and "Traceback" not in r.stderr and "--profile=" in r.stderr
+    r = _run("--target=h300", f"--out={tmp_path / 'o'}", "--spans=false")
+    assert r.returncode == 2 and "Traceback" not in r.stderr and "--target=h300" in r.stderr
+
+
+def _has_cuda_plugin() -> bool:
+    try:
+        return importlib.util.find_spec("jax_plugins.xla_cuda12") is not None
+    except ModuleNotFoundError:  # no jax_plugins package at all
+        return False
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not _has_cuda_plugin(),
+                    reason="jax's CUDA plugin is not installed (experiments/gpu_hlo.py says how)")
+def test_compiles_for_a_gpu_without_one(tmp_path):
+    r = _run("--preset=cpu", "--resolution=32", "--resize_to=32", "--batch=2", "--steps_per_call=2",
+             f"--out={tmp_path}", "--top=3")
+    assert r.returncode == 0, r.stderr
+    rec = json.loads((tmp_path / "gpu_hlo.json").read_text())
+    assert rec["device_kind"] == "NVIDIA H200"
+    assert "convolution" in rec["by_kind"]  # cuDNN custom calls: a GPU program, not the CPU's
+    assert any("cudnn" in json.dumps(k) for k in rec["kernels"])
