@@ -137,7 +137,70 @@ def _linear_resize_weights(n_in: int, n_out: int) -> np.ndarray:
 
 def _banded(x: jax.Array, axis: int, stride: int, offset: int, weights: np.ndarray) -> jax.Array:
     """One axis of `resize` by `_band_plan`'s taps: strided slices of the zero-padded input, weighted
-    per output position and summed (elementwise work, which XLA fuses)."""
+    per output position and summed (elementwise work, which XLA fuses). Its gradient is
+    `_banded_transpose`, one phase per input position modulo the stride."""
+    return _banded_vjp(x, axis, stride, offset, _Taps(weights))
+
+
+class _Taps:
+    """`_band_plan`'s weights as a static argument, equal by identity (the plan is cached)."""
+
+    def __init__(self, weights: np.ndarray):
+        self.weights = weights
+
+    def __hash__(self):
+        return id(self.weights)
+
+    def __eq__(self, other):
+        return isinstance(other, _Taps) and other.weights is self.weights
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3, 4))
+def _banded_vjp(x, axis, stride, offset, taps):
+    return _banded_forward(x, axis, stride, offset, taps.weights)
+
+
+def _banded_fwd(x, axis, stride, offset, taps):
+    return _banded_forward(x, axis, stride, offset, taps.weights), x.shape[axis]
+
+
+def _banded_bwd(axis, stride, offset, taps, n_in, g):
+    return (_banded_transpose(g, axis, n_in, stride, offset, taps.weights),)
+
+
+_banded_vjp.defvjp(_banded_fwd, _banded_bwd)
+
+
+def _banded_transpose(g: jax.Array, axis: int, n_in: int, stride: int, offset: int, weights: np.ndarray) -> jax.Array:
+    """The transpose of `_banded` along `axis` (n_out -> n_in): input position p = stride * q + r
+    receives w[i, k] * g[i] from the taps k whose start lies in phase r, at q = i + start // stride.
+    Each phase sums its taps' weighted, shifted copies of g at the output's resolution; the phases are
+    then interleaved once. JAX's own transpose of the strided slices pads g with stride - 1 zeros per
+    tap and sums the padded copies: fused with the other axis, 64 selects per image element, the
+    bf16 W+ step's slowest kernel on an H200 (0.95 ms for 0.46 GB, BUILD_NOTES.md, issue 9)."""
+    n_out, taps = weights.shape
+    lo = max(0, -offset)
+    q_len = -(-(lo + n_in) // stride)  # phases cover the padded input's first lo + n_in positions
+    shape = [1] * g.ndim
+    shape[axis] = n_out
+    phases = [None] * stride
+    for k in range(taps):
+        start = offset + lo + k
+        r, d = start % stride, start // stride
+        if d >= q_len:
+            continue  # this tap only ever read the high-side zero padding
+        term = g * jnp.asarray(weights[:, k].reshape(shape), g.dtype)
+        cfg = [(0, 0, 0)] * g.ndim
+        cfg[axis] = (d, q_len - n_out - d, 0)  # negative high padding crops what fell in the padding
+        term = jax.lax.pad(term, jnp.zeros((), g.dtype), cfg)
+        phases[r] = term if phases[r] is None else phases[r] + term
+    zeros = jnp.zeros(g.shape[:axis] + (q_len,) + g.shape[axis + 1:], g.dtype)
+    stacked = jnp.stack([zeros if p is None else p for p in phases], axis=axis + 1)
+    full = stacked.reshape(g.shape[:axis] + (q_len * stride,) + g.shape[axis + 1:])
+    return jax.lax.slice_in_dim(full, lo, lo + n_in, axis=axis)
+
+
+def _banded_forward(x: jax.Array, axis: int, stride: int, offset: int, weights: np.ndarray) -> jax.Array:
     n_in, (n_out, taps) = x.shape[axis], weights.shape
     lo = max(0, -offset)
     hi = max(0, stride * (n_out - 1) + offset + taps - n_in)

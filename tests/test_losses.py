@@ -360,3 +360,40 @@ def test_resize_is_jax_image_resize_with_strided_taps_on_whole_factor_shrinks(sh
     whole = all(n_in % n_out == 0 and n_out < n_in for n_in, n_out in zip(shape[1:3], hw))
     jaxpr = str(jax.make_jaxpr(lambda a: losses.resize(a, size))(x))
     assert ("dot_general" in jaxpr) is not whole
+
+
+def _interior_pads(jaxpr) -> int:
+    """How many pad equations insert zeros between elements (interior padding), nested jaxprs included."""
+    n = 0
+    for eqn in jaxpr.eqns:
+        if eqn.primitive.name == "pad" and any(c[2] for c in eqn.params["padding_config"]):
+            n += 1
+        for p in eqn.params.values():
+            inner = getattr(p, "jaxpr", p)
+            if hasattr(inner, "eqns"):
+                n += _interior_pads(inner)
+    return n
+
+
+@pytest.mark.parametrize("n_in,n_out", [(1024, 256), (96, 32), (35, 5), (12, 4)])
+def test_resize_gradient_is_the_phase_form_of_autodiffs_transpose(n_in, n_out):
+    """The strided taps' gradient (`_banded_transpose`) is JAX's own transpose of them, bit for bit on the
+    CPU, computed phase by phase at the output's resolution: no per-tap padding with stride - 1 zeros
+    between elements (fused over both axes, 64 selects per pixel, the bf16 W+ step's slowest kernel on
+    an H200: BUILD_NOTES.md, issue 9)."""
+    plan = losses._band_plan(n_in, n_out)
+    rng = np.random.default_rng(2)
+    for axis in (1, 2):
+        shape = [2, 5, 5, 3]
+        shape[axis] = n_in
+        x = jnp.asarray(rng.standard_normal(shape), jnp.float32)
+        y, ref_vjp = jax.vjp(lambda a: losses._banded_forward(a, axis, *plan), x)
+        y2, vjp = jax.vjp(lambda a: losses._banded(a, axis, *plan), x)
+        g = jnp.asarray(rng.standard_normal(y.shape), jnp.float32)
+        np.testing.assert_array_equal(y2, y)
+        np.testing.assert_array_equal(vjp(g)[0], ref_vjp(g)[0])
+    x = jnp.asarray(rng.standard_normal((1, n_in, n_in, 3)), jnp.float32)
+    grad = jax.make_jaxpr(jax.grad(lambda a: jnp.sum(losses.resize(a, n_out) ** 2)))(x)
+    assert _interior_pads(grad.jaxpr) == 0
+    autodiff = jax.make_jaxpr(jax.grad(lambda a: jnp.sum(losses._banded_forward(a, 1, *plan) ** 2)))(x)
+    assert _interior_pads(autodiff.jaxpr) > 0  # the check can see what it forbids
