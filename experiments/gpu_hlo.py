@@ -190,6 +190,13 @@ def report(rec: dict, ks: list, top: int, bandwidth: float) -> str:
             rows.append(f"| {k['bytes'] / 1e9:.3f} | {k['kind']} | {k['name']} | {k['shape'].split('{')[0][:48]} | "
                         f"{k['source']}, {k['direction']} |")
         parts.append("\n".join(rows))
+        heavy = sorted((k for k in ks if k["bytes"] >= 5e7), key=lambda k: -k["ops_per_element"])[:max(3, top // 3)]
+        rows = ["| ops per element | GB | kernel | shape | source, direction |", "| --- | --- | --- | --- | --- |"]
+        for k in heavy:
+            rows.append(f"| {k['ops_per_element']} | {k['bytes'] / 1e9:.3f} | {k['name']} | {k['shape'].split('{')[0][:48]} | "
+                        f"{k['source']}, {k['direction']} |")
+        parts.append("fusions of 50 MB or more that compute the most per element (a high count may outrun the "
+                     "memory's rate)\n" + "\n".join(rows))
     c = rec.get("compare")
     if c:
         head = (f"against the measured profile: {c['found']} of its {c['measured_instructions']} instructions found "

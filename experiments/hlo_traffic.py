@@ -26,6 +26,8 @@ _ARRAY = re.compile(r"\b([a-z]\w*)\[([\d,]*)\]")
 _COMPUTATION = re.compile(r"^(ENTRY\s+)?%?([\w.\-]+)\s.*\{\s*$")
 _OPERANDS = re.compile(r"%([\w.\-]+)")
 _BODY = re.compile(r"body=%?([\w.\-]+)")
+_CALLS = re.compile(r"calls=%?([\w.\-]+)")
+NO_WORK = FREE_OPCODES | {"broadcast", "reshape"}  # inside a fusion: index arithmetic only
 
 
 def shape_bytes(shape: str) -> int:
@@ -68,9 +70,30 @@ def computations(text: str) -> tuple[dict, str]:
     return comps, entry
 
 
+def ops_per_element(comps: dict, fused: str) -> int:
+    """How many operations a fusion's emitted code evaluates per element of its largest output: its
+    expression tree with every use counted (XLA's GPU emitter recomputes an operand read through a pad,
+    slice or other index change once per read), broadcasts, reshapes and bitcasts free. About 10-30 in
+    the step's bandwidth-bound fusions; the bf16 step's resize gradient had 351 and ran at 0.48 TB/s on
+    an H200, where its bytes alone take a quarter of its time (BUILD_NOTES.md, issue 9)."""
+    instrs = {name: (opcode, operands) for name, _, opcode, operands, _ in comps[fused]}
+    memo = {}
+
+    def size(name: str) -> int:
+        if name not in memo:
+            opcode, operands = instrs[name]
+            memo[name] = (opcode not in NO_WORK) + sum(size(o) for o in operands if o in instrs)
+        return memo[name]
+
+    root_name, _, root_op, root_operands, _ = next(i for i in comps[fused] if i[4].lstrip().startswith("ROOT"))
+    roots = [o for o in root_operands if o in instrs] if root_op == "tuple" else [root_name]
+    return max(size(r) for r in roots)
+
+
 def kernels(text: str) -> list[dict]:
-    """[{name, opcode, kind, shape, bytes_read, bytes_written, bytes, source, region, direction}] of the
-    kernels one iteration launches (see the module's docstring), in program order."""
+    """[{name, opcode, kind, shape, bytes_read, bytes_written, bytes, ops_per_element, source, region,
+    direction}] of the kernels one iteration launches (see the module's docstring), in program order;
+    ops_per_element is `ops_per_element` for a fusion, else 0."""
     comps, entry = computations(text)
     body = entry
     for _, _, opcode, _, line in comps[entry]:
@@ -81,14 +104,16 @@ def kernels(text: str) -> list[dict]:
     index = profile_step.hlo_index(text)
     shapes = {name: shape for name, shape, _, _, _ in comps[body]}
     out = []
-    for name, shape, opcode, operands, _ in comps[body]:
+    for name, shape, opcode, operands, line in comps[body]:
         if opcode in FREE_OPCODES or opcode in ("while", "conditional", "call"):
             continue
+        fused = _CALLS.search(line) if opcode == "fusion" else None
         info = index.get(name, {"opcode": opcode})
         read = sum(shape_bytes(shapes[o]) for o in dict.fromkeys(operands) if o in shapes)
         written = shape_bytes(shape)
         out.append({"name": name, "opcode": opcode, "kind": profile_step.work_kind(name, info, ""), "shape": shape,
                     "bytes_read": read, "bytes_written": written, "bytes": read + written,
+                    "ops_per_element": ops_per_element(comps, fused.group(1)) if fused and fused.group(1) in comps else 0,
                     "source": info.get("source", ""), "region": info.get("region", "other"),
                     "direction": profile_step.direction(info)})
     return out

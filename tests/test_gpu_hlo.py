@@ -49,6 +49,20 @@ def test_kernels_are_the_loop_body_with_their_operands_and_output():
     assert not any("cos" in k["name"] for k in ks)
 
 
+def test_ops_per_element_counts_every_read_of_a_recomputed_operand():
+    """A fusion that reads sin(x) through 8 shifted slices evaluates sin 8 times per output element."""
+    def shifted(x):
+        s = jnp.sin(x)
+        return sum(s[k:k + 1000] for k in range(8))
+
+    text = jax.jit(shifted).lower(jnp.ones((1007,))).compile().as_text()
+    ks = hlo_traffic.kernels(text)
+    top = max(ks, key=lambda k: k["ops_per_element"])
+    assert top["ops_per_element"] >= 8 + 8 + 7  # 8 sines, 8 slices, 7 adds at least
+    plain = jax.jit(lambda x: jnp.sin(x) * 2).lower(jnp.ones((1000,))).compile().as_text()
+    assert max(k["ops_per_element"] for k in hlo_traffic.kernels(plain)) <= 3
+
+
 def test_kernels_without_a_loop_are_the_entry():
     text = jax.jit(lambda x: jnp.cos(x) * 2).lower(jnp.ones((256,))).compile().as_text()
     ks = hlo_traffic.kernels(text)
@@ -100,7 +114,7 @@ def test_command_reads_a_module_and_compares_with_a_profile(tmp_path):
     assert rec["compare"]["found"] == 1
     assert rec["compare"]["tbs"] == pytest.approx(big["bytes"] / 1e9 / 0.001)
     assert sum(v["kernels"] for v in rec["by_kind"].values()) == len(ks)
-    assert "kernels per iteration" in r.stdout and big["name"] in r.stdout
+    assert "kernels per iteration" in r.stdout and big["name"] in r.stdout and "ops per element" in r.stdout
 
 
 def test_command_errors_are_one_line(tmp_path):
