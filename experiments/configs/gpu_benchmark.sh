@@ -151,10 +151,12 @@ fi
 # the cold first call's 33-36 s go (issue 9's goal: 30 s). experiments.compile_split compiles the W+ step
 # at batch 8 (25 iterations per dispatch) under the profiler and sums XLA's own spans (HLO passes,
 # autotuning, LLVM, the PTX assembler) with each thread's busy time, then runs it twice (one call's
-# rate: a check). In TF32 as it is; with --xla_gpu_force_compilation_parallelism=16 (XLA compiles its
-# LLVM module in parts only when the client lends a thread pool, else on one thread; the flag forces
-# 16 threads, if this XLA still knows it: checked first); in bf16; then with convolution autotuning off
-# (level 0), which the second lease could not time inside 60 s, while CALL_LIMIT leaves time.
+# rate: a check). In TF32 as it is; then with autotuning off (level 0: each convolution keeps cuDNN's
+# first choice), which the second lease could not time inside 60 s; in bf16; then, while CALL_LIMIT
+# leaves time, with --xla_gpu_force_compilation_parallelism=16 (if this XLA knows it: checked first).
+# The order follows experiments.gpu_hlo: compiled for a compile-only H200 on the 2-core CPU, without
+# autotuning, the same program took 8.5-10.8 s of XLA, its 252-254 LLVM modules already split over a
+# thread pool; so most of the lent machine's 28.4 s is predicted to be autotuning (BUILD_NOTES.md).
 if [ "$PART" = compile_diag ]; then
   cs() {  # NAME SECONDS FLAGS...
     local name=$1 limit=$2 t0=$SECONDS
@@ -167,14 +169,13 @@ if [ "$PART" = compile_diag ]; then
   }
   knows() { XLA_FLAGS="$1" python3 -c "import jax.numpy as jnp; jnp.ones(1).block_until_ready()" >/dev/null 2>&1; }
   cs cs_tf32 100 --numerics=tf32; pack
-  PAR=--xla_gpu_force_compilation_parallelism=16
-  if knows "$PAR"; then XLA_FLAGS="${XLA_FLAGS:+$XLA_FLAGS }$PAR" cs cs_tf32_par16 100 --numerics=tf32; pack
-  else echo "=== cs_tf32_par16: skipped, XLA does not know $PAR"; fi
+  XLA_FLAGS="${XLA_FLAGS:+$XLA_FLAGS }--xla_gpu_autotune_level=0" cs cs_tf32_autotune0 100 --numerics=tf32; pack
   cs cs_bf16 100 --numerics=bf16; pack
   left=$((${CALL_LIMIT:-300} - SECONDS))
-  if [ $left -gt 70 ]; then
-    XLA_FLAGS="${XLA_FLAGS:+$XLA_FLAGS }--xla_gpu_autotune_level=0" cs cs_tf32_autotune0 $((left - 10)) --numerics=tf32; pack
-  else echo "=== cs_tf32_autotune0: skipped, $left s left"; fi
+  PAR=--xla_gpu_force_compilation_parallelism=16
+  if [ $left -lt 70 ]; then echo "=== cs_tf32_par16: skipped, $left s left"
+  elif knows "$PAR"; then XLA_FLAGS="${XLA_FLAGS:+$XLA_FLAGS }$PAR" cs cs_tf32_par16 $((left - 10)) --numerics=tf32; pack
+  else echo "=== cs_tf32_par16: skipped, XLA does not know $PAR"; fi
 fi
 # "w8_par16" (about 3 minutes; a third call, if compile_diag found the forced compile threads shorter):
 # the headline W+ step (batch 8, 25 per dispatch) in TF32 and bf16 with them, so that the first call is
