@@ -9,8 +9,9 @@ JAX compiles for a GPU without one through its CUDA plugin's compile-only device
 from a target description: experiments/configs/gpu_targets/). XLA runs its whole GPU pipeline (HLO
 passes, fusion decisions from its cost model of the device, LLVM, the PTX assembler) and skips only
 what needs the device: autotuning, which keeps each convolution's default algorithm. So the kernels
-and their names are the lent machine's (405 of 444 instruction names of an H200 profile matched,
-across jax 0.10.2 here and 0.11.2 there), and the compile time is XLA's without its autotuning.
+and their names are nearly the lent machine's (375 of an H200 profile's 444 instructions matched by
+name and shape, across jax 0.10.2 here and 0.11.2 there), and the compile time is XLA's without its
+autotuning.
 
 Needs jax's CUDA plugin beside the project, best in a venv of its own (the plugin makes every JAX
 process look for a GPU): `python3 -m venv .venv-gpu && .venv-gpu/bin/pip install 'jax[cuda12]==J' -e .`
