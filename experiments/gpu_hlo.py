@@ -103,9 +103,7 @@ def program(F, sharding):
     batch = F.batch
     phase = embed.W_l(0, resize_to=F.resize_to) if F.step == "w" else embed.Mk_n(0)
     phase = dataclasses.replace(phase, compute_dtype=dtype, fused_modconv=phases.modconv_for(phase, batch, "gpu"))
-    init = embed.initial_variables(G, batch, w_init="w_avg", noise_init="const")
-    opt = jax.vmap(embed.make_optimizer(phase).init)(init)
-    masks = jax.tree.map(lambda a: jnp.broadcast_to(a, (batch,) + a.shape), embed.make_masks(G))
+    init, opt, masks = step_parts.step_state(G, batch, phase)
     w = jax.ShapeDtypeStruct((batch, G.num_ws, G.w_dim), jnp.float32)
     target = jax.eval_shape(lambda w: G.synthesis(w, noise="const", fused_modconv=False), w)
     feats = jax.eval_shape(lambda t: step_lib.target_features(vgg, t, t, phase), target)

@@ -97,20 +97,29 @@ def engine_step(su: dict, kind: str, fused_modconv: bool = False):
     """(the engine's compiled step, its arguments) for the W+ step (kind "w") or the noise step."""
     import dataclasses
 
-    import jax
-    import jax.numpy as jnp
-
     from i2spp_jax import embed
     from i2spp_jax.engine import step as step_lib
 
     G, vgg, target, batch = su["G"], su["vgg"], su["target"], su["batch"]
     phase = embed.W_l(0, resize_to=su["resize_to"]) if kind == "w" else embed.Mk_n(0)
     phase = dataclasses.replace(phase, fused_modconv=fused_modconv, compute_dtype=su["dtype"])
+    init, opt, masks = step_state(G, batch, phase)
+    tf = step_lib.target_features(vgg, target, target, phase)
+    return embed.compiled_step(phase), (init, opt, G, vgg, target, target, masks, None, tf)
+
+
+def step_state(G, batch: int, phase) -> tuple:
+    """(variables at w_avg and the stored noise, their optimiser state, all-ones masks), each [batch, ...]:
+    the engine's step arguments that do not depend on the targets."""
+    import jax
+    import jax.numpy as jnp
+
+    from i2spp_jax import embed
+
     init = embed.initial_variables(G, batch, w_init="w_avg", noise_init="const")
     opt = jax.vmap(embed.make_optimizer(phase).init)(init)
     masks = jax.tree.map(lambda a: jnp.broadcast_to(a, (batch,) + a.shape), embed.make_masks(G))
-    tf = step_lib.target_features(vgg, target, target, phase)
-    return embed.compiled_step(phase), (init, opt, G, vgg, target, target, masks, None, tf)
+    return init, opt, masks
 
 
 def measure(preset: str, batch: int, resize_to: int, numerics: str, rounds: int, vgg_spec: str,
