@@ -28,6 +28,7 @@ import dataclasses
 import gzip
 import json
 import os
+import shutil
 import time
 
 from absl import flags
@@ -123,7 +124,11 @@ def compile_for_gpu(F) -> tuple[str, dict]:
     from experiments import compile_split
 
     text, path = target_config(F.target)
-    device = compile_only_device(text)
+    dump = os.path.join(F.out, "xla_dump")  # XLA's PTX, read for each kernel's loads, then removed
+    shutil.rmtree(dump, ignore_errors=True)
+    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
+                               f" --xla_dump_to={dump} --xla_dump_hlo_pass_re=^$").strip()
+    device = compile_only_device(text)  # the backend starts here and reads XLA_FLAGS
     fn, args, precision = program(F, jax.sharding.SingleDeviceSharding(device))
     trace_dir = os.path.join(F.out, "trace")
     with jax.default_matmul_precision(precision):
@@ -136,7 +141,13 @@ def compile_for_gpu(F) -> tuple[str, dict]:
         else:
             compiled = lowered.compile()
         t2 = time.perf_counter()
-    info = {"target": path, "device_kind": device.device_kind, "xla_flags": os.environ.get("XLA_FLAGS", ""),
+    loads = {}
+    for f in glob.glob(os.path.join(dump, "*.ptx")):
+        with open(f) as fh:
+            loads.update(hlo_traffic.ptx_loads(fh.read()))
+    shutil.rmtree(dump, ignore_errors=True)
+    info = {"target": path, "device_kind": device.device_kind, "ptx_loads": loads,
+            "xla_flags": os.environ.get("XLA_FLAGS", "").split(" --xla_dump_to=")[0],
             "seconds": {"trace_and_lower": t1 - t0, "xla_compile": t2 - t1}}
     if F.spans:
         trace = max(glob.glob(os.path.join(trace_dir, "**", "*.xplane.pb"), recursive=True), key=os.path.getmtime)
@@ -196,6 +207,15 @@ def report(rec: dict, ks: list, top: int, bandwidth: float) -> str:
                         f"{k['source']}, {k['direction']} |")
         parts.append("fusions of 50 MB or more that compute the most per element (a high count may outrun the "
                      "memory's rate)\n" + "\n".join(rows))
+    loads = rec.get("ptx_loads")
+    if loads:
+        scalar = [k for k in ks if k["bytes"] >= 5e7 and k["kind"] != "convolution"
+                  and loads.get(k["name"].replace(".", "_"), (0, 1))[0] and not loads[k["name"].replace(".", "_")][1]]
+        rows = ["| GB | kernel | shape | source, direction |", "| --- | --- | --- | --- |"]
+        rows += [f"| {k['bytes'] / 1e9:.3f} | {k['name']} | {k['shape'].split('{')[0][:48]} | {k['source']}, {k['direction']} |"
+                 for k in sorted(scalar, key=lambda k: -k["bytes"])]
+        parts.append(f"kernels of 50 MB or more whose PTX loads are all scalar ({sum(k['bytes'] for k in scalar) / 1e9:.2f} GB "
+                     "per iteration; vector loads: ld.global.v2/v4)\n" + "\n".join(rows))
     c = rec.get("compare")
     if c:
         head = (f"against the measured profile: {c['found']} of its {c['measured_instructions']} instructions found "
@@ -235,6 +255,9 @@ def main(argv):
     rec["bandwidth_tbs"] = F.bandwidth
     if profile is not None:
         rec["compare"] = hlo_traffic.compare(ks, profile)
+    for k in ks:
+        if "ptx_loads" in rec and k["name"].replace(".", "_") in rec["ptx_loads"]:
+            k["loads"], k["vector_loads"] = rec["ptx_loads"][k["name"].replace(".", "_")]
     rec["kernels"] = ks
     with open(os.path.join(F.out, "gpu_hlo.json"), "w") as f:
         json.dump(rec, f, indent=1)

@@ -156,3 +156,22 @@ def compare(ks: list[dict], profile: dict) -> dict:
             "memory_bound_ms": ms, "memory_bound_gb": gb, "tbs": gb / ms if ms else 0.0,
             "large_ms": sum(r["ms"] for r in big), "large_gb": sum(r["gb"] for r in big),
             "large_tbs": sum(r["gb"] for r in big) / sum(r["ms"] for r in big) if big else 0.0}
+
+
+_ENTRY = re.compile(r"\.entry (\w+)\(")
+_LOAD = re.compile(r"\bld\.global\S*")
+
+
+def ptx_loads(ptx: str) -> dict:
+    """{kernel: (global loads, vector loads among them)} of the .entry functions in PTX text. A fusion
+    whose loads are all scalar (ld.global.b16 or .b32, each behind its own bounds check) ran at 1.2-2.7
+    TB/s on an H200, where those with vector loads (ld.global.v4) ran at 3.8-4.6: a pad fused into the
+    fusion (the FIR's zero padding) makes every load conditional (BUILD_NOTES.md, issue 9). XLA names a
+    fusion's kernel by the fusion with "." made "_"."""
+    out = {}
+    for m in _ENTRY.finditer(ptx):
+        end = ptx.find("\n}", m.end())
+        loads = _LOAD.findall(ptx[m.end():end if end >= 0 else len(ptx)])
+        out[m.group(1)] = (len(loads), sum(1 for ld in loads if re.search(r"\.v[248]\b", ld)))
+    return out
+

@@ -63,6 +63,27 @@ def test_ops_per_element_counts_every_read_of_a_recomputed_operand():
     assert max(k["ops_per_element"] for k in hlo_traffic.kernels(plain)) <= 3
 
 
+def test_ptx_loads_tells_scalar_from_vector_loads():
+    ptx = """.visible .entry loop_add_fusion_16(
+\t.param .u64 p0
+)
+{
+\tld.global.nc.b16 \t%rs1, [%rd6];
+\t@%p6 bra \t$L__BB0_4;
+\tld.global.nc.b16 \t%rs3, [%rd8];
+\tst.global.v4.b32 \t[%rd9], {%r1, %r2, %r3, %r4};
+}
+.visible .entry loop_multiply_fusion(
+\t.param .u64 p0
+)
+{
+\tld.global.nc.v4.b32 \t{%r1, %r2, %r3, %r4}, [%rd1];
+\tld.global.nc.b32 \t%r5, [%rd2];
+}
+"""
+    assert hlo_traffic.ptx_loads(ptx) == {"loop_add_fusion_16": (2, 0), "loop_multiply_fusion": (2, 1)}
+
+
 def test_kernels_without_a_loop_are_the_entry():
     text = jax.jit(lambda x: jnp.cos(x) * 2).lower(jnp.ones((256,))).compile().as_text()
     ks = hlo_traffic.kernels(text)
@@ -148,3 +169,5 @@ def test_compiles_for_a_gpu_without_one(tmp_path):
     assert rec["device_kind"] == "NVIDIA H200"
     assert "convolution" in rec["by_kind"]  # cuDNN custom calls: a GPU program, not the CPU's
     assert any("cudnn" in json.dumps(k) for k in rec["kernels"])
+    assert rec["ptx_loads"] and any("vector_loads" in k for k in rec["kernels"])  # PTX read per kernel
+    assert not (tmp_path / "xla_dump").exists()
