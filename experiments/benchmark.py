@@ -53,7 +53,8 @@ PROTOCOL = "@@bench "  # marks the lines a side's process answers with on stdout
 
 # i2spp_jax.networks.UP_METHODS, written out: the commands import JAX only after their flags are parsed
 # (test_benchmark holds the two equal)
-UP_METHODS = ("auto", "transposed", "polyphase", "polyphase_last", "polyphase_last2")
+UP_METHODS = ("auto", "transposed", "polyphase", "polyphase_last", "polyphase_last2", "transposed_dw",
+              "polyphase_last_dw")
 TORGB_METHODS = ("conv", "matmul")  # i2spp_jax.networks.TORGB_METHODS
 
 
@@ -64,7 +65,8 @@ def define_method_flags() -> None:
                       "this project's up-sampling convolutions (Generator.up_method): auto (the library's default: "
                       "polyphase_last on a GPU, transposed elsewhere), the reference's transposed convolution then "
                       "FIR, or the FIR folded into one convolution per output phase in every block, in the last "
-                      "block only, or in the last two")
+                      "block only, or in the last two; the _dw forms run the FIR after a transposed convolution as "
+                      "one depthwise convolution")
     flags.DEFINE_enum("torgb_method", "conv", list(TORGB_METHODS),
                       "this project's ToRGB layers (Generator.torgb_method): the modulated 1x1 convolution, or one "
                       "matrix product per image with modulated weights")

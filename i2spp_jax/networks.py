@@ -246,8 +246,11 @@ class SynthesisBlock(nn.Module):
 # with the fewest channels, where the FIR's passes cost most and the folded kernel's 4x multiply-adds
 # least), "polyphase_last2" (the last two blocks: on an H200 in bf16 the 512 block's up-sampling layer
 # alone ran faster folded too), or "auto": the one measured fastest on the backend the program is
-# traced for (`resolve_up_method`).
-UP_METHODS = ("auto", "transposed", "polyphase", "polyphase_last", "polyphase_last2")
+# traced for (`resolve_up_method`). "transposed_dw" and "polyphase_last_dw": as "transposed" and
+# "polyphase_last", with the FIR after the transposed convolutions as one depthwise convolution
+# (`ops.fir2d_depthwise`: no fused pad, so no scalar loads in XLA's GPU code; not yet timed on a GPU).
+UP_METHODS = ("auto", "transposed", "polyphase", "polyphase_last", "polyphase_last2", "transposed_dw",
+              "polyphase_last_dw")
 
 
 def resolve_up_method(up_method: str, backend: Optional[str] = None) -> str:
@@ -266,8 +269,11 @@ def resolve_up_method(up_method: str, backend: Optional[str] = None) -> str:
 def block_up_method(up_method: str, resolution: int, img_resolution: int) -> str:
     """`ops.conv2d_up2`'s method for the block of output side `resolution` under `up_method`."""
     up_method = resolve_up_method(up_method)
-    folded = {"transposed": 0, "polyphase_last": 1, "polyphase_last2": 2}.get(up_method)  # None: every block
-    return "polyphase" if folded is None or resolution * 2**folded > img_resolution else "transposed"
+    depthwise = up_method.endswith("_dw")
+    folded = {"transposed": 0, "polyphase_last": 1, "polyphase_last2": 2}.get(up_method.removesuffix("_dw"))
+    if folded is None or resolution * 2**folded > img_resolution:  # None: every block
+        return "polyphase"
+    return "transposed_dw" if depthwise else "transposed"
 
 
 # How the ToRGB layers (modulated 1x1 convolutions, 3 outputs) are computed, the same function (issue

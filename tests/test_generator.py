@@ -188,14 +188,16 @@ def test_generator_is_reverse_mode_only_as_documented(G, ws):
         jax.jvp(img, (ws,), (jnp.ones_like(ws),))
 
 
-def _convs(fn, *args, dilated: bool = False) -> int:
+def _convs(fn, *args, dilated: bool = False, depthwise: bool = False) -> int:
     """How many convolutions fn's jaxpr holds (dilated: only those that dilate their input, the
-    transposed convolution's form), nested jaxprs included."""
+    transposed convolution's form; depthwise: only those with one group per input channel), nested
+    jaxprs included."""
     def count(jaxpr):
         n = 0
         for eqn in jaxpr.eqns:
             if eqn.primitive.name == "conv_general_dilated" and (
-                    not dilated or tuple(eqn.params["lhs_dilation"]) != (1, 1)):
+                    not dilated or tuple(eqn.params["lhs_dilation"]) != (1, 1)) and (
+                    not depthwise or 1 < eqn.params["feature_group_count"] == eqn.invars[0].aval.shape[-1]):
                 n += 1
             for sub in jax.extend.core.jaxprs_in_params(eqn.params):
                 n += count(sub)
@@ -245,6 +247,52 @@ def test_polyphase_up_convolution_is_the_reference(groups, f):
     # (gain 2 per axis), and those sum to 1 for a filter whose even and odd taps sum alike
     taps = ops.up2_phase_taps(3, tuple(float(v) for v in f))
     assert taps.shape[0] == 2 and taps.shape[2] == 3 and taps.shape[1] % 2 == 1
+
+
+def _depthwise_convs(fn, *args) -> int:
+    return _convs(fn, *args, depthwise=True)
+
+
+@pytest.mark.parametrize("groups", [1, 3])
+@pytest.mark.parametrize("f", [(1, 3, 3, 1), (1, 2, 1), (1, 2, 4, 3)])  # the last not symmetric
+def test_depthwise_fir_up_convolution_is_the_reference(groups, f):
+    """ops.conv2d_up2(method="transposed_dw") runs the FIR after the transposed convolution as one
+    depthwise convolution (`ops.fir2d_depthwise`): the same function as the reference's padded passes,
+    value and both gradients (taps not reversed, a wrong gain or padding differ by O(1)), and no pad left
+    for XLA to fuse."""
+    from i2spp_jax import ops
+    f = ops.setup_filter(f)
+    rng = np.random.default_rng(2)
+    x = jnp.asarray(rng.standard_normal((2, 7, 6, 6)), jnp.float32)
+    w = jnp.asarray(rng.standard_normal((3, 3, 6 // groups, 9)), jnp.float32)
+    up = lambda method: (lambda a, k: ops.conv2d_up2(a, k, f, groups=groups, method=method))  # noqa: E731
+    ref, dw = up("transposed")(x, w), up("transposed_dw")(x, w)
+    assert dw.shape == ref.shape == (2, 14, 12, 9)
+    np.testing.assert_allclose(dw, ref, atol=1e-6 * float(jnp.abs(ref).max()))
+    r = jnp.asarray(rng.standard_normal(ref.shape), jnp.float32)
+    grads = lambda fn: jax.grad(lambda a, k: jnp.sum(fn(a, k) * r), argnums=(0, 1))(x, w)  # noqa: E731
+    for g_dw, g_ref in zip(grads(up("transposed_dw")), grads(up("transposed"))):
+        np.testing.assert_allclose(g_dw, g_ref, atol=1e-6 * float(jnp.abs(g_ref).max()))
+    assert _depthwise_convs(up("transposed_dw"), x, w) == 1 and _depthwise_convs(up("transposed"), x, w) == 0
+    pads = [e for e in jax.make_jaxpr(up("transposed_dw"))(x, w).jaxpr.eqns if e.primitive.name == "pad"]
+    assert not pads
+    with jax.default_matmul_precision("bfloat16"):  # the FIR keeps float32 whatever the context asks
+        np.testing.assert_allclose(jax.jit(up("transposed_dw"))(x, w), dw, rtol=0, atol=1e-6 * float(jnp.abs(ref).max()))
+
+
+def test_generator_depthwise_fir_methods_are_the_same_function(G, ws):
+    """up_method "transposed_dw" and "polyphase_last_dw" are "transposed" and "polyphase_last" with the FIR
+    as a depthwise convolution in every block that keeps the transposed convolution: the same image
+    and W+ gradient in both modulation forms."""
+    Gd = G.replace(up_method="transposed_dw")
+    _assert_same_function(G, Gd, ws)
+    img = lambda g: (lambda w: g.synthesis(w, fused_modconv=False))  # noqa: E731
+    n_up = len(TINY.block_resolutions) - 1
+    G_last_dw = G.replace(up_method="polyphase_last_dw")
+    assert [_depthwise_convs(img(g), ws) for g in (G, Gd, G_last_dw)] == [0, n_up, n_up - 1]
+    assert [_dilated_convs(img(g), ws) for g in (Gd, G_last_dw)] == [n_up, n_up - 1]
+    np.testing.assert_allclose(G_last_dw.synthesis(ws, fused_modconv=False),
+                               G.replace(up_method="polyphase_last").synthesis(ws, fused_modconv=False), atol=ATOL_F32)
 
 
 def test_generator_torgb_method_is_static_and_the_same_function(G, ws):
@@ -306,9 +354,10 @@ def test_generator_up_method_is_static_and_the_same_function(G, ws):
         np.testing.assert_allclose(g.synthesis(ws, fused_modconv=False), G.synthesis(ws, fused_modconv=False),
                                    atol=ATOL_F32)
     with pytest.raises(ValueError, match=r"up_method='bilinear': use one of \('auto', 'transposed', 'polyphase', "
-                       r"'polyphase_last', 'polyphase_last2'\)"):
+                       r"'polyphase_last', 'polyphase_last2', 'transposed_dw', 'polyphase_last_dw'\)"):
         G.replace(up_method="bilinear").synthesis(ws)
-    with pytest.raises(ValueError, match=r"up-sampling method 'bilinear': use one of \('transposed', 'polyphase'\)"):
+    with pytest.raises(ValueError, match=r"up-sampling method 'bilinear': use one of \('transposed', 'transposed_dw', "
+                       r"'polyphase'\)"):
         ops.conv2d_up2(ws[:, None, :2, None], jnp.ones((3, 3, 1, 1)), ops.setup_filter([1, 3, 3, 1]),
                        method="bilinear")
 
