@@ -184,9 +184,10 @@ def conv2d_up2(x: jax.Array, w: jax.Array, f: np.ndarray, *, groups: int = 1,
 def fir2d_depthwise(x: jax.Array, f: np.ndarray, *, padding: tuple[int, int], gain: float) -> jax.Array:
     """`upfirdn2d(x, f, padding=(p0, p1, p0, p1), gain=gain)` (no up-sampling) as one depthwise
     convolution: each channel by the 2-D filter (the outer product of `f` with itself, times `gain`),
-    the zero padding the convolution's own, in full float32 whatever the matmul precision. XLA emits `upfirdn2d`'s padded passes with one bounds-checked scalar
-    load per tap and element (1.2-2.7 TB/s on an H200, where its vectorised fusions ran at 3.8-4.6); on
-    a GPU this is one cuDNN call forward and one backward, with no fused pad (BUILD_NOTES.md, issue 9)."""
+    the zero padding the convolution's own; float32 input is filtered in full float32 whatever the
+    matmul precision. XLA emits `upfirdn2d`'s padded passes with one bounds-checked scalar load per
+    tap and element (1.2-2.7 TB/s on an H200, where its vectorised fusions ran at 3.8-4.6); on a GPU
+    this is one cuDNN call forward and one backward, with no fused pad (BUILD_NOTES.md, issue 9)."""
     c = x.shape[-1]
     k2 = np.outer(f, f)[::-1, ::-1] * np.float32(gain)  # a true convolution: the taps reversed
     kernel = jnp.asarray(np.broadcast_to(k2[:, :, None, None], k2.shape + (1, c)), x.dtype)
