@@ -222,62 +222,45 @@ def _assert_same_function(G, G2, ws):
     assert loss._cache_size() == 2
 
 
+def _depthwise_convs(fn, *args) -> int:
+    return _convs(fn, *args, depthwise=True)
+
+
+@pytest.mark.parametrize("method", ["polyphase", "transposed_dw"])
 @pytest.mark.parametrize("groups", [1, 3])
-@pytest.mark.parametrize("f", [(1, 3, 3, 1), (1, 2, 1)])
-def test_polyphase_up_convolution_is_the_reference(groups, f):
-    """ops.conv2d_up2(method="polyphase") folds the FIR into one convolution per output phase: the same
-    function as the transposed convolution then the FIR, its value and both gradients (a wrong phase
-    order, tap offset or group layout differs by O(1)), with no dilated convolution left."""
+@pytest.mark.parametrize("f", [(1, 3, 3, 1), (1, 2, 1), (1, 2, 4, 3)])  # the last not symmetric
+def test_up_convolution_methods_are_the_reference(method, groups, f):
+    """ops.conv2d_up2's other methods are the same function as the transposed convolution then the FIR
+    (the reference's order): value and both gradients (a wrong phase order, tap offset, group layout,
+    unreversed taps or gain differ by O(1)).
+    - "polyphase" folds the FIR into one convolution per output phase: no dilated convolution left.
+    - "transposed_dw" runs the FIR as one depthwise convolution (`ops.fir2d_depthwise`): no pad left for
+      XLA to fuse, and float32 whatever the matmul precision asks."""
     from i2spp_jax import ops
     f = ops.setup_filter(f)
     rng = np.random.default_rng(1)
     x = jnp.asarray(rng.standard_normal((2, 7, 6, 6)), jnp.float32)
     w = jnp.asarray(rng.standard_normal((3, 3, 6 // groups, 9)), jnp.float32)
-    up = lambda method: (lambda a, k: ops.conv2d_up2(a, k, f, groups=groups, method=method))  # noqa: E731
-    ref, poly = up("transposed")(x, w), up("polyphase")(x, w)
-    assert poly.shape == ref.shape == (2, 14, 12, 9)
+    up = lambda m: (lambda a, k: ops.conv2d_up2(a, k, f, groups=groups, method=m))  # noqa: E731
+    ref, out = up("transposed")(x, w), up(method)(x, w)
+    assert out.shape == ref.shape == (2, 14, 12, 9)
     scale = float(jnp.abs(ref).max())
-    np.testing.assert_allclose(poly, ref, atol=1e-6 * scale)
+    np.testing.assert_allclose(out, ref, atol=1e-6 * scale)
     r = jnp.asarray(rng.standard_normal(ref.shape), jnp.float32)
     grads = lambda fn: jax.grad(lambda a, k: jnp.sum(fn(a, k) * r), argnums=(0, 1))(x, w)  # noqa: E731
-    for g_poly, g_ref in zip(grads(up("polyphase")), grads(up("transposed"))):
-        np.testing.assert_allclose(g_poly, g_ref, atol=1e-6 * float(jnp.abs(g_ref).max()))
-    assert _dilated_convs(up("transposed"), x, w) == 1 and _dilated_convs(up("polyphase"), x, w) == 0
-    # per axis each output phase reads ka input offsets; each kernel tap meets every other FIR tap
-    # (gain 2 per axis), and those sum to 1 for a filter whose even and odd taps sum alike
-    taps = ops.up2_phase_taps(3, tuple(float(v) for v in f))
-    assert taps.shape[0] == 2 and taps.shape[2] == 3 and taps.shape[1] % 2 == 1
-
-
-def _depthwise_convs(fn, *args) -> int:
-    return _convs(fn, *args, depthwise=True)
-
-
-@pytest.mark.parametrize("groups", [1, 3])
-@pytest.mark.parametrize("f", [(1, 3, 3, 1), (1, 2, 1), (1, 2, 4, 3)])  # the last not symmetric
-def test_depthwise_fir_up_convolution_is_the_reference(groups, f):
-    """ops.conv2d_up2(method="transposed_dw") runs the FIR after the transposed convolution as one
-    depthwise convolution (`ops.fir2d_depthwise`): the same function as the reference's padded passes,
-    value and both gradients (taps not reversed, a wrong gain or padding differ by O(1)), and no pad left
-    for XLA to fuse."""
-    from i2spp_jax import ops
-    f = ops.setup_filter(f)
-    rng = np.random.default_rng(2)
-    x = jnp.asarray(rng.standard_normal((2, 7, 6, 6)), jnp.float32)
-    w = jnp.asarray(rng.standard_normal((3, 3, 6 // groups, 9)), jnp.float32)
-    up = lambda method: (lambda a, k: ops.conv2d_up2(a, k, f, groups=groups, method=method))  # noqa: E731
-    ref, dw = up("transposed")(x, w), up("transposed_dw")(x, w)
-    assert dw.shape == ref.shape == (2, 14, 12, 9)
-    np.testing.assert_allclose(dw, ref, atol=1e-6 * float(jnp.abs(ref).max()))
-    r = jnp.asarray(rng.standard_normal(ref.shape), jnp.float32)
-    grads = lambda fn: jax.grad(lambda a, k: jnp.sum(fn(a, k) * r), argnums=(0, 1))(x, w)  # noqa: E731
-    for g_dw, g_ref in zip(grads(up("transposed_dw")), grads(up("transposed"))):
-        np.testing.assert_allclose(g_dw, g_ref, atol=1e-6 * float(jnp.abs(g_ref).max()))
-    assert _depthwise_convs(up("transposed_dw"), x, w) == 1 and _depthwise_convs(up("transposed"), x, w) == 0
-    pads = [e for e in jax.make_jaxpr(up("transposed_dw"))(x, w).jaxpr.eqns if e.primitive.name == "pad"]
-    assert not pads
-    with jax.default_matmul_precision("bfloat16"):  # the FIR keeps float32 whatever the context asks
-        np.testing.assert_allclose(jax.jit(up("transposed_dw"))(x, w), dw, rtol=0, atol=1e-6 * float(jnp.abs(ref).max()))
+    for g_out, g_ref in zip(grads(up(method)), grads(up("transposed"))):
+        np.testing.assert_allclose(g_out, g_ref, atol=1e-6 * float(jnp.abs(g_ref).max()))
+    if method == "polyphase":
+        assert _dilated_convs(up("transposed"), x, w) == 1 and _dilated_convs(up("polyphase"), x, w) == 0
+        # per axis each output phase reads ka input offsets; each kernel tap meets every other FIR tap
+        # (gain 2 per axis), and those sum to 1 for a filter whose even and odd taps sum alike
+        taps = ops.up2_phase_taps(3, tuple(float(v) for v in f))
+        assert taps.shape[0] == 2 and taps.shape[2] == 3 and taps.shape[1] % 2 == 1
+    else:
+        assert _depthwise_convs(up(method), x, w) == 1 and _depthwise_convs(up("transposed"), x, w) == 0
+        assert not [e for e in jax.make_jaxpr(up(method))(x, w).jaxpr.eqns if e.primitive.name == "pad"]
+        with jax.default_matmul_precision("bfloat16"):
+            np.testing.assert_allclose(jax.jit(up(method))(x, w), out, rtol=0, atol=1e-6 * scale)
 
 
 def test_generator_depthwise_fir_methods_are_the_same_function(G, ws):
