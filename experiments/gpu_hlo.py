@@ -126,8 +126,8 @@ def compile_for_gpu(F) -> tuple[str, dict]:
     text, path = target_config(F.target)
     dump = os.path.join(F.out, "xla_dump")  # XLA's PTX, read for each kernel's loads, then removed
     shutil.rmtree(dump, ignore_errors=True)
-    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
-                               f" --xla_dump_to={dump} --xla_dump_hlo_pass_re=^$").strip()
+    user_flags = os.environ.get("XLA_FLAGS", "")
+    os.environ["XLA_FLAGS"] = f"{user_flags} --xla_dump_to={dump} --xla_dump_hlo_pass_re=^$".strip()
     device = compile_only_device(text)  # the backend starts here and reads XLA_FLAGS
     fn, args, precision = program(F, jax.sharding.SingleDeviceSharding(device))
     trace_dir = os.path.join(F.out, "trace")
@@ -147,7 +147,7 @@ def compile_for_gpu(F) -> tuple[str, dict]:
             loads.update(hlo_traffic.ptx_loads(fh.read()))
     shutil.rmtree(dump, ignore_errors=True)
     info = {"target": path, "device_kind": device.device_kind, "ptx_loads": loads,
-            "xla_flags": os.environ.get("XLA_FLAGS", "").split(" --xla_dump_to=")[0],
+            "xla_flags": user_flags,
             "seconds": {"trace_and_lower": t1 - t0, "xla_compile": t2 - t1}}
     if F.spans:
         trace = max(glob.glob(os.path.join(trace_dir, "**", "*.xplane.pb"), recursive=True), key=os.path.getmtime)

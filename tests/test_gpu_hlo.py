@@ -113,8 +113,9 @@ def test_compare_divides_measured_time_into_model_bytes():
 
 
 def _run(*args):
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}  # the record's xla_flags: the user's only
     return subprocess.run([sys.executable, "-m", "experiments.gpu_hlo", *args], cwd=ROOT, capture_output=True,
-                          text=True, timeout=300)
+                          text=True, timeout=300, env=env)
 
 
 def test_command_reads_a_module_and_compares_with_a_profile(tmp_path):
@@ -170,4 +171,4 @@ def test_compiles_for_a_gpu_without_one(tmp_path):
     assert "convolution" in rec["by_kind"]  # cuDNN custom calls: a GPU program, not the CPU's
     assert any("cudnn" in json.dumps(k) for k in rec["kernels"])
     assert rec["ptx_loads"] and any("vector_loads" in k for k in rec["kernels"])  # PTX read per kernel
-    assert not (tmp_path / "xla_dump").exists()
+    assert not (tmp_path / "xla_dump").exists() and rec["xla_flags"] == ""  # the dump is the command's own
