@@ -207,10 +207,9 @@ def report(rec: dict, ks: list, top: int, bandwidth: float) -> str:
                         f"{k['source']}, {k['direction']} |")
         parts.append("fusions of 50 MB or more that compute the most per element (a high count may outrun the "
                      "memory's rate)\n" + "\n".join(rows))
-    loads = rec.get("ptx_loads")
-    if loads:
+    if rec.get("ptx_loads"):
         scalar = [k for k in ks if k["bytes"] >= 5e7 and k["kind"] != "convolution"
-                  and loads.get(k["name"].replace(".", "_"), (0, 1))[0] and not loads[k["name"].replace(".", "_")][1]]
+                  and k.get("loads") and not k["vector_loads"]]
         rows = ["| GB | kernel | shape | source, direction |", "| --- | --- | --- | --- |"]
         rows += [f"| {k['bytes'] / 1e9:.3f} | {k['name']} | {k['shape'].split('{')[0][:48]} | {k['source']}, {k['direction']} |"
                  for k in sorted(scalar, key=lambda k: -k["bytes"])]
@@ -255,9 +254,10 @@ def main(argv):
     rec["bandwidth_tbs"] = F.bandwidth
     if profile is not None:
         rec["compare"] = hlo_traffic.compare(ks, profile)
-    for k in ks:
-        if "ptx_loads" in rec and k["name"].replace(".", "_") in rec["ptx_loads"]:
-            k["loads"], k["vector_loads"] = rec["ptx_loads"][k["name"].replace(".", "_")]
+    for k in ks:  # XLA names a fusion's kernel by the fusion, "." made "_"
+        counts = rec.get("ptx_loads", {}).get(k["name"].replace(".", "_"))
+        if counts:
+            k["loads"], k["vector_loads"] = counts
     rec["kernels"] = ks
     with open(os.path.join(F.out, "gpu_hlo.json"), "w") as f:
         json.dump(rec, f, indent=1)

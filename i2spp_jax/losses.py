@@ -176,8 +176,9 @@ def _banded_transpose(g: jax.Array, axis: int, n_in: int, stride: int, offset: i
     receives w[i, k] * g[i] from the taps k whose start lies in phase r, at q = i + start // stride.
     Each phase sums its taps' weighted, shifted copies of g at the output's resolution; the phases are
     then interleaved once. JAX's own transpose of the strided slices pads g with stride - 1 zeros per
-    tap and sums the padded copies: fused with the other axis, 64 selects per image element, the
-    bf16 W+ step's slowest kernel on an H200 (0.95 ms for 0.46 GB, BUILD_NOTES.md, issue 9)."""
+    tap and sums the padded copies: fused with the other axis, 8 x 8 padded copies per image element
+    (351 operations per pixel in that fusion, 29 with this), the bf16 W+ step's slowest kernel on an
+    H200 (0.95 ms for 0.46 GB, BUILD_NOTES.md, issue 9)."""
     n_out, taps = weights.shape
     lo = max(0, -offset)
     q_len = -(-(lo + n_in) // stride)  # phases cover the padded input's first lo + n_in positions
