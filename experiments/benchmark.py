@@ -56,11 +56,12 @@ PROTOCOL = "@@bench "  # marks the lines a side's process answers with on stdout
 UP_METHODS = ("auto", "transposed", "polyphase", "polyphase_last", "polyphase_last2", "transposed_dw",
               "polyphase_last_dw")
 TORGB_METHODS = ("conv", "matmul")  # i2spp_jax.networks.TORGB_METHODS
+EPILOGUE_GRADS = ("recompute", "autodiff")  # i2spp_jax.ops.EPILOGUE_GRADS
 
 
 def define_method_flags() -> None:
-    """--up_method and --torgb_method, for the commands that time the engine (benchmark, profile_step,
-    time_algorithm2)."""
+    """--up_method, --torgb_method and --epilogue_grad, for the commands that time the engine (benchmark,
+    profile_step, time_algorithm2, compile_split, gpu_hlo)."""
     flags.DEFINE_enum("up_method", "auto", list(UP_METHODS),
                       "this project's up-sampling convolutions (Generator.up_method): auto (the library's default: "
                       "polyphase_last on a GPU, transposed elsewhere), the reference's transposed convolution then "
@@ -70,6 +71,15 @@ def define_method_flags() -> None:
     flags.DEFINE_enum("torgb_method", "conv", list(TORGB_METHODS),
                       "this project's ToRGB layers (Generator.torgb_method): the modulated 1x1 convolution, or one "
                       "matrix product per image with modulated weights")
+    flags.DEFINE_enum("epilogue_grad", "recompute", list(EPILOGUE_GRADS),
+                      "how this project's synthesis layers' backward finds where each leaky ReLU was negative "
+                      "(Generator.epilogue_grad): recomputed from the convolution's output, or JAX's autodiff, "
+                      "which stores a mask")
+
+
+def method_kwargs(F) -> dict:
+    """The Generator's speed settings the method flags name: {up_method, torgb_method, epilogue_grad}."""
+    return {"up_method": F.up_method, "torgb_method": F.torgb_method, "epilogue_grad": F.epilogue_grad}
 
 
 def define_flags() -> None:
@@ -158,7 +168,7 @@ def _settings(F) -> dict:
          "batches": [int(b) for b in (F.batches or batches.split(","))], "steps": list(F.steps),
          "iters": F.iters or iters, "rounds": F.rounds or rounds, "warmup": F.warmup or warmup,
          "resize_to": F.resize_to, "numerics": F.numerics, "modconv": F.modconv, "seed": F.seed,
-         "up_method": F.up_method, "torgb_method": F.torgb_method,
+         **method_kwargs(F),
          "steps_per_call": F.steps_per_call, "compilation_cache": F.compilation_cache,
          "sides": sides}
     if skipped:
@@ -262,8 +272,8 @@ class JaxSide:
         from i2spp_jax.vgg import VGG16
 
         self.s, self.batch, self.embed = s, batch, embed
-        self.G = G = load_generator(inputs["generator"]).replace(up_method=s["up_method"],
-                                                                        torgb_method=s["torgb_method"])
+        self.G = G = load_generator(inputs["generator"]).replace(
+            up_method=s["up_method"], torgb_method=s["torgb_method"], epilogue_grad=s.get("epilogue_grad", "recompute"))
         with np.load(inputs["vgg"]) as z:
             params = {n: {"kernel": jnp.asarray(z[f"{n}/kernel"]), "bias": jnp.asarray(z[f"{n}/bias"])}
                       for n in VGG_TRUNK_LAYERS}
@@ -278,7 +288,7 @@ class JaxSide:
                      "jax": jax.__version__, "numerics": f"{s['numerics']} (jax_default_matmul_precision="
                      f"{self.precision}, compute_dtype={self.compute_dtype})", "modconv": s["modconv"],
                      "up_method": networks.resolve_up_method(G.up_method),
-                     "torgb_method": G.torgb_method, "steps_per_call": s["steps_per_call"], "batch": batch,
+                     "torgb_method": G.torgb_method, "epilogue_grad": G.epilogue_grad, "steps_per_call": s["steps_per_call"], "batch": batch,
                      "xla_flags": os.environ.get("XLA_FLAGS", ""), "host_memory": host_memory.describe()}
 
     def round(self, kind: str, n: int) -> dict:
@@ -503,7 +513,7 @@ def main(argv):
     up = next((r["jax"]["up_method"] for r in records.values() if "jax" in r), s["up_method"])
     print(f"\n{machine['processor']} ({machine['cpus']} CPUs); devices: {devices}; host memory: {host}; "
           f"numerics {s['numerics']}; up-sampling {up}{' (auto)' if s['up_method'] == 'auto' else ''}; "
-          f"ToRGB {s['torgb_method']}; "
+          f"ToRGB {s['torgb_method']}; epilogue gradient {s.get('epilogue_grad', 'autodiff')}; "
           f"img-it/s = median of {s['rounds']} rounds of {s['iters']} iterations\n")
     print(text)
     print(f"\nwrote {os.path.join(F.out, 'benchmark.json')} ({result['seconds']:.0f} s in all)")

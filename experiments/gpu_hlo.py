@@ -97,7 +97,8 @@ def program(F, sharding):
 
     config = step_parts.preset_config(F.preset, F.resolution)
     G = Generator(params=random_params(config, jax.random.PRNGKey(0)), config=config,
-                  up_method=networks.resolve_up_method(F.up_method, backend="gpu"), torgb_method=F.torgb_method)
+                  up_method=networks.resolve_up_method(F.up_method, backend="gpu"), torgb_method=F.torgb_method,
+                  epilogue_grad=F.epilogue_grad)
     dtype = "bfloat16" if F.numerics == "bf16" else "float32"
     trunk, _ = benchmark.vgg_trunk("random")  # the shapes are what count
     vgg = VGG16(params=jax.tree.map(jnp.asarray, trunk), preprocessing="keras", compute_dtype=dtype)
@@ -245,7 +246,7 @@ def main(argv):
         rec["what"] = (f"{rec['device_kind']} ({F.target}, compile-only): {F.step} step, {F.preset} preset"
                        f"{f' at {F.resolution}' if F.resolution else ''}, batch {F.batch}, {F.numerics}, "
                        f"{F.steps_per_call} per dispatch, up-sampling {networks.resolve_up_method(F.up_method, 'gpu')}, "
-                       f"ToRGB {F.torgb_method}, XLA_FLAGS={rec['xla_flags'] or '(none)'}")
+                       f"ToRGB {F.torgb_method}, epilogue gradient {F.epilogue_grad}, XLA_FLAGS={rec['xla_flags'] or '(none)'}")
         with gzip.open(os.path.join(F.out, "hlo.txt.gz"), "wt") as f:
             f.write(text)
     with cli.user_input(F.hlo or "the compiled module", "give the optimised module's text"):

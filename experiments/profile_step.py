@@ -224,7 +224,8 @@ def report(rec: dict, top: int) -> str:
     phases = ", ".join(f"{k.replace('_', ' ')} {v:.1f} s" for k, v in rec["compile_phases_s"].items())
     head = (f"{rec['device']} ({rec['backend']}, jax {rec['jax']}); {rec['step']} step, {rec['resolution']}x"
             f"{rec['resolution']} ({rec['preset']} preset), batch {rec['batch']}, {rec['numerics']}, modconv "
-            f"{rec['modconv']}, up-sampling {rec['up_method']}, ToRGB {rec['torgb_method']}; "
+            f"{rec['modconv']}, up-sampling {rec['up_method']}, ToRGB {rec['torgb_method']}, epilogue gradient "
+            f"{rec.get('epilogue_grad', 'autodiff')}; "
             f"XLA_FLAGS={rec['xla_flags']!r}\n"
             f"compile {rec['compile_s']:.1f} s ({phases}); wall "
             f"{rec['wall_ms']:.2f} ms per call (median of {rec['rounds']}); kernels {total:.2f} ms per call "
@@ -252,8 +253,7 @@ def main(argv):
     F = flags.FLAGS
     preset = F.preset if F.preset != "auto" else ("ffhq" if jax.default_backend() == "gpu" else "cpu")
     os.makedirs(F.out, exist_ok=True)
-    su = step_parts.setup(preset, F.batch, F.resize_to, F.numerics, F.vgg, up_method=F.up_method,
-                          torgb_method=F.torgb_method)
+    su = step_parts.setup(preset, F.batch, F.resize_to, F.numerics, F.vgg, **benchmark.method_kwargs(F))
     step, args = step_parts.engine_step(su, F.step, fused_modconv=F.modconv == "grouped")
     with jax.default_matmul_precision(su["precision"]):
         t0 = time.perf_counter()
@@ -279,7 +279,7 @@ def main(argv):
                             "(on a GPU, set XLA_FLAGS=--xla_gpu_enable_command_buffer= and run again)")
     rec = {"preset": preset, "resolution": su["resolution"], "batch": F.batch, "numerics": F.numerics, "step": F.step,
            "modconv": F.modconv, "up_method": networks.resolve_up_method(F.up_method),
-           "torgb_method": F.torgb_method, "device": str(jax.devices()[0].device_kind),
+           "torgb_method": F.torgb_method, "epilogue_grad": F.epilogue_grad, "device": str(jax.devices()[0].device_kind),
            "backend": jax.default_backend(),
            "jax": jax.__version__, "xla_flags": os.environ.get("XLA_FLAGS", ""), "compile_s": compile_s,
            "compile_phases_s": phases_s,

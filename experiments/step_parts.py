@@ -69,9 +69,9 @@ def preset_config(preset: str, resolution: int = 0):
 
 
 def setup(preset: str, batch: int, resize_to: int, numerics: str, vgg_spec: str, resolution: int = 0,
-          up_method: str = "auto", torgb_method: str = "conv") -> dict:
+          up_method: str = "auto", torgb_method: str = "conv", epilogue_grad: str = "recompute") -> dict:
     """The benchmark's random generator and VGG16 at `preset`'s sizes (`resolution` > 0: another output
-    side, the preset's widths; `up_method`, `torgb_method`: the Generator's), a batch of targets rendered from
+    side, the preset's widths; `up_method`, `torgb_method`, `epilogue_grad`: the Generator's), a batch of targets rendered from
     hidden latents, and the numerics' settings: what every part below is built from."""
     import jax
     import jax.numpy as jnp
@@ -82,7 +82,7 @@ def setup(preset: str, batch: int, resize_to: int, numerics: str, vgg_spec: str,
     config = preset_config(preset, resolution)
     res = config.img_resolution
     G = Generator(params=random_params(config, jax.random.PRNGKey(0)), config=config,  # noise strengths > 0
-                  up_method=up_method, torgb_method=torgb_method)
+                  up_method=up_method, torgb_method=torgb_method, epilogue_grad=epilogue_grad)
     params, source = benchmark.vgg_trunk(vgg_spec)
     dtype = "bfloat16" if numerics == "bf16" else "float32"
     vgg = VGG16(params=jax.tree.map(jnp.asarray, params), preprocessing="keras", compute_dtype=dtype)

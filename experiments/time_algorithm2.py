@@ -83,7 +83,7 @@ def main(argv):
     preset = F.preset if F.preset != "auto" else ("ffhq" if jax.default_backend() == "gpu" else "cpu")
     numerics = "bf16" if F.compute_dtype == "bfloat16" else F.numerics
     su = step_parts.setup(preset, F.batch, F.resize_to, numerics, F.vgg, resolution=F.resolution,
-                          up_method=F.up_method, torgb_method=F.torgb_method)
+                          **benchmark.method_kwargs(F))
     su["precision"] = "highest" if F.numerics == "fp32" else "tensorfloat32"
     _say(f"{jax.devices()[0].device_kind}: the untimed first call ({F.warmup_steps} + {F.warmup_steps} iterations, "
          f"compiling every program)")
@@ -94,7 +94,7 @@ def main(argv):
     rec = {"preset": preset, "resolution": su["resolution"], "batch": F.batch, "w_steps": F.w_steps,
            "noise_steps": F.noise_steps, "resize_to": F.resize_to, "numerics": F.numerics,
            "compute_dtype": F.compute_dtype, "up_method": networks.resolve_up_method(F.up_method),
-           "torgb_method": F.torgb_method,
+           "torgb_method": F.torgb_method, "epilogue_grad": F.epilogue_grad,
            "float32_tail": F.float32_tail if F.compute_dtype != "float32" else 0.0,
            "float32_head": F.float32_head if F.compute_dtype != "float32" else 0.0,
            "float32_above_db": [p.float32_above_db for p in res.phases],  # as resolved ("auto": the floor's)
@@ -112,7 +112,7 @@ def main(argv):
           f"{' with a float32 tail of %g' % rec['float32_tail'] if rec['float32_tail'] else ''}"
           f"{' and head of %g' % rec['float32_head'] if rec['float32_head'] else ''}, matmul precision "
           f"{su['precision']}, {rec['steps_per_call']} iterations per dispatch, up-sampling {rec['up_method']}, "
-          f"ToRGB {rec['torgb_method']}")
+          f"ToRGB {rec['torgb_method']}, epilogue gradient {rec['epilogue_grad']}")
     print(f"Algorithm 2 ({F.w_steps} W+ + {F.noise_steps} noise iterations): {wall:.1f} s for {F.batch} images = "
           f"{wall / F.batch:.1f} s per image (after {warm_s:.1f} s of compiling and a {F.warmup_steps} + "
           f"{F.warmup_steps}-iteration warm-up)")

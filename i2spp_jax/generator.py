@@ -121,13 +121,15 @@ class GeneratorConfig:
             layer_features=self.mapping_layer_features, lr_multiplier=self.mapping_lr_multiplier,
         )
 
-    def synthesis_module(self, up_method: str = "auto", torgb_method: str = "conv") -> networks.SynthesisNetwork:
-        """The synthesis network; up_method and torgb_method are how its up-sampling convolutions
-        (`ops.conv2d_up2`) and its ToRGB layers are computed, which changes the speed, not the function."""
+    def synthesis_module(self, up_method: str = "auto", torgb_method: str = "conv",
+                         epilogue_grad: str = "recompute") -> networks.SynthesisNetwork:
+        """The synthesis network; up_method, torgb_method and epilogue_grad are how its up-sampling
+        convolutions (`ops.conv2d_up2`), its ToRGB layers and its layers' backward (`ops.layer_epilogue`)
+        are computed, which changes the speed, not the function."""
         return networks.SynthesisNetwork(
             w_dim=self.w_dim, img_resolution=self.img_resolution, img_channels=self.img_channels,
             channels=self.channels, conv_clamp=self.conv_clamp, resample_filter=self.resample_filter,
-            up_method=up_method, torgb_method=torgb_method,
+            up_method=up_method, torgb_method=torgb_method, epilogue_grad=epilogue_grad,
         )
 
 
@@ -176,7 +178,7 @@ def noise_list(config: GeneratorConfig, noise: NoiseSpec) -> list[NoiseInput]:
 def synthesis(config: GeneratorConfig, params: Params, ws: jax.Array, *, noise: NoiseSpec = "const",
               fused_modconv: bool = True, edits: Optional[Edits] = None,
               return_activations: bool = False, dtype: Optional[str] = None, up_method: str = "auto",
-              torgb_method: str = "conv"):
+              torgb_method: str = "conv", epilogue_grad: str = "recompute"):
     """ws [N, num_ws, w_dim] -> image [N, R, R, C] (about [-1, 1]).
 
     Args:
@@ -199,6 +201,9 @@ def synthesis(config: GeneratorConfig, params: Params, ws: jax.Array, *, noise: 
       torgb_method: how the ToRGB layers are computed (`networks.TORGB_METHODS`): "conv" (the
         reference's modulated 1x1 convolution) or "matmul" (`ops.modulated_matmul`). Same numbers up
         to rounding.
+      epilogue_grad: how reverse mode gets through the layers' activations (`ops.EPILOGUE_GRADS`):
+        "recompute" (the default: no stored mask) or "autodiff" (JAX's own). The same numbers, the
+        gradients bit for bit.
     Returns:
       image, or (image, activations) when return_activations.
     """
@@ -209,7 +214,7 @@ def synthesis(config: GeneratorConfig, params: Params, ws: jax.Array, *, noise: 
     if unknown:
         raise ValueError(f"edits name unknown activation points {sorted(unknown)}; "
                          f"valid: {config.activation_names}")
-    img, aux = config.synthesis_module(up_method, torgb_method).apply(
+    img, aux = config.synthesis_module(up_method, torgb_method, epilogue_grad).apply(
         {"params": params["synthesis"]}, ws, noise_list(config, noise), fused_modconv, edits,
         return_activations, None if dtype is None else jnp.dtype(dtype),
     )
@@ -221,12 +226,12 @@ def _mapping_jit(config, params, z, truncation_psi, truncation_cutoff):
     return mapping(config, params, z, truncation_psi=truncation_psi, truncation_cutoff=truncation_cutoff)
 
 
-@functools.partial(jax.jit, static_argnums=(0, 4, 5, 7, 8, 9))
+@functools.partial(jax.jit, static_argnums=(0, 4, 5, 7, 8, 9, 10))
 def _synthesis_jit(config, params, ws, noise, fused_modconv, return_activations, edits, dtype, up_method,
-                   torgb_method):
+                   torgb_method, epilogue_grad):
     return synthesis(config, params, ws, noise=noise, fused_modconv=fused_modconv, edits=edits,
                      return_activations=return_activations, dtype=dtype, up_method=up_method,
-                     torgb_method=torgb_method)
+                     torgb_method=torgb_method, epilogue_grad=epilogue_grad)
 
 
 def make_noise(config: GeneratorConfig, key: jax.Array, batch: Optional[int] = None) -> list[jax.Array]:
@@ -245,15 +250,17 @@ class Generator(GeneratorFace):
     default: the fastest measured on the backend, `networks.resolve_up_method`: "polyphase_last" on a
     GPU, "transposed" elsewhere), "transposed" (the reference's order), "polyphase", "polyphase_last"
     or "polyphase_last2" (`G.replace(up_method="transposed")`). `torgb_method` is how the ToRGB layers
-    are computed (`networks.TORGB_METHODS`): "conv" (the default, the reference's) or "matmul". Each
-    is the same function up to float rounding; static, so every program compiled for G keys on it.
-    Not part of a checkpoint.
+    are computed (`networks.TORGB_METHODS`): "conv" (the default, the reference's) or "matmul".
+    `epilogue_grad` is how the layers' backward finds where each leaky ReLU was negative
+    (`ops.EPILOGUE_GRADS`): "recompute" (the default) or "autodiff". Each is the same function up to
+    float rounding; static, so every program compiled for G keys on it. Not part of a checkpoint.
     """
 
     params: Params
     config: GeneratorConfig = flax.struct.field(pytree_node=False)
     up_method: str = flax.struct.field(pytree_node=False, default="auto")
     torgb_method: str = flax.struct.field(pytree_node=False, default="conv")
+    epilogue_grad: str = flax.struct.field(pytree_node=False, default="recompute")
 
     def mapping(self, z: jax.Array, truncation_psi: float = 1.0, truncation_cutoff: Optional[int] = None):
         """z [N, z_dim] -> ws [N, num_ws, w_dim]; see `mapping`. Compiled once per shape."""
@@ -270,11 +277,12 @@ class Generator(GeneratorFace):
         if face.traced(ws) or any(not activations.is_data_edit(e) for e in edits.values()):
             return synthesis(self.config, self.params, ws, noise=noise, fused_modconv=fused_modconv,
                              edits=edits, return_activations=return_activations, dtype=dtype,
-                             up_method=self.up_method, torgb_method=self.torgb_method)
+                             up_method=self.up_method, torgb_method=self.torgb_method,
+                             epilogue_grad=self.epilogue_grad)
         # "const" entries become the stored maps (the same numbers), so that the noise is a pytree.
         maps = [c if isinstance(n, str) else n for n, c in zip(noise_list(self.config, noise), self.noise_const)]
         return _synthesis_jit(self.config, self.params, jnp.asarray(ws), maps, fused_modconv, return_activations,
-                              edits, dtype, self.up_method, self.torgb_method)
+                              edits, dtype, self.up_method, self.torgb_method, self.epilogue_grad)
 
 
 def replicate_channels(G: "Generator", img_channels: int) -> "Generator":

@@ -119,6 +119,7 @@ class SynthesisLayer(nn.Module):
     conv_clamp: Optional[float] = None  # clamp activations to +-X, None = off
     resample_filter: Sequence[float] = (1, 3, 3, 1)  # FIR taps for upsampling
     up_method: str = "transposed"  # how up=2 is computed (ops.conv2d_up2): the same function either way
+    epilogue_grad: str = "recompute"  # ops.EPILOGUE_GRADS: how the backward finds the activation's mask
     kernel_size: int = 3
 
     @nn.compact
@@ -142,12 +143,9 @@ class SynthesisLayer(nn.Module):
             up_method=self.up_method,
             fused_modconv=fused_modconv,
         )
-        if dcoefs is not None:
-            x = x * dcoefs[:, None, None, :].astype(x.dtype)
         n_map = _noise_map(noise, noise_const, x.shape[0], self.resolution)
-        if n_map is not None:
-            x = x + (n_map * noise_strength).astype(x.dtype)
-        return ops.bias_act(x, bias, act="lrelu", clamp=self.conv_clamp)
+        n_map = None if n_map is None else n_map * noise_strength
+        return ops.layer_epilogue(x, dcoefs, n_map, bias, clamp=self.conv_clamp, grad=self.epilogue_grad)
 
 
 class ToRGBLayer(nn.Module):
@@ -182,6 +180,7 @@ class SynthesisBlock(nn.Module):
     resample_filter: Sequence[float] = (1, 3, 3, 1)
     up_method: str = "transposed"  # conv0's up-sampling (ops.conv2d_up2's method)
     torgb_method: str = "conv"  # ToRGBLayer.method
+    epilogue_grad: str = "recompute"  # SynthesisLayer.epilogue_grad
 
     @property
     def num_conv(self) -> int:
@@ -216,7 +215,8 @@ class SynthesisBlock(nn.Module):
                 aux[key] = img if point == "img" else x
             return x, img
 
-        layer = dict(resolution=self.resolution, conv_clamp=self.conv_clamp, resample_filter=self.resample_filter)
+        layer = dict(resolution=self.resolution, conv_clamp=self.conv_clamp, resample_filter=self.resample_filter,
+                     epilogue_grad=self.epilogue_grad)
         if self.in_channels == 0:
             const = param(self, "const", nn.initializers.normal(1.0),
                           (self.resolution, self.resolution, self.out_channels))
@@ -302,6 +302,7 @@ class SynthesisNetwork(nn.Module):
     resample_filter: Sequence[float] = (1, 3, 3, 1)
     up_method: str = "auto"  # UP_METHODS: how the blocks' conv0 up-sample
     torgb_method: str = "conv"  # TORGB_METHODS: how the blocks' ToRGB layers multiply
+    epilogue_grad: str = "recompute"  # ops.EPILOGUE_GRADS: how the layers' backward finds the activation's mask
 
     @nn.compact
     def __call__(
@@ -321,6 +322,8 @@ class SynthesisNetwork(nn.Module):
         x = img = None
         w_idx = noise_idx = 0
         torgb_method = check_torgb_method(self.torgb_method)
+        if self.epilogue_grad not in ops.EPILOGUE_GRADS:
+            raise ValueError(f"epilogue_grad={self.epilogue_grad!r}: use one of {ops.EPILOGUE_GRADS}")
         for i, res in enumerate(resolutions):
             block = SynthesisBlock(
                 in_channels=0 if i == 0 else self.channels[i - 1],
@@ -331,6 +334,7 @@ class SynthesisNetwork(nn.Module):
                 resample_filter=self.resample_filter,
                 up_method=block_up_method(self.up_method, res, self.img_resolution),
                 torgb_method=torgb_method,
+                epilogue_grad=self.epilogue_grad,
                 name=f"b{res}",
             )
             num_conv = 1 if i == 0 else 2

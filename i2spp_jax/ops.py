@@ -54,6 +54,71 @@ def bias_act(
     return x
 
 
+# How a synthesis layer's backward finds where its leaky ReLU was negative (issue 9's
+# rematerialisation lever; the same numbers either way): "recompute" keeps the layer's inputs and
+# recomputes its pre-activation inside the backward; "autodiff" is JAX's own, which keeps the comparison
+# as a residual. On a GPU XLA then writes that mask (a byte per element) in the forward and reads it
+# back, in the 1024x1024 block's first layer in a pass of its own. Per W+ step (config-f, batch 8, 25 per
+# dispatch) on a compile-only H200 (`experiments.gpu_hlo`): bf16 34.78 -> 30.97 GB, TF32 65.06 -> 62.45.
+EPILOGUE_GRADS = ("recompute", "autodiff")
+
+
+def layer_epilogue(
+    y: jax.Array,  # [N, H, W, O] the modulated convolution's output
+    dcoefs: Optional[jax.Array],  # [N, O] demodulation coefficients to apply, or None
+    noise: Optional[jax.Array],  # [N or 1, H, W, 1] noise map times its strength, or None
+    bias: jax.Array,  # [O]
+    *,
+    clamp: Optional[float] = None,
+    grad: str = "recompute",  # EPILOGUE_GRADS
+) -> jax.Array:
+    """A synthesis layer after its convolution: lrelu(y * dcoefs + noise + bias) * sqrt(2), clamped to
+    +-clamp, in y's dtype and the reference's order of operations. `grad` only changes how reverse mode
+    gets there (EPILOGUE_GRADS): "recompute" saves no mask, and its gradients are autodiff's bit for
+    bit (the backward runs autodiff's own on the recomputed forward)."""
+    if grad == "autodiff":
+        return _epilogue(y, dcoefs, noise, bias, clamp)
+    if grad != "recompute":
+        raise ValueError(f"layer_epilogue: grad={grad!r}; use one of {EPILOGUE_GRADS}")
+    return _epilogue_recompute(y, dcoefs, noise, bias, clamp)
+
+
+def _epilogue(y, dcoefs, noise, bias, clamp):
+    if dcoefs is not None:
+        y = y * dcoefs[:, None, None, :].astype(y.dtype)
+    if noise is not None:
+        y = y + noise.astype(y.dtype)
+    return bias_act(y, bias, act="lrelu", clamp=clamp)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
+def _epilogue_recompute(y, dcoefs, noise, bias, clamp):
+    return _epilogue(y, dcoefs, noise, bias, clamp)
+
+
+def _epilogue_recompute_fwd(y, dcoefs, noise, bias, clamp):
+    return _epilogue(y, dcoefs, noise, bias, clamp), (y, dcoefs, noise, bias)
+
+
+def _epilogue_recompute_bwd(clamp, res, g):
+    # The barrier on the small inputs keeps XLA from merging the recomputed pre-activation with the
+    # forward's (common subexpressions: the mask would be stored as before). One on y too would make
+    # y's producer (the polyphase interleave) write its output instead of fusing into the readers.
+    y, small = res[0], jax.lax.optimization_barrier(res[1:])
+    if y.dtype == jnp.bfloat16:
+        # y + 0 * g is y (for a finite g) but cannot be computed before g: without it XLA computes the
+        # recomputed mask in the forward's kernel that also reads y, and writes it (sibling fusion). In
+        # bfloat16 the tie makes XLA fuse the recomputation into the backward's reductions (gpu_hlo, W+
+        # step: 33.21 -> 30.97 GB; noise step 30.21 either way); in float32 XLA then writes the mask in a kernel
+        # of its own (62.45 -> 65.99 GB), so float32 goes without.
+        y = y + g * jnp.zeros((), g.dtype)
+    _, vjp = jax.vjp(lambda *a: _epilogue(*a, clamp), y, *small)
+    return vjp(g)
+
+
+_epilogue_recompute.defvjp(_epilogue_recompute_fwd, _epilogue_recompute_bwd)
+
+
 def setup_filter(taps: Sequence[float]) -> np.ndarray:
     """Normalised separable 1-D FIR filter: [1, 3, 3, 1] -> [1, 3, 3, 1] / 8 (2-D sum is 1)."""
     f = np.asarray(taps, dtype=np.float32)

@@ -374,3 +374,51 @@ def test_a_stored_parameter_of_another_shape_is_named(G, ws):
     bad = G.replace(params=traverse_util.unflatten_dict(flat))
     with pytest.raises(ValueError, match=r"b8/conv0/weight has shape \(3, 3, 17, 16\).*expects \(3, 3, 16, 16\)"):
         bad.synthesis(ws, fused_modconv=False)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+@pytest.mark.parametrize("clamp", [None, 0.6])
+@pytest.mark.parametrize("demod,noise", [(True, True), (False, False), (True, False)])
+def test_layer_epilogue_recompute_is_autodiff_bit_for_bit_and_keeps_no_mask(dtype, clamp, demod, noise):
+    """ops.layer_epilogue's "recompute" gradient (issue 9's rematerialisation lever) is autodiff's bit for
+    bit: every input's cotangent, with the clamp active on some elements or off, with or without the
+    demodulation coefficients and the noise, in float32 and bfloat16. What it keeps for the backward is
+    its inputs only: no boolean mask, nothing the size of y but y (autodiff keeps the comparison)."""
+    from i2spp_jax import ops
+    k = jax.random.split(jax.random.PRNGKey(7), 5)
+    y = jax.random.normal(k[0], (2, 6, 5, 4)).astype(dtype)
+    args = (y, jax.random.uniform(k[1], (2, 4), minval=0.5, maxval=1.5) if demod else None,
+            0.3 * jax.random.normal(k[2], (2, 6, 5, 1)) if noise else None, 0.1 * jax.random.normal(k[3], (4,)))
+    g = jax.random.normal(k[4], y.shape).astype(dtype)
+    outs, residuals = {}, {}
+    for grad in ops.EPILOGUE_GRADS:
+        out, vjp = jax.vjp(lambda *a: ops.layer_epilogue(*a, clamp=clamp, grad=grad), *args)  # noqa: B023
+        outs[grad] = (out, vjp(g))
+        residuals[grad] = [r for r in jax.tree.leaves(vjp) if hasattr(r, "dtype")]
+    if clamp is not None:
+        assert 0 < int(jnp.sum(jnp.abs(outs["autodiff"][0]) >= clamp)) < y.size  # the clamp bites somewhere
+    for a, b in zip(jax.tree.leaves(outs["recompute"]), jax.tree.leaves(outs["autodiff"]), strict=True):
+        np.testing.assert_array_equal(np.asarray(a, np.float32), np.asarray(b, np.float32))
+    assert not any(r.dtype == bool for r in residuals["recompute"])
+    assert sum(r.size >= y.size for r in residuals["recompute"]) == 1  # y itself
+    assert any(r.dtype == bool and r.size == y.size for r in residuals["autodiff"])  # what "recompute" saves
+    with pytest.raises(ValueError, match="grad='remat'"):
+        ops.layer_epilogue(*args, grad="remat")
+
+
+def test_generator_epilogue_grad_is_static_and_the_same_function(G, ws):
+    """Generator.epilogue_grad: "recompute" (the default) and "autodiff" give the same image and the same W+
+    and noise gradients bit for bit, through a jitted loss that compiles once for each; unknown values are
+    named."""
+    Ga = G.replace(epilogue_grad="autodiff")
+    assert G.epilogue_grad == "recompute"
+    assert jax.tree_util.tree_structure(Ga) != jax.tree_util.tree_structure(G)
+    noise = G.make_noise(jax.random.PRNGKey(3), batch=ws.shape[0])
+    loss = jax.jit(jax.value_and_grad(
+        lambda g, w, n: jnp.sum(jnp.square(g.synthesis(w, n, fused_modconv=False) - 0.2)), argnums=(1, 2)))
+    for a, b in zip(jax.tree.leaves(loss(G, ws, noise)), jax.tree.leaves(loss(Ga, ws, noise)), strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert loss._cache_size() == 2
+    np.testing.assert_array_equal(G.synthesis(ws, fused_modconv=True), Ga.synthesis(ws, fused_modconv=True))
+    with pytest.raises(ValueError, match=r"epilogue_grad='remat': use one of \('recompute', 'autodiff'\)"):
+        G.replace(epilogue_grad="remat").synthesis(ws)

@@ -18,7 +18,7 @@
 # iterations at batch 8, timed end to end by experiments.time_algorithm2 in the bf16 mode / in TF32:
 # about 5 minutes each), "alg2_levers" then "levers2" (what the fifth lease ran, two calls of the device
 # tool, each under its 600 s limit; OUT/probe.tar.gz as for probe), "levers3" (the next lease's first
-# call: the resize's gradient and the depthwise FIR, below), "alg2_diag" (Algorithm 2 in the bf16 mode
+# call: the resize's gradient, the recomputed masks and the depthwise FIR, below), "alg2_diag" (Algorithm 2 in the bf16 mode
 # as it is now, with XLA's per-program memory; below), "compile_diag" (where the first call's compile
 # goes, by XLA's own spans; below), "w8_par16" (the W+ step with XLA's compile forced onto 16
 # threads), "accuracy" (the
@@ -85,17 +85,20 @@ pack() {  # after every step, so that a run cut short still brings back what it 
   mkdir -p "$WORK/probe_files" && mv "$OUT"/*.json "$OUT"/*_hlo.txt.gz "$OUT"/*_stderr.txt.gz "$WORK/probe_files/" 2>/dev/null
   tar czf "$OUT/probe.tar.gz" -C "$WORK/probe_files" .
 }
-# "levers3" (about 5 minutes, CALL_LIMIT s in all, default 330): the seventh CPU session's two levers,
-# weighed there with experiments.gpu_hlo, each in the same call as the code as it is: the W+ step at
-# batch 8, 25 per dispatch, in bf16 as it is (the resize's gradient phase by phase: predicted about 420
-# img-it/s, from 404.7), in bf16 and TF32 with the FIR as a depthwise convolution (--up_method=
-# polyphase_last_dw: no scalar-load FIR fusions; predicted 0.6-1.1 ms less per bf16 step and 0.3-1.4
-# ms per TF32 step, depending on cuDNN's depthwise kernels), then TF32 as it is, while time is left.
+# "levers3" (about 6 minutes, CALL_LIMIT s in all, default 400): the CPU sessions' three levers, weighed
+# there with experiments.gpu_hlo, each in the same call as the code as it is: the W+ step at batch 8, 25
+# per dispatch, in bf16 as it is (the resize's gradient phase by phase and the layers' masks recomputed:
+# predicted about 430 img-it/s, from 404.7), in bf16 with autodiff's stored masks (--epilogue_grad=
+# autodiff: 1.57 GB more per step), in bf16 with the FIR as a depthwise convolution (--up_method=
+# polyphase_last_dw: no scalar-load FIR fusions; predicted 0.6-1.1 ms less per bf16 step, depending on
+# cuDNN's depthwise kernels), then in TF32 as it is (predicted about 277, from 264-271) and with the
+# depthwise FIR, each only while CALL_LIMIT leaves 75 s.
 if [ "$PART" = levers3 ]; then
   W8="--sides=jax --steps=w --batches=8 --steps_per_call=25"
-  for v in "bf16" "bf16_dw --up_method=polyphase_last_dw" "tf32_dw --up_method=polyphase_last_dw" "tf32"; do
+  for v in "bf16" "bf16_autodiff --epilogue_grad=autodiff" "bf16_dw --up_method=polyphase_last_dw" "tf32" \
+           "tf32_dw --up_method=polyphase_last_dw"; do
     set -- $v; nm=$1; shift
-    left=$((${CALL_LIMIT:-330} - SECONDS))
+    left=$((${CALL_LIMIT:-400} - SECONDS))
     if [ $left -gt 75 ]; then step w8_$nm $((left < 100 ? left : 100)) --numerics=${nm%%_*} $W8 "$@"; pack
     else echo "=== w8_$nm: skipped, $left s left"; fi
   done
