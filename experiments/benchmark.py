@@ -273,7 +273,7 @@ class JaxSide:
 
         self.s, self.batch, self.embed = s, batch, embed
         self.G = G = load_generator(inputs["generator"]).replace(
-            up_method=s["up_method"], torgb_method=s["torgb_method"], epilogue_grad=s.get("epilogue_grad", "recompute"))
+            up_method=s["up_method"], torgb_method=s["torgb_method"], epilogue_grad=s["epilogue_grad"])
         with np.load(inputs["vgg"]) as z:
             params = {n: {"kernel": jnp.asarray(z[f"{n}/kernel"]), "bias": jnp.asarray(z[f"{n}/bias"])}
                       for n in VGG_TRUNK_LAYERS}
@@ -288,7 +288,8 @@ class JaxSide:
                      "jax": jax.__version__, "numerics": f"{s['numerics']} (jax_default_matmul_precision="
                      f"{self.precision}, compute_dtype={self.compute_dtype})", "modconv": s["modconv"],
                      "up_method": networks.resolve_up_method(G.up_method),
-                     "torgb_method": G.torgb_method, "epilogue_grad": G.epilogue_grad, "steps_per_call": s["steps_per_call"], "batch": batch,
+                     "torgb_method": G.torgb_method, "epilogue_grad": G.epilogue_grad,
+                     "steps_per_call": s["steps_per_call"], "batch": batch,
                      "xla_flags": os.environ.get("XLA_FLAGS", ""), "host_memory": host_memory.describe()}
 
     def round(self, kind: str, n: int) -> dict:
@@ -513,7 +514,7 @@ def main(argv):
     up = next((r["jax"]["up_method"] for r in records.values() if "jax" in r), s["up_method"])
     print(f"\n{machine['processor']} ({machine['cpus']} CPUs); devices: {devices}; host memory: {host}; "
           f"numerics {s['numerics']}; up-sampling {up}{' (auto)' if s['up_method'] == 'auto' else ''}; "
-          f"ToRGB {s['torgb_method']}; epilogue gradient {s.get('epilogue_grad', 'autodiff')}; "
+          f"ToRGB {s['torgb_method']}; epilogue gradient {s['epilogue_grad']}; "
           f"img-it/s = median of {s['rounds']} rounds of {s['iters']} iterations\n")
     print(text)
     print(f"\nwrote {os.path.join(F.out, 'benchmark.json')} ({result['seconds']:.0f} s in all)")

@@ -122,7 +122,8 @@ def measure(F) -> dict:
     spans, busy = host_spans(path)
     return {"preset": preset, "resolution": su["resolution"], "batch": F.batch, "numerics": F.numerics,
             "steps_per_call": k, "up_method": networks.resolve_up_method(F.up_method),
-            "torgb_method": F.torgb_method, "epilogue_grad": F.epilogue_grad, "device": str(jax.devices()[0].device_kind),
+            "torgb_method": F.torgb_method, "epilogue_grad": F.epilogue_grad,
+            "device": str(jax.devices()[0].device_kind),
             "backend": jax.default_backend(), "jax": jax.__version__, "xla_flags": os.environ.get("XLA_FLAGS", ""),
             "seconds": {"trace": t1 - t0, "lower": t2 - t1, "xla_compile": t3 - t2, "first_execution": calls[0],
                         "second_execution": calls[1]},

@@ -246,7 +246,8 @@ def main(argv):
         rec["what"] = (f"{rec['device_kind']} ({F.target}, compile-only): {F.step} step, {F.preset} preset"
                        f"{f' at {F.resolution}' if F.resolution else ''}, batch {F.batch}, {F.numerics}, "
                        f"{F.steps_per_call} per dispatch, up-sampling {networks.resolve_up_method(F.up_method, 'gpu')}, "
-                       f"ToRGB {F.torgb_method}, epilogue gradient {F.epilogue_grad}, XLA_FLAGS={rec['xla_flags'] or '(none)'}")
+                       f"ToRGB {F.torgb_method}, epilogue gradient {F.epilogue_grad}, "
+                       f"XLA_FLAGS={rec['xla_flags'] or '(none)'}")
         with gzip.open(os.path.join(F.out, "hlo.txt.gz"), "wt") as f:
             f.write(text)
     with cli.user_input(F.hlo or "the compiled module", "give the optimised module's text"):

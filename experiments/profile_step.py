@@ -279,7 +279,8 @@ def main(argv):
                             "(on a GPU, set XLA_FLAGS=--xla_gpu_enable_command_buffer= and run again)")
     rec = {"preset": preset, "resolution": su["resolution"], "batch": F.batch, "numerics": F.numerics, "step": F.step,
            "modconv": F.modconv, "up_method": networks.resolve_up_method(F.up_method),
-           "torgb_method": F.torgb_method, "epilogue_grad": F.epilogue_grad, "device": str(jax.devices()[0].device_kind),
+           "torgb_method": F.torgb_method, "epilogue_grad": F.epilogue_grad,
+           "device": str(jax.devices()[0].device_kind),
            "backend": jax.default_backend(),
            "jax": jax.__version__, "xla_flags": os.environ.get("XLA_FLAGS", ""), "compile_s": compile_s,
            "compile_phases_s": phases_s,

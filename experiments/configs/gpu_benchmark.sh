@@ -18,8 +18,8 @@
 # iterations at batch 8, timed end to end by experiments.time_algorithm2 in the bf16 mode / in TF32:
 # about 5 minutes each), "alg2_levers" then "levers2" (what the fifth lease ran, two calls of the device
 # tool, each under its 600 s limit; OUT/probe.tar.gz as for probe), "levers3" (the next lease's first
-# call: the resize's gradient, the recomputed masks and the depthwise FIR, below), "alg2_diag" (Algorithm 2 in the bf16 mode
-# as it is now, with XLA's per-program memory; below), "compile_diag" (where the first call's compile
+# call: the resize's gradient, the recomputed masks and the depthwise FIR, below), "alg2_diag"
+# (Algorithm 2 in the bf16 mode as it is now, with XLA's per-program memory; below), "compile_diag" (where the first call's compile
 # goes, by XLA's own spans; below), "w8_par16" (the W+ step with XLA's compile forced onto 16
 # threads), "accuracy" (the
 # bf16 mode's quality against TF32 and float32, below) or "all" (base, more, levers, parts).
