@@ -20,7 +20,7 @@
 # tool, each under its 600 s limit; OUT/probe.tar.gz as for probe), "levers3" (the next lease's first
 # call: the resize's gradient, the recomputed masks and the depthwise FIR, below), "alg2_diag"
 # (Algorithm 2 in the bf16 mode as it is now, with XLA's per-program memory; below), "compile_diag" (where the first call's compile
-# goes, by XLA's own spans; below), "w8_par16" (the W+ step with XLA's compile forced onto 16
+# goes, by XLA's own spans; below), "b16" (batch 16, below), "w8_par16" (the W+ step with XLA's compile forced onto 16
 # threads), "accuracy" (the
 # bf16 mode's quality against TF32 and float32, below) or "all" (base, more, levers, parts).
 # Config-f sizes (1024x1024, w 512, up to 512 channels), VGG16 at 256. Each benchmark writes its
@@ -76,6 +76,14 @@ if [ "$PART" = levers ] || [ "$PART" = all ]; then
   step tf32_grouped_scan25 150 --numerics=tf32 --sides=jax --batches=1,8 --steps_per_call=25 --modconv=grouped
   XLA_FLAGS="${XLA_FLAGS:+$XLA_FLAGS }--xla_gpu_autotune_level=0" \
     step tf32_noautotune_scan25 100 --numerics=tf32 --sides=jax --batches=8 --steps_per_call=25
+fi
+# "b16" (about 6 minutes): the third batch size, never yet run on a GPU: both sides in TF32 at
+# batch 16 (one step per dispatch, the official code's way), then this project alone with 25 per
+# dispatch in TF32 and in the bf16 mode.
+if [ "$PART" = b16 ]; then
+  step b16_tf32 200 --numerics=tf32 --batches=16
+  step b16_tf32_scan25 90 --numerics=tf32 --sides=jax --batches=16 --steps_per_call=25
+  step b16_bf16_scan25 90 --numerics=bf16 --sides=jax --batches=16 --steps_per_call=25
 fi
 if [ "$PART" = w8 ]; then  # the headline W+ step alone (about 3 minutes): batch 8, 25 per dispatch, TF32 then bf16
   step w8_tf32_scan25 100 --numerics=tf32 --sides=jax --steps=w --batches=8 --steps_per_call=25
