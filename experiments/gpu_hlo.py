@@ -19,7 +19,8 @@ with J the installed jax's version. This command sets JAX_PLATFORMS=cpu itself. 
 optimised module's text instead (a profile_step run's hlo.txt.gz) and needs no plugin.
 
 Prints the kernels of one iteration (the scan's loop body) summed by kind, with their bytes and the
-milliseconds those bytes take at --bandwidth; the largest kernels with the source line that made them;
+milliseconds those bytes take at --bandwidth; their bytes by part of the network (each synthesis block,
+forward and backward, then VGG16, the losses and the rest: where a lever is worth looking for); the largest kernels with the source line that made them;
 with --profile, each memory-bound kernel's measured time beside its bytes. Writes --out/gpu_hlo.json
 and --out/hlo.txt.gz.
 """
@@ -195,6 +196,12 @@ def report(rec: dict, ks: list, top: int, bandwidth: float) -> str:
     for kind, v in rec["by_kind"].items():
         lines.append(f"| {kind} | {v['kernels']} | {v['gb']:.2f} | {v['ms_at_bandwidth']:.2f} |")
     parts.append("\n".join(lines))
+    if rec.get("by_part"):
+        rows = ["| part (synthesis block or region) | kernels | GB forward | GB backward | GB in all |",
+                "| --- | --- | --- | --- | --- |"]
+        rows += [f"| {p} | {v['kernels']} | {v['forward_gb']:.2f} | {v['backward_gb']:.2f} | {v['gb']:.2f} |"
+                 for p, v in rec["by_part"].items()]
+        parts.append("\n".join(rows))
     if top:
         rows = ["| GB | kind | kernel | shape | source, direction |", "| --- | --- | --- | --- | --- |"]
         for k in sorted(ks, key=lambda k: -k["bytes"])[:top]:
@@ -253,6 +260,7 @@ def main(argv):
     with cli.user_input(F.hlo or "the compiled module", "give the optimised module's text"):
         ks = hlo_traffic.kernels(text)
     rec["by_kind"] = hlo_traffic.by_kind(ks, F.bandwidth)
+    rec["by_part"] = hlo_traffic.by_part(ks)
     rec["bandwidth_tbs"] = F.bandwidth
     if profile is not None:
         rec["compare"] = hlo_traffic.compare(ks, profile)

@@ -27,6 +27,7 @@ _COMPUTATION = re.compile(r"^(ENTRY\s+)?%?([\w.\-]+)\s.*\{\s*$")
 _OPERANDS = re.compile(r"%([\w.\-]+)")
 _BODY = re.compile(r"body=%?([\w.\-]+)")
 _CALLS = re.compile(r"calls=%?([\w.\-]+)")
+_BLOCK = re.compile(r"/(b\d+)/")  # a synthesis block's scope in an op_name: ".../SynthesisNetwork)/b1024/conv0/mul"
 NO_WORK = FREE_OPCODES | {"broadcast", "reshape"}  # inside a fusion: index arithmetic only
 
 
@@ -92,8 +93,8 @@ def ops_per_element(comps: dict, fused: str) -> int:
 
 def kernels(text: str) -> list[dict]:
     """[{name, opcode, kind, shape, bytes_read, bytes_written, bytes, ops_per_element, source, region,
-    direction}] of the kernels one iteration launches (see the module's docstring), in program order;
-    ops_per_element is `ops_per_element` for a fusion, else 0."""
+    part, direction}] of the kernels one iteration launches (see the module's docstring), in program
+    order; ops_per_element is `ops_per_element` for a fusion, else 0; part is `part_of`'s."""
     comps, entry = computations(text)
     body = entry
     for _, _, opcode, _, line in comps[entry]:
@@ -115,8 +116,34 @@ def kernels(text: str) -> list[dict]:
                     "bytes_read": read, "bytes_written": written, "bytes": read + written,
                     "ops_per_element": ops_per_element(comps, fused.group(1)) if fused and fused.group(1) in comps else 0,
                     "source": info.get("source", ""), "region": info.get("region", "other"),
-                    "direction": profile_step.direction(info)})
+                    "part": part_of(info), "direction": profile_step.direction(info)})
     return out
+
+
+def part_of(info: dict) -> str:
+    """The part of the network an instruction belongs to: its synthesis block ("b1024", from the
+    op_name's scope; either direction), else its region ("VGG16", "losses", "generator" for the
+    mapping and the rest of G, "other")."""
+    m = _BLOCK.search(info.get("op_name", ""))
+    return m.group(1) if m else info.get("region", "other")
+
+
+def by_part(ks: list[dict]) -> dict:
+    """{part: {"kernels", "forward_gb", "backward_gb", "gb"}}: the synthesis blocks from the largest
+    resolution down, then the other parts, most bytes first."""
+    d = collections.defaultdict(lambda: {"kernels": 0, "forward_gb": 0.0, "backward_gb": 0.0, "gb": 0.0})
+    for k in ks:
+        v = d[k.get("part", k["region"])]
+        v["kernels"] += 1
+        v["gb"] += k["bytes"] / 1e9
+        v[f"{k['direction']}_gb"] += k["bytes"] / 1e9
+
+    def order(item):
+        name, v = item
+        block = _BLOCK.fullmatch(f"/{name}/")
+        return (0, -int(name[1:])) if block else (1, -v["gb"])
+
+    return dict(sorted(d.items(), key=order))
 
 
 def by_kind(ks: list[dict], tbs: float) -> dict:

@@ -112,6 +112,28 @@ def test_compare_divides_measured_time_into_model_bytes():
     assert hlo_traffic.compare(ks, profile)["found"] == 1
 
 
+def test_parts_are_the_synthesis_blocks_largest_first_then_the_regions():
+    """by_part sums each kernel into its synthesis block (from the op_name's scope: "b16" holds the
+    block's layers, forward and backward) or else its region, blocks from the largest resolution down."""
+    from i2spp_jax.generator import Generator, GeneratorConfig, init_params
+    config = GeneratorConfig.from_channel_base(img_resolution=16, channel_base=256, channel_max=16, z_dim=8, w_dim=8,
+                                               mapping_layers=2)
+    G = Generator(params=init_params(config, jax.random.PRNGKey(0)), config=config)
+    ws = jnp.zeros((2, G.num_ws, G.w_dim))
+    loss = jax.grad(lambda w: jnp.sum(jnp.square(G.synthesis(w, fused_modconv=False))))
+    ks = hlo_traffic.kernels(jax.jit(loss).lower(ws).compile().as_text())
+    parts = hlo_traffic.by_part(ks)
+    assert list(parts)[:3] == ["b16", "b8", "b4"]
+    assert parts["b16"]["forward_gb"] > 0 and parts["b16"]["backward_gb"] > 0
+    assert parts["b16"]["gb"] > parts["b4"]["gb"]  # more pixels, more bytes
+    assert sum(v["kernels"] for v in parts.values()) == len(ks)
+    assert sum(v["gb"] for v in parts.values()) == pytest.approx(sum(k["bytes"] for k in ks) / 1e9)
+    info = {"op_name": "jit(run)/while/body/closed_call/vmap(jvp(SynthesisNetwork))/b1024/conv0/mul",
+            "region": "generator"}
+    assert hlo_traffic.part_of(info) == "b1024"
+    assert hlo_traffic.part_of({"op_name": "jit(run)/vmap(VGG16Features)/conv1_1/conv", "region": "VGG16"}) == "VGG16"
+
+
 def _run(*args):
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}  # the record's xla_flags: the user's only
     return subprocess.run([sys.executable, "-m", "experiments.gpu_hlo", *args], cwd=ROOT, capture_output=True,
@@ -136,7 +158,8 @@ def test_command_reads_a_module_and_compares_with_a_profile(tmp_path):
     assert rec["compare"]["found"] == 1
     assert rec["compare"]["tbs"] == pytest.approx(big["bytes"] / 1e9 / 0.001)
     assert sum(v["kernels"] for v in rec["by_kind"].values()) == len(ks)
-    assert "kernels per iteration" in r.stdout and big["name"] in r.stdout and "ops per element" in r.stdout
+    assert sum(v["kernels"] for v in rec["by_part"].values()) == len(ks)
+    assert "kernels per iteration" in r.stdout and "| part (synthesis block or region) |" in r.stdout and big["name"] in r.stdout and "ops per element" in r.stdout
 
 
 def test_command_errors_are_one_line(tmp_path):
@@ -171,4 +194,5 @@ def test_compiles_for_a_gpu_without_one(tmp_path):
     assert "convolution" in rec["by_kind"]  # cuDNN custom calls: a GPU program, not the CPU's
     assert any("cudnn" in json.dumps(k) for k in rec["kernels"])
     assert rec["ptx_loads"] and any("vector_loads" in k for k in rec["kernels"])  # PTX read per kernel
+    assert list(rec["by_part"])[:4] == ["b32", "b16", "b8", "b4"] and rec["by_part"]["b32"]["backward_gb"] > 0
     assert not (tmp_path / "xla_dump").exists() and rec["xla_flags"] == ""  # the dump is the command's own
