@@ -199,10 +199,11 @@ def test_the_commands_up_methods_are_the_generators():
     """--up_method's choices (written out in experiments.benchmark, which imports JAX late) are
     networks.UP_METHODS: a method added to the generator reaches the commands that time it."""
     from experiments import benchmark
-    from i2spp_jax import networks
+    from i2spp_jax import networks, ops
 
     assert benchmark.UP_METHODS == networks.UP_METHODS
     assert benchmark.TORGB_METHODS == networks.TORGB_METHODS
+    assert benchmark.EPILOGUE_GRADS == ops.EPILOGUE_GRADS
 
 
 def test_the_gpu_script_parts_the_readme_names_exist():
