@@ -133,15 +133,14 @@ def by_part(ks: list[dict]) -> dict:
     resolution down, then the other parts, most bytes first."""
     d = collections.defaultdict(lambda: {"kernels": 0, "forward_gb": 0.0, "backward_gb": 0.0, "gb": 0.0})
     for k in ks:
-        v = d[k.get("part", k["region"])]
+        v = d[k["part"]]
         v["kernels"] += 1
         v["gb"] += k["bytes"] / 1e9
         v[f"{k['direction']}_gb"] += k["bytes"] / 1e9
 
     def order(item):
         name, v = item
-        block = _BLOCK.fullmatch(f"/{name}/")
-        return (0, -int(name[1:])) if block else (1, -v["gb"])
+        return (0, -int(name[1:])) if re.fullmatch(r"b\d+", name) else (1, -v["gb"])
 
     return dict(sorted(d.items(), key=order))
 

@@ -144,8 +144,8 @@ class SynthesisLayer(nn.Module):
             fused_modconv=fused_modconv,
         )
         n_map = _noise_map(noise, noise_const, x.shape[0], self.resolution)
-        n_map = None if n_map is None else n_map * noise_strength
-        return ops.layer_epilogue(x, dcoefs, n_map, bias, clamp=self.conv_clamp, grad=self.epilogue_grad)
+        noise_term = None if n_map is None else n_map * noise_strength
+        return ops.layer_epilogue(x, dcoefs, noise_term, bias, clamp=self.conv_clamp, grad=self.epilogue_grad)
 
 
 class ToRGBLayer(nn.Module):
