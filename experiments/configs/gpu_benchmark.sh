@@ -90,7 +90,8 @@ if [ "$PART" = w8 ]; then  # the headline W+ step alone (about 3 minutes): batch
   step w8_bf16_scan25 100 --numerics=bf16 --sides=jax --steps=w --batches=8 --steps_per_call=25
 fi
 pack() {  # after every step, so that a run cut short still brings back what it measured (one file)
-  mkdir -p "$WORK/probe_files" && mv "$OUT"/*.json "$OUT"/*_hlo.txt.gz "$OUT"/*_stderr.txt.gz "$WORK/probe_files/" 2>/dev/null
+  mkdir -p "$WORK/probe_files" && mv "$OUT"/*.json "$OUT"/*_hlo.txt.gz "$OUT"/*_stderr.txt.gz "$OUT"/*.textproto.gz \
+    "$WORK/probe_files/" 2>/dev/null
   tar czf "$OUT/probe.tar.gz" -C "$WORK/probe_files" .
 }
 # "levers3" (about 6 minutes, CALL_LIMIT s in all, default 400): the CPU sessions' three levers, weighed
@@ -178,9 +179,11 @@ fi
 # the cold first call's 33-36 s go (issue 9's goal: 30 s). experiments.compile_split compiles the W+ step
 # at batch 8 (25 iterations per dispatch) under the profiler and sums XLA's own spans (HLO passes,
 # autotuning, LLVM, the PTX assembler) with each thread's busy time, then runs it twice (one call's
-# rate: a check). In TF32 as it is; then with autotuning off (level 0: each convolution keeps cuDNN's
-# first choice), which the second lease could not time inside 60 s; in bf16; then, while CALL_LIMIT
-# leaves time, with --xla_gpu_force_compilation_parallelism=16 (if this XLA knows it: checked first).
+# rate: a check). In TF32 as it is, with XLA's autotuning log (OUT/cs_tf32_autotune_logs.textproto.gz:
+# each tuned instruction and its candidates' run times); then with autotuning off (level 0: each
+# convolution keeps cuDNN's first choice), which the second lease could not time inside 60 s; in bf16;
+# then, while CALL_LIMIT leaves time, with --xla_gpu_force_compilation_parallelism=16 (if this XLA knows
+# it: checked first).
 # The order follows experiments.gpu_hlo: compiled for a compile-only H200 on the 2-core CPU, without
 # autotuning, the same program took 8.5-10.8 s of XLA, its 252-254 LLVM modules already split over a
 # thread pool; so most of the lent machine's 28.4 s is predicted to be autotuning (BUILD_NOTES.md).
@@ -195,7 +198,13 @@ if [ "$PART" = compile_diag ]; then
     cp "$WORK/$name/compile_split.json" "$OUT/$name.json" 2>/dev/null
   }
   knows() { XLA_FLAGS="$1" python3 -c "import jax.numpy as jnp; jnp.ones(1).block_until_ready()" >/dev/null 2>&1; }
-  cs cs_tf32 100 --numerics=tf32; pack
+  # XLA's autotuning log of the TF32 compile (each tuned instruction and every candidate's run time), if this
+  # XLA knows the flag: which convolutions the autotuning spends its time on.
+  ATL="--xla_gpu_dump_autotune_logs_to=$WORK/cs_tf32_autotune_logs.textproto"
+  if knows "$ATL"; then XLA_FLAGS="${XLA_FLAGS:+$XLA_FLAGS }$ATL" cs cs_tf32 100 --numerics=tf32
+    L="$WORK/cs_tf32_autotune_logs.textproto"; [ -s "$L" ] && gzip -c "$L" > "$OUT/cs_tf32_autotune_logs.textproto.gz"
+  else cs cs_tf32 100 --numerics=tf32; fi
+  pack
   XLA_FLAGS="${XLA_FLAGS:+$XLA_FLAGS }--xla_gpu_autotune_level=0" cs cs_tf32_autotune0 100 --numerics=tf32; pack
   cs cs_bf16 100 --numerics=bf16; pack
   left=$((${CALL_LIMIT:-300} - SECONDS))
