@@ -506,6 +506,7 @@ def main(argv):
                "python": sys.version.split()[0]}
     result = {"settings": s, "inputs": inputs, "machine": machine, "rows": rows,
               "records": {str(b): r for b, r in records.items()}, "seconds": time.perf_counter() - t_start}
+    cli.keep_earlier(F.out, ["benchmark.json"])
     with open(os.path.join(F.out, "benchmark.json"), "w") as f:
         json.dump(result, f, indent=1)
     devices = {side: r["device"] for recs in records.values() for side, r in recs.items()}

@@ -296,6 +296,26 @@ def move_aside(out: str) -> str:
     return aside
 
 
+def keep_earlier(out: str, names: Sequence[str], log: Callable[[str], None] = log) -> Optional[str]:
+    """Before a measurement writes its result files `names` into `out`: renames those an earlier run left
+    there to NAME.<time>.EXT (the time the first of them was written; -2, -3, ... if taken), so that a
+    command run again into the same folder, with the same settings or others, adds its result beside the
+    earlier ones and loses none. Returns the stamp, or None when there was nothing to keep."""
+    present = [n for n in names if os.path.exists(os.path.join(out, n))]
+    if not present:
+        return None
+    stamped = lambda name, stamp: "{0}.{2}.{1}".format(*name.split(".", 1), stamp)  # noqa: E731
+    base = time.strftime("%Y%m%d-%H%M%S", time.localtime(os.path.getmtime(os.path.join(out, present[0]))))
+    stamp, n = base, 1
+    while any(os.path.exists(os.path.join(out, stamped(name, stamp))) for name in present):
+        n += 1
+        stamp = f"{base}-{n}"
+    for name in present:
+        os.rename(os.path.join(out, name), os.path.join(out, stamped(name, stamp)))
+    log(f"kept the earlier run's {', '.join(present)} in {out} as {', '.join(stamped(m, stamp) for m in present)}")
+    return stamp
+
+
 def _differences(theirs: dict, mine: dict, array_sections: Collection[str], derived: Collection[str]) -> str:
     """'other targets (a, b) and other settings (seed, w_steps)': what differs, by name."""
     parts, settings, derived_diff = [], [], []

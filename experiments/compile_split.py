@@ -156,6 +156,7 @@ def main(argv):
     F = flags.FLAGS
     os.makedirs(F.out, exist_ok=True)
     rec = measure(F)
+    cli.keep_earlier(F.out, ["compile_split.json"])
     with open(os.path.join(F.out, "compile_split.json"), "w") as f:
         json.dump(rec, f, indent=1)
     print(report(rec, F.top))

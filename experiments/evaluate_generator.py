@@ -130,6 +130,7 @@ def main(argv):
                       log=cli.log)
     fakes, nearest, dist = result.pop("_pairs")
     os.makedirs(FLAGS.out, exist_ok=True)
+    cli.keep_earlier(FLAGS.out, ["evaluation.json", "nearest_neighbours.png"])
     titles = [[f"distance {d:.2f}" for d in dist], ["" for _ in dist]]
     plots.image_grid(os.path.join(FLAGS.out, "nearest_neighbours.png"), [list(fakes), list(nearest)], titles,
                      ["generated (the 8 closest\nto a training image)", "their nearest\ntraining image"],

@@ -255,8 +255,6 @@ def main(argv):
                        f"{F.steps_per_call} per dispatch, up-sampling {networks.resolve_up_method(F.up_method, 'gpu')}, "
                        f"ToRGB {F.torgb_method}, epilogue gradient {F.epilogue_grad}, "
                        f"XLA_FLAGS={rec['xla_flags'] or '(none)'}")
-        with gzip.open(os.path.join(F.out, "hlo.txt.gz"), "wt") as f:
-            f.write(text)
     with cli.user_input(F.hlo or "the compiled module", "give the optimised module's text"):
         ks = hlo_traffic.kernels(text)
     rec["by_kind"] = hlo_traffic.by_kind(ks, F.bandwidth)
@@ -269,6 +267,10 @@ def main(argv):
         if counts:
             k["loads"], k["vector_loads"] = counts
     rec["kernels"] = ks
+    cli.keep_earlier(F.out, ["gpu_hlo.json"] + ([] if F.hlo else ["hlo.txt.gz"]))
+    if not F.hlo:
+        with gzip.open(os.path.join(F.out, "hlo.txt.gz"), "wt") as f:
+            f.write(text)
     with open(os.path.join(F.out, "gpu_hlo.json"), "w") as f:
         json.dump(rec, f, indent=1)
     print(report(rec, ks, F.top, F.bandwidth))

@@ -265,6 +265,7 @@ def main(argv):
         t3 = time.perf_counter()
         compile_s, phases_s = t3 - t0, {"trace": t1 - t0, "lower": t2 - t1, "xla_compile": t3 - t2}
         text = compiled.as_text()
+        cli.keep_earlier(F.out, ["profile.json", "hlo.txt.gz"])
         with gzip.open(os.path.join(F.out, "hlo.txt.gz"), "wt") as f:
             f.write(text)
         _, median_s = step_parts.time_calls(compiled, args, F.rounds)

@@ -188,6 +188,7 @@ def main(argv):
     preset = F.preset if F.preset != "auto" else ("ffhq" if jax.default_backend() == "gpu" else "cpu")
     rec = measure(preset, F.batch, F.resize_to, F.numerics, F.rounds, F.vgg, F.memory_only)
     os.makedirs(F.out, exist_ok=True)
+    cli.keep_earlier(F.out, ["step_parts.json"])
     with open(os.path.join(F.out, "step_parts.json"), "w") as f:
         json.dump(rec, f, indent=1)
     print(f"\n{rec['device']} ({rec['backend']}, jax {rec['jax']}); {rec['resolution']}x{rec['resolution']} generator "

@@ -105,6 +105,7 @@ def main(argv):
            "seconds_per_image": wall / F.batch, "iterations_run": res.iterations_run,
            "psnr_db": {"W+ phase": psnr[0].tolist(), "noise phase": psnr[1].tolist()}}
     os.makedirs(F.out, exist_ok=True)
+    cli.keep_earlier(F.out, ["algorithm2.json"])
     with open(os.path.join(F.out, "algorithm2.json"), "w") as f:
         json.dump(rec, f, indent=1)
     print(f"{rec['device']} ({rec['backend']}, jax {rec['jax']}); {rec['resolution']}x{rec['resolution']} generator "

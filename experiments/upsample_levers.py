@@ -142,6 +142,7 @@ def main(argv):
     preset = F.preset if F.preset != "auto" else ("ffhq" if jax.default_backend() == "gpu" else "cpu")
     rec = measure(preset, F.batch, F.numerics, F.rounds, F.min_side)
     os.makedirs(F.out, exist_ok=True)
+    cli.keep_earlier(F.out, ["upsample_levers.json"])
     with open(os.path.join(F.out, "upsample_levers.json"), "w") as f:
         json.dump(rec, f, indent=1)
     print(f"\n{rec['device']} ({rec['backend']}, jax {rec['jax']}); {preset} preset's up-sampling layers, batch "

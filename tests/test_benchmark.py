@@ -91,11 +91,16 @@ def test_gpu_path_flags_carried_vgg_trunk_and_multi_step_dispatch(tmp_path):
     assert p.returncode == 0, p.stderr[-3000:]
     trunk = os.path.join(first, "vgg16_trunk.npz")
     cache = tmp_path / "xla"
+    os.makedirs(second)
+    with open(os.path.join(second, "benchmark.json"), "w") as f:  # an earlier run's table: kept beside the new one
+        json.dump({"earlier": True}, f)
     p, _ = run_cli("experiments.benchmark", f"--out={second}", f"--vgg={trunk}", "--steps_per_call=2",
                    "--up_method=polyphase", "--torgb_method=matmul", f"--compilation_cache={cache}", *args,
                    timeout=600)
     assert p.returncode == 0, p.stderr[-3000:]
     rec = json.load(open(os.path.join(second, "benchmark.json")))
+    kept = [n for n in os.listdir(second) if n.startswith("benchmark.") and n != "benchmark.json"]
+    assert len(kept) == 1 and json.load(open(os.path.join(second, kept[0]))) == {"earlier": True}
     assert rec["inputs"]["vgg_source"] == f"trunk file {trunk}"
     assert rec["records"]["1"]["jax"]["steps_per_call"] == 2
     assert rec["records"]["1"]["jax"]["up_method"] == "polyphase" and "up-sampling polyphase" in p.stdout
@@ -128,6 +133,8 @@ def test_step_parts_times_each_part_and_writes_a_record(tmp_path):
 
 @pytest.mark.slow  # an end-to-end run of a command: `pytest -m slow`
 def test_step_parts_memory_only_reports_the_compiled_buffers(tmp_path):
+    with open(tmp_path / "step_parts.json", "w") as f:  # an earlier run's record: kept, not overwritten
+        json.dump({"earlier": True}, f)
     p, _ = run_cli("experiments.step_parts", f"--out={tmp_path}", "--preset=cpu", "--resize_to=32", "--vgg=random",
                    "--memory_only", timeout=600)
     assert p.returncode == 0, p.stderr[-3000:]
@@ -135,6 +142,9 @@ def test_step_parts_memory_only_reports_the_compiled_buffers(tmp_path):
     assert rec["parts"] == {} and set(rec["memory_mb"]) == {"W+ step", "noise step"}
     w = rec["memory_mb"]["W+ step"]
     assert w["temp"] > 0 and w["argument"] > 0 and "W+ step: arguments" in p.stdout
+    kept = [n for n in os.listdir(tmp_path) if n.startswith("step_parts.") and n != "step_parts.json"]
+    assert len(kept) == 1 and json.load(open(tmp_path / kept[0])) == {"earlier": True}, os.listdir(tmp_path)
+    assert f"as {kept[0]}" in p.stdout
 
 
 @pytest.mark.slow  # an end-to-end run of a command: `pytest -m slow`

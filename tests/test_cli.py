@@ -70,6 +70,27 @@ def test_prepare_out_new_resume_refuse_fresh(tmp_path):
     assert len([d for d in os.listdir(tmp_path) if d.startswith("x.old-")]) == 2
 
 
+def test_keep_earlier_renames_an_earlier_runs_results_by_when_they_were_written(tmp_path):
+    """A measurement run again into the same folder keeps the earlier result beside the new one."""
+    lines = []
+    assert cli.keep_earlier(str(tmp_path), ["profile.json", "hlo.txt.gz"], log=lines.append) is None and not lines
+    for name, text in (("profile.json", "first"), ("hlo.txt.gz", "first module")):
+        (tmp_path / name).write_text(text)
+    when = time.mktime((2026, 3, 4, 5, 6, 7, 0, 0, -1))
+    os.utime(tmp_path / "profile.json", (when, when))
+    assert cli.keep_earlier(str(tmp_path), ["profile.json", "hlo.txt.gz"], log=lines.append) == "20260304-050607"
+    assert sorted(os.listdir(tmp_path)) == ["hlo.20260304-050607.txt.gz", "profile.20260304-050607.json"]
+    assert (tmp_path / "profile.20260304-050607.json").read_text() == "first"
+    assert len(lines) == 1 and "profile.20260304-050607.json" in lines[0]
+    # a second result written in the same second: a new name, nothing overwritten; absent names are skipped
+    (tmp_path / "profile.json").write_text("second")
+    os.utime(tmp_path / "profile.json", (when, when))
+    assert cli.keep_earlier(str(tmp_path), ["profile.json", "hlo.txt.gz"], log=lines.append) == "20260304-050607-2"
+    assert (tmp_path / "profile.20260304-050607-2.json").read_text() == "second"
+    assert (tmp_path / "profile.20260304-050607.json").read_text() == "first"
+    assert not (tmp_path / "hlo.20260304-050607-2.txt.gz").exists() and len(os.listdir(tmp_path)) == 3
+
+
 def test_prepare_out_refuses_a_folder_of_other_files(tmp_path):
     (tmp_path / "photo.png").write_bytes(b"x")
     with pytest.raises(cli.UserError, match=f"{tmp_path} holds files but no run .run.json is missing.; rerun with"):
