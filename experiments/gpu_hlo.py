@@ -267,7 +267,9 @@ def main(argv):
         if counts:
             k["loads"], k["vector_loads"] = counts
     rec["kernels"] = ks
-    cli.keep_earlier(F.out, ["gpu_hlo.json"] + ([] if F.hlo else ["hlo.txt.gz"]))
+    own_module = os.path.join(F.out, "hlo.txt.gz")  # an earlier compile's module goes aside with its record,
+    reread = bool(F.hlo) and os.path.abspath(F.hlo) == os.path.abspath(own_module)  # unless it is the one read
+    cli.keep_earlier(F.out, ["gpu_hlo.json"] + ([] if reread else ["hlo.txt.gz"]))
     if not F.hlo:
         with gzip.open(os.path.join(F.out, "hlo.txt.gz"), "wt") as f:
             f.write(text)
