@@ -285,13 +285,18 @@ def _jsonable(x: Any) -> Any:
     return json.loads(json.dumps(x, default=lambda o: list(o) if isinstance(o, (tuple, set)) else str(o)))
 
 
+def _first_free(base: str, taken: Callable[[str], bool]) -> str:
+    """`base`, or else the first of base-2, base-3, ... that is not `taken`."""
+    name, n = base, 1
+    while taken(name):
+        n += 1
+        name = f"{base}-{n}"
+    return name
+
+
 def move_aside(out: str) -> str:
     """Renames the folder `out` to OUT.old-YYYYmmdd-HHMMSS (-2, -3, ... if taken); returns the new name."""
-    base = f"{os.path.normpath(out)}.old-{time.strftime('%Y%m%d-%H%M%S')}"
-    aside, n = base, 1
-    while os.path.exists(aside):
-        n += 1
-        aside = f"{base}-{n}"
+    aside = _first_free(f"{os.path.normpath(out)}.old-{time.strftime('%Y%m%d-%H%M%S')}", os.path.exists)
     os.rename(out, aside)
     return aside
 
@@ -305,11 +310,8 @@ def keep_earlier(out: str, names: Sequence[str], log: Callable[[str], None] = lo
     if not present:
         return None
     stamped = lambda name, stamp: "{0}.{2}.{1}".format(*name.split(".", 1), stamp)  # noqa: E731
-    base = time.strftime("%Y%m%d-%H%M%S", time.localtime(os.path.getmtime(os.path.join(out, present[0]))))
-    stamp, n = base, 1
-    while any(os.path.exists(os.path.join(out, stamped(name, stamp))) for name in present):
-        n += 1
-        stamp = f"{base}-{n}"
+    written = time.strftime("%Y%m%d-%H%M%S", time.localtime(os.path.getmtime(os.path.join(out, present[0]))))
+    stamp = _first_free(written, lambda s: any(os.path.exists(os.path.join(out, stamped(n, s))) for n in present))
     for name in present:
         os.rename(os.path.join(out, name), os.path.join(out, stamped(name, stamp)))
     log(f"kept the earlier run's {', '.join(present)} in {out} as {', '.join(stamped(m, stamp) for m in present)}")
