@@ -248,7 +248,8 @@ class SynthesisBlock(nn.Module):
 # alone ran faster folded too), or "auto": the one measured fastest on the backend the program is
 # traced for (`resolve_up_method`). "transposed_dw" and "polyphase_last_dw": as "transposed" and
 # "polyphase_last", with the FIR after the transposed convolutions as one depthwise convolution
-# (`ops.fir2d_depthwise`: no fused pad, so no scalar loads in XLA's GPU code; not yet timed on a GPU).
+# (`ops.fir2d_depthwise`: no fused pad, so no scalar loads in XLA's GPU code; but on an H200 cuDNN's
+# depthwise kernels made the W+ step 2.4-2.7x slower: 163 against 447 img-it/s in bf16; BUILD_NOTES.md).
 UP_METHODS = ("auto", "transposed", "polyphase", "polyphase_last", "polyphase_last2", "transposed_dw",
               "polyphase_last_dw")
 
@@ -256,8 +257,8 @@ UP_METHODS = ("auto", "transposed", "polyphase", "polyphase_last", "polyphase_la
 def resolve_up_method(up_method: str, backend: Optional[str] = None) -> str:
     """The concrete method `up_method` stands for on `backend` (None: JAX's default backend). "auto"
     is "polyphase_last" on a GPU (an H200 at config-f, batch 8, the W+ step: 271 against 264 img-it/s
-    in TF32, 408 against 388 in bf16; "polyphase" in every block lost: 252 and 387; BUILD_NOTES.md,
-    issue 9) and "transposed" elsewhere (on the CPU the folded kernel's 4x multiply-adds lose:
+    in TF32, 408 against 388 in bf16; "polyphase" in every block lost: 252 and 387, and
+    "polyphase_last_dw": 117 and 163 against 282 and 447; BUILD_NOTES.md, issue 9) and "transposed" elsewhere (on the CPU the folded kernel's 4x multiply-adds lose:
     581 against 499 ms per step at batch 1; TPUs are not measured)."""
     if up_method not in UP_METHODS:
         raise ValueError(f"up_method={up_method!r}: use one of {UP_METHODS}")

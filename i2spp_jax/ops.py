@@ -59,7 +59,8 @@ def bias_act(
 # recomputes its pre-activation inside the backward; "autodiff" is JAX's own, which keeps the comparison
 # as a residual. On a GPU XLA then writes that mask (a byte per element) in the forward and reads it
 # back, in the 1024x1024 block's first layer in a pass of its own. Per W+ step (config-f, batch 8, 25 per
-# dispatch) on a compile-only H200 (`experiments.gpu_hlo`): bf16 34.78 -> 30.97 GB, TF32 65.06 -> 62.45.
+# dispatch) on a compile-only H200 (`experiments.gpu_hlo`): bf16 34.78 -> 30.97 GB, TF32 65.06 -> 62.45;
+# measured on an H200, 447 against 428 img-it/s in bf16 (BUILD_NOTES.md, GPU, sixth lease).
 EPILOGUE_GRADS = ("recompute", "autodiff")
 
 
@@ -252,7 +253,9 @@ def fir2d_depthwise(x: jax.Array, f: np.ndarray, *, padding: tuple[int, int], ga
     the zero padding the convolution's own; float32 input is filtered in full float32 whatever the
     matmul precision. XLA emits `upfirdn2d`'s padded passes with one bounds-checked scalar load per
     tap and element (1.2-2.7 TB/s on an H200, where its vectorised fusions ran at 3.8-4.6); on a GPU
-    this is one cuDNN call forward and one backward, with no fused pad (BUILD_NOTES.md, issue 9)."""
+    this is one cuDNN call forward and one backward, with no fused pad. Measured there, cuDNN's
+    depthwise kernels lose: the W+ step at config-f ran 2.4-2.7x slower with them (BUILD_NOTES.md,
+    issue 9), so no default uses this."""
     c = x.shape[-1]
     k2 = np.outer(f, f)[::-1, ::-1] * np.float32(gain)  # a true convolution: the taps reversed
     kernel = jnp.asarray(np.broadcast_to(k2[:, :, None, None], k2.shape + (1, c)), x.dtype)
