@@ -82,6 +82,13 @@ def method_kwargs(F) -> dict:
     return {"up_method": F.up_method, "torgb_method": F.torgb_method, "epilogue_grad": F.epilogue_grad}
 
 
+def method_record(F) -> dict:
+    """`method_kwargs` as a record states them: up_method as "auto" resolved on JAX's default backend."""
+    from i2spp_jax import networks
+
+    return {**method_kwargs(F), "up_method": networks.resolve_up_method(F.up_method)}
+
+
 def define_flags() -> None:
     flags.DEFINE_string("out", "runs/benchmark", "output folder (benchmark.json, weights, per-process records)")
     flags.DEFINE_string("torch_repo", None, "a checkout of NVlabs/stylegan2-ada-pytorch (never copied here); "

@@ -89,7 +89,7 @@ def measure(F) -> dict:
     import jax
     import jax.numpy as jnp
 
-    from i2spp_jax import embed, networks
+    from i2spp_jax import embed
     from i2spp_jax.engine import driver
     from i2spp_jax.engine import step as step_lib
 
@@ -121,8 +121,7 @@ def measure(F) -> dict:
     path = max(glob.glob(os.path.join(trace_dir, "**", "*.xplane.pb"), recursive=True), key=os.path.getmtime)
     spans, busy = host_spans(path)
     return {"preset": preset, "resolution": su["resolution"], "batch": F.batch, "numerics": F.numerics,
-            "steps_per_call": k, "up_method": networks.resolve_up_method(F.up_method),
-            "torgb_method": F.torgb_method, "epilogue_grad": F.epilogue_grad,
+            "steps_per_call": k, **benchmark.method_record(F),
             "device": str(jax.devices()[0].device_kind),
             "backend": jax.default_backend(), "jax": jax.__version__, "xla_flags": os.environ.get("XLA_FLAGS", ""),
             "seconds": {"trace": t1 - t0, "lower": t2 - t1, "xla_compile": t3 - t2, "first_execution": calls[0],

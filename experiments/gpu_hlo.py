@@ -20,7 +20,8 @@ optimised module's text instead (a profile_step run's hlo.txt.gz) and needs no p
 
 Prints the kernels of one iteration (the scan's loop body) summed by kind, with their bytes and the
 milliseconds those bytes take at --bandwidth; their bytes by part of the network (each synthesis block,
-forward and backward, then VGG16, the losses and the rest: where a lever is worth looking for); the largest kernels with the source line that made them;
+forward and backward, then VGG16, the losses and the rest: where a lever is worth looking for); the
+largest kernels with the source line that made them;
 with --profile, each memory-bound kernel's measured time beside its bytes. Writes --out/gpu_hlo.json
 and --out/hlo.txt.gz.
 """

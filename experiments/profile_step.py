@@ -247,8 +247,6 @@ def main(argv):
     import jax
     from absl import logging
 
-    from i2spp_jax import networks
-
     logging.set_verbosity(logging.WARNING)
     F = flags.FLAGS
     preset = F.preset if F.preset != "auto" else ("ffhq" if jax.default_backend() == "gpu" else "cpu")
@@ -279,8 +277,7 @@ def main(argv):
         raise cli.UserError(f"the trace {path} holds no device events with an HLO instruction: nothing to sum "
                             "(on a GPU, set XLA_FLAGS=--xla_gpu_enable_command_buffer= and run again)")
     rec = {"preset": preset, "resolution": su["resolution"], "batch": F.batch, "numerics": F.numerics, "step": F.step,
-           "modconv": F.modconv, "up_method": networks.resolve_up_method(F.up_method),
-           "torgb_method": F.torgb_method, "epilogue_grad": F.epilogue_grad,
+           "modconv": F.modconv, **benchmark.method_record(F),
            "device": str(jax.devices()[0].device_kind),
            "backend": jax.default_backend(),
            "jax": jax.__version__, "xla_flags": os.environ.get("XLA_FLAGS", ""), "compile_s": compile_s,

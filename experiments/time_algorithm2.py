@@ -74,7 +74,7 @@ def main(argv):
     import numpy as np
     from absl import logging
 
-    from i2spp_jax import embed, networks
+    from i2spp_jax import embed
     from i2spp_jax.engine.driver import default_steps_per_call
 
     logging.set_verbosity(logging.WARNING)
@@ -93,8 +93,7 @@ def main(argv):
     psnr = [np.asarray(embed.evaluate(v, su["G"], su["target"])[1]) for v in res.phase_vars]
     rec = {"preset": preset, "resolution": su["resolution"], "batch": F.batch, "w_steps": F.w_steps,
            "noise_steps": F.noise_steps, "resize_to": F.resize_to, "numerics": F.numerics,
-           "compute_dtype": F.compute_dtype, "up_method": networks.resolve_up_method(F.up_method),
-           "torgb_method": F.torgb_method, "epilogue_grad": F.epilogue_grad,
+           "compute_dtype": F.compute_dtype, **benchmark.method_record(F),
            "float32_tail": F.float32_tail if F.compute_dtype != "float32" else 0.0,
            "float32_head": F.float32_head if F.compute_dtype != "float32" else 0.0,
            "float32_above_db": [p.float32_above_db for p in res.phases],  # as resolved ("auto": the floor's)

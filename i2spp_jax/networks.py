@@ -258,8 +258,9 @@ def resolve_up_method(up_method: str, backend: Optional[str] = None) -> str:
     """The concrete method `up_method` stands for on `backend` (None: JAX's default backend). "auto"
     is "polyphase_last" on a GPU (an H200 at config-f, batch 8, the W+ step: 271 against 264 img-it/s
     in TF32, 408 against 388 in bf16; "polyphase" in every block lost: 252 and 387, and
-    "polyphase_last_dw": 117 and 163 against 282 and 447; BUILD_NOTES.md, issue 9) and "transposed" elsewhere (on the CPU the folded kernel's 4x multiply-adds lose:
-    581 against 499 ms per step at batch 1; TPUs are not measured)."""
+    "polyphase_last_dw": 117 and 163 against 282 and 447; BUILD_NOTES.md, issue 9) and "transposed"
+    elsewhere (on the CPU the folded kernel's 4x multiply-adds lose: 581 against 499 ms per step at
+    batch 1; TPUs are not measured)."""
     if up_method not in UP_METHODS:
         raise ValueError(f"up_method={up_method!r}: use one of {UP_METHODS}")
     if up_method != "auto":
