@@ -55,7 +55,7 @@ PROTOCOL = "@@bench "  # marks the lines a side's process answers with on stdout
 # (test_benchmark holds the two equal)
 UP_METHODS = ("auto", "transposed", "polyphase", "polyphase_last", "polyphase_last2", "transposed_dw",
               "polyphase_last_dw")
-TORGB_METHODS = ("conv", "matmul")  # i2spp_jax.networks.TORGB_METHODS
+TORGB_METHODS = ("conv", "matmul", "reduce")  # i2spp_jax.networks.TORGB_METHODS
 EPILOGUE_GRADS = ("recompute", "autodiff")  # i2spp_jax.ops.EPILOGUE_GRADS
 
 
@@ -69,8 +69,8 @@ def define_method_flags() -> None:
                       "block only, or in the last two; the _dw forms run the FIR after a transposed convolution as "
                       "one depthwise convolution")
     flags.DEFINE_enum("torgb_method", "conv", list(TORGB_METHODS),
-                      "this project's ToRGB layers (Generator.torgb_method): the modulated 1x1 convolution, or one "
-                      "matrix product per image with modulated weights")
+                      "this project's ToRGB layers (Generator.torgb_method): the modulated 1x1 convolution, one "
+                      "matrix product per image with modulated weights, or products summed over the channels")
     flags.DEFINE_enum("epilogue_grad", "recompute", list(EPILOGUE_GRADS),
                       "how this project's synthesis layers' backward finds where each leaky ReLU was negative "
                       "(Generator.epilogue_grad): recomputed from the convolution's output, or JAX's autodiff, "

@@ -199,8 +199,8 @@ def synthesis(config: GeneratorConfig, params: Params, ws: jax.Array, *, noise: 
         "polyphase_last" (in the last block only), "polyphase_last2" (the last two) or "auto" (the
         fastest measured on the backend: `networks.resolve_up_method`). Same numbers up to rounding.
       torgb_method: how the ToRGB layers are computed (`networks.TORGB_METHODS`): "conv" (the
-        reference's modulated 1x1 convolution) or "matmul" (`ops.modulated_matmul`). Same numbers up
-        to rounding.
+        reference's modulated 1x1 convolution), "matmul" (`ops.modulated_matmul`) or "reduce"
+        (`ops.modulated_reduce`). Same numbers up to rounding.
       epilogue_grad: how reverse mode gets through the layers' activations (`ops.EPILOGUE_GRADS`):
         "recompute" (the default: no stored mask) or "autodiff" (JAX's own). The same numbers, the
         gradients bit for bit.
@@ -250,7 +250,7 @@ class Generator(GeneratorFace):
     default: the fastest measured on the backend, `networks.resolve_up_method`: "polyphase_last" on a
     GPU, "transposed" elsewhere), "transposed" (the reference's order), "polyphase", "polyphase_last"
     or "polyphase_last2" (`G.replace(up_method="transposed")`). `torgb_method` is how the ToRGB layers
-    are computed (`networks.TORGB_METHODS`): "conv" (the default, the reference's) or "matmul".
+    are computed (`networks.TORGB_METHODS`): "conv" (the default, the reference's), "matmul" or "reduce".
     `epilogue_grad` is how the layers' backward finds where each leaky ReLU was negative
     (`ops.EPILOGUE_GRADS`): "recompute" (the default) or "autodiff". Each is the same function up to
     float rounding; static, so every program compiled for G keys on it. Not part of a checkpoint.

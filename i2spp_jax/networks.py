@@ -164,6 +164,8 @@ class ToRGBLayer(nn.Module):
         bias = param(self, "bias", nn.initializers.zeros, (self.out_channels,))
         if self.method == "matmul":  # the same function either way (and either fused_modconv)
             x = ops.modulated_matmul(x, weight, styles)
+        elif self.method == "reduce":
+            x = ops.modulated_reduce(x, weight, styles)
         else:
             x, _ = ops.modulated_conv2d(x, weight, styles, demodulate=False, fused_modconv=fused_modconv)
         return ops.bias_act(x, bias, clamp=self.conv_clamp)
@@ -279,12 +281,13 @@ def block_up_method(up_method: str, resolution: int, img_resolution: int) -> str
 
 
 # How the ToRGB layers (modulated 1x1 convolutions, 3 outputs) are computed, the same function (issue
-# 9's ToRGB lever): "conv" (the modulated convolution, as the reference) or "matmul" (one matrix product
-# per sample with modulated weights and a hand-written gradient, `ops.modulated_matmul`). On the CPU it
-# was neutral to 6% slower; on an H200 in bf16 the 1024 block's ToRGB convolution ran as 8 cuDNN kernels
-# for 0.69 ms, where reading its input once takes about 0.12 (BUILD_NOTES.md, issue 9). Not yet timed on
-# a GPU, so "conv" stays the default.
-TORGB_METHODS = ("conv", "matmul")
+# 9's ToRGB levers): "conv" (the modulated convolution, as the reference), "matmul" (one matrix product
+# per sample with modulated weights and a hand-written gradient, `ops.modulated_matmul`) or "reduce"
+# (products summed over the input channels, no convolution and no matrix product, `ops.modulated_reduce`).
+# On an H200 in bf16 the ToRGB convolutions took about 1.9 ms of a 19.6 ms step at 0.85-1.1 TB/s; "matmul"
+# measured 0.6% slower there (its gradient transposed the activations); "reduce" is not yet timed on a
+# GPU, and on the CPU it was neutral (BUILD_NOTES.md, issue 9). So "conv" stays the default.
+TORGB_METHODS = ("conv", "matmul", "reduce")
 
 
 def check_torgb_method(torgb_method: str) -> str:

@@ -342,6 +342,50 @@ def _torgb_product_bwd(res, g):
 _torgb_product.defvjp(_torgb_product_fwd, _torgb_product_bwd)
 
 
+def modulated_reduce(x: jax.Array, weight: jax.Array, styles: jax.Array) -> jax.Array:
+    """`modulated_conv2d` of a 1x1 kernel without demodulation (ToRGB) as products and a sum over the
+    input channels, per pixel: x [N, H, W, I] times the modulated weights [N, I, O] (O = 3, small).
+    No convolution and no matrix product, so XLA fuses it like elementwise work: the activations are
+    read once and never scaled in memory, and nothing is autotuned. The gradient (`_torgb_reduce`) is
+    written for it: the input's as O broadcast products, elementwise so that XLA fuses it into the
+    layer's backward that reads it, and the styles' as one sum over the pixels, as the layers' style
+    gradients are. The same function as the convolution, up to rounding; computed and returned in
+    float32 at least (the skip image's dtype)."""
+    if weight.shape[:2] != (1, 1):
+        raise ValueError(f"modulated_reduce: a 1x1 kernel is needed, got {weight.shape[0]}x{weight.shape[1]}")
+    dtype = jnp.promote_types(x.dtype, jnp.float32)
+    return _torgb_reduce(x, styles.astype(dtype), weight[0, 0].astype(dtype))
+
+
+@jax.custom_vjp
+def _torgb_reduce(x: jax.Array, styles: jax.Array, w: jax.Array) -> jax.Array:
+    """x [N, H, W, I], styles [N, I], w [I, O] (float32): sum over I of x * styles * w, [N, H, W, O]."""
+    wmod = jnp.swapaxes(w[None] * styles[:, :, None], 1, 2)  # [N, O, I]
+    # [N, H, W, O, I] products summed over the last axis: a row reduction per output channel
+    return jnp.sum(x.astype(w.dtype)[..., None, :] * wmod[:, None, None], axis=-1)
+
+
+def _torgb_reduce_fwd(x, styles, w):
+    return _torgb_reduce(x, styles, w), (x, styles, w)
+
+
+def _torgb_reduce_bwd(res, g):
+    x, styles, w = res
+    g = g.astype(w.dtype)
+    # u = g w^T per pixel [N, H, W, I], written as O products so that it stays elementwise (a reduce over
+    # O would be a kernel of its own that writes the whole map); the input's cotangent is styles * u
+    u = functools.reduce(jnp.add, [g[..., o, None] * w[:, o] for o in range(w.shape[-1])])
+    dx = (u * styles[:, None, None, :]).astype(x.dtype)
+    xw = x.astype(w.dtype)
+    dstyles = jnp.sum(xw * u, axis=(1, 2))  # one sum over the pixels, input channels innermost
+    # the weights' (unused in an embedding, where XLA drops it): sum over images and pixels
+    dw = jnp.sum((xw * styles[:, None, None, :])[..., :, None] * g[..., None, :], axis=(0, 1, 2))
+    return dx, dstyles, dw
+
+
+_torgb_reduce.defvjp(_torgb_reduce_fwd, _torgb_reduce_bwd)
+
+
 def modulated_conv2d(
     x: jax.Array,  # [N, H, W, I]
     weight: jax.Array,  # [k, k, I, O]

@@ -35,7 +35,7 @@ def rel(a, b) -> float:
 
 @pytest.mark.parametrize("fused_modconv,up_method,torgb_method", [
     (False, "transposed", "conv"), (True, "transposed", "conv"), (False, "polyphase", "conv"),
-    (False, "transposed", "matmul")])
+    (False, "transposed", "matmul"), (False, "transposed", "reduce")])
 def test_synthesis_convolves_in_bf16_and_returns_a_float32_image(fused_modconv, up_method, torgb_method):
     # polyphase: its folded kernel stays bf16 too; matmul: so do the ToRGB's matrix products
     G = tiny_generator().replace(up_method=up_method, torgb_method=torgb_method)

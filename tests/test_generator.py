@@ -278,18 +278,52 @@ def test_generator_depthwise_fir_methods_are_the_same_function(G, ws):
                                G.replace(up_method="polyphase_last").synthesis(ws, fused_modconv=False), atol=ATOL_F32)
 
 
-def test_generator_torgb_method_is_static_and_the_same_function(G, ws):
-    """Generator.torgb_method="matmul" (issue 9's ToRGB lever) computes every ToRGB layer as one matrix
-    product per sample, not a convolution, and is the same function: image and W+ gradient equal the
-    reference's in both modulation forms; static (G's treedef), so compiled programs key on it."""
-    Gm = G.replace(torgb_method="matmul")
+@pytest.mark.parametrize("method", ["matmul", "reduce"])
+def test_generator_torgb_method_is_static_and_the_same_function(G, ws, method):
+    """Generator.torgb_method (issue 9's ToRGB levers) computes every ToRGB layer without a convolution:
+    "matmul" as one matrix product per sample, "reduce" as products summed over the input channels (no
+    matrix product either). Each is the same function: image and W+ gradient equal the reference's in
+    both modulation forms; static (G's treedef), so compiled programs key on it."""
+    Gm = G.replace(torgb_method=method)
     assert G.torgb_method == "conv"
     img = lambda g: (lambda w: g.synthesis(w, fused_modconv=False))  # noqa: E731
     n_torgb = len(TINY.block_resolutions)
     assert _convs(img(G), ws) - _convs(img(Gm), ws) == n_torgb  # every ToRGB, nothing else
+    if method == "reduce":  # the affine layers' products only, as with the convolution
+        dots = lambda g: str(jax.make_jaxpr(jax.grad(lambda w: jnp.sum(img(g)(w))))(ws)).count("dot_general")  # noqa: E731
+        assert dots(Gm) == dots(G)
     _assert_same_function(G, Gm, ws)
-    with pytest.raises(ValueError, match=r"torgb_method='dense': use one of \('conv', 'matmul'\)"):
+    with pytest.raises(ValueError, match=r"torgb_method='dense': use one of \('conv', 'matmul', 'reduce'\)"):
         G.replace(torgb_method="dense").synthesis(ws)
+
+
+def test_torgb_reduce_gradients_are_the_convolutions():
+    """ops.modulated_reduce's hand-written gradient equals autodiff of the reference's modulated 1x1
+    convolution for all three inputs (activations, styles, weights: the weights' is what training
+    would use), at random inputs where a swapped index or a dropped style factor shows at O(1)."""
+    from i2spp_jax import ops
+    k = jax.random.split(jax.random.PRNGKey(3), 4)
+    x = jax.random.normal(k[0], (2, 5, 6, 7))
+    weight = jax.random.normal(k[1], (1, 1, 7, 3))
+    styles = 1.0 + 0.5 * jax.random.normal(k[2], (2, 7))
+    r = jax.random.normal(k[3], (2, 5, 6, 3))
+    conv = lambda x, w, s: ops.modulated_conv2d(x, w, s, demodulate=False, fused_modconv=False)[0]  # noqa: E731
+    for f in (conv, ops.modulated_reduce):
+        assert f(x, weight, styles).shape == (2, 5, 6, 3)
+    with jax.default_matmul_precision("highest"):
+        ref = jax.grad(lambda *a: jnp.sum(conv(*a) * r), argnums=(0, 1, 2))(x, weight, styles)
+        got = jax.grad(lambda *a: jnp.sum(ops.modulated_reduce(*a) * r), argnums=(0, 1, 2))(x, weight, styles)
+        np.testing.assert_allclose(ops.modulated_reduce(x, weight, styles), conv(x, weight, styles),
+                                   rtol=1e-5, atol=1e-5)
+    for name, a, b in zip(("x", "weight", "styles"), got, ref):
+        assert a.shape == b.shape and a.dtype == b.dtype, name
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5 * float(jnp.abs(b).max()), err_msg=name)
+    # in the bf16 mode: bf16 activations in, their cotangent bf16, the sums and the image float32
+    xb = x.astype(jnp.bfloat16)
+    y, vjp = jax.vjp(lambda x: ops.modulated_reduce(x, weight, styles), xb)
+    assert y.dtype == jnp.float32 and vjp(r)[0].dtype == jnp.bfloat16
+    with pytest.raises(ValueError, match="a 1x1 kernel is needed"):
+        ops.modulated_reduce(x, jnp.ones((3, 3, 7, 3)), styles)
 
 
 def test_up_method_auto_is_the_measured_fastest_per_backend(G, ws):

@@ -18,7 +18,8 @@
 # iterations at batch 8, timed end to end by experiments.time_algorithm2 in the bf16 mode / in TF32:
 # about 5 minutes each), "alg2_levers" then "levers2" (what the fifth lease ran, two calls of the device
 # tool, each under its 600 s limit; OUT/probe.tar.gz as for probe), "levers3" (the next lease's first
-# call: the resize's gradient, the recomputed masks and the depthwise FIR, below), "alg2_diag"
+# call: the resize's gradient, the recomputed masks and the depthwise FIR, below), "levers4" (the ToRGB
+# layers without cuDNN, below), "alg2_diag"
 # (Algorithm 2 in the bf16 mode as it is now, with XLA's per-program memory; below), "compile_diag" (where the first call's compile
 # goes, by XLA's own spans; below), "b16" (batch 16, below), "w8_par16" (the W+ step with XLA's compile forced onto 16
 # threads), "accuracy" (the
@@ -108,6 +109,23 @@ if [ "$PART" = levers3 ]; then
            "tf32_dw --up_method=polyphase_last_dw"; do
     set -- $v; nm=$1; shift
     left=$((${CALL_LIMIT:-400} - SECONDS))
+    if [ $left -gt 75 ]; then step w8_$nm $((left < 100 ? left : 100)) --numerics=${nm%%_*} $W8 "$@"; pack
+    else echo "=== w8_$nm: skipped, $left s left"; fi
+  done
+fi
+# "levers4" (about 4-5 minutes, CALL_LIMIT s in all, default 330): the ToRGB layers without cuDNN
+# (--torgb_method=reduce: products summed over the channels, the styles' gradient fused into the
+# layer's backward), weighed on the CPU with experiments.gpu_hlo: 18 fewer convolutions to run and to
+# autotune (66 -> 48), bytes about equal in bf16 (30.97 -> 31.31 GB per step) and 2.8% fewer in TF32
+# (62.45 -> 60.70), where the fourth lease's profile had the ToRGB convolutions at about 1.9 ms of a bf16
+# step (0.85-1.1 TB/s). The W+ step at batch 8, 25 per dispatch, each process compiling cold (its first
+# call is the compile goal's measure): bf16 as it is, bf16 with it, TF32 with it, TF32 as it is, each
+# only while CALL_LIMIT leaves 75 s.
+if [ "$PART" = levers4 ]; then
+  W8="--sides=jax --steps=w --batches=8 --steps_per_call=25"
+  for v in "bf16" "bf16_reduce --torgb_method=reduce" "tf32_reduce --torgb_method=reduce" "tf32"; do
+    set -- $v; nm=$1; shift
+    left=$((${CALL_LIMIT:-330} - SECONDS))
     if [ $left -gt 75 ]; then step w8_$nm $((left < 100 ? left : 100)) --numerics=${nm%%_*} $W8 "$@"; pack
     else echo "=== w8_$nm: skipped, $left s left"; fi
   done
