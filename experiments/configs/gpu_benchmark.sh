@@ -120,7 +120,7 @@ fi
 # (62.45 -> 60.70), where the fourth lease's profile had the ToRGB convolutions at about 1.9 ms of a bf16
 # step (0.85-1.1 TB/s). The W+ step at batch 8, 25 per dispatch, each process compiling cold (its first
 # call is the compile goal's measure): bf16 as it is, bf16 with it, TF32 with it, TF32 as it is, each
-# only while CALL_LIMIT leaves 75 s.
+# only while CALL_LIMIT leaves 75 s; then, while it leaves 110 s, a kernel profile of the bf16 step with it.
 if [ "$PART" = levers4 ]; then
   W8="--sides=jax --steps=w --batches=8 --steps_per_call=25"
   for v in "bf16" "bf16_reduce --torgb_method=reduce" "tf32_reduce --torgb_method=reduce" "tf32"; do
@@ -129,6 +129,12 @@ if [ "$PART" = levers4 ]; then
     if [ $left -gt 75 ]; then step w8_$nm $((left < 100 ? left : 100)) --numerics=${nm%%_*} $W8 "$@"; pack
     else echo "=== w8_$nm: skipped, $left s left"; fi
   done
+  # then, given CALL_LIMIT=450 or more, the bf16 step with it kernel by kernel (the last bf16 profile is
+  # the fourth lease's, of older code): where each ToRGB layer's time went, and what is left
+  left=$((${CALL_LIMIT:-330} - SECONDS))
+  if [ $left -gt 110 ]; then profile prof_bf16_reduce $((left < 120 ? left : 120)) --preset=ffhq --batch=8 \
+    --numerics=bf16 --torgb_method=reduce --rounds=3 --calls=2; pack
+  else echo "=== prof_bf16_reduce: skipped, $left s left"; fi
 fi
 alg2() {  # NAME SECONDS DTYPE: Algorithm 2 timed end to end at batch 8
   echo "=== $1 (limit $2 s)"
