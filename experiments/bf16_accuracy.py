@@ -70,6 +70,7 @@ class Settings:
     # GPU (what users run), "highest" full float32. The same on the CPU.
     precision: str = "default"
     switch_db: float = 36.0  # bfloat16_switch: float32 once an image reaches this PSNR
+    torgb_method: str = "conv"  # the generator's ToRGB layers in every variant (networks.TORGB_METHODS)
 
 
 def phase_for(variant: str, s: Settings, floor_db: Optional[float] = None) -> embed.Phase:
@@ -147,6 +148,7 @@ def run_one(out: str, variant: str, seed: int, s: Settings, G, vgg, log) -> dict
     curve = result.history["psnr"][every::every]  # [., B]: after every-th, 2*every-th, ... update
     res = {"variant": variant, "seed": seed, "truth_seed": TRUTH_SEED_BASE + seed,
            "phase": embed.phase_key(phase), "up_method": networks.resolve_up_method(G_run.up_method),
+           "torgb_method": G_run.torgb_method,
            "psnr": {name: float(psnr[b]) for b, name in enumerate(ts)},
            "bf16_iterations": _bf16_iterations(phase, result.history["psnr"]),
            f"psnr_every_{every}": {name: [float(v) for v in curve[:, b]] for b, name in enumerate(ts)},
@@ -198,11 +200,11 @@ def sweep(out: str, s: Settings, seeds, variants, vgg: str = "imagenet", *, fres
         raise cli.UserError(f"--head={s.head} and --tail={s.tail} add up to more than 1; lower one")
     variants = ["float32"] + [v for v in VARIANTS if v in variants and v != "float32"]
     settings = dataclasses.asdict(s) | {"vgg": vgg}
-    for name, before in (("precision", "default"), ("switch_db", 36.0)):  # as before these settings existed
+    for name, before in (("precision", "default"), ("switch_db", 36.0), ("torgb_method", "conv")):  # as before these settings existed
         if settings[name] == before:
             settings.pop(name)
     cli.prepare_out(out, {"settings": settings}, fresh=fresh, log=log)
-    G = cli.load_generator(s.generator)
+    G = cli.load_generator(s.generator).replace(torgb_method=s.torgb_method)
     with cli.user_input(f"--vgg={vgg}", "give 'imagenet', 'random', or VGG16 weights"):
         vgg_tree = cli.load_vgg(vgg)
     results = {}
@@ -236,6 +238,8 @@ def define_flags() -> None:
     flags.DEFINE_float("switch_db", d.switch_db, "bfloat16_switch: float32 once an image reaches this PSNR (dB)")
     flags.DEFINE_enum("precision", d.precision, ["default", "highest"], "float32 products: default (TF32 on an "
                       "NVIDIA GPU) or highest (full float32)")
+    flags.DEFINE_enum("torgb_method", d.torgb_method, list(networks.TORGB_METHODS),
+                      "the generator's ToRGB layers in every variant (Generator.torgb_method)")
     flags.DEFINE_bool("fresh", False, "move an existing --out aside to OUT.old-<time> (nothing is deleted) "
                       "and start over; without it the same command resumes, and other settings are refused")
 
@@ -248,7 +252,7 @@ def main(argv):
         raise cli.UserError(f"--seeds={','.join(FLAGS.seeds)}: give integers, comma-separated") from None
     s = Settings(generator=FLAGS.generator, w_steps=FLAGS.w_steps, percept=FLAGS.percept,
                  resize_to=FLAGS.resize_to, head=FLAGS.head, tail=FLAGS.tail, precision=FLAGS.precision,
-                 switch_db=FLAGS.switch_db)
+                 switch_db=FLAGS.switch_db, torgb_method=FLAGS.torgb_method)
     logging.set_verbosity(logging.WARNING)  # orbax logs every checkpoint step at INFO
     text, _ = sweep(FLAGS.out, s, seeds, FLAGS.variants, FLAGS.vgg, fresh=FLAGS.fresh)
     print(text)

@@ -48,5 +48,8 @@ def test_sweep_rows_resume_and_refusal(tmp_path):
     assert again == text and not [line for line in lines if "seed 0:" in line]
     with pytest.raises(cli.UserError, match="w_steps"):
         A.sweep(out, A.Settings(w_steps=7, resize_to=32, head=0.5, tail=0.2, switch_db=-100.0), [0], [], vgg="random")
+    with pytest.raises(cli.UserError, match="torgb_method"):  # another ToRGB form is another sweep
+        A.sweep(out, A.Settings(**{**SETTINGS.__dict__, "torgb_method": "reduce"}), [0], [], vgg="random")
+    assert {r["torgb_method"] for r in runs.values()} == {"conv"}
     with pytest.raises(cli.UserError, match="unknown bf16"):
         A.sweep(out, SETTINGS, [0], ["bf16"], vgg="random")
