@@ -314,10 +314,10 @@ def test_torgb_reduce_gradients_are_the_convolutions():
         ref = jax.grad(lambda *a: jnp.sum(conv(*a) * r), argnums=(0, 1, 2))(x, weight, styles)
         got = jax.grad(lambda *a: jnp.sum(ops.modulated_reduce(*a) * r), argnums=(0, 1, 2))(x, weight, styles)
         np.testing.assert_allclose(ops.modulated_reduce(x, weight, styles), conv(x, weight, styles),
-                                   rtol=1e-5, atol=1e-5)
+                                   rtol=ATOL_F32, atol=ATOL_F32)
     for name, a, b in zip(("x", "weight", "styles"), got, ref):
         assert a.shape == b.shape and a.dtype == b.dtype, name
-        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5 * float(jnp.abs(b).max()), err_msg=name)
+        np.testing.assert_allclose(a, b, rtol=ATOL_F32, atol=ATOL_F32 * float(jnp.abs(b).max()), err_msg=name)
     # in the bf16 mode: bf16 activations in, their cotangent bf16, the sums and the image float32
     xb = x.astype(jnp.bfloat16)
     y, vjp = jax.vjp(lambda x: ops.modulated_reduce(x, weight, styles), xb)
