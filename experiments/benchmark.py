@@ -54,7 +54,7 @@ PROTOCOL = "@@bench "  # marks the lines a side's process answers with on stdout
 # i2spp_jax.networks.UP_METHODS, written out: the commands import JAX only after their flags are parsed
 # (test_benchmark holds the two equal)
 UP_METHODS = ("auto", "transposed", "polyphase", "polyphase_last", "polyphase_last2", "transposed_dw",
-              "polyphase_last_dw")
+              "polyphase_last_dw", "transposed_pl", "polyphase_last_pl")
 TORGB_METHODS = ("conv", "matmul", "reduce")  # i2spp_jax.networks.TORGB_METHODS
 EPILOGUE_GRADS = ("recompute", "autodiff")  # i2spp_jax.ops.EPILOGUE_GRADS
 
@@ -67,7 +67,7 @@ def define_method_flags() -> None:
                       "polyphase_last on a GPU, transposed elsewhere), the reference's transposed convolution then "
                       "FIR, or the FIR folded into one convolution per output phase in every block, in the last "
                       "block only, or in the last two; the _dw forms run the FIR after a transposed convolution as "
-                      "one depthwise convolution")
+                      "one depthwise convolution, the _pl forms as one Pallas kernel (interpreted, so slow, off a GPU)")
     flags.DEFINE_enum("torgb_method", "conv", list(TORGB_METHODS),
                       "this project's ToRGB layers (Generator.torgb_method): the modulated 1x1 convolution, one "
                       "matrix product per image with modulated weights, or products summed over the channels")

@@ -252,8 +252,10 @@ class SynthesisBlock(nn.Module):
 # "polyphase_last", with the FIR after the transposed convolutions as one depthwise convolution
 # (`ops.fir2d_depthwise`: no fused pad, so no scalar loads in XLA's GPU code; but on an H200 cuDNN's
 # depthwise kernels made the W+ step 2.4-2.7x slower: 163 against 447 img-it/s in bf16; BUILD_NOTES.md).
+# "transposed_pl" and "polyphase_last_pl": the same with that FIR as one Pallas kernel (`ops.fir2d_pallas`:
+# vector loads, one pass each way; not yet timed on a GPU, and interpreted, so slow, elsewhere).
 UP_METHODS = ("auto", "transposed", "polyphase", "polyphase_last", "polyphase_last2", "transposed_dw",
-              "polyphase_last_dw")
+              "polyphase_last_dw", "transposed_pl", "polyphase_last_pl")
 
 
 def resolve_up_method(up_method: str, backend: Optional[str] = None) -> str:
@@ -273,11 +275,11 @@ def resolve_up_method(up_method: str, backend: Optional[str] = None) -> str:
 def block_up_method(up_method: str, resolution: int, img_resolution: int) -> str:
     """`ops.conv2d_up2`'s method for the block of output side `resolution` under `up_method`."""
     up_method = resolve_up_method(up_method)
-    depthwise = up_method.endswith("_dw")
-    folded = {"transposed": 0, "polyphase_last": 1, "polyphase_last2": 2}.get(up_method.removesuffix("_dw"))
+    fir = next((sfx for sfx in ("_dw", "_pl") if up_method.endswith(sfx)), "")  # how the FIR runs, if not fused
+    folded = {"transposed": 0, "polyphase_last": 1, "polyphase_last2": 2}.get(up_method.removesuffix(fir))
     if folded is None or resolution * 2**folded > img_resolution:  # None: every block
         return "polyphase"
-    return "transposed_dw" if depthwise else "transposed"
+    return "transposed" + fir
 
 
 # How the ToRGB layers (modulated 1x1 convolutions, 3 outputs) are computed, the same function (issue

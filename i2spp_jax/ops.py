@@ -223,7 +223,7 @@ def conv_transpose2d_up2(x: jax.Array, w: jax.Array, *, groups: int = 1) -> jax.
     )
 
 
-UP2_METHODS = ("transposed", "transposed_dw", "polyphase")
+UP2_METHODS = ("transposed", "transposed_dw", "transposed_pl", "polyphase")
 
 
 def conv2d_up2(x: jax.Array, w: jax.Array, f: np.ndarray, *, groups: int = 1,
@@ -233,7 +233,8 @@ def conv2d_up2(x: jax.Array, w: jax.Array, f: np.ndarray, *, groups: int = 1,
 
     method "transposed" (the reference's order): a stride-2 transposed convolution (output 2H+1),
     then the FIR filter with gain 4 and padding 1 (output 2H). "transposed_dw": the same, the FIR as
-    one depthwise convolution (`fir2d_depthwise`). "polyphase": the same function as one convolution
+    one depthwise convolution (`fir2d_depthwise`); "transposed_pl": the FIR as one Pallas kernel
+    (`fir2d_pallas`). "polyphase": the same function as one convolution
     at the input's resolution (`conv2d_up2_polyphase`).
     """
     if method == "polyphase":
@@ -244,6 +245,8 @@ def conv2d_up2(x: jax.Array, w: jax.Array, f: np.ndarray, *, groups: int = 1,
     x = conv_transpose2d_up2(x, w, groups=groups)
     if method == "transposed_dw":
         return fir2d_depthwise(x, f, padding=(pad0, pad1), gain=4)
+    if method == "transposed_pl":
+        return fir2d_pallas(x, f, padding=(pad0, pad1), gain=4)
     return upfirdn2d(x, f, padding=(pad0, pad1, pad0, pad1), gain=4)
 
 
@@ -262,6 +265,82 @@ def fir2d_depthwise(x: jax.Array, f: np.ndarray, *, padding: tuple[int, int], ga
     p0, p1 = padding
     return jax.lax.conv_general_dilated(x, kernel, (1, 1), [(p0, p1), (p0, p1)], dimension_numbers=_DIMS,
                                         feature_group_count=c, precision=jax.lax.Precision.HIGHEST)
+
+
+def fir2d_pallas(x: jax.Array, f: np.ndarray, *, padding: tuple[int, int], gain: float) -> jax.Array:
+    """`upfirdn2d(x, f, padding=(p0, p1, p0, p1), gain=gain)` (no up-sampling) as one hand-written
+    kernel (Pallas, Triton on a GPU): each output tile reads its input window with masked vector loads
+    along the channels, the zero padding being the masks, and sums the 2-D filter's taps in float32.
+    One pass forward and one backward (the adjoint: the same kernel with the taps reversed), where
+    XLA emits `upfirdn2d`'s padded passes with one bounds-checked scalar load per tap and element.
+    The same numbers as `upfirdn2d` up to the sum's rounding. Elsewhere than on a GPU the kernel is
+    interpreted (slow: for tests), so no default on the CPU uses it."""
+    p0, p1 = padding
+    n, h, w, c = x.shape
+    if c & (c - 1):  # the kernel's channel block is all of them, and Triton's blocks are powers of 2
+        return upfirdn2d(x, f, padding=(p0, p1, p0, p1), gain=gain)
+    taps = tuple(float(t) for t in np.asarray(f, np.float64)[::-1] * np.sqrt(gain))  # a true convolution
+    out_hw = (h + p0 + p1 - len(taps) + 1, w + p0 + p1 - len(taps) + 1)
+    return _fir2d_pallas(x, taps, (p0, p0), out_hw, (h, w))
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3, 4))
+def _fir2d_pallas(x, taps, pad, out_hw, in_hw):
+    """out[n, i, j, c] = sum_{a,b} taps[a] taps[b] x[n, i + a - pad[0], j + b - pad[1], c], x zero outside."""
+    kernel = functools.partial(_fir2d_kernel, taps=taps, pad=pad, out_hw=out_hw)
+    return jax.lax.platform_dependent(x, cuda=kernel, default=functools.partial(kernel, interpret=True))
+
+
+def _fir2d_kernel(x, *, taps, pad, out_hw, interpret=False):
+    """The Pallas kernel. On a GPU a window starting before the array is read through its masks; the
+    interpreter would clamp such a start instead (lax.dynamic_slice), so there x is first padded at the
+    low end by `pad` and every window read from `pad` further on: the same masks, aligned starts."""
+    from jax.experimental import pallas as pl
+    from jax.experimental.pallas import triton as plgpu
+
+    n, h, w, c = x.shape
+    ho, wo = out_hw
+    k = len(taps)
+    tile = max(1, 4096 // c)  # output pixels per program: 4096 elements (8 KB in bf16), as square as fits
+    bw = 1 << min(3, tile.bit_length() // 2)
+    bh = max(1, tile // bw)
+    base = pad if interpret else (0, 0)
+    if interpret:
+        x = jnp.pad(x, ((0, 0), (pad[0], 0), (pad[1], 0), (0, 0)))
+
+    def kernel(x_ref, o_ref):
+        b, ti, tj = pl.program_id(0), pl.program_id(1), pl.program_id(2)
+        i = ti * bh + jnp.arange(bh)
+        j = tj * bw + jnp.arange(bw)
+        every = jnp.arange(c) >= 0
+        acc = jnp.zeros((bh, bw, c), jnp.float32)
+        for a in range(k):
+            r = i + a - pad[0]
+            rows = (r >= 0) & (r < h)
+            for bb in range(k):
+                q = j + bb - pad[1]
+                mask = rows[:, None, None] & ((q >= 0) & (q < w))[None, :, None] & every[None, None, :]
+                window = x_ref.at[b, pl.ds(ti * bh + a - pad[0] + base[0], bh), pl.ds(tj * bw + bb - pad[1] + base[1], bw), :]
+                acc = acc + (taps[a] * taps[bb]) * plgpu.load(window, mask=mask, other=0).astype(jnp.float32)
+        inside = (i < ho)[:, None, None] & (j < wo)[None, :, None] & every[None, None, :]
+        plgpu.store(o_ref.at[b, pl.ds(ti * bh, bh), pl.ds(tj * bw, bw), :], acc.astype(o_ref.dtype), mask=inside)
+
+    return pl.pallas_call(kernel, out_shape=jax.ShapeDtypeStruct((n, ho, wo, c), x.dtype),
+                          grid=(n, pl.cdiv(ho, bh), pl.cdiv(wo, bw)), interpret=interpret,
+                          compiler_params=plgpu.CompilerParams(num_warps=4, num_stages=1))(x)
+
+
+def _fir2d_pallas_fwd(x, taps, pad, out_hw, in_hw):
+    return _fir2d_pallas(x, taps, pad, out_hw, in_hw), None
+
+
+def _fir2d_pallas_bwd(taps, pad, out_hw, in_hw, _, g):
+    k = len(taps)  # x[p] met out[p - a + pad] through taps[a]: the taps reversed, offset k - 1 - pad
+    return (_fir2d_pallas(g, taps[::-1], (k - 1 - pad[0], k - 1 - pad[1]), in_hw, out_hw),)
+
+
+_fir2d_pallas.defvjp(_fir2d_pallas_fwd, _fir2d_pallas_bwd)
+
 
 
 @functools.lru_cache(maxsize=None)

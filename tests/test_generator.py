@@ -263,6 +263,40 @@ def test_up_convolution_methods_are_the_reference(method, groups, f):
             np.testing.assert_allclose(jax.jit(up(method))(x, w), out, rtol=0, atol=1e-6 * scale)
 
 
+@pytest.mark.parametrize("f", [(1, 3, 3, 1), (1, 2, 1), (1, 2, 4, 3)])  # the last not symmetric
+@pytest.mark.parametrize("channels", [8, 32])  # two tile shapes (64x8 and 16x8 pixels per program)
+def test_fir2d_pallas_is_upfirdn2d(f, channels):
+    """ops.fir2d_pallas (one Pallas kernel each way; interpreted off a GPU) is upfirdn2d's FIR without
+    up-sampling: value and gradient at odd map sizes, whose edges are the masks' work (a wrong tap
+    order, offset or adjoint padding differs by O(1)); a channel count Triton cannot block falls back
+    to upfirdn2d."""
+    from i2spp_jax import ops
+    f = ops.setup_filter(f)
+    rng = np.random.default_rng(2)
+    x = jnp.asarray(rng.standard_normal((2, 9, 11, channels)), jnp.float32)
+    pad = ops.up2_fir_padding(3, len(f))
+    ref = lambda a: ops.upfirdn2d(a, f, padding=(pad[0], pad[1]) * 2, gain=4)  # noqa: E731
+    out = lambda a: ops.fir2d_pallas(a, f, padding=pad, gain=4)  # noqa: E731
+    want = ref(x)
+    np.testing.assert_allclose(out(x), want, atol=1e-6 * float(jnp.abs(want).max()))
+    r = jnp.asarray(rng.standard_normal(want.shape), jnp.float32)
+    g_ref, g_out = (jax.grad(lambda a: jnp.sum(fn(a) * r))(x) for fn in (ref, out))
+    np.testing.assert_allclose(g_out, g_ref, atol=1e-6 * float(jnp.abs(g_ref).max()))
+    prims = lambda fn, a: {e.primitive.name for e in jax.make_jaxpr(fn)(a).jaxpr.eqns}  # noqa: E731
+    assert "pallas_call" in str(jax.make_jaxpr(out)(x)) and "pallas_call" not in str(jax.make_jaxpr(out)(x[..., :3]))
+    assert "pad" in prims(ref, x)
+
+
+def test_generator_pallas_fir_method_is_the_same_function(G, ws):
+    """up_method "polyphase_last_pl": "polyphase_last" with the FIR of every block that keeps the
+    transposed convolution as one Pallas kernel (`ops.fir2d_pallas`): the same image and W+ gradient."""
+    Gp = G.replace(up_method="polyphase_last_pl")
+    _assert_same_function(G.replace(up_method="polyphase_last"), Gp, ws)
+    n_up = len(TINY.block_resolutions) - 1
+    fwd = str(jax.make_jaxpr(lambda w: Gp.synthesis(w, fused_modconv=False))(ws))
+    assert fwd.count("pallas_call") == 2 * (n_up - 1)  # each block but the last: in both of platform_dependent's branches
+
+
 def test_generator_depthwise_fir_methods_are_the_same_function(G, ws):
     """up_method "transposed_dw" and "polyphase_last_dw" are "transposed" and "polyphase_last" with the FIR
     as a depthwise convolution in every block that keeps the transposed convolution: the same image
