@@ -405,10 +405,11 @@ def test_generator_up_method_is_static_and_the_same_function(G, ws):
         np.testing.assert_allclose(g.synthesis(ws, fused_modconv=False), G.synthesis(ws, fused_modconv=False),
                                    atol=ATOL_F32)
     with pytest.raises(ValueError, match=r"up_method='bilinear': use one of \('auto', 'transposed', 'polyphase', "
-                       r"'polyphase_last', 'polyphase_last2', 'transposed_dw', 'polyphase_last_dw'\)"):
+                       r"'polyphase_last', 'polyphase_last2', 'transposed_dw', 'polyphase_last_dw', 'transposed_pl', "
+                       r"'polyphase_last_pl'\)"):
         G.replace(up_method="bilinear").synthesis(ws)
     with pytest.raises(ValueError, match=r"up-sampling method 'bilinear': use one of \('transposed', 'transposed_dw', "
-                       r"'polyphase'\)"):
+                       r"'transposed_pl', 'polyphase'\)"):
         ops.conv2d_up2(ws[:, None, :2, None], jnp.ones((3, 3, 1, 1)), ops.setup_filter([1, 3, 3, 1]),
                        method="bilinear")
 

@@ -113,25 +113,29 @@ if [ "$PART" = levers3 ]; then
     else echo "=== w8_$nm: skipped, $left s left"; fi
   done
 fi
-# "levers4" (about 4-5 minutes, CALL_LIMIT s in all, default 330): the ToRGB layers without cuDNN
+# "levers4" (about 8-9 minutes, CALL_LIMIT s in all, default 540): the ToRGB layers without cuDNN
 # (--torgb_method=reduce: products summed over the channels, the styles' gradient fused into the
 # layer's backward), weighed on the CPU with experiments.gpu_hlo: 18 fewer convolutions to run and to
 # autotune (66 -> 48), bytes about equal in bf16 (30.97 -> 31.31 GB per step) and 2.8% fewer in TF32
 # (62.45 -> 60.70), where the fourth lease's profile had the ToRGB convolutions at about 1.9 ms of a bf16
 # step (0.85-1.1 TB/s). The W+ step at batch 8, 25 per dispatch, each process compiling cold (its first
-# call is the compile goal's measure): bf16 as it is, bf16 with it, TF32 with it, TF32 as it is, each
-# only while CALL_LIMIT leaves 75 s; then, while it leaves 110 s, a kernel profile of the bf16 step with it.
+# call is the compile goal's measure): bf16 as it is, bf16 with it, bf16 with the FIR after the
+# transposed up-sampling convolutions as one Pallas kernel each way (--up_method=polyphase_last_pl: no
+# scalar-load FIR passes; 30.97 -> 29.41 GB per bf16 step compiled), TF32 with each, TF32 as it is, each
+# only while CALL_LIMIT leaves 75 s; then, while it leaves 110 s, a kernel profile of the bf16 step with
+# the ToRGB reduce.
 if [ "$PART" = levers4 ]; then
   W8="--sides=jax --steps=w --batches=8 --steps_per_call=25"
-  for v in "bf16" "bf16_reduce --torgb_method=reduce" "tf32_reduce --torgb_method=reduce" "tf32"; do
+  for v in "bf16" "bf16_reduce --torgb_method=reduce" "bf16_pl --up_method=polyphase_last_pl" \
+           "tf32_reduce --torgb_method=reduce" "tf32_pl --up_method=polyphase_last_pl" "tf32"; do
     set -- $v; nm=$1; shift
-    left=$((${CALL_LIMIT:-330} - SECONDS))
+    left=$((${CALL_LIMIT:-540} - SECONDS))
     if [ $left -gt 75 ]; then step w8_$nm $((left < 100 ? left : 100)) --numerics=${nm%%_*} $W8 "$@"; pack
     else echo "=== w8_$nm: skipped, $left s left"; fi
   done
-  # then, given CALL_LIMIT=450 or more, the bf16 step with it kernel by kernel (the last bf16 profile is
-  # the fourth lease's, of older code): where each ToRGB layer's time went, and what is left
-  left=$((${CALL_LIMIT:-330} - SECONDS))
+  # then the bf16 step with the ToRGB reduce kernel by kernel (the last bf16 profile is the fourth
+  # lease's, of older code): where each ToRGB layer's time went, and what is left
+  left=$((${CALL_LIMIT:-540} - SECONDS))
   if [ $left -gt 110 ]; then profile prof_bf16_reduce $((left < 120 ? left : 120)) --preset=ffhq --batch=8 \
     --numerics=bf16 --torgb_method=reduce --rounds=3 --calls=2; pack
   else echo "=== prof_bf16_reduce: skipped, $left s left"; fi
