@@ -121,12 +121,13 @@ fi
 # step (0.85-1.1 TB/s). The W+ step at batch 8, 25 per dispatch, each process compiling cold (its first
 # call is the compile goal's measure): bf16 as it is, bf16 with it, bf16 with the FIR after the
 # transposed up-sampling convolutions as one Pallas kernel each way (--up_method=polyphase_last_pl: no
-# scalar-load FIR passes; 30.97 -> 29.41 GB per bf16 step compiled), TF32 with each, TF32 as it is, each
-# only while CALL_LIMIT leaves 75 s; then, while it leaves 110 s, a kernel profile of the bf16 step with
-# the ToRGB reduce.
+# scalar-load FIR passes; 30.97 -> 29.41 GB per bf16 step compiled), bf16 with both, TF32 with each,
+# TF32 as it is, each only while CALL_LIMIT leaves 75 s; then, while it leaves 110 s (CALL_LIMIT=600 and
+# a quick start), a kernel profile of the bf16 step with the ToRGB reduce.
 if [ "$PART" = levers4 ]; then
   W8="--sides=jax --steps=w --batches=8 --steps_per_call=25"
   for v in "bf16" "bf16_reduce --torgb_method=reduce" "bf16_pl --up_method=polyphase_last_pl" \
+           "bf16_both --torgb_method=reduce --up_method=polyphase_last_pl" \
            "tf32_reduce --torgb_method=reduce" "tf32_pl --up_method=polyphase_last_pl" "tf32"; do
     set -- $v; nm=$1; shift
     left=$((${CALL_LIMIT:-540} - SECONDS))
