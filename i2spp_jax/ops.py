@@ -316,7 +316,7 @@ def _fir2d_kernel(x, *, taps, pad, out_hw, interpret=False):
         b, ti, tj = pl.program_id(0), pl.program_id(1), pl.program_id(2)
         i = ti * bh + jnp.arange(bh)
         j = tj * bw + jnp.arange(bw)
-        every = jnp.arange(c) >= 0
+        every = jnp.arange(c) >= 0  # all true: a mask has the block's full shape
         acc = jnp.zeros((bh, bw, c), jnp.float32)
         for a in range(k):
             r = i + a - pad[0]
@@ -324,7 +324,8 @@ def _fir2d_kernel(x, *, taps, pad, out_hw, interpret=False):
             for bb in range(k):
                 q = j + bb - pad[1]
                 mask = rows[:, None, None] & ((q >= 0) & (q < w))[None, :, None] & every[None, None, :]
-                window = x_ref.at[b, pl.ds(ti * bh + a - pad[0] + base[0], bh), pl.ds(tj * bw + bb - pad[1] + base[1], bw), :]
+                rows_at = pl.ds(ti * bh + a - pad[0] + base[0], bh)
+                window = x_ref.at[b, rows_at, pl.ds(tj * bw + bb - pad[1] + base[1], bw), :]
                 acc = acc + (taps[a] * taps[bb]) * plgpu.load(window, mask=mask, other=0).astype(jnp.float32)
         inside = (i < ho)[:, None, None] & (j < wo)[None, :, None] & every[None, None, :]
         plgpu.store(o_ref.at[b, pl.ds(ti * bh, bh), pl.ds(tj * bw, bw), :], acc.astype(o_ref.dtype), mask=inside)
@@ -344,7 +345,6 @@ def _fir2d_pallas_bwd(taps, pad, out_hw, in_hw, _, g):
 
 
 _fir2d_pallas.defvjp(_fir2d_pallas_fwd, _fir2d_pallas_bwd)
-
 
 
 @functools.lru_cache(maxsize=None)

@@ -283,8 +283,10 @@ def test_fir2d_pallas_is_upfirdn2d(f, channels):
     g_ref, g_out = (jax.grad(lambda a: jnp.sum(fn(a) * r))(x) for fn in (ref, out))
     np.testing.assert_allclose(g_out, g_ref, atol=1e-6 * float(jnp.abs(g_ref).max()))
     # under vmap, as the engine's step runs it (the kernel's grid gains the mapped axis)
-    np.testing.assert_allclose(jax.vmap(out)(x[:, None]), jax.vmap(ref)(x[:, None]), atol=1e-6 * float(jnp.abs(want).max()))
-    assert "pallas_call" in str(jax.make_jaxpr(out)(x)) and "pallas_call" not in str(jax.make_jaxpr(out)(x[..., :3]))
+    np.testing.assert_allclose(jax.vmap(out)(x[:, None]), jax.vmap(ref)(x[:, None]),
+                               atol=1e-6 * float(jnp.abs(want).max()))
+    assert "pallas_call" in str(jax.make_jaxpr(out)(x))
+    assert "pallas_call" not in str(jax.make_jaxpr(out)(x[..., :3]))
 
 
 def test_generator_pallas_fir_method_is_the_same_function(G, ws):
@@ -294,7 +296,7 @@ def test_generator_pallas_fir_method_is_the_same_function(G, ws):
     _assert_same_function(G.replace(up_method="polyphase_last"), Gp, ws)
     n_up = len(TINY.block_resolutions) - 1
     fwd = str(jax.make_jaxpr(lambda w: Gp.synthesis(w, fused_modconv=False))(ws))
-    assert fwd.count("pallas_call") == 2 * (n_up - 1)  # each block but the last: in both of platform_dependent's branches
+    assert fwd.count("pallas_call") == 2 * (n_up - 1)  # each block but the last, in platform_dependent's 2 branches
 
 
 def test_generator_depthwise_fir_methods_are_the_same_function(G, ws):
@@ -324,7 +326,8 @@ def test_generator_torgb_method_is_static_and_the_same_function(G, ws, method):
     n_torgb = len(TINY.block_resolutions)
     assert _convs(img(G), ws) - _convs(img(Gm), ws) == n_torgb  # every ToRGB, nothing else
     if method == "reduce":  # the affine layers' products only, as with the convolution
-        dots = lambda g: str(jax.make_jaxpr(jax.grad(lambda w: jnp.sum(img(g)(w))))(ws)).count("dot_general")  # noqa: E731
+        def dots(g):
+            return str(jax.make_jaxpr(jax.grad(lambda w: jnp.sum(img(g)(w))))(ws)).count("dot_general")
         assert dots(Gm) == dots(G)
     _assert_same_function(G, Gm, ws)
     with pytest.raises(ValueError, match=r"torgb_method='dense': use one of \('conv', 'matmul', 'reduce'\)"):
