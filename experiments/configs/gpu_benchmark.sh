@@ -19,7 +19,7 @@
 # about 5 minutes each), "alg2_levers" then "levers2" (what the fifth lease ran, two calls of the device
 # tool, each under its 600 s limit; OUT/probe.tar.gz as for probe), "levers3" (the next lease's first
 # call: the resize's gradient, the recomputed masks and the depthwise FIR, below), "levers4" (the ToRGB
-# layers without cuDNN, below), "alg2_diag"
+# layers without cuDNN and the Pallas FIR, below), "alg2_diag"
 # (Algorithm 2 in the bf16 mode as it is now, with XLA's per-program memory; below), "compile_diag" (where the first call's compile
 # goes, by XLA's own spans; below), "b16" (batch 16, below), "w8_par16" (the W+ step with XLA's compile forced onto 16
 # threads), "accuracy" (the
@@ -95,6 +95,17 @@ pack() {  # after every step, so that a run cut short still brings back what it 
     "$WORK/probe_files/" 2>/dev/null
   tar czf "$OUT/probe.tar.gz" -C "$WORK/probe_files" .
 }
+w8_variants() {  # DEFAULT_LIMIT "NAME FLAGS..." ...: the W+ step at batch 8, 25 per dispatch, one step per
+  # variant (w8_NAME; its numerics NAME's prefix), each only while CALL_LIMIT (else DEFAULT_LIMIT) leaves 75 s
+  local limit=${CALL_LIMIT:-$1} W8="--sides=jax --steps=w --batches=8 --steps_per_call=25" v nm left
+  shift
+  for v in "$@"; do
+    set -- $v; nm=$1; shift
+    left=$((limit - SECONDS))
+    if [ $left -gt 75 ]; then step w8_$nm $((left < 100 ? left : 100)) --numerics=${nm%%_*} $W8 "$@"; pack
+    else echo "=== w8_$nm: skipped, $left s left"; fi
+  done
+}
 # "levers3" (about 6 minutes, CALL_LIMIT s in all, default 400): the CPU sessions' three levers, weighed
 # there with experiments.gpu_hlo, each in the same call as the code as it is: the W+ step at batch 8, 25
 # per dispatch, in bf16 as it is (the resize's gradient phase by phase and the layers' masks recomputed:
@@ -104,14 +115,8 @@ pack() {  # after every step, so that a run cut short still brings back what it 
 # cuDNN's depthwise kernels), then in TF32 as it is (predicted about 277, from 264-271) and with the
 # depthwise FIR, each only while CALL_LIMIT leaves 75 s.
 if [ "$PART" = levers3 ]; then
-  W8="--sides=jax --steps=w --batches=8 --steps_per_call=25"
-  for v in "bf16" "bf16_autodiff --epilogue_grad=autodiff" "bf16_dw --up_method=polyphase_last_dw" "tf32" \
-           "tf32_dw --up_method=polyphase_last_dw"; do
-    set -- $v; nm=$1; shift
-    left=$((${CALL_LIMIT:-400} - SECONDS))
-    if [ $left -gt 75 ]; then step w8_$nm $((left < 100 ? left : 100)) --numerics=${nm%%_*} $W8 "$@"; pack
-    else echo "=== w8_$nm: skipped, $left s left"; fi
-  done
+  w8_variants 400 "bf16" "bf16_autodiff --epilogue_grad=autodiff" "bf16_dw --up_method=polyphase_last_dw" "tf32" \
+    "tf32_dw --up_method=polyphase_last_dw"
 fi
 # "levers4" (about 8-9 minutes, CALL_LIMIT s in all, default 540): the ToRGB layers without cuDNN
 # (--torgb_method=reduce: products summed over the channels, the styles' gradient fused into the
@@ -125,15 +130,9 @@ fi
 # TF32 as it is, each only while CALL_LIMIT leaves 75 s; then, while it leaves 110 s (CALL_LIMIT=600 and
 # a quick start), a kernel profile of the bf16 step with the ToRGB reduce.
 if [ "$PART" = levers4 ]; then
-  W8="--sides=jax --steps=w --batches=8 --steps_per_call=25"
-  for v in "bf16" "bf16_reduce --torgb_method=reduce" "bf16_pl --up_method=polyphase_last_pl" \
-           "bf16_both --torgb_method=reduce --up_method=polyphase_last_pl" \
-           "tf32_reduce --torgb_method=reduce" "tf32_pl --up_method=polyphase_last_pl" "tf32"; do
-    set -- $v; nm=$1; shift
-    left=$((${CALL_LIMIT:-540} - SECONDS))
-    if [ $left -gt 75 ]; then step w8_$nm $((left < 100 ? left : 100)) --numerics=${nm%%_*} $W8 "$@"; pack
-    else echo "=== w8_$nm: skipped, $left s left"; fi
-  done
+  w8_variants 540 "bf16" "bf16_reduce --torgb_method=reduce" "bf16_pl --up_method=polyphase_last_pl" \
+    "bf16_both --torgb_method=reduce --up_method=polyphase_last_pl" \
+    "tf32_reduce --torgb_method=reduce" "tf32_pl --up_method=polyphase_last_pl" "tf32"
   # then the bf16 step with the ToRGB reduce kernel by kernel (the last bf16 profile is the fourth
   # lease's, of older code): where each ToRGB layer's time went, and what is left
   left=$((${CALL_LIMIT:-540} - SECONDS))
@@ -158,13 +157,7 @@ alg2() {  # NAME SECONDS DTYPE: Algorithm 2 timed end to end at batch 8
 if [ "$PART" = alg2_levers ]; then
   M="--up_method=${UP_METHOD:-auto} --torgb_method=${TORGB_METHOD:-conv}"
   ALG2_FLAGS="${ALG2_FLAGS:+$ALG2_FLAGS }$M" alg2 alg2_bf16 "${ALG2_LIMIT:-330}" bfloat16; pack
-  W8="--sides=jax --steps=w --batches=8 --steps_per_call=25"
-  for v in "bf16" "bf16_torgbmm --torgb_method=matmul" "tf32" "tf32_torgbmm --torgb_method=matmul"; do
-    set -- $v; nm=$1; shift
-    left=$((${CALL_LIMIT:-560} - SECONDS))
-    if [ $left -gt 75 ]; then step w8_$nm $((left < 100 ? left : 100)) --numerics=${nm%%_*} $W8 "$@"; pack
-    else echo "=== w8_$nm: skipped, $left s left"; fi
-  done
+  w8_variants 560 "bf16" "bf16_torgbmm --torgb_method=matmul" "tf32" "tf32_torgbmm --torgb_method=matmul"
 fi
 if [ "$PART" = levers2 ]; then
   W8="--sides=jax --steps=w --batches=8 --steps_per_call=25"
