@@ -200,7 +200,8 @@ def sweep(out: str, s: Settings, seeds, variants, vgg: str = "imagenet", *, fres
         raise cli.UserError(f"--head={s.head} and --tail={s.tail} add up to more than 1; lower one")
     variants = ["float32"] + [v for v in VARIANTS if v in variants and v != "float32"]
     settings = dataclasses.asdict(s) | {"vgg": vgg}
-    for name, before in (("precision", "default"), ("switch_db", 36.0), ("torgb_method", "conv")):  # as before these settings existed
+    # settings added later, left out at their defaults: an earlier sweep's folder keeps its settings
+    for name, before in (("precision", "default"), ("switch_db", 36.0), ("torgb_method", "conv")):
         if settings[name] == before:
             settings.pop(name)
     cli.prepare_out(out, {"settings": settings}, fresh=fresh, log=log)

@@ -388,15 +388,21 @@ def conv2d_up2_polyphase(x: jax.Array, w: jax.Array, f: np.ndarray, *, groups: i
     return y.reshape(n, 2 * h, 2 * wd, out_ch)
 
 
+def _kernel_1x1(weight: jax.Array, who: str) -> jax.Array:
+    """A ToRGB kernel [1, 1, I, O] as its [I, O] matrix; any other size is refused, naming `who`."""
+    if weight.shape[:2] != (1, 1):
+        raise ValueError(f"{who}: a 1x1 kernel is needed, got {weight.shape[0]}x{weight.shape[1]}")
+    return weight[0, 0]
+
+
 def modulated_matmul(x: jax.Array, weight: jax.Array, styles: jax.Array) -> jax.Array:
     """`modulated_conv2d` of a 1x1 kernel without demodulation (ToRGB) as one matrix product per
     sample: x [N, H, W, I] times the modulated weights [N, I, O], which are small, so the activations
     are read once and never scaled in memory (issue 9's ToRGB lever). The same function as either
     modulation form of the convolution, up to rounding. Returns at least float32 (the skip image's
     dtype), accumulated so; the gradient (`_torgb_product`) takes the float32 cotangent as it is."""
-    if weight.shape[:2] != (1, 1):
-        raise ValueError(f"modulated_matmul: a 1x1 kernel is needed, got {weight.shape[0]}x{weight.shape[1]}")
-    return _torgb_product(x, weight[0, 0][None] * styles[:, :, None])  # [N, I, O] modulated, float32
+    w = _kernel_1x1(weight, "modulated_matmul")[None] * styles[:, :, None]  # [N, I, O] modulated, float32
+    return _torgb_product(x, w)
 
 
 @jax.custom_vjp
@@ -434,10 +440,8 @@ def modulated_reduce(x: jax.Array, weight: jax.Array, styles: jax.Array) -> jax.
     layer's backward that reads it, and the styles' as one sum over the pixels, as the layers' style
     gradients are. The same function as the convolution, up to rounding; computed and returned in
     float32 at least (the skip image's dtype)."""
-    if weight.shape[:2] != (1, 1):
-        raise ValueError(f"modulated_reduce: a 1x1 kernel is needed, got {weight.shape[0]}x{weight.shape[1]}")
     dtype = jnp.promote_types(x.dtype, jnp.float32)
-    return _torgb_reduce(x, styles.astype(dtype), weight[0, 0].astype(dtype))
+    return _torgb_reduce(x, styles.astype(dtype), _kernel_1x1(weight, "modulated_reduce").astype(dtype))
 
 
 @jax.custom_vjp
