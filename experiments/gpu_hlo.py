@@ -21,7 +21,9 @@ optimised module's text instead (a profile_step run's hlo.txt.gz) and needs no p
 Prints the kernels of one iteration (the scan's loop body) summed by kind, with their bytes and the
 milliseconds those bytes take at --bandwidth; their bytes by part of the network (each synthesis block,
 forward and backward, then VGG16, the losses and the rest: where a lever is worth looking for); the
-largest kernels with the source line that made them;
+largest kernels with the source line that made them; how many distinct convolutions the first call
+has XLA autotune (the step's and those of the targets' features, compiled too; autotuning is most of
+a cold first call on the lent GPU, and the autotuner tunes each distinct one once per process);
 with --profile, each memory-bound kernel's measured time beside its bytes. Writes --out/gpu_hlo.json
 and --out/hlo.txt.gz.
 """
@@ -84,9 +86,11 @@ def compile_only_device(config_text: str):
 
 
 def program(F, sharding):
-    """(the compiled steps function, abstract arguments placed by `sharding`, matmul precision): the
-    benchmark's first-call program, as experiments.compile_split builds it, from shapes alone (no
-    target is rendered, no VGG16 weights are needed)."""
+    """(the compiled steps function, abstract arguments placed by `sharding`, matmul precision, the
+    targets' features as a (function, arguments) pair or None): the benchmark's first-call program, as
+    experiments.compile_split builds it, from shapes alone (no target is rendered, no VGG16 weights are
+    needed), and the other program of that call with convolutions in it: the VGG16 features of the
+    phase's targets, computed once per phase (None for a phase without VGG16 terms)."""
     import jax
     import jax.numpy as jnp
 
@@ -115,7 +119,10 @@ def program(F, sharding):
     args = (place(init), place(opt), place(G), place(vgg), place(target), place(target), place(masks), None, place(feats))
     k = F.steps_per_call
     fn = step_lib.compiled_steps(phase, k) if k > 1 else step_lib.compiled_step(phase)
-    return fn, args, "highest" if F.numerics == "fp32" else "tensorfloat32"
+    features = None
+    if jax.tree.leaves(feats):
+        features = (jax.jit(lambda v, t: step_lib.target_features(v, t, t, phase)), (place(vgg), place(target)))
+    return fn, args, "highest" if F.numerics == "fp32" else "tensorfloat32", features
 
 
 def compile_for_gpu(F) -> tuple[str, dict]:
@@ -132,9 +139,11 @@ def compile_for_gpu(F) -> tuple[str, dict]:
     user_flags = os.environ.get("XLA_FLAGS", "")
     os.environ["XLA_FLAGS"] = f"{user_flags} --xla_dump_to={dump} --xla_dump_hlo_pass_re=^$".strip()
     device = compile_only_device(text)  # the backend starts here and reads XLA_FLAGS
-    fn, args, precision = program(F, jax.sharding.SingleDeviceSharding(device))
+    fn, args, precision, features = program(F, jax.sharding.SingleDeviceSharding(device))
     trace_dir = os.path.join(F.out, "trace")
     with jax.default_matmul_precision(precision):
+        # compiled first, as the engine's first call does, and apart from the step's timed compile
+        features_text = features[0].trace(*features[1]).lower().compile().as_text() if features else ""
         t0 = time.perf_counter()
         lowered = fn.trace(*args).lower()
         t1 = time.perf_counter()
@@ -149,8 +158,12 @@ def compile_for_gpu(F) -> tuple[str, dict]:
         with open(f) as fh:
             loads.update(hlo_traffic.ptx_loads(fh.read()))
     shutil.rmtree(dump, ignore_errors=True)
+    step_keys, feature_keys = (set(hlo_traffic.conv_autotune_keys(t)) for t in (compiled.as_text(), features_text))
     info = {"target": path, "device_kind": device.device_kind, "ptx_loads": loads,
             "xla_flags": user_flags,
+            "first_call_convolutions": {"step": len(step_keys), "target_features": len(feature_keys),
+                                        "shared": len(step_keys & feature_keys),
+                                        "to_autotune": len(step_keys | feature_keys)},
             "seconds": {"trace_and_lower": t1 - t0, "xla_compile": t2 - t1}}
     if F.spans:
         trace = max(glob.glob(os.path.join(trace_dir, "**", "*.xplane.pb"), recursive=True), key=os.path.getmtime)
@@ -187,6 +200,9 @@ def report(rec: dict, ks: list, top: int, bandwidth: float) -> str:
         s = rec["seconds"]
         parts.append(f"trace + lowering {s['trace_and_lower']:.2f} s, XLA compile {s['xla_compile']:.2f} s "
                      f"(no autotuning: a compile-only device)")
+        c = rec["first_call_convolutions"]
+        parts.append(f"convolutions a first call autotunes: {c['to_autotune']} distinct (the step's {c['step']}, "
+                     f"the targets' features' {c['target_features']}, {c['shared']} of them the step's too)")
         if rec.get("spans"):
             parts.append("\n".join(["| XLA span (inclusive, summed by name) | ms | count | threads |", "| --- | --- | --- | --- |"]
                                    + [f"| {r['name'][:80]} | {r['ms']:.0f} | {r['count']} | {r['threads']} |"

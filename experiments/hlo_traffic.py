@@ -201,3 +201,52 @@ def ptx_loads(ptx: str) -> dict:
         out[m.group(1)] = (len(loads), sum(1 for ld in loads if re.search(r"\.v[248]\b", ld)))
     return out
 
+
+
+_CUDNN_CONV = re.compile(r'custom_call_target="(__cudnn\$conv\w*)"')
+_DEFINITION = re.compile(r"^\s*(?:ROOT\s+)?%?([\w.\-]+)\s*=\s*(\S+)")
+_UNKEYED = (re.compile(r',?\s*metadata=\{[^}]*\}'),
+            re.compile(r'"operation_queue_id":"\d+",?'), re.compile(r'"(?:wait_on_operation_queues|reification_cost)":\[[^\]]*\],?'),
+            re.compile(r',?\s*control-predecessors=\{[^}]*\}'))
+
+
+def conv_autotune_keys(text: str) -> list[str]:
+    """One key per cuDNN convolution in an optimised module, equal for two convolutions exactly when
+    XLA's autotuner would tune them once: XLA keys its per-process cache by the instruction printed
+    canonically with its backend config (the activation fused into it, the scales), so by the target,
+    the operands' and result's shapes and layouts, window and dimension labels. Here the same from the
+    text: operand names replaced by their shapes, the instruction's name, metadata and the algorithm
+    chosen (by default on a compile-only device) left out. Each distinct key is autotuned once per
+    process, so the distinct keys of the programs a first call compiles are the convolutions it tunes."""
+    shapes = {}
+    for line in text.splitlines():
+        m = _DEFINITION.match(line)
+        if m:
+            shapes[m.group(1)] = m.group(2)
+    keys = []
+    for line in text.splitlines():
+        target = _CUDNN_CONV.search(line)
+        if not target:
+            continue
+        result, rest = line.split(" = ", 1)[1].split(" custom-call(", 1)
+        operands, attrs = rest.split(")", 1)
+        operand_shapes = [shapes.get(o.strip().lstrip("%"), o.strip()) for o in operands.split(",")]
+        for pattern in _UNKEYED:
+            attrs = pattern.sub("", attrs)
+        attrs = _drop_object(attrs, '"algorithm":')
+        keys.append(f"{result} ({', '.join(operand_shapes)}){attrs}")
+    return keys
+
+
+def _drop_object(text: str, key: str) -> str:
+    """`text` without `key`'s JSON object (nested braces and all) and the comma after it."""
+    at = text.find(key + "{")
+    if at < 0:
+        return text
+    depth, i = 0, at + len(key)
+    for i in range(at + len(key), len(text)):
+        depth += {"{": 1, "}": -1}.get(text[i], 0)
+        if depth == 0:
+            break
+    end = i + 1
+    return text[:at] + text[end + (text[end:end + 1] == ","):]

@@ -60,10 +60,36 @@ class VGG16Features(nn.Module):
             if name.endswith("_1") and name != "conv1_1":
                 x = max_pool_2x2(x)
             x = nn.Conv(channels, (3, 3), padding=((1, 1), (1, 1)), dtype=self.dtype, name=name)(x)
-            x = nn.relu(x)
+            x = relu(x)
             if name in self.layers:
                 out[name] = x
         return out
+
+
+@jax.custom_vjp
+def relu(x: jax.Array) -> jax.Array:
+    """max(x, 0), as `nn.relu`, with its gradient masked by the output (y > 0 exactly where x > 0).
+
+    `nn.relu`'s gradient reads the pre-activation, so under `grad` the convolution's output had to be
+    kept beside the ReLU's: on a GPU XLA then cannot fuse the ReLU into cuDNN's convolution, runs it as
+    a pass of its own, and the step's convolutions differ from those of the targets' features (computed
+    forward only, the ReLU fused), so the first call autotunes each VGG16 convolution twice. Masked by
+    the output, which the next layer keeps anyway, the same gradient needs only y (BUILD_NOTES.md).
+    """
+    return jnp.maximum(x, 0)
+
+
+def _relu_fwd(x):
+    y = jnp.maximum(x, 0)
+    # the barrier keeps XLA's simplifier from turning `y > 0` back into `x > 0`, which would keep x
+    return y, jax.lax.optimization_barrier(y)
+
+
+def _relu_bwd(y, g):
+    return (jnp.where(y > 0, g, jnp.zeros((), g.dtype)),)
+
+
+relu.defvjp(_relu_fwd, _relu_bwd)
 
 
 @jax.custom_vjp

@@ -95,6 +95,36 @@ def test_kernels_refuses_text_without_an_entry():
         hlo_traffic.kernels("HloModule m\n")
 
 
+_CONV = ('  %{name} = (f32[8,64,64,32]{{3,2,1,0}}, u8[0]{{0}}) custom-call(%{x}, %{w}, %b.1), window={{size=3x3 pad=1_1x1_1}}, '
+         'dim_labels=b01f_o01i->b01f, custom_call_target="__cudnn$convBiasActivationForward", metadata={{op_name="{op}" '
+         'scheduling_name="{name}"}}, backend_config={{"operation_queue_id":"{q}","cudnn_conv_backend_config":'
+         '{{"activation_mode":"{act}","conv_result_scale":1,"algorithm":{{"algo_id":"{algo}","tuning_knobs":{{"2":"1"}},'
+         '"is_cudnn_frontend":true}},"leakyrelu_alpha":0}}}}')
+
+
+def _conv_module(convs: list) -> str:
+    lines = ["ENTRY %main (p: f32[8,64,64,32]) -> f32[8,64,64,32] {",
+             "  %x.1 = f32[8,64,64,32]{3,2,1,0} parameter(0)", "  %x.2 = f32[8,64,64,32]{3,2,1,0} parameter(1)",
+             "  %w.1 = f32[32,3,3,32]{3,2,1,0} parameter(2)", "  %w.2 = f32[32,3,3,16]{3,2,1,0} parameter(3)",
+             "  %b.1 = f32[32]{0} parameter(4)"]
+    defaults = {"x": "x.1", "w": "w.1", "op": "vgg/conv1_2", "q": "0", "act": "kRelu", "algo": "-1"}
+    lines += [_CONV.format(**{**defaults, "name": f"conv.{i}", **c}) for i, c in enumerate(convs)]
+    return "\n".join(lines + ["}"])
+
+
+def test_conv_autotune_keys_are_the_convolution_not_its_name_place_or_algorithm():
+    """Two convolutions that XLA's autotuner tunes once (the same target, shapes, window and fused
+    activation) get one key, whatever their names, operands' names, metadata, queue or algorithm; a
+    different fused activation or operand shape is another key."""
+    same = _conv_module([{}, {"x": "x.2", "op": "targets/conv1_2", "q": "3", "algo": "17"}])
+    a, b = hlo_traffic.conv_autotune_keys(same)
+    assert a == b and "f32[8,64,64,32]{3,2,1,0}, f32[32,3,3,32]" in a and "kRelu" in a
+    assert "algo_id" not in a and "conv1_2" not in a and "is_cudnn_frontend" not in a
+    other = hlo_traffic.conv_autotune_keys(_conv_module([{}, {"act": "kNone"}, {"w": "w.2"}]))
+    assert len(set(other)) == 3
+    assert hlo_traffic.conv_autotune_keys("ENTRY %e () -> f32[] {\n}") == []
+
+
 def test_compare_divides_measured_time_into_model_bytes():
     ks = [{"name": "loop_fusion.1", "shape": "f32[1000]{0}", "bytes": 2_000_000_000, "kind": "elementwise (fused)"},
           {"name": "conv.2", "shape": "f32[10]{0}", "bytes": 5, "kind": "convolution"}]
@@ -197,3 +227,7 @@ def test_compiles_for_a_gpu_without_one(tmp_path):
     assert rec["ptx_loads"] and any("vector_loads" in k for k in rec["kernels"])  # PTX read per kernel
     assert list(rec["by_part"])[:4] == ["b32", "b16", "b8", "b4"] and rec["by_part"]["b32"]["backward_gb"] > 0
     assert not (tmp_path / "xla_dump").exists() and rec["xla_flags"] == ""  # the dump is the command's own
+    # the targets' VGG16 features reuse the step's autotuned convolutions (the ReLU fused in both)
+    c = rec["first_call_convolutions"]
+    assert c["target_features"] > 0 and c["shared"] == c["target_features"]
+    assert c["to_autotune"] == c["step"]

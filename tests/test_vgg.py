@@ -217,3 +217,32 @@ def test_max_pool_matches_flax_value_and_gradient_bit_for_bit(shape):
     want = jax.vjp(ref, x)[1](ct)[0]
     np.testing.assert_array_equal(got, want)
     assert np.count_nonzero(np.asarray(got)) <= ct.size  # one member per window takes the gradient
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+def test_relu_is_nn_relu_in_value_and_gradient_bit_for_bit(dtype):
+    """The trunk's ReLU masks its gradient by its output, not its input: the same function and the same
+    gradient as nn.relu, at zeros of either sign, infinities and NaN too."""
+    x = jnp.asarray([-2.0, -0.0, 0.0, 1e-30, 3.5, -np.inf, np.inf, np.nan, -1e-30], dtype)
+    g = jnp.asarray([1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0], dtype)
+    f32 = lambda a: np.asarray(a, np.float32)  # noqa: E731 (numpy's NaN-aware comparison, also for bf16)
+    np.testing.assert_array_equal(f32(vgg_lib.relu(x)), f32(jax.nn.relu(x)))
+    assert vgg_lib.relu(x).dtype == dtype
+    got = jax.vjp(vgg_lib.relu, x)[1](g)[0]
+    assert got.dtype == dtype
+    np.testing.assert_array_equal(f32(got), f32(jax.vjp(jax.nn.relu, x)[1](g)[0]))
+    np.testing.assert_array_equal(f32(got), np.where(f32(x) > 0, f32(g), 0))
+
+
+def test_trunk_gradient_is_nn_relus_bit_for_bit(monkeypatch):
+    """A loss on the features, differentiated through the whole trunk, gives the image the gradient it
+    gets with nn.relu in the layers."""
+    vgg = random_vgg16(jax.random.key(3))
+    img = jax.random.uniform(jax.random.key(4), (2, 24, 24, 3))
+    r = {n: jax.random.normal(jax.random.key(i), f.shape) for i, (n, f) in enumerate(vgg.features(img).items())}
+    loss = lambda x: sum(jnp.sum(f * r[n]) for n, f in vgg.features(x).items())  # noqa: E731
+    got = jax.jit(jax.grad(loss))(img)
+    monkeypatch.setattr(vgg_lib, "relu", jax.nn.relu)
+    want = jax.jit(jax.grad(loss))(img)
+    assert float(jnp.abs(want).max()) > 0
+    np.testing.assert_array_equal(got, want)
