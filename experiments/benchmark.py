@@ -318,8 +318,12 @@ class JaxSide:
         jax.block_until_ready(res.vars)  # embed() has read every iteration's metrics back already
         seconds = time.perf_counter() - t0
         loss = res.history["loss"]
+        from i2spp_jax.engine import hoist
+
         return {"seconds": seconds, "loss_first": loss[0].tolist(), "loss_last": loss[-1].tolist(),
-                "w": np.asarray(res.vars["w_plus"]) if kind == "w" else None}
+                "w": np.asarray(res.vars["w_plus"]) if kind == "w" else None,
+                # whether the k-per-dispatch loop ran with its invariant work hoisted (engine/hoist.py)
+                "loop_hoisting": hoist.last_split() if self.s["steps_per_call"] > 1 else None}
 
     def peak_memory(self) -> tuple[int, str]:
         import jax
@@ -396,7 +400,9 @@ def measure(F, s: dict, inputs: dict, batch: int) -> dict:
         for kind in s["steps"]:
             for side, c in children.items():
                 first = c.round(kind, s["warmup"])
-                records[side]["steps"][kind] = {"first_call_s": first["seconds"], "iters": s["iters"], "rounds": []}
+                records[side]["steps"][kind] = {"first_call_s": first["seconds"], "iters": s["iters"], "rounds": [],
+                                                **({"loop_hoisting": first["loop_hoisting"]}
+                                                   if first.get("loop_hoisting") else {})}
             for r in range(s["rounds"]):
                 order = list(children) if r % 2 == 0 else list(children)[::-1]
                 for side in order:

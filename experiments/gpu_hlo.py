@@ -158,9 +158,11 @@ def compile_for_gpu(F) -> tuple[str, dict]:
         with open(f) as fh:
             loads.update(hlo_traffic.ptx_loads(fh.read()))
     shutil.rmtree(dump, ignore_errors=True)
+    from i2spp_jax.engine import hoist
+
     step_keys, feature_keys = (set(hlo_traffic.conv_autotune_keys(t)) for t in (compiled.as_text(), features_text))
     info = {"target": path, "device_kind": device.device_kind, "ptx_loads": loads,
-            "xla_flags": user_flags,
+            "xla_flags": user_flags, "loop_hoisting": hoist.last_split() if F.steps_per_call > 1 else None,
             "first_call_convolutions": {"step": len(step_keys), "target_features": len(feature_keys),
                                         "shared": len(step_keys & feature_keys),
                                         "to_autotune": len(step_keys | feature_keys)},

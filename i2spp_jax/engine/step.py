@@ -18,6 +18,7 @@ import optax
 
 from i2spp_jax import losses as _losses
 from i2spp_jax import metrics as _metrics
+from i2spp_jax.engine import hoist
 from i2spp_jax.engine.phases import Phase
 from i2spp_jax.engine.variables import Vars, make_optimizer
 from i2spp_jax.generator import Generator
@@ -156,16 +157,27 @@ def compiled_steps(phase: Phase, k: int):
 def _compiled_steps_for(phase: Phase, k: int):
     one = _batched(phase)
 
+    frozen = {"w_plus": not phase.update_w, "noise": not phase.update_noise}
+
     def run(vars, opt_state, G, vgg, x, y, masks, edits, feats):
-        def body(carry, _):
-            vars, opt_state, ok = carry
+        # The frozen groups never change (the optimiser gives them zero updates): loop invariants, with
+        # G, VGG16, the targets and masks, so that their work is done once per dispatch (hoist.py).
+        live = {k: v for k, v in vars.items() if not frozen[k]}
+        fixed = {k: v for k, v in vars.items() if frozen[k]}
+
+        def body(carry, inv):
+            live, opt_state, ok = carry
+            fixed, G, vgg, x, y, masks, edits, feats = inv
+            vars = {**live, **fixed}
             new_vars, new_opt, m = one(vars, opt_state, G, vgg, x, y, masks, edits, feats)
+            new_live = {k: new_vars[k] for k in live}
             ok = ok & jnp.all(m["finite"])
             keep = lambda new, old: jnp.where(ok, new, old)  # noqa: E731 (frozen after a NaN)
-            return (jax.tree.map(keep, new_vars, vars), jax.tree.map(keep, new_opt, opt_state), ok), m
+            return (jax.tree.map(keep, new_live, live), jax.tree.map(keep, new_opt, opt_state), ok), m
 
-        (vars, opt_state, _), metrics = jax.lax.scan(body, (vars, opt_state, jnp.bool_(True)), None, length=k)
-        return vars, opt_state, metrics
+        (live, opt_state, _), metrics = hoist.invariant_scan(
+            body, (live, opt_state, jnp.bool_(True)), (fixed, G, vgg, x, y, masks, edits, feats), k)
+        return {**live, **fixed}, opt_state, metrics
 
     return jax.jit(run, donate_argnums=(0, 1))
 

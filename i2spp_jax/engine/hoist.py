@@ -1,0 +1,117 @@
+"""The device loop with its loop-invariant work done once, before the loop (`invariant_scan`).
+
+The engine runs k iterations per dispatch in a `lax.scan`. Much of one iteration depends only on what
+the loop never changes: the generator's and VGG16's weights (scaled by their gains, cast to bf16 in
+the bf16 mode), the frozen variables (the noise maps in the W+ phase, times their strengths, and
+their finite check), the targets and masks. XLA's CPU compiler hoists such work out of a while loop;
+its GPU compiler has no loop-invariant code motion, so on a GPU every iteration redid it: in the W+
+step at config-f, batch 8, 112 of the 508 kernels of a bf16 iteration and 62 of 427 in TF32 (a
+compile-only H200, `experiments.gpu_hlo`; BUILD_NOTES.md, issue 9).
+
+`invariant_scan` traces one iteration to a jaxpr and splits it with JAX's own partial evaluation
+(the machinery of `jax.checkpoint`'s policies): what depends on the invariants alone is computed
+before the loop, and the loop body reads the results. Only work worth a kernel of its own is hoisted
+(`HOISTED`: arithmetic, conversions, comparisons, reductions), and only while its inputs
+are no larger than the largest invariant input (`limit_bytes`), so a broadcast that XLA would fuse
+into its consumer is never written out in full; broadcasts, reshapes and constants stay in the loop.
+The numbers are the same computation's: the same operations on the same values, in the same order.
+
+The split uses `jax._src.interpreters.partial_eval.partial_eval_jaxpr_custom`, a JAX internal. If a
+JAX version lacks it or refuses the jaxpr, `invariant_scan` runs the plain scan and says so once in
+the log; `last_split()` tells a benchmark which of the two ran.
+"""
+
+import logging
+
+import jax
+import numpy as np
+
+HOISTED = frozenset({
+    "add", "sub", "mul", "div", "neg", "max", "min", "abs", "sign", "exp", "exp2", "log", "log1p", "sqrt",
+    "rsqrt", "integer_pow", "pow", "square", "tanh", "logistic", "erf", "floor", "ceil", "round", "clamp",
+    "convert_element_type", "select_n", "is_finite", "and", "or", "not", "gt", "ge", "lt", "le", "eq", "ne",
+    "reduce_sum", "reduce_max", "reduce_min", "reduce_and", "reduce_or",
+})
+
+_log = logging.getLogger(__name__)
+_last = {"hoisted": False, "residuals": 0, "residual_bytes": 0, "why": "not run"}
+
+
+def last_split() -> dict:
+    """What the last `invariant_scan` trace did: {"hoisted": bool, "residuals": values computed before
+    the loop and read by it, "residual_bytes": their size, "why": the reason when nothing was hoisted}."""
+    return dict(_last)
+
+
+def invariant_scan(body, carry, invariants, length: int):
+    """`lax.scan(lambda c, _: body(c, invariants), carry, None, length=length)`, with the part of
+    `body` that depends on `invariants` alone computed once, before the loop.
+
+    body(carry, invariants) -> (new carry, per-iteration outputs); returns (final carry, the outputs
+    stacked over the iterations), as `lax.scan` does.
+    """
+    flat_c, tree_c = jax.tree.flatten(carry)
+    flat_i, tree_i = jax.tree.flatten(invariants)
+    nc = len(flat_c)
+    out_tree = []
+
+    def flat_body(*args):
+        new_c, ys = body(tree_c.unflatten(args[:nc]), tree_i.unflatten(args[nc:]))
+        flat_out, tree = jax.tree.flatten((new_c, ys))
+        out_tree.append(tree)
+        return flat_out
+
+    closed = jax.make_jaxpr(flat_body)(*flat_c, *flat_i)
+    limit = max((_nbytes(x) for x in flat_i), default=0)
+    split = _split(closed.jaxpr, nc, len(flat_i), limit)
+    if split is None:
+        def plain(c, _):
+            outs = jax.core.eval_jaxpr(closed.jaxpr, closed.consts, *c, *flat_i)
+            return outs[:nc], outs[nc:]
+        c_out, ys = jax.lax.scan(plain, flat_c, None, length=length)
+    else:
+        known, staged = split
+        res = jax.core.eval_jaxpr(known, closed.consts, *flat_i)
+
+        def hoisted(c, _):
+            outs = jax.core.eval_jaxpr(staged, closed.consts, *res, *c, *flat_i)
+            return outs[:nc], outs[nc:]
+        c_out, ys = jax.lax.scan(hoisted, flat_c, None, length=length)
+    return jax.tree.unflatten(out_tree[0], [*c_out, *ys])
+
+
+def _nbytes(x) -> int:
+    return int(np.prod(np.shape(x), dtype=np.int64)) * np.dtype(x.dtype).itemsize
+
+
+def _split(jaxpr, n_carry: int, n_inv: int, limit_bytes: int):
+    """(known jaxpr: invariants -> residuals, staged jaxpr: residuals, carry, invariants -> outputs),
+    or None when nothing is hoisted (the reason in `last_split()`)."""
+    try:
+        from jax._src.interpreters import partial_eval as pe
+    except ImportError as e:  # a JAX without the internal: the plain loop
+        return _fallback(f"no partial_eval_jaxpr_custom in this JAX ({e})")
+
+    def policy(prim, *avals, **_):
+        sizes = [int(np.prod(a.shape, dtype=np.int64)) * a.dtype.itemsize for a in avals if hasattr(a, "shape")]
+        return prim.name in HOISTED and max(sizes, default=0) <= limit_bytes
+
+    try:
+        known, staged, _, _, n_res = pe.partial_eval_jaxpr_custom(
+            jaxpr, [True] * n_carry + [False] * n_inv, True, True, True, policy)
+        known, _ = pe.dce_jaxpr(known, [True] * len(known.outvars), instantiate=True)
+        staged, _ = pe.dce_jaxpr(staged, [True] * len(staged.outvars), instantiate=True)
+    except Exception as e:  # noqa: BLE001 (an internal's refusal: the plain loop, said once)
+        return _fallback(f"partial evaluation failed: {type(e).__name__}: {str(e)[:200]}")
+    if not n_res:
+        return _fallback("no loop-invariant work worth hoisting")
+    res_bytes = sum(_nbytes(v.aval) for v in known.outvars)
+    _last.update(hoisted=True, residuals=n_res, residual_bytes=res_bytes, why="")
+    return known, staged
+
+
+def _fallback(why: str):
+    if _last.get("why") != why:
+        _log.warning("the device loop runs without hoisting its loop-invariant work: %s", why)
+    _last.update(hoisted=False, residuals=0, residual_bytes=0, why=why)
+    return None
