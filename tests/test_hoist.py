@@ -81,6 +81,14 @@ def test_plain_scan_when_partial_evaluation_fails(monkeypatch, caplog):
     assert any("without hoisting" in r.message for r in caplog.records)
 
 
+def test_environment_turns_it_off(monkeypatch):
+    monkeypatch.setenv("I2SPP_LOOP_HOISTING", "0")
+    carry, inv = _args()
+    jaxpr = jax.make_jaxpr(lambda c, i: hoist.invariant_scan(_body, c, i, 5))(carry, inv).jaxpr
+    assert "convert_element_type" in str(_scan_eqn(jaxpr).params["jaxpr"])
+    assert not hoist.last_split()["hoisted"] and "I2SPP_LOOP_HOISTING" in hoist.last_split()["why"]
+
+
 @pytest.mark.parametrize("update_noise", [False, True])
 def test_engine_loop_hoists_and_keeps_frozen_groups_bit_for_bit(update_noise):
     """The engine's k-per-dispatch loop (compiled_steps) runs hoisted, and a frozen group comes back

@@ -42,7 +42,7 @@ step() {  # NAME SECONDS FLAGS...
   mkdir -p "$WORK/$name"
   cp -n "$WORK"/shared/* "$WORK/$name/" 2>/dev/null  # the generator made by an earlier step
   echo "=== $name (limit $limit s): $*"
-  timeout -k 10 "$limit" $B --out="$WORK/$name" "$@"
+  timeout -k 10 "$limit" env $STEP_ENV $B --out="$WORK/$name" "$@"  # STEP_ENV: VAR=VALUE pairs for this step
   echo "=== $name: exit $? after $((SECONDS - t0)) s"
   pkill -f "experiments.benchmark .*--role=" 2>/dev/null  # a timed-out step's side processes
   cp "$WORK/$name/benchmark.json" "$OUT/$name.json" 2>/dev/null
@@ -95,14 +95,17 @@ pack() {  # after every step, so that a run cut short still brings back what it 
     "$WORK/probe_files/" 2>/dev/null
   tar czf "$OUT/probe.tar.gz" -C "$WORK/probe_files" .
 }
-w8_variants() {  # DEFAULT_LIMIT "NAME FLAGS..." ...: the W+ step at batch 8, 25 per dispatch, one step per
-  # variant (w8_NAME; its numerics NAME's prefix), each only while CALL_LIMIT (else DEFAULT_LIMIT) leaves 75 s
-  local limit=${CALL_LIMIT:-$1} W8="--sides=jax --steps=w --batches=8 --steps_per_call=25" v nm left
+w8_variants() {  # DEFAULT_LIMIT "NAME [VAR=VALUE...] FLAGS..." ...: the W+ step at batch 8, 25 per dispatch,
+  # one step per variant (w8_NAME; its numerics NAME's prefix; VAR=VALUE its environment), each only while
+  # CALL_LIMIT (else DEFAULT_LIMIT) leaves 75 s
+  local limit=${CALL_LIMIT:-$1} W8="--sides=jax --steps=w --batches=8 --steps_per_call=25" v nm left envs
   shift
   for v in "$@"; do
-    set -- $v; nm=$1; shift
+    set -- $v; nm=$1; shift; envs=""
+    while [ $# -gt 0 ] && [[ "$1" != --* ]]; do envs="$envs $1"; shift; done
     left=$((limit - SECONDS))
-    if [ $left -gt 75 ]; then step w8_$nm $((left < 100 ? left : 100)) --numerics=${nm%%_*} $W8 "$@"; pack
+    if [ $left -gt 75 ]; then
+      STEP_ENV="$envs" step w8_$nm $((left < 100 ? left : 100)) --numerics=${nm%%_*} $W8 "$@"; pack
     else echo "=== w8_$nm: skipped, $left s left"; fi
   done
 }
@@ -118,27 +121,29 @@ if [ "$PART" = levers3 ]; then
   w8_variants 400 "bf16" "bf16_autodiff --epilogue_grad=autodiff" "bf16_dw --up_method=polyphase_last_dw" "tf32" \
     "tf32_dw --up_method=polyphase_last_dw"
 fi
-# "levers4" (about 8-9 minutes, CALL_LIMIT s in all, default 540): the ToRGB layers without cuDNN
-# (--torgb_method=reduce: products summed over the channels, the styles' gradient fused into the
-# layer's backward), weighed on the CPU with experiments.gpu_hlo: 18 fewer convolutions to run and to
-# autotune (66 -> 48), bytes about equal in bf16 (30.97 -> 31.31 GB per step) and 2.8% fewer in TF32
-# (62.45 -> 60.70), where the fourth lease's profile had the ToRGB convolutions at about 1.9 ms of a bf16
-# step (0.85-1.1 TB/s). The W+ step at batch 8, 25 per dispatch, each process compiling cold (its first
-# call is the compile goal's measure): bf16 as it is, bf16 with it, bf16 with the FIR after the
-# transposed up-sampling convolutions as one Pallas kernel each way (--up_method=polyphase_last_pl: no
-# scalar-load FIR passes; 30.97 -> 29.41 GB per bf16 step compiled), bf16 with both, TF32 with each,
-# TF32 as it is, each only while CALL_LIMIT leaves 75 s; then, while it leaves 110 s (CALL_LIMIT=600 and
-# a quick start), a kernel profile of the bf16 step with the ToRGB reduce.
+# "levers4" (about 8-9 minutes, CALL_LIMIT s in all, default 540): the W+ step at batch 8, 25 per
+# dispatch, each process compiling cold (its first call is the compile goal's measure), each only while
+# CALL_LIMIT leaves 75 s, in this order:
+#  - bf16 as it is: since the sixth lease (447 img-it/s, first call 30.9-31.8 s) the loop computes its
+#    loop-invariant work once per dispatch (XLA's GPU compiler does not hoist it; engine/hoist.py: 508 ->
+#    410 kernels and 30.81 -> 30.37 GB per iteration on a compile-only H200) and VGG16's ReLU fuses into
+#    cuDNN's convolutions (the first call autotunes 64 distinct convolutions, not 70);
+#  - bf16 with the hoisting off (I2SPP_LOOP_HOISTING=0): that lever's share;
+#  - bf16 and TF32 with the ToRGB layers without cuDNN (--torgb_method=reduce: 46 distinct convolutions to
+#    autotune, not 64; bytes about equal in bf16, 3% fewer in TF32);
+#  - TF32 as it is (388 kernels per iteration, 427 before the hoisting);
+#  - bf16 with the FIR after the transposed up-sampling convolutions as one Pallas kernel each way
+#    (--up_method=polyphase_last_pl: no scalar-load FIR passes), then with both levers;
+# then, while it leaves 110 s (CALL_LIMIT=600 and a quick start), a kernel profile of the bf16 step.
 if [ "$PART" = levers4 ]; then
-  w8_variants 540 "bf16" "bf16_reduce --torgb_method=reduce" "bf16_pl --up_method=polyphase_last_pl" \
-    "bf16_both --torgb_method=reduce --up_method=polyphase_last_pl" \
-    "tf32_reduce --torgb_method=reduce" "tf32_pl --up_method=polyphase_last_pl" "tf32"
-  # then the bf16 step with the ToRGB reduce kernel by kernel (the last bf16 profile is the fourth
-  # lease's, of older code): where each ToRGB layer's time went, and what is left
+  w8_variants 540 "bf16" "bf16_nohoist I2SPP_LOOP_HOISTING=0" "bf16_reduce --torgb_method=reduce" \
+    "tf32" "tf32_reduce --torgb_method=reduce" "bf16_pl --up_method=polyphase_last_pl" \
+    "bf16_both --torgb_method=reduce --up_method=polyphase_last_pl"
+  # then the bf16 step kernel by kernel (the last bf16 profile is the fourth lease's, of older code)
   left=$((${CALL_LIMIT:-540} - SECONDS))
-  if [ $left -gt 110 ]; then profile prof_bf16_reduce $((left < 120 ? left : 120)) --preset=ffhq --batch=8 \
-    --numerics=bf16 --torgb_method=reduce --rounds=3 --calls=2; pack
-  else echo "=== prof_bf16_reduce: skipped, $left s left"; fi
+  if [ $left -gt 110 ]; then profile prof_bf16 $((left < 120 ? left : 120)) --preset=ffhq --batch=8 \
+    --numerics=bf16 --rounds=3 --calls=2; pack
+  else echo "=== prof_bf16: skipped, $left s left"; fi
 fi
 alg2() {  # NAME SECONDS DTYPE: Algorithm 2 timed end to end at batch 8
   echo "=== $1 (limit $2 s)"

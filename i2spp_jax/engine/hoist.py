@@ -18,10 +18,12 @@ The numbers are the same computation's: the same operations on the same values, 
 
 The split uses `jax._src.interpreters.partial_eval.partial_eval_jaxpr_custom`, a JAX internal. If a
 JAX version lacks it or refuses the jaxpr, `invariant_scan` runs the plain scan and says so once in
-the log; `last_split()` tells a benchmark which of the two ran.
+the log; `last_split()` tells a benchmark which of the two ran. I2SPP_LOOP_HOISTING=0 in the
+environment turns the split off (the loop as it was: a benchmark's control).
 """
 
 import logging
+import os
 
 import jax
 import numpy as np
@@ -61,23 +63,35 @@ def invariant_scan(body, carry, invariants, length: int):
         out_tree.append(tree)
         return flat_out
 
+    def plain():
+        return jax.lax.scan(lambda c, _: body(c, invariants), carry, None, length=length)
+
+    if os.environ.get("I2SPP_LOOP_HOISTING", "1") == "0":  # a measurement's control: the loop as it was
+        _fallback("off (I2SPP_LOOP_HOISTING=0)", quiet=True)
+        return plain()
     closed = jax.make_jaxpr(flat_body)(*flat_c, *flat_i)
     limit = max((_nbytes(x) for x in flat_i), default=0)
     split = _split(closed.jaxpr, nc, len(flat_i), limit)
     if split is None:
-        def plain(c, _):
-            outs = jax.core.eval_jaxpr(closed.jaxpr, closed.consts, *c, *flat_i)
-            return outs[:nc], outs[nc:]
-        c_out, ys = jax.lax.scan(plain, flat_c, None, length=length)
-    else:
-        known, staged = split
-        res = jax.core.eval_jaxpr(known, closed.consts, *flat_i)
+        return plain()
+    known, staged = split
+    try:
+        res = _eval(known, closed.consts, *flat_i)
 
         def hoisted(c, _):
-            outs = jax.core.eval_jaxpr(staged, closed.consts, *res, *c, *flat_i)
+            outs = _eval(staged, closed.consts, *res, *c, *flat_i)
             return outs[:nc], outs[nc:]
         c_out, ys = jax.lax.scan(hoisted, flat_c, None, length=length)
+    except Exception as e:  # noqa: BLE001 (a JAX internal's change: the plain loop, said once)
+        _fallback(f"the split loop did not trace: {type(e).__name__}: {str(e)[:200]}")
+        return plain()
     return jax.tree.unflatten(out_tree[0], [*c_out, *ys])
+
+
+def _eval(jaxpr, consts, *args):
+    from jax.extend import core as jex
+
+    return jex.jaxpr_as_fun(jex.ClosedJaxpr(jaxpr, consts))(*args)
 
 
 def _nbytes(x) -> int:
@@ -110,8 +124,8 @@ def _split(jaxpr, n_carry: int, n_inv: int, limit_bytes: int):
     return known, staged
 
 
-def _fallback(why: str):
-    if _last.get("why") != why:
+def _fallback(why: str, quiet: bool = False):
+    if _last.get("why") != why and not quiet:
         _log.warning("the device loop runs without hoisting its loop-invariant work: %s", why)
     _last.update(hoisted=False, residuals=0, residual_bytes=0, why=why)
     return None
