@@ -14,17 +14,18 @@ def _body(carry, inv):
     """An iteration whose invariant work (a weight cast and scaled, a frozen map's finite check) is
     worth hoisting, and whose broadcast of the small bias is not."""
     x, ok = carry
-    w, bias, frozen = inv
+    w, bias, frozen, target = inv
     w_eff = (w * 0.5).astype(jnp.bfloat16).astype(jnp.float32)
     x = jnp.tanh(x @ w_eff + bias[None, :])
     ok = ok & jnp.all(jnp.isfinite(frozen))
-    return (x, ok), jnp.sum(x * frozen[: x.shape[0], : x.shape[1]])
+    return (x, ok), jnp.sum(x * frozen[: x.shape[0], : x.shape[1]]) + jnp.sum((x - (2 * target)[:8, :64]) ** 2)
 
 
 def _args():
-    k = jax.random.split(jax.random.key(0), 4)
+    k = jax.random.split(jax.random.key(0), 5)
     x = jax.random.normal(k[0], (8, 64))
-    inv = (jax.random.normal(k[1], (64, 64)), jax.random.normal(k[2], (64,)), jax.random.normal(k[3], (32, 96)))
+    inv = (jax.random.normal(k[1], (64, 64)), jax.random.normal(k[2], (64,)), jax.random.normal(k[3], (32, 96)),
+           jax.random.normal(k[4], (128, 128)))  # the largest invariant, as the targets are
     return (x, jnp.bool_(True)), inv
 
 
@@ -50,7 +51,8 @@ def test_same_numbers_as_the_plain_scan():
 
 def test_invariant_work_runs_before_the_loop_and_broadcasts_stay_in_it():
     """The cast weight and the finite check are computed outside the scan and read by it; the loop
-    body keeps the carry's work and the bias's broadcast, which XLA fuses into its consumer."""
+    body keeps the carry's work, the bias's broadcast, which XLA fuses into its consumer, and the work
+    on the largest invariant (as the targets: the loop reads it anyway)."""
     carry, inv = _args()
     jaxpr = jax.make_jaxpr(lambda c, i: hoist.invariant_scan(_body, c, i, 5))(carry, inv).jaxpr
     scan = _scan_eqn(jaxpr)
@@ -59,8 +61,9 @@ def test_invariant_work_runs_before_the_loop_and_broadcasts_stay_in_it():
     assert "convert_element_type" not in body and "is_finite" not in body
     assert "convert_element_type" in outside and "is_finite" in outside
     assert "tanh" in body and "broadcast_in_dim" in body and "dot_general" in body
-    # no residual larger than the largest invariant input (the bias is not written out at [8, 64])
-    assert hoist.last_split()["residual_bytes"] <= 32 * 96 * 4 + 64 * 64 * 4 + 8
+    assert "mul" in body and any(str(v.aval.shape) == "(128, 128)" for v in scan.invars)  # 2 * target: in it
+    # the residuals: the cast weight, the finite check (no [8, 64] bias broadcast, no scaled target)
+    assert hoist.last_split()["residual_bytes"] <= 64 * 64 * 4 + 8
 
 
 def test_plain_scan_when_partial_evaluation_fails(monkeypatch, caplog):
