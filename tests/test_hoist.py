@@ -66,6 +66,27 @@ def test_invariant_work_runs_before_the_loop_and_broadcasts_stay_in_it():
     assert hoist.last_split()["residual_bytes"] <= 64 * 64 * 4 + 8
 
 
+def test_no_residual_larger_than_half_the_largest_invariant():
+    """An outer product of two small invariants is larger than the loop should read from memory: it
+    stays in the loop (fused into its consumer), and only small values are computed before it."""
+    def body(x, inv):
+        a, b, target = inv
+        outer = (a * 2.0)[:, None] * b[None, :]  # [256, 256] from two [256] vectors
+        return jnp.tanh(x @ outer) + target[:4, :256], None
+
+    k = jax.random.split(jax.random.key(1), 4)
+    x = jax.random.normal(k[0], (4, 256))
+    inv = (jax.random.normal(k[1], (256,)), jax.random.normal(k[2], (256,)), jax.random.normal(k[3], (128, 256)))
+    jaxpr = jax.make_jaxpr(lambda c, i: hoist.invariant_scan(body, c, i, 3))(x, inv).jaxpr
+    split = hoist.last_split()
+    assert split["hoisted"] and split["residual_bytes"] <= 256 * 4  # a * 2.0, not the [256, 256] product
+    assert "(256, 256)" not in " ".join(split["largest"])
+    assert all(v.aval.shape != (256, 256) for v in _scan_eqn(jaxpr).invars)
+    want = jax.lax.scan(lambda c, _: body(c, inv), x, None, length=3)
+    got = jax.jit(lambda c, i: hoist.invariant_scan(body, c, i, 3))(x, inv)
+    jax.tree.map(lambda g, w: np.testing.assert_allclose(g, w, rtol=1e-6), got, want)
+
+
 def test_plain_scan_when_partial_evaluation_fails(monkeypatch, caplog):
     """A JAX whose internal refuses: the plain scan, the same numbers, one log line saying why."""
     from jax._src.interpreters import partial_eval as pe

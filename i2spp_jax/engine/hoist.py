@@ -11,12 +11,15 @@ compile-only H200, `experiments.gpu_hlo`; BUILD_NOTES.md, issue 9).
 `invariant_scan` traces one iteration to a jaxpr and splits it with JAX's own partial evaluation
 (the machinery of `jax.checkpoint`'s policies): what depends on the invariants alone is computed
 before the loop, and the loop body reads the results. Only work worth a kernel of its own is hoisted
-(`HOISTED`: arithmetic, conversions, comparisons, reductions), and only on inputs at most half the
-size of the largest invariant input: the weights, the noise maps and everything derived from them
-move out, while work on the targets themselves (the largest invariants at config-f), which the loop
-reads anyway, stays fused into the loop's kernels (hoisted, it added 0.1 GB of reads per bf16
-iteration), and a broadcast that XLA would fuse into its consumer is never written out in full;
-broadcasts, reshapes, transposes, reversals and constants stay in the loop (a reversed kernel hoisted
+(`HOISTED`: arithmetic, conversions, comparisons, reductions), on inputs at most half the size of
+the largest invariant input, and no value the loop reads from memory is larger than that either: work
+whose result would be is kept in the loop (a second partial evaluation), where XLA fuses it into the
+kernels that read it.
+So the weights, the noise maps and what derives from them move out, while work on the targets
+themselves (the largest invariants at config-f), which the loop reads anyway, stays in the loop
+(hoisted, it added 0.1 GB of reads per bf16 W+ iteration), and so do the noise phase's modulated
+weights (75 MB each per 512-channel layer at batch 8), whose demodulation sums move out instead.
+Broadcasts, reshapes, transposes, reversals and constants stay in the loop (a reversed kernel hoisted
 out hid the transposed convolutions from XLA's cuDNN pattern: 2.5 GB more per iteration).
 The numbers are the same computation's: the same operations on the same values, in the same order.
 
@@ -40,12 +43,13 @@ HOISTED = frozenset({
 })
 
 _log = logging.getLogger(__name__)
-_last = {"hoisted": False, "residuals": 0, "residual_bytes": 0, "why": "not run"}
+_last = {"hoisted": False, "residuals": 0, "residual_bytes": 0, "why": "not run", "largest": []}
 
 
 def last_split() -> dict:
     """What the last `invariant_scan` trace did: {"hoisted": bool, "residuals": values computed before
-    the loop and read by it, "residual_bytes": their size, "why": the reason when nothing was hoisted}."""
+    the loop and read by it, "residual_bytes": their size, "largest": the five largest, "why": the
+    reason when nothing was hoisted}."""
     return dict(_last)
 
 
@@ -98,6 +102,13 @@ def _eval(jaxpr, consts, *args):
     return jex.jaxpr_as_fun(jex.ClosedJaxpr(jaxpr, consts))(*args)
 
 
+_MAX_PASSES = 4  # partial evaluations, each keeping in the loop what made a too-large residual before
+
+
+def _signature(avals) -> tuple:
+    return tuple((tuple(a.shape), str(a.dtype)) for a in avals if hasattr(a, "shape"))
+
+
 def _nbytes(x) -> int:
     return int(np.prod(np.shape(x), dtype=np.int64)) * np.dtype(x.dtype).itemsize
 
@@ -110,26 +121,37 @@ def _split(jaxpr, n_carry: int, n_inv: int, limit_bytes: int):
     except ImportError as e:  # a JAX without the internal: the plain loop
         return _fallback(f"no partial_eval_jaxpr_custom in this JAX ({e})")
 
-    def policy(prim, *avals, **_):
-        sizes = [int(np.prod(a.shape, dtype=np.int64)) * a.dtype.itemsize for a in avals if hasattr(a, "shape")]
-        return prim.name in HOISTED and 2 * max(sizes, default=0) <= limit_bytes
+    def policy_without(banned: frozenset):  # a new function each pass: JAX caches the split by policy
+        def policy(prim, *avals, **_):
+            inputs = max((_nbytes(a) for a in avals if hasattr(a, "shape")), default=0)
+            return prim.name in HOISTED and 2 * inputs <= limit_bytes and (prim.name, _signature(avals)) not in banned
+        return policy
 
+    banned = frozenset()  # (primitive, input avals) whose results came out too large to be read from memory
     try:
-        known, staged, _, _, n_res = pe.partial_eval_jaxpr_custom(
-            jaxpr, [True] * n_carry + [False] * n_inv, True, True, True, policy)
+        for _ in range(_MAX_PASSES):
+            known, staged, _, _, n_res = pe.partial_eval_jaxpr_custom(
+                jaxpr, [True] * n_carry + [False] * n_inv, True, True, True, policy_without(banned))
+            made_by = {v: e for e in known.eqns for v in e.outvars}
+            large = {(made_by[v].primitive.name, _signature([x.aval for x in made_by[v].invars]))
+                     for v in known.outvars[-n_res:] if v in made_by and 2 * _nbytes(v.aval) > limit_bytes}
+            if not large - banned:
+                break
+            banned = banned | large
         known, _ = pe.dce_jaxpr(known, [True] * len(known.outvars), instantiate=True)
         staged, _ = pe.dce_jaxpr(staged, [True] * len(staged.outvars), instantiate=True)
     except Exception as e:  # noqa: BLE001 (an internal's refusal: the plain loop, said once)
         return _fallback(f"partial evaluation failed: {type(e).__name__}: {str(e)[:200]}")
     if not n_res:
         return _fallback("no loop-invariant work worth hoisting")
-    res_bytes = sum(_nbytes(v.aval) for v in known.outvars)
-    _last.update(hoisted=True, residuals=n_res, residual_bytes=res_bytes, why="")
+    sizes = sorted(((_nbytes(v.aval), f"{v.aval.dtype}{list(v.aval.shape)}") for v in known.outvars), reverse=True)
+    _last.update(hoisted=True, residuals=n_res, residual_bytes=sum(b for b, _ in sizes), why="",
+                 largest=[name for _, name in sizes[:5]])
     return known, staged
 
 
 def _fallback(why: str, quiet: bool = False):
     if _last.get("why") != why and not quiet:
         _log.warning("the device loop runs without hoisting its loop-invariant work: %s", why)
-    _last.update(hoisted=False, residuals=0, residual_bytes=0, why=why)
+    _last.update(hoisted=False, residuals=0, residual_bytes=0, why=why, largest=[])
     return None
