@@ -12,16 +12,16 @@ compile-only H200, `experiments.gpu_hlo`; BUILD_NOTES.md, issue 9).
 (the machinery of `jax.checkpoint`'s policies): what depends on the invariants alone is computed
 before the loop, and the loop body reads the results. Only work worth a kernel of its own is hoisted
 (`HOISTED`: arithmetic, conversions, comparisons, reductions), on inputs at most half the size of
-the largest invariant input, and no value the loop reads from memory is larger than that either: work
-whose result would be is kept in the loop (a second partial evaluation), where XLA fuses it into the
-kernels that read it.
-So the weights, the noise maps and what derives from them move out, while work on the targets
+the largest invariant input; and no value the loop reads back from memory may exceed that size
+either: work with a larger result is kept in the loop (a second partial evaluation), where XLA fuses
+it into the kernels that read it. So the weights, the noise maps and what derives from them move out, while work on the targets
 themselves (the largest invariants at config-f), which the loop reads anyway, stays in the loop
 (hoisted, it added 0.1 GB of reads per bf16 W+ iteration), and so do the noise phase's modulated
 weights (75 MB each per 512-channel layer at batch 8), whose demodulation sums move out instead.
 Broadcasts, reshapes, transposes, reversals and constants stay in the loop (a reversed kernel hoisted
 out hid the transposed convolutions from XLA's cuDNN pattern: 2.5 GB more per iteration).
-The numbers are the same computation's: the same operations on the same values, in the same order.
+The numbers are the same computation's: the same operations on the same values, in the same order
+(bit for bit on the CPU in the tests; on a GPU XLA may fuse them differently, within float rounding).
 
 The split uses `jax._src.interpreters.partial_eval.partial_eval_jaxpr_custom`, a JAX internal. If a
 JAX version lacks it or refuses the jaxpr, `invariant_scan` runs the plain scan and says so once in
