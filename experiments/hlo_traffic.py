@@ -203,8 +203,7 @@ def ptx_loads(ptx: str) -> dict:
 
 
 
-_CUDNN_CONV = re.compile(r'custom_call_target="(__cudnn\$conv\w*)"')
-_DEFINITION = re.compile(r"^\s*(?:ROOT\s+)?%?([\w.\-]+)\s*=\s*(\S+)")
+_CUDNN_CONV = re.compile(r'custom_call_target="__cudnn\$conv')
 _UNKEYED = (re.compile(r',?\s*metadata=\{[^}]*\}'),
             re.compile(r'"operation_queue_id":"\d+",?'), re.compile(r'"(?:wait_on_operation_queues|reification_cost)":\[[^\]]*\],?'),
             re.compile(r',?\s*control-predecessors=\{[^}]*\}'))
@@ -218,23 +217,18 @@ def conv_autotune_keys(text: str) -> list[str]:
     text: operand names replaced by their shapes, the instruction's name, metadata and the algorithm
     chosen (by default on a compile-only device) left out. Each distinct key is autotuned once per
     process, so the distinct keys of the programs a first call compiles are the convolutions it tunes."""
-    shapes = {}
-    for line in text.splitlines():
-        m = _DEFINITION.match(line)
-        if m:
-            shapes[m.group(1)] = m.group(2)
+    comps, _ = computations(text)
+    shapes = {name: shape for instrs in comps.values() for name, shape, *_ in instrs}
     keys = []
-    for line in text.splitlines():
-        target = _CUDNN_CONV.search(line)
-        if not target:
-            continue
-        result, rest = line.split(" = ", 1)[1].split(" custom-call(", 1)
-        operands, attrs = rest.split(")", 1)
-        operand_shapes = [shapes.get(o.strip().lstrip("%"), o.strip()) for o in operands.split(",")]
-        for pattern in _UNKEYED:
-            attrs = pattern.sub("", attrs)
-        attrs = _drop_object(attrs, '"algorithm":')
-        keys.append(f"{result} ({', '.join(operand_shapes)}){attrs}")
+    for instrs in comps.values():
+        for _, shape, opcode, operands, line in instrs:
+            if opcode != "custom-call" or not _CUDNN_CONV.search(line):
+                continue
+            attrs = line.split(" custom-call(", 1)[1].split(")", 1)[1]  # after the operand list
+            for pattern in _UNKEYED:
+                attrs = pattern.sub("", attrs)
+            attrs = _drop_object(attrs, '"algorithm":')
+            keys.append(f"{shape} ({', '.join(shapes.get(o, o) for o in operands)}){attrs}")
     return keys
 
 
