@@ -162,15 +162,15 @@ def _compiled_steps_for(phase: Phase, k: int):
     def run(vars, opt_state, G, vgg, x, y, masks, edits, feats):
         # The frozen groups never change (the optimiser gives them zero updates): loop invariants, with
         # G, VGG16, the targets and masks, so that their work is done once per dispatch (hoist.py).
-        live = {k: v for k, v in vars.items() if not frozen[k]}
-        fixed = {k: v for k, v in vars.items() if frozen[k]}
+        live = {group: v for group, v in vars.items() if not frozen[group]}
+        fixed = {group: v for group, v in vars.items() if frozen[group]}
 
         def body(carry, inv):
             live, opt_state, ok = carry
             fixed, G, vgg, x, y, masks, edits, feats = inv
             vars = {**live, **fixed}
             new_vars, new_opt, m = one(vars, opt_state, G, vgg, x, y, masks, edits, feats)
-            new_live = {k: new_vars[k] for k in live}
+            new_live = {group: new_vars[group] for group in live}
             ok = ok & jnp.all(m["finite"])
             keep = lambda new, old: jnp.where(ok, new, old)  # noqa: E731 (frozen after a NaN)
             return (jax.tree.map(keep, new_live, live), jax.tree.map(keep, new_opt, opt_state), ok), m
