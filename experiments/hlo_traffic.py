@@ -202,10 +202,10 @@ def ptx_loads(ptx: str) -> dict:
     return out
 
 
-
 _CUDNN_CONV = re.compile(r'custom_call_target="__cudnn\$conv')
 _UNKEYED = (re.compile(r',?\s*metadata=\{[^}]*\}'),
-            re.compile(r'"operation_queue_id":"\d+",?'), re.compile(r'"(?:wait_on_operation_queues|reification_cost)":\[[^\]]*\],?'),
+            re.compile(r'"operation_queue_id":"\d+",?'),
+            re.compile(r'"(?:wait_on_operation_queues|reification_cost)":\[[^\]]*\],?'),
             re.compile(r',?\s*control-predecessors=\{[^}]*\}'))
 
 

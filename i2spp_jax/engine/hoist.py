@@ -14,10 +14,10 @@ before the loop, and the loop body reads the results. Only work worth a kernel o
 (`HOISTED`: arithmetic, conversions, comparisons, reductions), on inputs at most half the size of
 the largest invariant input; and no value the loop reads back from memory may exceed that size
 either: work with a larger result is kept in the loop (a second partial evaluation), where XLA fuses
-it into the kernels that read it. So the weights, the noise maps and what derives from them move out, while work on the targets
-themselves (the largest invariants at config-f), which the loop reads anyway, stays in the loop
-(hoisted, it added 0.1 GB of reads per bf16 W+ iteration), and so do the noise phase's modulated
-weights (75 MB each per 512-channel layer at batch 8), whose demodulation sums move out instead.
+it into the kernels that read it. So the weights, the noise maps and what derives from them move out,
+while work on the targets themselves (the largest invariants at config-f), which the loop reads
+anyway, stays in the loop (hoisted, it added 0.1 GB of reads per bf16 W+ iteration), and so do the
+noise phase's modulated weights (75 MB each per 512-channel layer at batch 8).
 Broadcasts, reshapes, transposes, reversals and constants stay in the loop (a reversed kernel hoisted
 out hid the transposed convolutions from XLA's cuDNN pattern: 2.5 GB more per iteration).
 The numbers are the same computation's: the same operations on the same values, in the same order
@@ -129,12 +129,12 @@ def _split(jaxpr, n_carry: int, n_inv: int, limit_bytes: int):
 
     banned = frozenset()  # (primitive, input avals) whose results came out too large to be read from memory
     try:
-        for _ in range(_MAX_PASSES):
+        for _ in range(_MAX_PASSES):  # every output is unknown, so the known jaxpr returns residuals only
             known, staged, _, _, n_res = pe.partial_eval_jaxpr_custom(
                 jaxpr, [True] * n_carry + [False] * n_inv, True, True, True, policy_without(banned))
             made_by = {v: e for e in known.eqns for v in e.outvars}
             large = {(made_by[v].primitive.name, _signature([x.aval for x in made_by[v].invars]))
-                     for v in known.outvars[-n_res:] if v in made_by and 2 * _nbytes(v.aval) > limit_bytes}
+                     for v in known.outvars if v in made_by and 2 * _nbytes(v.aval) > limit_bytes}
             if not large - banned:
                 break
             banned = banned | large
