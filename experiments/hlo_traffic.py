@@ -216,7 +216,10 @@ def conv_autotune_keys(text: str) -> list[str]:
     the operands' and result's shapes and layouts, window and dimension labels. Here the same from the
     text: operand names replaced by their shapes, the instruction's name, metadata and the algorithm
     chosen (by default on a compile-only device) left out. Each distinct key is autotuned once per
-    process, so the distinct keys of the programs a first call compiles are the convolutions it tunes."""
+    process, so the distinct keys of the programs a first call compiles are the convolutions it tunes.
+    Empty text (no such program compiled) has none."""
+    if not text:
+        return []
     comps, _ = computations(text)
     shapes = {name: shape for instrs in comps.values() for name, shape, *_ in instrs}
     keys = []

@@ -123,6 +123,7 @@ def test_conv_autotune_keys_are_the_convolution_not_its_name_place_or_algorithm(
     other = hlo_traffic.conv_autotune_keys(_conv_module([{}, {"act": "kNone"}, {"w": "w.2"}]))
     assert len(set(other)) == 3
     assert hlo_traffic.conv_autotune_keys("ENTRY %e () -> f32[] {\n}") == []
+    assert hlo_traffic.conv_autotune_keys("") == []  # the noise step: no targets' features program
 
 
 def test_compare_divides_measured_time_into_model_bytes():
@@ -231,3 +232,9 @@ def test_compiles_for_a_gpu_without_one(tmp_path):
     c = rec["first_call_convolutions"]
     assert c["target_features"] > 0 and c["shared"] == c["target_features"]
     assert c["to_autotune"] == c["step"]
+    # the noise step: no VGG16 terms, so no targets' features program
+    r = _run("--preset=cpu", "--resolution=32", "--batch=2", "--steps_per_call=2", "--step=noise",
+             f"--out={tmp_path / 'noise'}", "--top=3", "--spans=false")
+    assert r.returncode == 0, r.stderr
+    c = json.loads((tmp_path / "noise" / "gpu_hlo.json").read_text())["first_call_convolutions"]
+    assert c["target_features"] == 0 and c["to_autotune"] == c["step"] > 0
