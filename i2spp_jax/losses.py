@@ -58,8 +58,9 @@ def _check_image(img: jax.Array, name: str, *, like: Optional[jax.Array] = None,
         raise ValueError(f"{name} has shape {shape}; expected {tuple(like.shape)} (the shape of img)")
     if len(shape) != 4:
         raise ValueError(f"{name} has shape {shape}; expected [N, H, W, C]")
-    if rgb and shape[-1] != 3:
-        raise ValueError(f"{name} has shape {shape}; expected [N, H, W, 3] (VGG16 takes RGB)")
+    if rgb and shape[-1] not in (1, 3):
+        raise ValueError(f"{name} has shape {shape}; expected [N, H, W, 3] or [N, H, W, 1] (VGG16 takes RGB; "
+                         "greyscale is copied into its three channels)")
 
 
 def as_mask(mask: Optional[jax.Array], img: jax.Array, name: str) -> jax.Array:

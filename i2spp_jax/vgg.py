@@ -176,14 +176,17 @@ class VGG16:
         """Post-ReLU activations of `layers`.
 
         Args:
-          img: [N, H, W, 3] RGB in [-1, 1] (no resizing here; the losses resize to 256x256).
+          img: [N, H, W, 3] RGB in [-1, 1], or [N, H, W, 1] greyscale (copied into R, G and B, as a grey
+            photograph is shown in colour); no resizing here (the losses resize to 256x256).
           layers: names from LAYER_NAMES, e.g. PERCEPTUAL_LAYERS or I2S_LAYERS.
 
         Returns:
           {name: [N, h, w, C] float32}; h = H // 2**(block - 1) for layer conv{block}_k.
         """
-        if img.ndim != 4 or img.shape[-1] != 3:
-            raise ValueError(f"img has shape {tuple(img.shape)}; expected [N, H, W, 3]")
+        if img.ndim != 4 or img.shape[-1] not in (1, 3):
+            raise ValueError(f"img has shape {tuple(img.shape)}; expected [N, H, W, 3] (or [N, H, W, 1])")
+        if img.shape[-1] == 1:
+            img = jnp.broadcast_to(img, (*img.shape[:-1], 3))
         if self.compute_dtype == "float32":
             return VGG16Features(layers=tuple(layers)).apply({"params": self.params}, self.preprocess(img))
         module = VGG16Features(layers=tuple(layers), dtype=jnp.dtype(self.compute_dtype))

@@ -397,3 +397,25 @@ def test_resize_gradient_is_the_phase_form_of_autodiffs_transpose(n_in, n_out):
     assert _interior_pads(grad.jaxpr) == 0
     autodiff = jax.make_jaxpr(jax.grad(lambda a: jnp.sum(losses._banded_forward(a, 1, *plan) ** 2)))(x)
     assert _interior_pads(autodiff.jaxpr) > 0  # the check can see what it forbids
+
+
+def test_greyscale_images_are_vgg16s_rgb_with_three_equal_channels(vgg):
+    """A 1-channel generator's images reach VGG16 as R = G = B: the loss and its gradient equal those
+    of the replicated RGB image (the gradient summed over the copies)."""
+    rng = np.random.default_rng(31)
+    img, x, y = (jnp.asarray(rng.uniform(-1, 1, (2, SIZE, SIZE, 1)), jnp.float32) for _ in range(3))
+    rgb = lambda a: jnp.repeat(a, 3, axis=-1)  # noqa: E731
+    mask = _left_mask(cols=40)
+    kw = dict(mask_mse=mask, mask_percept=mask, mask_style=mask, weights=ALL_TERMS, resize_to=RESIZE)
+
+    def loss(a, to_rgb):
+        f = rgb if to_rgb else (lambda t: t)
+        return eq1_loss(vgg, f(a), f(x), f(y), **kw)[1]["percept"].sum()
+
+    np.testing.assert_allclose(loss(img, False), loss(img, True), rtol=1e-6)
+    g, g_rgb = jax.grad(loss)(img, False), jax.grad(loss)(img, True)
+    np.testing.assert_allclose(g, g_rgb, rtol=1e-5, atol=1e-5 * float(jnp.abs(g_rgb).max()))
+    feats = losses.target_features(vgg, x, y, weights=ALL_TERMS, resize_to=RESIZE)
+    feats_rgb = losses.target_features(vgg, rgb(x), rgb(y), weights=ALL_TERMS, resize_to=RESIZE)
+    np.testing.assert_allclose(feats["y"]["conv3_3"], feats_rgb["y"]["conv3_3"], rtol=1e-6)
+    assert float(jnp.abs(loss(img, False))) > 0
