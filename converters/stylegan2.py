@@ -21,7 +21,7 @@ import numpy as np
 from i2spp_jax.checkpoint import load_generator, save_generator
 from i2spp_jax.formats import tf_pickle
 from i2spp_jax.formats.generators import AnyGenerator, convert_file
-from i2spp_jax.formats.stylegan2 import _beside
+from i2spp_jax.formats.stylegan2 import ConversionError, _beside, check_source_path
 
 
 # ---------------------------------------------------------------------------------------------
@@ -52,6 +52,21 @@ def self_check(G: AnyGenerator, dst: str, reference: Optional[str], seed: int = 
     return report
 
 
+def check_destination(dst: str) -> None:
+    """--dst must be new, and its parent a folder that can be made: refused before converting."""
+    if os.path.exists(dst):
+        raise FileExistsError(f"--dst={dst} already exists; choose a new destination or delete it")
+    parent = os.path.dirname(os.path.abspath(dst))
+    try:
+        os.makedirs(parent, exist_ok=True)
+    except OSError as e:
+        why = "a file is in the way" if isinstance(e, (FileExistsError, NotADirectoryError)) else e.strerror
+        raise ConversionError(f"--dst={dst}: cannot make its parent folder {parent} ({why}); choose a "
+                              "destination in a writable folder") from None
+    if not os.access(parent, os.W_OK):
+        raise ConversionError(f"--dst={dst}: the folder {parent} is not writable; choose another destination")
+
+
 def main(argv):
     del argv
     from absl import flags, logging
@@ -59,11 +74,16 @@ def main(argv):
     logging.set_verbosity(logging.WARNING)  # orbax logs every file operation at INFO
 
     FLAGS = flags.FLAGS
+    check_source_path(FLAGS.src)
+    check_destination(FLAGS.dst)  # before the conversion, which takes minutes for a 1024x1024 network
     if tf_pickle.is_tf_pickle(FLAGS.src):
         print(f"{FLAGS.src} is an official TensorFlow pickle (G, D, Gs): converting {FLAGS.network}"
               + (" (the moving average of G's weights, the one to embed into)" if FLAGS.network == "Gs" else ""))
+    notes: list = []
     G = convert_file(FLAGS.src, conv_clamp=FLAGS.conv_clamp, mapping_lr_multiplier=FLAGS.mapping_lr_multiplier,
-                     tf_network=FLAGS.network)
+                     tf_network=FLAGS.network, mean_latent_samples=FLAGS.mean_latent_samples, notes=notes)
+    for note in notes:
+        print(f"note: {note}")
     c = G.config
     what = "StyleGAN (v1)" if G.generation == 1 else f"StyleGAN2, conv_clamp={c.conv_clamp}"
     print(f"converted {FLAGS.src}: {what}, {c.img_resolution}x{c.img_resolution}x{c.img_channels}, z_dim={c.z_dim}, "
@@ -83,9 +103,16 @@ def _define_flags():
     flags.DEFINE_string("src", None, "Source: .pkl (stylegan2-ada-pytorch, or official TensorFlow StyleGAN2 or StyleGAN), "
                         ".pt/.pth/.npz (ada state dict or rosinality checkpoint).", required=True)
     flags.DEFINE_string("dst", None, "Output checkpoint directory (must not exist yet).", required=True)
-    flags.DEFINE_string("conv_clamp", "unset", "For ada state dicts without NAME.json: 'none' or a value.")
-    flags.DEFINE_float("mapping_lr_multiplier", None, "Mapping lr multiplier if not 0.01 (state dicts only).")
-    flags.DEFINE_enum("network", "Gs", ["Gs", "G"], "Official TensorFlow pickles: Gs (moving average) or G.")
+    flags.DEFINE_string("conv_clamp", "unset", "For ada state dicts without NAME.json: 'none' or a value "
+                        "(a pickle's own setting wins; a flag that contradicts it is refused).")
+    flags.DEFINE_float("mapping_lr_multiplier", None, "Mapping lr multiplier if not 0.01 (state dicts and rosinality "
+                       "checkpoints; a pickle's own setting wins; a flag that contradicts it is refused).")
+    flags.DEFINE_enum("network", "Gs", ["Gs", "G"], "Gs: the moving average of G's weights (a TensorFlow pickle's "
+                      "Gs, a stylegan2-ada snapshot's G_ema, a rosinality checkpoint's g_ema), the one to embed into; "
+                      "G: the non-averaged generator of a file that holds both.")
+    flags.DEFINE_integer("mean_latent_samples", None, "rosinality checkpoints without latent_avg (as its train.py "
+                         "saves them): estimate the mean w from this many mapped z (4096 in rosinality's generate.py).",
+                         lower_bound=1)
     flags.DEFINE_string("reference", None, "Optional NAME.reference.npz of the official network to compare.")
 
 
@@ -102,7 +129,7 @@ def _one_line_errors(main_fn):
         try:
             return main_fn(argv)
         except (ConversionError, TruncatedFileError, pickle.UnpicklingError, FileNotFoundError,
-                FileExistsError) as e:
+                FileExistsError, IsADirectoryError, NotADirectoryError, PermissionError) as e:
             print(f"error: {e}", file=sys.stderr)
             sys.exit(2)
 

@@ -368,3 +368,144 @@ def test_load_generator_names_what_is_wrong(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(FileNotFoundError, match="config.json is missing"):
         i2spp_jax.load_generator(str(tmp_path / "empty"))
+
+
+# --- networks of another kind: refused by name, never converted into something else --------------
+
+def _snapshot(tmp_path, weights, init_kwargs, module_src="", name="snap.pkl", **networks):
+    """A stylegan2-ada-pytorch snapshot pickle; `networks` maps G / D / G_ema to weights (or None)."""
+    path = tmp_path / name
+    with _FakeModules() as fake:
+        nets = {k: (None if w is None else _module_tree(fake, w, init_kwargs, module_src)) for k, w in networks.items()}
+        if not networks:
+            nets = {"G_ema": _module_tree(fake, weights, init_kwargs, module_src)}
+        with open(path, "wb") as f:
+            pickle.dump(dict(nets, training_set_kwargs={"path": "x"}), f)
+    return str(path)
+
+
+@pytest.mark.parametrize("part, setting, value, message", [
+    ("mapping_kwargs", "activation", "relu", "mapping activation 'relu' is not supported"),
+    ("synthesis_kwargs", "activation", "relu", "synthesis activation 'relu' is not supported"),
+    ("synthesis_kwargs", "use_noise", False, r"use_noise False is not supported.*noise maps"),
+    ("synthesis_kwargs", "architecture", "orig", "synthesis architecture 'orig' is not supported"),
+    ("synthesis_kwargs", "resample_filter", [1, 2, 1], r"resample_filter \[1, 2, 1\] is not supported"),
+    ("synthesis_kwargs", "kernel_size", 1, "kernel_size 1 is not supported"),
+    ("synthesis_kwargs", "magnitude_ema_beta", 0.999, r"unknown generator setting\(s\) synthesis_kwargs\.magnitude"),
+    (None, "c_dim", 10, "conditional"),
+])  # fmt: skip
+def test_a_setting_the_port_does_not_compute_is_refused_by_name(parity_dir, tmp_path, part, setting, value, message):
+    """The weights alone convert (same shapes); only init_kwargs says the network computes another thing."""
+    weights, _, meta = _ada_files(parity_dir, "ada_tiny")
+    kwargs = __import__("copy").deepcopy(meta["init_kwargs"])
+    (kwargs.setdefault(part, {}) if part else kwargs)[setting] = value
+    with pytest.raises(stylegan2.ConversionError, match=message):
+        stylegan2.convert_file(_snapshot(tmp_path, weights, kwargs))
+    # the defaults, said out loud, are accepted
+    kwargs = __import__("copy").deepcopy(meta["init_kwargs"])
+    kwargs["mapping_kwargs"].update(activation="lrelu", w_avg_beta=0.995)
+    kwargs["synthesis_kwargs"].update(activation="lrelu", use_noise=True, architecture="skip",
+                                      resample_filter=(1, 3, 3, 1), kernel_size=3, num_fp16_res=2)
+    notes = []
+    stylegan2.convert_file(_snapshot(tmp_path, weights, kwargs, name="ok.pkl"), notes=notes)
+    assert any("num_fp16_res=2" in n and "force_fp32=True" in n for n in notes), notes
+
+
+@pytest.mark.parametrize("change, message", [
+    ("resnet", r"'resnet' \(synthesis\.bR\.skip keys\) is not supported"),
+    ("orig", r"'orig' \(toRGB only in the last block\) is not supported"),
+    ("no_noise", r"no noise inputs \(use_noise=False\)"),
+])
+def test_a_state_dict_of_another_architecture_is_named(tmp_path, tiny_weights, change, message):
+    weights = dict(tiny_weights[0])
+    last = max(int(k.split(".")[1][1:]) for k in weights if k.startswith("synthesis.b"))
+    if change == "resnet":
+        weights["synthesis.b8.skip.weight"] = np.zeros((4, 4, 1, 1), np.float32)
+    elif change == "orig":
+        weights = {k: v for k, v in weights.items() if ".torgb." not in k or k.startswith(f"synthesis.b{last}.")}
+    else:
+        weights = {k: v for k, v in weights.items() if "noise" not in k}
+    with pytest.raises(stylegan2.ConversionError, match=message):
+        _convert_dict(tmp_path, weights)
+
+
+def test_a_stylegan3_pickle_is_named(parity_dir, tmp_path):
+    weights, _, meta = _ada_files(parity_dir, "ada_tiny")
+    path = _snapshot(tmp_path, weights, meta["init_kwargs"], module_src="class SynthesisInput(torch.nn.Module):\n")
+    with pytest.raises(stylegan2.ConversionError, match="a StyleGAN3 generator"):
+        stylegan2.convert_file(path)
+
+
+def test_a_snapshot_gives_g_ema_or_its_g_and_names_what_it_lacks(parity_dir, tmp_path):
+    weights, ref, meta = _ada_files(parity_dir, "ada_tiny")
+    g = dict(weights, **{"mapping.fc0.bias": weights["mapping.fc0.bias"] + 1})  # the non-averaged G differs
+    kw = meta["init_kwargs"]
+    both = _snapshot(tmp_path, None, kw, G=g, D=None, G_ema=weights)
+    G_ema = stylegan2.convert_file(both)
+    assert _rel(np.asarray(G_ema.synthesis(ref["ws_plus"], noise="const")).transpose(0, 3, 1, 2), ref["img_const"]) < 1e-5
+    notes = []
+    G = stylegan2.convert_file(both, tf_network="G", notes=notes)
+    np.testing.assert_array_equal(G.params["mapping"]["fc0"]["bias"], g["mapping.fc0.bias"])
+    assert notes == ["converted the snapshot's non-averaged G (--network=G), not G_ema"]
+    with pytest.raises(stylegan2.ConversionError, match=r"holding G, D but no G_ema; pass --network=G"):
+        stylegan2.convert_file(_snapshot(tmp_path, None, kw, name="noema.pkl", G=g, D=weights))
+    with pytest.raises(stylegan2.ConversionError, match=r"holding D but no G_ema: it holds no generator"):
+        stylegan2.convert_file(_snapshot(tmp_path, None, kw, name="d.pkl", D=weights))
+    with pytest.raises(stylegan2.ConversionError, match="holds one network's weights: drop the flag"):
+        _convert_dict(tmp_path, weights, tf_network="G")
+
+
+def test_a_flag_that_contradicts_the_file_is_refused(parity_dir, tmp_path):
+    weights, _, meta = _ada_files(parity_dir, "ada_clamp")  # its pickle says conv_clamp 0.5
+    path = _snapshot(tmp_path, weights, meta["init_kwargs"])
+    assert stylegan2.convert_file(path, conv_clamp="0.5").config.conv_clamp == 0.5  # agreeing is fine
+    with pytest.raises(stylegan2.ConversionError, match=r"--conv_clamp=None contradicts the file's own conv_clamp=0.5"):
+        stylegan2.convert_file(path, conv_clamp="none")
+    with pytest.raises(stylegan2.ConversionError, match=r"--mapping_lr_multiplier=0.1 contradicts"):
+        stylegan2.convert_file(path, mapping_lr_multiplier=0.1)
+    with pytest.raises(stylegan2.ConversionError, match=r"--conv_clamp=abc: give 'none' \(no clamp\) or a number"):
+        stylegan2.convert_file(path, conv_clamp="abc")
+
+
+def test_rosinality_training_checkpoint_without_latent_avg(parity_dir, tmp_path):
+    """rosinality's train.py saves g, d, g_ema and args but no latent_avg: refused with the flag that
+    estimates it; with the flag, w_avg is exactly the mean of the mapped z it names (seed 0)."""
+    w = {k: torch.from_numpy(v) for k, v in np.load(os.path.join(parity_dir, "rosi_64.weights.npz")).items()}
+    ref = dict(np.load(os.path.join(parity_dir, "rosi_64.reference.npz")))
+    path = str(tmp_path / "010000.pt")
+    torch.save({"g": w, "d": {}, "g_ema": w, "args": __import__("argparse").Namespace(size=64)}, path)
+    with pytest.raises(stylegan2.ConversionError, match=r"without 'latent_avg'.*--mean_latent_samples=4096"):
+        stylegan2.convert_file(path)
+    notes = []
+    G = stylegan2.convert_file(path, mean_latent_samples=3000, notes=notes)
+    assert "latent_avg estimated as the mean of 3000 mapped z" in notes[0]
+    z = np.random.RandomState(0).randn(3000, G.z_dim).astype(np.float32)
+    want = np.asarray(G.mapping(z, truncation_psi=1.0))[:, 0].mean(0)
+    np.testing.assert_allclose(G.params["mapping"]["w_avg"], want, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(G.mapping(ref["z"], truncation_psi=1.0)[:, 0], ref["w"][:, 0] if ref["w"].ndim == 3
+                               else ref["w"], rtol=1e-5, atol=1e-5)  # the mapping that averaged them is rosinality's
+    assert _rel(np.asarray(G.synthesis(ref["ws_plus"], noise="const")).transpose(0, 3, 1, 2), ref["img_const"]) < 1e-5
+
+
+def test_converter_cli_refuses_bad_paths_in_one_line_before_converting(parity_dir, tmp_path):
+    root = os.path.dirname(os.path.dirname(__file__))
+
+    def run(*args):
+        p = subprocess.run([sys.executable, "-m", "converters.stylegan2", *args], capture_output=True, text=True,
+                           cwd=root)
+        lines = p.stderr.strip().splitlines()
+        assert p.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: "), p.stderr[-1500:]
+        return lines[0]
+
+    good = f"{parity_dir}/ada_tiny.weights.npz"
+    (tmp_path / "folder").mkdir()
+    (tmp_path / "empty.pkl").write_bytes(b"")
+    (tmp_path / "a_file").write_text("precious")
+    (tmp_path / "corrupt.pkl").write_bytes(b"\x80\x04garbage")
+    assert "is a folder: give the network's file" in run(f"--src={tmp_path}/folder", f"--dst={tmp_path}/o1")
+    assert "is empty (0 bytes)" in run(f"--src={tmp_path}/empty.pkl", f"--dst={tmp_path}/o2")
+    assert "--conv_clamp=abc: give 'none'" in run(f"--src={good}", f"--dst={tmp_path}/o3", "--conv_clamp=abc")
+    assert "a file is in the way" in run(f"--src={good}", f"--dst={tmp_path}/a_file/sub", "--conv_clamp=none")
+    # an existing --dst is refused before the source is read (a corrupt source would fail later)
+    assert "already exists" in run(f"--src={tmp_path}/corrupt.pkl", f"--dst={tmp_path}/folder")
+    assert (tmp_path / "a_file").read_text() == "precious" and not list(tmp_path.glob("o[123]*"))

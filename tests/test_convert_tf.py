@@ -205,3 +205,14 @@ def test_a_global_inside_a_stylegan_v1_network_is_refused_unrun(tf_dir, tmp_path
     with pytest.raises(UnsafePickleError, match=r"(posix|os)\.system"):
         i2spp_jax.load_generator(path)
     assert not marker.exists()
+
+
+@pytest.mark.parametrize("flag, value", [("conv_clamp", "none"), ("mapping_lr_multiplier", 0.1),
+                                         ("mean_latent_samples", 4096)])
+def test_a_pytorch_only_flag_on_a_tensorflow_pickle_is_refused(tf_dir, flag, value):
+    """A TensorFlow pickle says its own settings; a flag for PyTorch files is refused, not ignored."""
+    from i2spp_jax.formats import generators
+
+    for name in ("sg2_r32.pkl", "sg1_r32.pkl"):
+        with pytest.raises(stylegan2.ConversionError, match=f"official TensorFlow pickle.*drop --{flag}"):
+            generators.convert_file(os.path.join(tf_dir, name), **{flag: value})

@@ -24,9 +24,16 @@ AnyGenerator = Union[Generator, StyleGAN1Generator]
 
 def convert_file(path: str, *, tf_network: str = "Gs", **stylegan2_kwargs: Any) -> AnyGenerator:
     """The generator in `path`; `tf_network` picks G, D or Gs of a TensorFlow pickle (Gs by default);
-    `stylegan2_kwargs` (conv_clamp, mapping_lr_multiplier) are for PyTorch StyleGAN2 files."""
+    `stylegan2_kwargs` (conv_clamp, mapping_lr_multiplier, mean_latent_samples, notes) are for PyTorch
+    StyleGAN2 files (see `stylegan2.convert_file`)."""
+    stylegan2.check_source_path(path)
     if not tf_pickle.is_tf_pickle(path):
         return stylegan2.convert_file(path, tf_network=tf_network, **stylegan2_kwargs)
+    given = {"conv_clamp": "unset", "mapping_lr_multiplier": None, "mean_latent_samples": None}
+    for name, unset in given.items():
+        if stylegan2_kwargs.get(name, unset) not in (unset, None):
+            raise stylegan2.ConversionError(f"{path} is an official TensorFlow pickle: it gives its own settings; "
+                                            f"drop --{name} (it is for PyTorch state dicts and checkpoints)")
     net = stylegan2._tf_network(tf_pickle.load_file(path), path, tf_network)
     if net.build_func_name == "G_style":
         config, params = v1_format.convert(net, path)

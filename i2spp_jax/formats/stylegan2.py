@@ -111,25 +111,43 @@ def read_source(path: str, *, tf_network: str = "Gs") -> tuple[str, StateDict, d
         return "tf-stylegan2", sd, extras
     else:
         obj = torch_pickle.load_file(path)
-        if isinstance(obj, dict) and isinstance(obj.get("G_ema"), torch_pickle.PersistentObject):
-            obj = obj["G_ema"]
+        nets = [k for k in ("G", "D", "G_ema") if isinstance(obj, dict)
+                and isinstance(obj.get(k), torch_pickle.PersistentObject)]
+        if nets:  # a stylegan2-ada-pytorch snapshot: G_ema (the moving average) unless asked for G
+            key = "G" if tf_network == "G" else "G_ema"
+            if key not in nets:
+                hint = ("; pass --network=G to convert its non-averaged G" if "G" in nets else
+                        ": it holds no generator to convert")
+                raise ConversionError(f"{path}: a stylegan2-ada-pytorch snapshot holding {', '.join(nets)} but no "
+                                      f"{key}{hint}")
+            obj = obj[key]
+            extras["network"] = "G" if key == "G" else "Gs"
         if isinstance(obj, torch_pickle.PersistentObject):
             if obj.class_name != "Generator":
                 raise UnknownFormatError(f"{path}: the pickled network is a {obj.class_name}, not a Generator")
+            if "class SynthesisInput" in str(obj.get("module_src", "")):
+                raise ConversionError(f"{path}: a StyleGAN3 generator (stylegan3's networks_stylegan3): not "
+                                      "supported; the port implements StyleGAN2 and StyleGAN (v1)")
             extras["init_kwargs"] = dict(obj.state.get("_init_kwargs") or {})
             return "ada-pkl", _module_state_dict(obj), extras
-        if isinstance(obj, dict) and "g_ema" in obj:
-            sd = _flat_arrays(obj["g_ema"], f"{path}['g_ema']")
-            if "latent_avg" not in obj:
-                raise ConversionError(f"{path}: rosinality checkpoint without 'latent_avg' (the mean w "
-                                      "needed for truncation and for initialising embeddings)")
-            extras["latent_avg"] = np.asarray(obj["latent_avg"])
+        if isinstance(obj, dict) and "g_ema" in obj:  # rosinality: g_ema unless asked for g (its train.py's)
+            key = "g" if tf_network == "G" else "g_ema"
+            if key not in obj:
+                raise ConversionError(f"{path}: --network=G needs a rosinality checkpoint with 'g' (as its "
+                                      "train.py saves them); this one holds g_ema alone: drop the flag")
+            sd = _flat_arrays(obj[key], f"{path}['{key}']")
+            extras["network"] = "G" if key == "g" else "Gs"
+            if "latent_avg" in obj:
+                extras["latent_avg"] = np.asarray(obj["latent_avg"])
             return "rosinality", sd, extras
         if isinstance(obj, dict) and isinstance(obj.get("G_ema"), dict):
             obj = obj["G_ema"]
         if not isinstance(obj, dict):
             raise UnknownFormatError(f"{path}: holds a {type(obj).__name__}, not a network, checkpoint or state dict")
         sd = _flat_arrays(obj, path)
+    if tf_network == "G":
+        raise ConversionError(f"{path}: --network=G picks the non-averaged G of a snapshot that holds both; this "
+                              "file holds one network's weights: drop the flag")
     if _is_ada(sd):
         return "ada-state-dict", sd, extras
     if _is_rosinality(sd):
@@ -246,25 +264,74 @@ def _block_res(keys, pattern: str) -> list[int]:
     return sorted({int(m.group(1)) for k in keys if (m := re.match(pattern, k))})
 
 
+# stylegan2-ada-pytorch's Generator(**init_kwargs): the settings that change nothing this port computes
+# (or that the weights' shapes already say), and those it implements only at their defaults
+_ADA_TOP = {"z_dim", "c_dim", "w_dim", "img_resolution", "img_channels", "mapping_kwargs", "synthesis_kwargs"}
+_ADA_MAPPING_HARMLESS = {"num_layers", "embed_features", "layer_features", "lr_multiplier", "w_avg_beta"}
+_ADA_MAPPING_FIXED = {"activation": "lrelu"}
+_ADA_SYNTHESIS_HARMLESS = {"channel_base", "channel_max", "num_fp16_res", "conv_clamp", "fp16_channels_last",
+                           "channels_last", "use_fp16"}
+_ADA_SYNTHESIS_FIXED = {"architecture": "skip", "activation": "lrelu", "resample_filter": [1, 3, 3, 1],
+                        "use_noise": True, "kernel_size": 3}
+
+
+def _check_ada_settings(kw: dict) -> None:
+    """Refuses init_kwargs that the port would convert into a network computing something else."""
+    if kw.get("c_dim", 0):
+        raise ConversionError("conditional generators (c_dim > 0) are not supported")
+    unknown = sorted(set(kw) - _ADA_TOP)
+    for part, harmless, fixed in (("mapping_kwargs", _ADA_MAPPING_HARMLESS, _ADA_MAPPING_FIXED),
+                                  ("synthesis_kwargs", _ADA_SYNTHESIS_HARMLESS, _ADA_SYNTHESIS_FIXED)):
+        sub = dict(kw.get(part) or {})
+        for name, default in fixed.items():
+            value = sub.get(name, default)
+            if (list(value) if isinstance(value, (list, tuple)) else value) != default:
+                what = "synthesis architecture" if name == "architecture" else f"{part[:-7]} {name}"
+                extra = {"architecture": "; StyleGAN2's generator (config-f, ada, rosinality) is 'skip'",
+                         "use_noise": " (Image2StyleGAN++ optimises the noise maps)"}.get(name, "")
+                raise ConversionError(f"{what} {value!r} is not supported: the port implements only {default!r}{extra}")
+        unknown += [f"{part}.{k}" for k in sorted(set(sub) - harmless - set(fixed))]
+    if unknown:
+        raise ConversionError(f"unknown generator setting(s) {', '.join(unknown)} in init_kwargs: not a "
+                              "stylegan2-ada-pytorch StyleGAN2 generator that this port implements")
+
+
+def _check_ada_keys(sd: StateDict) -> None:
+    """Names the architecture of a state dict that is a StyleGAN2 generator of another kind."""
+    resolutions = _block_res(sd, r"synthesis\.b(\d+)\.")
+    if any(re.match(r"synthesis\.b\d+\.skip\.", k) for k in sd):
+        raise ConversionError("synthesis architecture 'resnet' (synthesis.bR.skip keys) is not supported: the port "
+                              "implements only 'skip', StyleGAN2's generator (config-f, ada, rosinality)")
+    if len(resolutions) > 1 and not any(k.startswith(f"synthesis.b{resolutions[0]}.torgb.") for k in sd):
+        raise ConversionError("synthesis architecture 'orig' (toRGB only in the last block) is not supported: the "
+                              "port implements only 'skip', StyleGAN2's generator (config-f, ada, rosinality)")
+    if resolutions and not any(k.endswith(".noise_strength") for k in sd):
+        raise ConversionError("the generator has no noise inputs (use_noise=False): Image2StyleGAN++ optimises "
+                              "the noise maps, so the port implements only StyleGAN2 with noise")
+
+
 def ada_config(sd: StateDict, *, init_kwargs: Optional[dict] = None, conv_clamp: Any = "unset",
                mapping_lr_multiplier: Optional[float] = None) -> GeneratorConfig:
     """Topology from the weights' shapes; conv_clamp and the lr multiplier from init_kwargs or args."""
     kw = dict(init_kwargs or {})
     syn = dict(kw.get("synthesis_kwargs") or {})
     mkw = dict(kw.get("mapping_kwargs") or {})
-    if kw.get("c_dim", 0) or "mapping.embed.weight" in sd:
+    if "mapping.embed.weight" in sd:
         raise ConversionError("conditional generators (c_dim > 0) are not supported")
-    if syn.get("architecture", "skip") != "skip":
-        raise ConversionError(f"synthesis architecture {syn['architecture']!r} is not supported; StyleGAN2's "
-                              "generator (config-f, ada, rosinality) is 'skip'")
+    _check_ada_settings(kw)
+    _check_ada_keys(sd)
     if "synthesis_kwargs" in kw:
         clamp = syn.get("conv_clamp")
+        if conv_clamp != "unset" and conv_clamp != (None if clamp is None else float(clamp)):
+            raise ConversionError(f"--conv_clamp={conv_clamp} contradicts the file's own conv_clamp={clamp}: drop "
+                                  "the flag (it is for state dicts that do not say)")
     elif conv_clamp != "unset":
         clamp = conv_clamp
     else:
-        raise ConversionError("conv_clamp cannot be read from a state dict's shapes: put NAME.json (with "
-                              "init_kwargs, as in shared/parity) beside the file, or pass --conv_clamp=none "
-                              "or --conv_clamp=VALUE (256 for stylegan2-ada's own FFHQ models)")
+        raise ConversionError("conv_clamp cannot be read from a state dict's shapes: convert it with `python -m "
+                              "converters.stylegan2 --src=FILE --dst=DIR --conv_clamp=none` (or =256 for "
+                              "stylegan2-ada's own FFHQ models), or put NAME.json (with init_kwargs, as in "
+                              "shared/parity) beside the file")
     resolutions = _block_res(sd, r"synthesis\.b(\d+)\.")
     if not resolutions or resolutions[0] != 4:
         raise ConversionError("no synthesis.b4.* keys: not a StyleGAN2 synthesis network")
@@ -274,6 +341,10 @@ def ada_config(sd: StateDict, *, init_kwargs: Optional[dict] = None, conv_clamp:
     need = "mapping.w_avg"
     if need not in sd:
         raise ConversionError(f"missing key {need} (the mean latent)")
+    if "mapping_kwargs" in kw and mapping_lr_multiplier is not None and \
+            float(mapping_lr_multiplier) != float(mkw.get("lr_multiplier", 0.01)):
+        raise ConversionError(f"--mapping_lr_multiplier={mapping_lr_multiplier} contradicts the file's own "
+                              f"lr_multiplier={mkw.get('lr_multiplier', 0.01)}: drop the flag (it is for state dicts)")
     channels = []
     for r in resolutions:
         key = f"synthesis.b{r}.conv1.weight"
@@ -462,24 +533,74 @@ def _parse_clamp(value: Any) -> Any:
         return value
     if isinstance(value, str) and value.lower() in ("none", "null", ""):
         return None
-    return float(value)
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise ConversionError(f"--conv_clamp={value}: give 'none' (no clamp) or a number, e.g. 256") from None
+
+
+def check_source_path(path: str) -> None:
+    """A missing path, a folder or an empty file, named before anything reads it."""
+    if os.path.isdir(path):
+        raise ConversionError(f"{path} is a folder: give the network's file (.pkl, .pt, .pth or .npz)")
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"no such file: {path}")
+    if os.path.getsize(path) == 0:
+        raise torch_pickle.TruncatedFileError(f"{path} is empty (0 bytes): the download or copy did not finish; "
+                                              "fetch the file again")
+
+
+def mean_latent(G: Generator, samples: int, seed: int = 0) -> np.ndarray:
+    """The mean of `samples` mapped z ~ N(0, I) (rosinality's `Generator.mean_latent`), [w_dim]."""
+    z = np.random.RandomState(seed).randn(samples, G.z_dim).astype(np.float32)
+    ws = np.concatenate([np.asarray(G.mapping(z[i:i + 1024], truncation_psi=1.0))[:, 0]
+                         for i in range(0, samples, 1024)])
+    return ws.mean(0)
 
 
 def convert_file(path: str, *, conv_clamp: Any = "unset", mapping_lr_multiplier: Optional[float] = None,
-                 tf_network: str = "Gs") -> Generator:
-    """Reads any supported source file into a Generator (see module docstring); `tf_network` picks
-    G, D or Gs of an official TensorFlow pickle (Gs, the moving average, by default)."""
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"no such file: {path}")
+                 tf_network: str = "Gs", mean_latent_samples: Optional[int] = None,
+                 notes: Optional[list] = None) -> Generator:
+    """Reads any supported source file into a Generator (see module docstring).
+
+    Args:
+      tf_network: "Gs" (the moving average: a TensorFlow pickle's Gs, an ada snapshot's G_ema, a
+        rosinality checkpoint's g_ema) or "G" (the non-averaged generator of a file that holds both).
+      mean_latent_samples: for a rosinality checkpoint without latent_avg (as its train.py saves them):
+        estimate it as the mean of this many mapped z, as rosinality's generate.py does (4096 there).
+      notes: if given, gets a sentence for each thing a user should know about the conversion.
+    """
+    check_source_path(path)
+    notes = [] if notes is None else notes
     fmt, sd, extras = read_source(path, tf_network=tf_network)
     if fmt in ("ada-pkl", "ada-state-dict", "tf-stylegan2"):
         init_kwargs = extras.get("init_kwargs") or (extras.get("json") or {}).get("init_kwargs")
         config = ada_config(sd, init_kwargs=init_kwargs, conv_clamp=_parse_clamp(conv_clamp),
                             mapping_lr_multiplier=mapping_lr_multiplier)
         params = ada_params(sd, config)
+        if extras.get("network") == "G":
+            notes.append("converted the snapshot's non-averaged G (--network=G), not G_ema")
+        fp16 = int(((init_kwargs or {}).get("synthesis_kwargs") or {}).get("num_fp16_res") or 0)
+        if fp16:
+            notes.append(f"num_fp16_res={fp16}: the official network runs its {fp16} highest resolutions in float16 "
+                         "on a GPU; this port computes in float32 and equals the official network run with "
+                         "force_fp32=True (the official float16 output differs from that by about 1e-3 relative)")
+        if mean_latent_samples:
+            notes.append("--mean_latent_samples: ignored, the file holds its mean latent (w_avg)")
     else:
-        if "latent_avg" not in extras:
-            raise ConversionError(f"{path}: rosinality weights without latent_avg")
+        if extras.get("network") == "G":
+            notes.append("converted the checkpoint's non-averaged g (--network=G), not g_ema")
         config = rosinality_config(sd, mapping_lr_multiplier=mapping_lr_multiplier)
-        params = rosinality_params(sd, extras["latent_avg"], config)
+        if "latent_avg" in extras:
+            params = rosinality_params(sd, extras["latent_avg"], config)
+        elif mean_latent_samples:
+            params = rosinality_params(sd, np.zeros(config.w_dim, np.float32), config)
+            w_avg = mean_latent(Generator(params=params, config=config), int(mean_latent_samples))
+            params["mapping"]["w_avg"] = w_avg
+            notes.append(f"latent_avg estimated as the mean of {int(mean_latent_samples)} mapped z (seed 0), as "
+                         "rosinality's generate.py does; truncation and the embeddings' start use it")
+        else:
+            raise ConversionError(f"{path}: rosinality checkpoint without 'latent_avg' (the mean w needed for "
+                                  "truncation and for initialising embeddings; its train.py does not save it): "
+                                  "pass --mean_latent_samples=4096 to estimate it as rosinality's generate.py does")
     return Generator(params=jax.tree_util.tree_map(np.asarray, params), config=config)

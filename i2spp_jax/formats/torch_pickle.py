@@ -252,15 +252,16 @@ class _DeferredUnpickler(RestrictedUnpickler):
 
 def load_zip(path_or_file) -> Any:
     """Reads a torch.save zip archive."""
+    name = path_or_file if isinstance(path_or_file, str) else getattr(path_or_file, "name", "the file")
     try:
         zf = zipfile.ZipFile(path_or_file)
     except zipfile.BadZipFile as e:
-        raise TruncatedFileError(f"corrupt or truncated zip archive: {e}") from None
+        raise TruncatedFileError(f"{name}: corrupt or truncated zip archive ({e}); fetch the file again") from None
     with zf:
         names = zf.namelist()
         pkl = [n for n in names if n.endswith("data.pkl")]
         if not pkl:
-            raise pickle.UnpicklingError("zip archive without data.pkl: not a torch.save file")
+            raise pickle.UnpicklingError(f"{name}: a zip archive without data.pkl, not a torch.save file")
         prefix = pkl[0][: -len("data.pkl")]
         storages: dict[str, _Storage] = {}
 
