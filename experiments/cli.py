@@ -281,6 +281,22 @@ def hash_arrays(arrays: Mapping[str, Any]) -> dict[str, str]:
             for name, a in arrays.items()}
 
 
+def generator_digest(G) -> str:
+    """The first 16 hex digits of sha256 over G's config and every parameter's bytes: a run folder
+    records it, so that another generator at the same --generator path is never resumed into it."""
+    import jax
+
+    h = hashlib.sha256(G.config.to_json().encode())
+    for path, leaf in sorted(jax.tree_util.tree_flatten_with_path(G.params)[0], key=lambda t: jax.tree_util.keystr(t[0])):
+        h.update(jax.tree_util.keystr(path).encode())
+        h.update(np.ascontiguousarray(np.asarray(leaf, np.float32)).tobytes())
+    return h.hexdigest()[:16]
+
+
+# Sections a run.json of an earlier version may lack: adopted (written in) when all else agrees.
+ADOPTED_SECTIONS = ("generator_digest",)
+
+
 def _jsonable(x: Any) -> Any:
     return json.loads(json.dumps(x, default=lambda o: list(o) if isinstance(o, (tuple, set)) else str(o)))
 
@@ -331,6 +347,9 @@ def _differences(theirs: dict, mine: dict, array_sections: Collection[str], deri
                 parts.append(f"other {section} ({', '.join(keys)})")
             else:
                 settings += keys
+        elif section == "generator_digest":
+            parts.append("another generator (its weights or config differ, though the --generator path may be "
+                         "the same)")
         elif section in derived:
             derived_diff.append(section)
         else:
@@ -375,6 +394,12 @@ def prepare_out(out: str, fingerprint: Mapping[str, Any], *, fresh: bool,
         except ValueError as e:
             raise UserError(f"{path} is damaged ({e}); {fix}") from e
         if theirs == mine:
+            return True
+        if isinstance(theirs, dict) and {k: v for k, v in mine.items() if k not in theirs} and \
+                set(mine) - set(theirs) <= set(ADOPTED_SECTIONS) and all(theirs[k] == mine[k] for k in theirs):
+            _write_json(path, mine)  # a run of an earlier version: resumed, its run.json completed
+            log(f"{path}: written by an earlier version; now also records "
+                + ", ".join(sorted(set(mine) - set(theirs))))
             return True
         what = _differences(theirs if isinstance(theirs, dict) else {}, mine, set(arrays), set(derived))
         raise UserError(f"{out} holds a run with {what}; {fix}")

@@ -170,7 +170,7 @@ def main(edit: Edit) -> None:
         inputs = _user_inputs(edit, G, read)
     vgg_name = "random" if FLAGS.smoke and FLAGS.vgg == "imagenet" else FLAGS.vgg
     fingerprint = {"command": edit.name, "preset": preset, "generator": FLAGS.generator, "vgg": vgg_name,
-                   "settings": settings}
+                   "settings": settings, "generator_digest": cli.generator_digest(G)}
     resuming = cli.prepare_out(FLAGS.out, fingerprint, fresh=FLAGS.fresh,
                                arrays={"images": inputs.images, "masks": inputs.masks})
     if resuming and cli.is_finished(FLAGS.out):

@@ -215,7 +215,8 @@ def reconstruct(cfg: ReconstructConfig, *, fresh: bool = False, log=logging.info
     G = cli.load_generator(cfg.generator)
     preset, phases, resize_to = inputs.plan or _plan(cfg, G)
     targets = _targets(cfg, G, inputs, log)
-    resuming = cli.prepare_out(cfg.out, _run_fingerprint(cfg, phases), fresh=fresh, log=log,
+    fingerprint = dict(_run_fingerprint(cfg, phases), generator_digest=cli.generator_digest(G))
+    resuming = cli.prepare_out(cfg.out, fingerprint, fresh=fresh, log=log,
                                arrays={"targets": {t.name: t.image for t in targets}}, derived=("phases",))
     done = _finished_metrics(cfg.out) if resuming else None
     if done is not None:

@@ -249,3 +249,37 @@ def test_a_refused_checkpoint_ends_in_one_line_naming_fresh(tmp_path):
     with pytest.raises(cli.UserError, match="crossover inputs: bad mask; check the masks"):
         with cli.resumable(out), cli.user_input("crossover inputs", "check the masks"):
             raise ValueError("bad mask")  # other library errors keep their wording
+
+
+def test_another_generator_at_the_same_path_is_refused_not_resumed(tmp_path):
+    """The run folder records the generator's content: a file replaced at the same --generator path
+    is another run (found by an audit: a finished run was reported as this one, and resumed)."""
+    import jax
+
+    G = checkpoint.load_generator("demo")
+    gen = tmp_path / "gen"
+    checkpoint.save_generator(G, str(gen))
+    base = ["experiments.reconstruct", "--smoke", "--w_steps=1", "--noise_steps=1", f"--generator={gen}",
+            f"--out={tmp_path}/run"]
+    p, _ = run_cli(*base)
+    assert p.returncode == 0, p.stderr[-2000:]
+    import shutil
+
+    shutil.rmtree(gen)
+    checkpoint.save_generator(type(G)(params=jax.tree.map(lambda a: a * 1.05, G.params), config=G.config), str(gen))
+    p, _ = run_cli(*base)
+    assert_one_line_error(p, "holds a run with another generator", "--fresh")
+
+
+def test_a_run_json_of_an_earlier_version_is_completed_not_refused(tmp_path):
+    out = str(tmp_path / "x")
+    fp = {"settings": {"w_steps": 10}}
+    arrays = {"targets": {"a": np.zeros((4, 4, 3), np.float32)}}
+    assert cli.prepare_out(out, fp, arrays=arrays, fresh=False, log=print) is False  # written without a digest
+    assert cli.prepare_out(out, dict(fp, generator_digest="abc"), arrays=arrays, fresh=False, log=print) is True
+    assert json.load(open(os.path.join(out, cli.RUN_FILE)))["generator_digest"] == "abc"
+    with pytest.raises(cli.UserError, match="another generator"):
+        cli.prepare_out(out, dict(fp, generator_digest="abd"), arrays=arrays, fresh=False)
+    with pytest.raises(cli.UserError, match=r"other settings \(new, w_steps\)"):  # only the digest is adopted
+        cli.prepare_out(str(tmp_path / "x"), {"settings": {"w_steps": 11}, "generator_digest": "abc", "new": 1},
+                        arrays=arrays, fresh=False)
