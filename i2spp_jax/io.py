@@ -5,6 +5,7 @@
 """
 
 import os
+import warnings
 from typing import Sequence
 
 import numpy as np
@@ -31,9 +32,18 @@ def load_image(path: str, resolution: int, channels: int = 3) -> tuple[np.ndarra
     """
     if not os.path.exists(path):
         raise FileNotFoundError(f"no image at {path!r}")
+    if os.path.isdir(path):
+        raise ImageError(f"{path} is a folder, not an image (embed_folder takes a folder of images)")
+    if os.path.getsize(path) == 0:
+        raise ImageError(f"{path} is empty (0 bytes): the copy or download did not finish")
     try:
-        im = Image.open(path)
-        im.load()  # decode now, so that a truncated file fails here
+        with warnings.catch_warnings():  # up to pillow's error limit (179 Mpx) a photo is decoded, quietly
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            im = Image.open(path)
+            im.load()  # decode now, so that a truncated file fails here
+    except Image.DecompressionBombError as e:
+        raise ImageError(f"{path}: too large to decode safely ({str(e).split(',')[0]}); shrink it first (the "
+                         "generator needs at most its own resolution)") from None
     except UnidentifiedImageError as e:
         raise ImageError(f"{path}: not an image pillow can read (corrupt file or unknown format)") from e
     except (OSError, SyntaxError, ValueError) as e:

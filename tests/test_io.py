@@ -69,3 +69,23 @@ def test_difference_map():
     b = a.copy(); b[0, 0] = 0.5
     d = io.difference_map(a, b, gain=4.0)
     assert d.shape == (4, 4, 3) and d[1, 1, 0] == -1 and d[0, 0, 0] == 1
+
+
+def test_a_folder_an_empty_file_and_a_decompression_bomb_are_named(tmp_path, monkeypatch):
+    with pytest.raises(io.ImageError, match="is a folder, not an image"):
+        io.load_image(str(tmp_path), 16)
+    (tmp_path / "empty.png").write_bytes(b"")
+    with pytest.raises(io.ImageError, match=r"is empty \(0 bytes\)"):
+        io.load_image(str(tmp_path / "empty.png"), 16)
+    # pillow's limits scaled down (the real ones are 89 and 179 Mpx): between them, decoded without a
+    # warning; over the second, refused as an ImageError naming the size (it was an uncaught pillow error)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 40 * 40)
+    Image.new("L", (50, 50), 128).save(tmp_path / "large.png")
+    Image.new("L", (60, 60), 128).save(tmp_path / "bomb.png")
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert io.load_image(str(tmp_path / "large.png"), 16)[0].shape == (16, 16, 3)
+    with pytest.raises(io.ImageError, match=r"too large to decode safely \(Image size \(3600 pixels\)"):
+        io.load_image(str(tmp_path / "bomb.png"), 16)
