@@ -38,6 +38,7 @@ A run folder (--out) holds:
 """
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
@@ -95,6 +96,33 @@ def _fail(message: str) -> None:
     sys.exit(2)
 
 
+_WRITE_ERRNOS = (errno.ENOSPC, errno.EROFS, errno.EDQUOT, errno.EACCES)
+
+
+def _write_failure(e: BaseException) -> Optional[OSError]:
+    """The OSError of a failed write (disk full, read-only, quota, permission) behind `e`, or None.
+    Orbax's tensorstore writes report it as a ValueError that quotes the OS error's code."""
+    seen = set()
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, OSError) and e.errno in _WRITE_ERRNOS:
+            return e
+        code = next((c for c in _WRITE_ERRNOS if f"[os_error_code='{c}']" in str(e)), None)
+        if code is not None:
+            path = str(e).split('local file "')[1].split('"')[0] if 'local file "' in str(e) else None
+            return OSError(code, os.strerror(code), path)
+        e = e.__cause__ or e.__context__
+    return None
+
+
+class _QuietWriteFailures:
+    """A logging filter: drops the checkpointer's background threads' reports of a failed write (each
+    with its traceback, hundreds of lines for a full disk); the command then reports it in one line."""
+
+    def filter(self, record) -> bool:
+        return not any(f"[os_error_code='{c}']" in record.getMessage() for c in _WRITE_ERRNOS)
+
+
 def _parse_flags(argv: list[str]) -> list[str]:
     try:
         return flags.FLAGS(argv)
@@ -111,12 +139,25 @@ def run(main: Callable[[list[str]], Any], *, persistent_cache: bool = True, keep
         host_memory.keep_freed_memory()
 
     def guarded(argv):
+        import logging as std_logging
+
+        std_logging.getLogger("absl").addFilter(_QuietWriteFailures())
         if persistent_cache:
             use_compilation_cache(compilation_cache_dir())
         try:
             return main(argv)
         except USER_ERRORS as e:
             _fail(str(e))
+        except KeyboardInterrupt:
+            print("\ninterrupted: rerun the same command to resume from its last checkpoint", file=sys.stderr,
+                  flush=True)
+            sys.exit(130)
+        except Exception as e:  # a full or read-only disk, wherever the write was (orbax wraps its OSError)
+            cause = _write_failure(e)
+            if cause is None:
+                raise
+            _fail(f"cannot write {cause.filename or 'a file'}: {cause.strerror}; free some space or choose a "
+                  "writable --out, then rerun the same command (it resumes from its last checkpoint)")
 
     app.run(guarded, flags_parser=_parse_flags)
 
@@ -405,8 +446,12 @@ def prepare_out(out: str, fingerprint: Mapping[str, Any], *, fresh: bool,
         raise UserError(f"{out} holds a run with {what}; {fix}")
     if os.path.isdir(out) and os.listdir(out):
         raise UserError(f"{out} holds files but no run ({RUN_FILE} is missing); {fix}")
-    os.makedirs(out, exist_ok=True)
-    _write_json(path, mine)
+    try:
+        os.makedirs(out, exist_ok=True)
+        _write_json(path, mine)
+    except OSError as e:
+        why = "a file is in the way" if isinstance(e, (FileExistsError, NotADirectoryError)) else e.strerror
+        raise UserError(f"--out={out}: cannot make the run folder there ({why}); choose a writable --out") from None
     return False
 
 

@@ -283,3 +283,37 @@ def test_a_run_json_of_an_earlier_version_is_completed_not_refused(tmp_path):
     with pytest.raises(cli.UserError, match=r"other settings \(new, w_steps\)"):  # only the digest is adopted
         cli.prepare_out(str(tmp_path / "x"), {"settings": {"w_steps": 11}, "generator_digest": "abc", "new": 1},
                         arrays=arrays, fresh=False)
+
+
+def test_an_unwritable_out_and_ctrl_c_end_in_one_line(tmp_path):
+    (tmp_path / "a_file").write_text("x")
+    p, _ = run_cli("experiments.reconstruct", "--smoke", f"--out={tmp_path}/a_file/run")
+    assert_one_line_error(p, f"--out={tmp_path}/a_file/run: cannot make the run folder there (a file is in the way)")
+    import signal
+
+    out = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-m", "experiments.reconstruct", "--smoke", "--w_steps=100000",
+                             "--log_every=1", f"--out={out}"], cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    for line in proc.stdout:  # optimising: interrupt it as a user would
+        if "[W_l" in line:
+            break
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130 and "Traceback" not in err, err[-2000:]
+    assert err.strip().splitlines()[-1] == "interrupted: rerun the same command to resume from its last checkpoint"
+
+
+def test_a_write_failure_is_found_behind_orbax_s_wrapping():
+    full = ValueError('RESOURCE_EXHAUSTED: Error writing "1" in OCDBT database at local file "/x/ckpt/1/": '
+                      "Failed to write 285 bytes to file 7: No space left on device [os_error_code='28']")
+    e = cli._write_failure(full)
+    assert (e.errno, e.filename) == (28, "/x/ckpt/1/")
+    try:
+        try:
+            raise OSError(30, "Read-only file system", "/ro/x")
+        except OSError as inner:
+            raise RuntimeError("save failed") from inner
+    except RuntimeError as outer:
+        assert cli._write_failure(outer).errno == 30
+    assert cli._write_failure(ValueError("a bug")) is None
