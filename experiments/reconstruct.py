@@ -155,6 +155,11 @@ def _read_inputs(cfg: ReconstructConfig, log) -> _Inputs:
     return _Inputs(config, images, real, w_init, plan)
 
 
+# What a run writes into --out beside the targets' folders (a target is named by its file's stem)
+RUN_FILES = {"ckpt", "grid.png", "curves.png", "metrics.json", "metrics.tmp.json", "history.npz", "history.tmp.npz",
+             "history_partial.npz", cli.RUN_FILE, cli.RUN_FILE + ".tmp", cli.TIMING_FILE, cli.TIMING_FILE + ".tmp"}
+
+
 def _targets(cfg: ReconstructConfig, G, inputs: _Inputs, log) -> list[Target]:
     """The images of this run: --image (one or several, comma-separated), else the hidden-latent
     render, plus, on the demo generator, a real held-out photograph."""
@@ -167,7 +172,11 @@ def _targets(cfg: ReconstructConfig, G, inputs: _Inputs, log) -> list[Target]:
         out = []
         for path in cfg.image.split(","):
             name = os.path.splitext(os.path.basename(path))[0]
+            if name.lower() in RUN_FILES or name.startswith("."):  # its folder would be one of the run's files
+                log(f"{path}: its results go to {name}_image/ ({name} is a name the run uses itself)")
+                name = f"{name}_image"
             if name in [t.name for t in out]:
+                log(f"{path}: a second target named {name}: its results go to {name}_{len(out)}/")
                 name = f"{name}_{len(out)}"
             out.append(Target(name, image(path), f"image {path}", f"your image\n{os.path.basename(path)}"))
         return out

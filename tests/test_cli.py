@@ -317,3 +317,21 @@ def test_a_write_failure_is_found_behind_orbax_s_wrapping():
     except RuntimeError as outer:
         assert cli._write_failure(outer).errno == 30
     assert cli._write_failure(ValueError("a bug")) is None
+
+
+def test_a_target_named_like_the_run_s_own_files_gets_its_own_folder(tmp_path):
+    """history.npz.png's folder was history.npz (the run's history file: a crash at the end) and
+    ckpt.png's was ckpt/ (its results inside the checkpoints); found by an audit."""
+    src = checkpoint.heldout_images()[0]
+    paths = []
+    for name in ("history.npz.png", "ckpt.png", "run.json.png"):
+        paths.append(str(tmp_path / name))
+        Image.open(src).save(paths[-1])
+    out = tmp_path / "run"
+    p, _ = run_cli("experiments.reconstruct", "--smoke", "--w_steps=1", "--noise_steps=1", f"--image={','.join(paths)}",
+                   f"--out={out}")
+    assert p.returncode == 0, p.stderr[-2000:]
+    for name in ("history.npz_image", "ckpt_image", "run.json_image"):
+        assert (out / name / "w_plus.npy").exists() and (out / name / "target.png").exists()
+    assert (out / "history.npz").is_file() and json.load(open(out / "run.json"))["settings"]
+    assert not (out / "ckpt" / "target.png").exists()
