@@ -509,3 +509,14 @@ def test_converter_cli_refuses_bad_paths_in_one_line_before_converting(parity_di
     # an existing --dst is refused before the source is read (a corrupt source would fail later)
     assert "already exists" in run(f"--src={tmp_path}/corrupt.pkl", f"--dst={tmp_path}/folder")
     assert (tmp_path / "a_file").read_text() == "precious" and not list(tmp_path.glob("o[123]*"))
+
+
+def test_a_partial_rosinality_or_ada_state_dict_names_the_missing_key(tmp_path, tiny_weights):
+    path = tmp_path / "rosi_bad.pt"  # was a KeyError traceback
+    torch.save({"g_ema": {"style.1.weight": torch.zeros(3, 3)}, "latent_avg": torch.zeros(3)}, path)
+    with pytest.raises(stylegan2.ConversionError, match=r"missing key conv1\.conv\.weight: not a whole rosinality"):
+        stylegan2.convert_file(str(path))
+    partial = {k: v for k, v in tiny_weights[0].items() if "noise" not in k and (not k.startswith("synthesis.b16.")
+               or k.endswith("torgb.weight"))}  # a cut file, not use_noise=False (which it was blamed on)
+    with pytest.raises(stylegan2.ConversionError, match=r"missing key synthesis\.b16\."):
+        _convert_dict(tmp_path, partial)

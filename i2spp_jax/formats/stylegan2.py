@@ -305,7 +305,8 @@ def _check_ada_keys(sd: StateDict) -> None:
     if len(resolutions) > 1 and not any(k.startswith(f"synthesis.b{resolutions[0]}.torgb.") for k in sd):
         raise ConversionError("synthesis architecture 'orig' (toRGB only in the last block) is not supported: the "
                               "port implements only 'skip', StyleGAN2's generator (config-f, ada, rosinality)")
-    if resolutions and not any(k.endswith(".noise_strength") for k in sd):
+    complete = all(f"synthesis.b{r}.conv1.affine.weight" in sd for r in resolutions)  # else: a missing key
+    if resolutions and complete and not any(k.endswith(".noise_strength") for k in sd):
         raise ConversionError("the generator has no noise inputs (use_noise=False): Image2StyleGAN++ optimises "
                               "the noise maps, so the port implements only StyleGAN2 with noise")
 
@@ -590,7 +591,11 @@ def convert_file(path: str, *, conv_clamp: Any = "unset", mapping_lr_multiplier:
     else:
         if extras.get("network") == "G":
             notes.append("converted the checkpoint's non-averaged g (--network=G), not g_ema")
-        config = rosinality_config(sd, mapping_lr_multiplier=mapping_lr_multiplier)
+        try:
+            config = rosinality_config(sd, mapping_lr_multiplier=mapping_lr_multiplier)
+        except KeyError as e:
+            raise ConversionError(f"{path}: missing key {e.args[0]}: not a whole rosinality Generator "
+                                  "state dict") from None
         if "latent_avg" in extras:
             params = rosinality_params(sd, extras["latent_avg"], config)
         elif mean_latent_samples:
