@@ -115,6 +115,15 @@ def _write_failure(e: BaseException) -> Optional[OSError]:
     return None
 
 
+def _quiet_closed_loops(unraisable) -> None:
+    """sys.unraisablehook: after a failed checkpoint read or write, tensorstore's callbacks reach
+    orbax's closed event loop, each printing a traceback ("Event loop is closed") under the command's
+    one-line error. Those are dropped; every other unraisable exception is printed as Python would."""
+    if isinstance(unraisable.exc_value, RuntimeError) and str(unraisable.exc_value) == "Event loop is closed":
+        return
+    sys.__unraisablehook__(unraisable)
+
+
 class _QuietWriteFailures:
     """A logging filter: drops the checkpointer's background threads' reports of a failed write (each
     with its traceback, hundreds of lines for a full disk); the command then reports it in one line."""
@@ -142,6 +151,7 @@ def run(main: Callable[[list[str]], Any], *, persistent_cache: bool = True, keep
         import logging as std_logging
 
         std_logging.getLogger("absl").addFilter(_QuietWriteFailures())
+        sys.unraisablehook = _quiet_closed_loops
         if persistent_cache:
             use_compilation_cache(compilation_cache_dir())
         try:
@@ -244,7 +254,7 @@ def load_generator(path: str, **convert_kwargs):
     try:
         return i2spp_jax.load_generator(path, **convert_kwargs)
     except (stylegan2.ConversionError, torch_pickle.TruncatedFileError, pickle.UnpicklingError,
-            json.JSONDecodeError) as e:
+            json.JSONDecodeError, checkpoint.CheckpointError) as e:
         raise UserError(f"--generator={path}: {e}; give 'demo', a checkpoint directory (python -m "
                         "converters.stylegan2), a stylegan2-ada-pytorch .pkl, a rosinality .pt, or an official "
                         "TensorFlow StyleGAN / StyleGAN2 .pkl") from e

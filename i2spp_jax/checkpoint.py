@@ -61,8 +61,13 @@ def read_params_dir(directory: str, meta_file: str, what: str, how: str) -> tupl
         raise FileNotFoundError(f"{directory} is not a {what}: {meta_file} is missing (make one with {how})")
     with open(meta_path) as f:
         meta = json.load(f)
-    with ocp.StandardCheckpointer() as ckptr:
-        params = ckptr.restore(os.path.join(os.path.abspath(directory), PARAMS_DIR))
+    try:
+        with ocp.StandardCheckpointer() as ckptr:
+            params = ckptr.restore(os.path.join(os.path.abspath(directory), PARAMS_DIR))
+    except (ValueError, OSError, KeyError) as e:  # tensorstore reports a damaged file as a ValueError
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(f"{directory}: its {PARAMS_DIR}/ cannot be read ({first[:300]}); the checkpoint is "
+                              f"damaged: write it again with {how}") from None
     # One transfer of the whole tree: jnp.asarray per leaf compiled a small program per shape
     # (jax 0.10's "jit(stage)"), 26 of them for the demo generator (issue 9).
     return jax.device_put(params), meta
@@ -81,12 +86,28 @@ def config_from_json(config: dict):
     return cls.from_json(json.dumps(config))
 
 
+class CheckpointError(ValueError):
+    """A checkpoint directory whose files cannot be read, or whose config does not fit its params."""
+
+
 def _load_dir(directory: str) -> generators.AnyGenerator:
-    params, meta = read_params_dir(directory, CONFIG_FILE, "generator checkpoint",
-                                   "python -m converters.stylegan2 --src=... --dst=DIR")
-    config = config_from_json(meta["config"])
+    how = "python -m converters.stylegan2 --src=... --dst=DIR"
+    params, meta = read_params_dir(directory, CONFIG_FILE, "generator checkpoint", how)
+    try:
+        config = config_from_json(meta["config"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise CheckpointError(f"{directory}/{CONFIG_FILE} is not a generator config ({e}); write the checkpoint "
+                              f"again with {how}") from None
     cls = StyleGAN1Generator if config.generation == 1 else Generator
-    return cls(params=params, config=config)
+    G = cls(params=params, config=config)
+    try:  # the config must describe these params: trace one image through both networks (no compute)
+        ws = jax.eval_shape(G.mapping, jax.ShapeDtypeStruct((1, config.z_dim), np.float32))
+        jax.eval_shape(lambda w: G.synthesis(w, noise="const"), ws)
+    except (ValueError, TypeError, KeyError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(f"{directory}/{CONFIG_FILE} does not fit its {PARAMS_DIR}/ ({first[:300]}); the "
+                              f"checkpoint is damaged: write it again with {how}") from None
+    return G
 
 
 @functools.lru_cache(maxsize=1)

@@ -335,3 +335,25 @@ def test_a_target_named_like_the_run_s_own_files_gets_its_own_folder(tmp_path):
         assert (out / name / "w_plus.npy").exists() and (out / name / "target.png").exists()
     assert (out / "history.npz").is_file() and json.load(open(out / "run.json"))["settings"]
     assert not (out / "ckpt" / "target.png").exists()
+
+
+def test_a_damaged_generator_checkpoint_is_named_in_one_line(tmp_path):
+    import shutil
+
+    def copy(name):
+        d = tmp_path / name
+        shutil.copytree(checkpoint.DEMO_DIR, d)
+        return d
+
+    wrong = copy("wrong_z")  # config.json edited: it no longer describes the weights (was accepted)
+    cfg = json.load(open(wrong / "config.json"))
+    cfg["config"]["z_dim"] = 64
+    json.dump(cfg, open(wrong / "config.json", "w"))
+    with pytest.raises(checkpoint.CheckpointError, match=r"config.json does not fit its params/ .*fc0/weight"):
+        checkpoint.load_generator(str(wrong))
+    cut = copy("cut")  # every data file cut short (was a tensorstore traceback)
+    for f in (cut / "params").rglob("*"):
+        if f.is_file() and f.stat().st_size > 100 and f.parent.name == "d":
+            f.write_bytes(f.read_bytes()[:100])
+    p, _ = run_cli("experiments.reconstruct", "--smoke", f"--generator={cut}", f"--out={tmp_path}/o")
+    assert_one_line_error(p, f"{cut}: its params/ cannot be read", "the checkpoint is damaged")
