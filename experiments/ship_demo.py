@@ -59,32 +59,35 @@ def _load_trained(run: str, from_checkpoint: bool) -> tuple[generator.Generator,
 
 
 def ship(run: str, *, from_checkpoint: bool = False, assets: str = checkpoint.ASSETS_DIR, log=print) -> dict:
+    """Writes the generator and the held-out images beside the shipped ones, then swaps both in: a
+    failure on the way (no dataset, a full disk) leaves the shipped assets as they were."""
     G, source = _load_trained(run, from_checkpoint)
     if G.img_channels == 1:
         G = generator.replicate_channels(G, 3)
+    # the held-out images first: the dataset is what a machine is most likely to lack
+    images, labels = datasets.fashion_mnist("test", resolution=G.img_resolution, channels=1, with_labels=True)
     dst = os.path.join(assets, os.path.basename(checkpoint.DEMO_DIR))
-    tmp = dst + ".new"
-    shutil.rmtree(tmp, ignore_errors=True)
+    held = os.path.join(assets, os.path.basename(checkpoint.HELDOUT_DIR))
+    tmp, held_tmp = dst + ".new", held + ".new"
+    for d in (tmp, held_tmp):
+        shutil.rmtree(d, ignore_errors=True)
     checkpoint.save_generator(G, tmp, source=source)
     samples = render_samples(G)
     plots.sample_grid(os.path.join(tmp, "samples.png"), samples, nrow=8, scale=2)
     with open(os.path.join(tmp, "samples.json"), "w") as f:
         json.dump({"seed": SAMPLE_SEED, "count": SAMPLE_COUNT, "truncation_psi": 1.0, "nrow": 8, "scale": 2,
                    "noise": "make_noise(fold_in(PRNGKey(seed), 1), batch=count)", "source": source}, f, indent=1)
-    shutil.rmtree(dst, ignore_errors=True)
-    os.rename(tmp, dst)
-
-    held = os.path.join(assets, os.path.basename(checkpoint.HELDOUT_DIR))
-    shutil.rmtree(held, ignore_errors=True)
-    os.makedirs(held)
-    images, labels = datasets.fashion_mnist("test", resolution=G.img_resolution, channels=1, with_labels=True)
-    written = []
+    os.makedirs(held_tmp)
+    names = []
     for c in HELDOUT_CLASSES:
         i = int(np.flatnonzero(labels == c)[0])
         name = datasets.FASHION_MNIST_CLASSES[c].lower().replace("/", "_").replace(" ", "_")
-        path = os.path.join(held, f"test{i:05d}_{name}.png")
-        Image.fromarray(images[i, ..., 0]).save(path, optimize=True)
-        written.append(path)
+        names.append(f"test{i:05d}_{name}.png")
+        Image.fromarray(images[i, ..., 0]).save(os.path.join(held_tmp, names[-1]), optimize=True)
+    for new, old in ((tmp, dst), (held_tmp, held)):
+        shutil.rmtree(old, ignore_errors=True)
+        os.rename(new, old)
+    written = [os.path.join(held, n) for n in names]
     size = sum(os.path.getsize(os.path.join(r, f)) for r, _, fs in os.walk(dst) for f in fs)
     held_size = sum(os.path.getsize(p) for p in written)
     log(f"shipped {source} as {dst} ({size / 1e6:.2f} MB, {training.num_params(G.params):,} params); "

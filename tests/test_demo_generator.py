@@ -73,3 +73,28 @@ def test_random_demo_generator_stays_reachable():
     assert G is i2spp_jax.random_demo_generator() and G.img_resolution == 64
     a = G.synthesis(G.mapping(jnp.ones((1, G.z_dim))))
     assert np.isfinite(np.asarray(a)).all()
+
+
+def test_shipping_without_the_dataset_leaves_the_shipped_assets_as_they_were(tmp_path, monkeypatch):
+    """ship_demo read the dataset after it had replaced the generator: with no dataset the package was
+    left half-shipped (found by an audit). Now the dataset is read first and both folders swap at the end."""
+    import shutil
+
+    from experiments import ship_demo
+    from i2spp_jax import checkpoint, datasets
+
+    assets = tmp_path / "assets"
+    for d in (checkpoint.DEMO_DIR, checkpoint.HELDOUT_DIR):
+        shutil.copytree(d, assets / os.path.basename(d))
+    before = {p: p.read_bytes() for p in assets.rglob("*") if p.is_file()}
+    monkeypatch.setattr(ship_demo, "_load_trained", lambda run, ckpt: (checkpoint.load_generator("demo-random"), "x"))
+
+    def no_dataset(*a, **k):
+        raise datasets.DatasetError("Fashion-MNIST is not installed")
+
+    monkeypatch.setattr(datasets, "fashion_mnist", no_dataset)
+    with pytest.raises(datasets.DatasetError):
+        ship_demo.ship("runs/none", assets=str(assets), log=lambda m: None)
+    after = {p: p.read_bytes() for p in assets.rglob("*") if p.is_file()}
+    assert after == before and sorted(os.listdir(assets)) == sorted(os.path.basename(d) for d in
+                                                                    (checkpoint.DEMO_DIR, checkpoint.HELDOUT_DIR))
