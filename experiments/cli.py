@@ -169,7 +169,18 @@ def run(main: Callable[[list[str]], Any], *, persistent_cache: bool = True, keep
             _fail(f"cannot write {cause.filename or 'a file'}: {cause.strerror}; free some space or choose a "
                   "writable --out, then rerun the same command (it resumes from its last checkpoint)")
 
+    _show_shared_flags_in_help()
     app.run(guarded, flags_parser=_parse_flags)
+
+
+def _show_shared_flags_in_help() -> None:
+    """`--help` lists the main module's key flags only; the flags a command defines through a shared
+    module (edit_cli's --image, --out, --smoke; presets' --w_steps, --paper...) are the command's too."""
+    main = sys.argv[0]
+    for name in list(flags.FLAGS):
+        module = flags.FLAGS.find_module_defining_flag(name)
+        if module and module.startswith("experiments."):
+            flags.FLAGS.register_key_flag_for_module(main, flags.FLAGS[name])
 
 
 @contextlib.contextmanager

@@ -5,7 +5,7 @@
     # true edit, how far the result reaches the scribbles' colours, and PSNR away from them.
     python -m experiments.scribble
 
-    # Your image and its scribbled copy (the scribbles = where they differ; or give --mask).
+    # Your image and its scribbled copy (the scribbles = where they differ).
     python -m experiments.scribble --original=face.png --scribbled=face_scribbled.png --generator=ckpt/ffhq
 
     python -m experiments.scribble --paper     # W+ embedding 5000, edit 1000 + 1000, VGG at 256

@@ -357,3 +357,14 @@ def test_a_damaged_generator_checkpoint_is_named_in_one_line(tmp_path):
             f.write_bytes(f.read_bytes()[:100])
     p, _ = run_cli("experiments.reconstruct", "--smoke", f"--generator={cut}", f"--out={tmp_path}/o")
     assert_one_line_error(p, f"{cut}: its params/ cannot be read", "the checkpoint is damaged")
+
+
+@pytest.mark.parametrize("command, listed", [
+    ("experiments.inpaint", ["--smoke", "--paper", "--image", "--hole", "--out", "--generator", "--fillings"]),
+    ("experiments.reconstruct", ["--smoke", "--paper", "--w_steps", "--schedule", "--compute_dtype", "--image"]),
+])
+def test_help_lists_the_shared_flags_a_command_takes(command, listed):
+    """--help showed only the flags the command's own file defines (--fillings), not --smoke or --image."""
+    p, _ = run_cli(command, "--help")
+    for flag in listed:
+        assert f"\n  {flag}:" in p.stdout or f"\n  --[no]{flag[2:]}:" in p.stdout, (flag, p.stdout[-3000:])
