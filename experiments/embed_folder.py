@@ -22,12 +22,16 @@ Commands (each a complete configuration):
     python -m experiments.embed_folder --images=DIR --out=/tmp/f --smoke
 
 Outputs in --out:
-    results/NAME_EXT/   one folder per embedded image (images/a/b.png -> results/a/b_png/), written
-                        whole into a temporary folder and renamed into place: w_plus.npy
-                        [num_ws, w_dim], noise/noise_*.npy, result.png, metrics.json (PSNR/SSIM per
-                        phase, the file's sha256, the batch it ran in). A folder here = finished.
-    failed/NAME_EXT.json  an image that could not be used (unreadable, corrupt, wrongly sized, or its
-                        loss became NaN) and why; retried only when the file changes.
+    results/NAME_EXT/   one folder per embedded image (images/a/b.png -> results/a/b_png/; a folder
+                        named like a result, a_png/ or x.d/, gets .d: images/a_png/b.png ->
+                        results/a_png.d/b_png/, never inside a.png's), written whole into a temporary
+                        folder and renamed into place: w_plus.npy [num_ws, w_dim], noise/noise_*.npy,
+                        result.png, metrics.json (PSNR/SSIM per phase, the file's sha256, the batch it
+                        ran in). A folder here = finished. An --out of an earlier version, whose
+                        folders were not marked, has its results moved to these names when resumed.
+    failed/NAME_EXT.json  an image that could not be used (unreadable, corrupt, too large to decode,
+                        wrongly sized, or its loss became NaN) and why; retried only when the file
+                        changes. Any error reading one file fails that file alone.
     manifest.json       every image's status (done / failed / pending) with its PSNR or reason, and
                         the summary; rewritten after every batch (several hosts: one per host,
                         manifest.process<i>.json, merged into manifest.json at the end).
@@ -35,12 +39,14 @@ Outputs in --out:
                         names and contents); a restart re-forms the same batch and resumes it;
                         removed once the batch's results are written (what a kill left between
                         the two goes when the host has finished its share).
-    run.json            the settings: the same command resumes; other settings are refused, --fresh
+    run.json            the settings and the generator's content digest: the same command resumes;
+                        other settings or another generator (even at the same path) are refused, --fresh
                         moves the old folder aside. The batch size and device count are not settings:
                         a run may resume on another machine (unfinished batches then start over).
 
 An image at another size than the generator's is refused (listed in failed/) unless --resize:
-embeddings are only as good as the alignment of the crops they are given.
+embeddings are only as good as the alignment of the crops they are given. A run in which every image
+failed ends with an error (exit status 2) naming failed/.
 """
 
 import collections
@@ -58,8 +64,9 @@ import numpy as np
 from absl import flags, logging
 
 from experiments import cli, presets
-from experiments.folder_store import (IMAGE_EXTS, READ_ERRORS, Store, file_stat, host_share, image_seed,
-                                      list_images, merge_manifests, read_image, summarize)
+from experiments.folder_store import (IMAGE_EXTS, Store, file_stat, host_share, image_seed,
+                                      list_images, merge_manifests, read_failure, read_image, result_name,
+                                      summarize)
 from experiments.progress import Progress
 from i2spp_jax import embed, io, metrics
 from i2spp_jax.engine import sharding
@@ -207,7 +214,9 @@ def embed_folder(cfg: FolderConfig, *, fresh: bool = False, log: Callable[[str],
     G = cli.load_generator(cfg.generator)
     preset, phases, resize_to = _plan(cfg, G)
     fingerprint = _settings(cfg, phases)
-    _prepare(cfg, fingerprint, fresh, log, hosts)
+    # the generator's content, not only its path: another generator saved there is refused in one line
+    run_record = dict(fingerprint, generator_digest=cli.generator_digest(G))
+    _prepare(cfg, run_record, fresh, log, hosts)
     process_index, process_count = hosts.index, hosts.count
 
     share = host_share(keys, process_index, process_count)
@@ -219,6 +228,9 @@ def embed_folder(cfg: FolderConfig, *, fresh: bool = False, log: Callable[[str],
     log(f"generator {cfg.generator}: {G.img_resolution}x{G.img_resolution}; preset {preset}; "
         + " -> ".join(f"{p.name} {p.num_steps}" for p in phases) + f"; VGG at {resize_to}; batches of {size} "
         f"({cfg.batch_per_device} per device on {mesh.size} {mesh.devices.flat[0].platform} device(s))")
+    if store.renamed:
+        log(f"{len(store.renamed)} result(s) of an earlier version moved to their names now (e.g. "
+            f"results/{result_name(store.renamed[0])}: a folder named like an image's result gets .d)")
     if store.changed:
         log(f"{len(store.changed)} finished image(s) changed since they were embedded (e.g. {store.changed[0]}); "
             "their results are kept: delete their results/ folders to embed them again")
@@ -232,26 +244,31 @@ def embed_folder(cfg: FolderConfig, *, fresh: bool = False, log: Callable[[str],
                "devices": f"{mesh.size} {mesh.devices.flat[0].platform}", "batch": size}
     t0 = time.perf_counter()
     pending = collections.deque(store.pending())
+    # batch ids hash the settings without the digest: an unfinished batch of an earlier version resumes
     run = _BatchRun(cfg, G, phases, vgg, mesh, size, store, fingerprint, progress, session)
     while pending:
         items = run.next_batch(pending)
         if items:
             run.embed(items, pending)
             session["seconds"] = time.perf_counter() - t0
-            store.write_manifest(fingerprint, _share_summary(store, session))
+            store.write_manifest(run_record, _share_summary(store, session))
     progress.close()
     store.tidy()
     session["seconds"] = time.perf_counter() - t0
     summary = _share_summary(store, session)
-    store.write_manifest(fingerprint, summary)
+    store.write_manifest(run_record, summary)
     for line in summary_table(summary, store, phases):
         log(line)
     hosts.barrier("i2spp_folder_done")
+    everything = summary
     if process_count > 1 and process_index == 0:
-        merged = merge_manifests(cfg.out, process_count)["summary"]
+        everything = merged = merge_manifests(cfg.out, process_count)["summary"]
         log(f"all {process_count} hosts: {merged['done']} of {merged['images']} images embedded, "
             f"{merged['failed']} failed" + (f"; PSNR mean {merged['psnr_mean']:.2f} dB, min {merged['psnr_min']:.2f} "
                                             f"dB ({merged['psnr_min_image']})" if merged["done"] else ""))
+    if (process_count == 1 or process_index == 0) and everything["failed"] == everything["images"]:
+        raise cli.UserError(f"all {everything['images']} images of --images={cfg.images} failed; the reasons are in "
+                            f"{os.path.join(cfg.out, 'failed')}/ and {os.path.join(cfg.out, 'manifest.json')}")
     return summary
 
 
@@ -278,8 +295,8 @@ class _BatchRun:
             try:
                 img, notes, sha = read_image(self.store.source(key), self.G.img_resolution, self.G.img_channels,
                                              self.cfg.resize)
-            except READ_ERRORS as e:
-                self.store.fail(key, "read", str(e))
+            except Exception as e:  # any error reading one file is that file's (folder_store.read_failure)
+                self.store.fail(key, "read", *read_failure(e))
                 self.session["failed"] += 1
                 self.progress.finished(failed=1)
                 continue
@@ -423,6 +440,9 @@ def _join_hosts() -> Hosts:
 
 def main(argv):
     del argv
+    # Before JAX starts: absl shows INFO, and the backends' start logs a line at INFO ("Unable to
+    # initialize backend 'tpu'") before every error; orbax logs every checkpoint step at INFO.
+    logging.set_verbosity(logging.WARNING)
     if not FLAGS.images:
         raise cli.UserError("--images is required: the folder of images to embed")
     common = presets.from_flags(FLAGS, _D)
@@ -430,7 +450,6 @@ def main(argv):
     cfg = FolderConfig(images=FLAGS.images, out=FLAGS.out, generator=FLAGS.generator, w_init=FLAGS.w_init,
                        seed=FLAGS.seed, resize=FLAGS.resize, batch_per_device=FLAGS.batch_per_device,
                        devices=FLAGS.devices, checkpoint_every=FLAGS.checkpoint_every, **common)
-    logging.set_verbosity(logging.WARNING)  # orbax logs every checkpoint step at INFO
     with cli.resumable(cfg.out):
         embed_folder(cfg, fresh=FLAGS.fresh, hosts=hosts)
 

@@ -10,9 +10,12 @@ import glob
 import hashlib
 import json
 import os
+import re
 import shutil
 import time
-from typing import Callable
+import traceback
+import warnings
+from typing import Callable, Optional
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -41,9 +44,25 @@ def list_images(root: str, out: str) -> tuple[list[str], int]:
     return sorted(found), ignored
 
 
+_EXT_ALTERNATION = "|".join(e[1:] for e in IMAGE_EXTS)
+# A folder whose name ends like an image's result name (a_png) or failure record (a_png.json), or like
+# an escaped folder (x.d), gets ".d" appended: a file's name always ends in _EXT, an escaped folder's in
+# .d, any other folder's in neither, so no file and folder (nor two of either) ever share a name.
+_ESCAPED_FOLDER = re.compile(rf"(_({_EXT_ALTERNATION})(\.json)?|\.d)$", re.IGNORECASE)
+
+
 def result_name(key: str) -> str:
-    """The output name of an image: its relative path with the extension's dot made '_'
-    (a/b.png -> a/b_png), so that b.png and b.jpg never share a folder."""
+    """The output name of an image, injective over any tree: its relative path with the extension's dot
+    made '_' (a/b.png -> a/b_png, so that b.png and b.jpg never share a folder), and ".d" after each
+    folder whose name could be a file's (the images of a folder a_png/ go to a_png.d/x_png, never
+    inside the results of a file a.png)."""
+    *folders, name = key.split("/")
+    stem, ext = os.path.splitext(name)
+    return "/".join([f + ".d" if _ESCAPED_FOLDER.search(f) else f for f in folders] + [stem + ext.replace(".", "_")])
+
+
+def legacy_result_name(key: str) -> str:
+    """The name before folders were escaped (older runs): a/b.png -> a/b_png, folders as they are."""
     stem, ext = os.path.splitext(key)
     return stem + ext.replace(".", "_")
 
@@ -68,20 +87,41 @@ def read_image(path: str, resolution: int, channels: int, resize: bool) -> tuple
     """(image [R, R, C] in [-1, 1], notes on what was converted, the file's sha256).
 
     Raises:
-      ImageError / OSError: unreadable, corrupt, or (without `resize`) not resolution x resolution.
+      ImageError / OSError: unreadable, corrupt, too large to decode safely, or (without `resize`) not
+        resolution x resolution.
     """
     with open(path, "rb") as f:
         sha = hashlib.sha256(f.read()).hexdigest()
     try:
-        with Image.open(path) as im:
-            size = im.size
+        with warnings.catch_warnings():  # pillow's warning for a large image is 2 lines on stderr
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as im:
+                size = im.size
+    except Image.DecompressionBombError as e:
+        raise io.ImageError(f"too large to decode safely ({str(e).split(',')[0]}); shrink it first (the generator "
+                            f"needs {resolution}x{resolution})") from None
     except UnidentifiedImageError as e:
         raise io.ImageError("not an image pillow can read (corrupt file or unknown format)") from e
     if not resize and size != (resolution, resolution):
         raise io.ImageError(f"{size[0]}x{size[1]}, the generator needs {resolution}x{resolution}: give aligned "
                             "crops at that size, or pass --resize to centre-crop and resize")
-    img, notes = io.load_image(path, resolution, channels)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        img, notes = io.load_image(path, resolution, channels)
     return img, notes, sha
+
+
+def read_failure(e: Exception) -> tuple[str, Optional[str]]:
+    """(the reason recorded for an image that `read_image` could not read, the traceback or None);
+    called in the except block. Pillow's decoders raise many types besides OSError (SyntaxError,
+    struct.error, MemoryError, ...): each ends as one image's failure, never the run's; an unexpected
+    type is named, and its traceback kept in the record, in case it is a bug."""
+    if isinstance(e, READ_ERRORS):
+        return str(e), None
+    if isinstance(e, MemoryError):
+        return "not enough memory to decode it (MemoryError); shrink it, or free memory and rerun", None
+    return f"{type(e).__name__}: {e} (an unexpected error reading it; its traceback is in this record)", \
+        traceback.format_exc()
 
 
 # ----------------------------------------------------------------------------------------------
@@ -96,6 +136,8 @@ class Store:
         self.process_index, self.process_count = process_index, process_count
         self.done, self.failed = {}, {}  # key -> record
         self.changed = []  # finished images whose file changed since
+        # deepest first: an older run's result nested in another's (a_png/x_png in a_png) leaves it first
+        self.renamed = [key for key in sorted(keys, key=lambda k: -k.count("/")) if self._adopt_legacy(key)]
         for key in keys:
             record = self._read(self.result_path(key, "metrics.json"))
             if record is not None:
@@ -108,12 +150,36 @@ class Store:
                 self.failed[key] = failure  # the same file failed before: not retried
         shutil.rmtree(self._tmp_root(), ignore_errors=True)  # this host's half-written results
 
+    def _adopt_legacy(self, key) -> bool:
+        """Moves what a run of an earlier version wrote for `key` under its unescaped name
+        (legacy_result_name) to its name now, if the record there names this image; whether it did."""
+        old, new = legacy_result_name(key), result_name(key)
+        if old == new:
+            return False
+        moved = False
+        for kind, suffix, record in (("results", "", "metrics.json"), ("failed", ".json", "")):
+            src, dst = (os.path.join(self.out, kind, name + suffix) for name in (old, new))
+            found = self._read(os.path.join(src, record) if record else src)
+            if not isinstance(found, dict) or found.get("image") != key or os.path.exists(dst):
+                continue
+            os.makedirs(os.path.dirname(dst), exist_ok=True)
+            os.rename(src, dst)
+            moved = True
+            folder = os.path.dirname(src)  # the older run's folders that only a new name would escape
+            while _ESCAPED_FOLDER.search(os.path.basename(folder)):
+                try:
+                    os.rmdir(folder)
+                except OSError:  # not empty: another image's results, or another image is under it
+                    break
+                folder = os.path.dirname(folder)
+        return moved
+
     @staticmethod
     def _read(path):
         try:
             with open(path) as f:
                 return json.load(f)
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
             return None
         except ValueError:  # unreadable: counts as not written (results are renamed in whole)
             return None
@@ -150,9 +216,11 @@ class Store:
     def pending(self) -> list[str]:
         return [k for k in self.keys if k not in self.done and k not in self.failed]
 
-    def fail(self, key: str, stage: str, reason: str) -> None:
+    def fail(self, key: str, stage: str, reason: str, traceback_text: Optional[str] = None) -> None:
         record = {"image": key, "stage": stage, "reason": reason, "file": file_stat(self.source(key))
                   if os.path.exists(self.source(key)) else None, "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
+        if traceback_text:
+            record["traceback"] = traceback_text
         os.makedirs(os.path.dirname(self.failure_path(key)), exist_ok=True)
         _write_json(self.failure_path(key), record)
         self.failed[key] = record

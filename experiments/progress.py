@@ -25,6 +25,7 @@ class Progress:
         self.work0 = 0.0  # the work done by then
         self.fraction = 0.0  # of the running batch, in items
         self.last = 0.0
+        self.shown = None  # the counts the last line drawn showed
 
     def iteration(self, items_in_batch: int, t: int, total_iterations: int) -> None:
         """Iteration t (0-based) of `total_iterations` of a batch of `items_in_batch` finished."""
@@ -55,7 +56,7 @@ class Progress:
         now = time.perf_counter()
         if not force and now - self.last < (0.25 if self.tty else 30.0):
             return
-        self.last = now
+        self.last, self.shown = now, (self.done, self.failed)
         if self.tty:
             self.stream.write("\r" + self.line() + "\x1b[K")
         else:
@@ -71,6 +72,9 @@ class Progress:
             self.draw(force=True)
 
     def close(self) -> None:
+        """Ends the bar; the last line shows the final counts (failures alone do not redraw in a log)."""
+        if self.shown != (self.done, self.failed):
+            self.draw(force=True)
         if self.tty:
             self.stream.write("\n")
             self.stream.flush()

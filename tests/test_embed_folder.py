@@ -334,3 +334,197 @@ def test_an_image_whose_loss_becomes_nan_fails_alone(tmp_path, monkeypatch):
     np.testing.assert_array_equal(second[0], a_boot)  # back in the queue, in front
     assert not any(np.array_equal(s, first[1]) for batch in calls[1:] for s in batch)  # never again
     assert sorted(os.listdir(os.path.join(cfg.out, "results"))) == ["a_boot_png", "c_sneaker_png", "sub"]
+
+
+# ----------------------------------------------------------------------------------------------
+# Names that never collide, unreadable images, the generator's content, a run in which all fail.
+
+
+def _collisions(names):
+    """Names equal to another, or a folder above another (its results would hold the other's)."""
+    taken = set(names)
+    clashes = [n for n in taken if names.count(n) > 1]
+    for n in taken:
+        parts = n.split("/")
+        clashes += [(a, n) for a in ("/".join(parts[:i]) for i in range(1, len(parts))) if a in taken]
+    return clashes
+
+
+def test_result_names_are_injective_over_any_tree():
+    import random
+
+    pieces = ["a", "a.png", "a_png", "a_png.json", "a_png.d", "a.d", "A_PNG", "b.jpg", "b_jpg", "c_tif", "c_tiff",
+              "c.tiff", "x.d.png", "x.d", "x.d.d", "y_gif.json.d"]
+    rng = random.Random(0)
+    keys = {"a.png", "a_png/x.png", "sub/d_dress.png"}
+    for _ in range(3000):
+        folders = [rng.choice(pieces) for _ in range(rng.randrange(3))]
+        name = rng.choice(pieces)
+        if os.path.splitext(name)[1].lower() in folder_store.IMAGE_EXTS:
+            keys.add("/".join(folders + [name]))
+    names = [folder_store.result_name(k) for k in sorted(keys)]
+    assert _collisions(names) == [] and _collisions([n + ".json" for n in names]) == []  # results/, failed/
+    # readable: only a folder named like a result is marked
+    assert folder_store.result_name("sub/d_dress.png") == "sub/d_dress_png"
+    assert folder_store.result_name("a_png/x.png") == "a_png.d/x_png"
+    assert folder_store.result_name("a.png") == folder_store.legacy_result_name("a.png") == "a_png"
+
+
+def _fake_result(out, root, name, key):
+    os.makedirs(os.path.join(out, "results", name))
+    json.dump({"image": key, "final": {"psnr": 20.0, "ssim": 0.5},
+               "file": folder_store.file_stat(os.path.join(root, key))},
+              open(os.path.join(out, "results", name, "metrics.json"), "w"))
+    open(os.path.join(out, "results", name, "w_plus.npy"), "w").write(key)
+
+
+def test_store_moves_an_older_runs_results_to_the_new_names(tmp_path):
+    """An --out of an earlier version (folders not escaped) is recognised: its finished results and
+    failures move to the new names, and a file named like a folder (a.png beside a_png/) can be added."""
+    root = str(tmp_path / "images")
+    keys = ["a.png", "a_png/b_jpg/y.png", "a_png/x.png", "sub/c.png"]
+    for key in keys:
+        os.makedirs(os.path.dirname(os.path.join(root, key)) or root, exist_ok=True)
+        Image.new("RGB", (32, 32)).save(os.path.join(root, key))
+    out = str(tmp_path / "out")  # the older run: x and c done, y failed, a.png added since
+    for key in ("a_png/x.png", "sub/c.png"):
+        _fake_result(out, root, folder_store.legacy_result_name(key), key)
+    old_failure = os.path.join(out, "failed", "a_png", "b_jpg", "y_png.json")
+    os.makedirs(os.path.dirname(old_failure))
+    json.dump({"image": "a_png/b_jpg/y.png", "stage": "read", "reason": "was broken",
+               "file": folder_store.file_stat(os.path.join(root, "a_png/b_jpg/y.png"))}, open(old_failure, "w"))
+    store = folder_store.Store(out, root, keys, 0, 1)
+    assert set(store.done) == {"a_png/x.png", "sub/c.png"} and set(store.failed) == {"a_png/b_jpg/y.png"}
+    assert store.pending() == ["a.png"] and sorted(store.renamed) == ["a_png/b_jpg/y.png", "a_png/x.png"]
+    assert open(os.path.join(out, "results", "a_png.d", "x_png", "w_plus.npy")).read() == "a_png/x.png"
+    assert os.path.exists(os.path.join(out, "failed", "a_png.d", "b_jpg.d", "y_png.json"))
+    assert not os.path.exists(os.path.join(out, "results", "a_png")) and not os.path.exists(old_failure)
+    store.finish("a.png", lambda d: {"final": {"psnr": 21.0, "ssim": 0.5},  # was: Directory not empty
+                                     "file": folder_store.file_stat(os.path.join(root, "a.png"))})
+    assert sorted(os.listdir(os.path.join(out, "results", "a_png"))) == ["metrics.json"]
+    assert folder_store.Store(out, root, keys, 0, 1).pending() == []
+    # the older version's mixed folder (a.png and a_png/x.png both finished in results/a_png) is separated
+    out = str(tmp_path / "mixed")
+    _fake_result(out, root, "a_png", "a.png")
+    _fake_result(out, root, "a_png/x_png", "a_png/x.png")
+    store = folder_store.Store(out, root, keys, 0, 1)
+    assert set(store.done) == {"a.png", "a_png/x.png"} and store.renamed == ["a_png/x.png"]
+    assert sorted(os.listdir(os.path.join(out, "results", "a_png"))) == ["metrics.json", "w_plus.npy"]
+    assert json.load(open(os.path.join(out, "results", "a_png.d", "x_png", "metrics.json")))["image"] == "a_png/x.png"
+
+
+def test_unreadable_images_fail_alone_and_names_never_collide(tmp_path, monkeypatch):
+    """Any error reading one image (pillow's DecompressionBombError, MemoryError, an unexpected type)
+    records that image in failed/ and the run goes on; a large image's warning is not printed; a.png
+    and a_png/x.png keep their results apart."""
+    import struct
+    import warnings
+
+    from experiments import embed_folder as ef
+
+    shipped = checkpoint.heldout_images()
+    root = str(tmp_path / "images")
+    os.makedirs(os.path.join(root, "a_png"))
+    for src, key in zip(shipped, ["a.png", "a_png/x.png", "oom.png", "odd.png"]):
+        with open(src, "rb") as f, open(os.path.join(root, key), "wb") as g:
+            g.write(f.read())
+    # pillow's limits lowered, so that small files stand for a bomb (error over 2 x 3000 pixels) and a
+    # large image (a warning over 3000 pixels)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 3000)
+    Image.new("L", (80, 80), 128).save(os.path.join(root, "bomb.png"))
+    Image.new("L", (60, 60), 128).save(os.path.join(root, "large.png"))
+    real = io.load_image
+
+    def load_image(path, *a, **kw):
+        if path.endswith("oom.png"):
+            raise MemoryError()
+        if path.endswith("odd.png"):
+            raise struct.error("unpack requires a buffer of 4 bytes")  # as a broken pillow plugin might
+        return real(path, *a, **kw)
+
+    monkeypatch.setattr(io, "load_image", load_image)
+    cfg = ef.FolderConfig(images=root, out=str(tmp_path / "out"), w_steps=2, noise_steps=1, percept=0.0,
+                          vgg="random", batch_per_device=2, checkpoint_every=0)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        summary = ef.embed_folder(cfg, log=lambda _: None)
+    assert not [w for w in caught if issubclass(w.category, Image.DecompressionBombWarning)]
+    assert (summary["done"], summary["failed"]) == (2, 4)
+    reasons = {k: json.load(open(os.path.join(cfg.out, "failed", k + ".json"))) for k in
+               ("bomb_png", "large_png", "oom_png", "odd_png")}
+    assert "too large to decode safely" in reasons["bomb_png"]["reason"]
+    assert "60x60, the generator needs 32x32" in reasons["large_png"]["reason"]
+    assert "not enough memory" in reasons["oom_png"]["reason"] and "traceback" not in reasons["oom_png"]
+    assert reasons["odd_png"]["reason"].startswith("error: unpack requires") and \
+        "struct.error" in reasons["odd_png"]["traceback"]
+    assert json.load(open(os.path.join(cfg.out, "results", "a_png", "metrics.json")))["image"] == "a.png"
+    assert json.load(open(os.path.join(cfg.out, "results", "a_png.d", "x_png", "metrics.json")))["image"] == \
+        "a_png/x.png"
+    assert "x_png" not in os.listdir(os.path.join(cfg.out, "results", "a_png"))
+
+
+def test_another_generator_at_the_same_path_is_refused(tmp_path):
+    import dataclasses
+    import shutil
+
+    import jax
+
+    from experiments import cli
+    from experiments import embed_folder as ef
+
+    G = checkpoint.load_generator("demo")
+    gdir = str(tmp_path / "g")
+    checkpoint.save_generator(G, gdir)
+    root = str(tmp_path / "images")
+    os.makedirs(root)
+    shipped = checkpoint.heldout_images()
+    Image.open(shipped[0]).save(os.path.join(root, "a.png"))
+    cfg = ef.FolderConfig(images=root, out=str(tmp_path / "out"), generator=gdir, preset="smoke", w_steps=1,
+                          noise_steps=1, percept=0.0, vgg="random", checkpoint_every=0)
+    assert ef.embed_folder(cfg, log=lambda _: None)["done"] == 1
+    assert json.load(open(os.path.join(cfg.out, "run.json")))["generator_digest"] == cli.generator_digest(G)
+    shutil.rmtree(gdir)
+    checkpoint.save_generator(dataclasses.replace(G, params=jax.tree.map(lambda p: p * 1.05, G.params)), gdir)
+    Image.open(shipped[1]).save(os.path.join(root, "b.png"))
+    with pytest.raises(cli.UserError, match="holds a run with another generator"):
+        ef.embed_folder(cfg, log=lambda _: None)
+    assert not os.path.exists(os.path.join(cfg.out, "results", "b_png"))
+
+
+def test_progress_ends_on_the_final_counts():
+    class Stream:
+        text = ""
+
+        def write(self, s):
+            self.text += s
+
+        def flush(self):
+            pass
+
+        def isatty(self):
+            return False
+
+    s = Stream()
+    p = Progress(3, done_before=0, failed_before=0, stream=s)
+    p.finished(done=1)
+    p.finished(failed=1)
+    p.finished(failed=1)  # failures alone redraw a log's line at most every 30 s
+    p.close()
+    assert s.text.splitlines()[-1].endswith("3/3 images (2 failed) | 0 images/s | ETA --:--")
+
+
+def test_a_run_in_which_every_image_fails_is_an_error_in_one_line(env):
+    """Exit status 2, one line on stderr (no absl INFO line of JAX's backends before it), the bar final."""
+    root = str(env["base"] / "all_bad")
+    os.makedirs(root)
+    open(os.path.join(root, "fake.jpg"), "w").write("not a picture")
+    Image.new("RGB", (64, 64)).save(os.path.join(root, "big.png"))
+    out = str(env["base"] / "all_bad_out")
+    cmd, penv = command(root, out, cache=env["cache"])
+    p = subprocess.run(cmd, cwd=ROOT, env=penv, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 2, p.stdout[-2000:] + p.stderr[-2000:]
+    assert p.stderr.splitlines() == [f"error: all 2 images of --images={root} failed; the reasons are in "
+                                     f"{out}/failed/ and {out}/manifest.json"], p.stderr
+    bars = [line for line in p.stdout.splitlines() if "images/s | ETA" in line]
+    assert bars[-1].endswith("2/2 images (2 failed) | 0 images/s | ETA --:--"), p.stdout
+    assert sorted(os.listdir(os.path.join(out, "failed"))) == ["big_png.json", "fake_jpg.json"]
