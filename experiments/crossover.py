@@ -25,8 +25,8 @@ DEMO_MASK = "half:left"
 
 
 def extra_flags():
-    flags.DEFINE_integer("w_steps", None, "W_l iterations (paper: 1000)")
-    flags.DEFINE_integer("noise_steps", None, "Mk_n iterations (paper: 1000)")
+    flags.DEFINE_integer("w_steps", None, "W_l iterations (paper: 1000)", lower_bound=0)
+    flags.DEFINE_integer("noise_steps", None, "Mk_n iterations (paper: 1000)", lower_bound=0)
 
 
 def settings():

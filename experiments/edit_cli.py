@@ -17,6 +17,7 @@ the call of its library function, its measurements and its grid. `main(edit)` do
 import dataclasses
 import json
 import os
+import shutil
 import time
 from typing import Any, Callable, Optional
 
@@ -25,7 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import flags, logging
 
-from experiments import cli
+from experiments import cli, presets
 from i2spp_jax import io, metrics, plots
 from i2spp_jax import masks as mask_ops
 
@@ -67,7 +68,8 @@ def define_flags(edit: Edit) -> None:
     flags.DEFINE_bool("paper", False, "the paper's settings (iterations; VGG at 256)")
     flags.DEFINE_bool("smoke", False, "a seconds-long run: a few iterations, random-weight VGG (tests)")
     flags.DEFINE_string("vgg", "imagenet", "'imagenet' (load_vgg16), 'random' (tests), or a VGG16 weights path")
-    flags.DEFINE_integer("resize_to", None, "VGG input size (default: 256 paper, 64 demo generator)")
+    flags.DEFINE_integer("resize_to", None, "VGG input size (default: 256 paper, 64 demo generator)",
+                         lower_bound=presets.MIN_RESIZE_TO)
     flags.DEFINE_integer("seed", 0, "seed of the optimisation's random draws")
     flags.DEFINE_integer("truth_seed", 100, "demo: seed of the hidden latents")
     flags.DEFINE_integer("log_every", 100, "progress line every this many iterations")
@@ -187,15 +189,27 @@ def main(edit: Edit) -> None:
                           checkpoint_every=FLAGS.checkpoint_every, log=cli.log,
                           log_every=5 if FLAGS.smoke else FLAGS.log_every)
     t0 = time.perf_counter()
-    with cli.resumable(FLAGS.out), cli.user_input(f"{edit.name} inputs",
-                                                  "check that the masks and images fit the generator"):
-        result = edit.call(G, inputs, vgg, settings, run)
+    try:
+        with cli.resumable(FLAGS.out), cli.user_input(f"{edit.name} inputs",
+                                                      "check that the masks and images fit the generator"):
+            result = edit.call(G, inputs, vgg, settings, run)
+    except cli.UserError:
+        if not resuming and not _computed_anything(FLAGS.out):
+            # refused before any iteration (the application checks its inputs): the folder holds only what
+            # this command wrote, so it goes, and the corrected command is a new run, not "another run"
+            shutil.rmtree(FLAGS.out, ignore_errors=True)
+        raise
     seconds = time.perf_counter() - t0
     iterations = sum(r.iterations_run for r in result.runs.values())
     timing = cli.record_session(FLAGS.out, iterations=iterations, seconds=seconds)
     measured = edit.measure(G, inputs, result, vgg, settings)
     _write_outputs(FLAGS.out, edit, G, inputs, result, measured, settings, preset, fingerprint, timing)
     cli.mark_finished(FLAGS.out)
+
+
+def _computed_anything(out: str) -> bool:
+    """Whether out/ckpt holds any file (a checkpoint of some iteration)."""
+    return any(files for _, _, files in os.walk(os.path.join(out, "ckpt")))
 
 
 def _write_inputs(out: str, inputs: Inputs) -> None:

@@ -25,9 +25,10 @@ DEMO_HOLE = "rect:0.25,0.3125,0.5,0.375"  # a 16x12 hole in the middle of a 32x3
 
 
 def extra_flags():
-    flags.DEFINE_integer("fillings", None, "number of fillings (filling 0 from w̄, the others from U[-0.4, 0.4])")
-    flags.DEFINE_integer("w_steps", None, "W_l iterations (paper: 200)")
-    flags.DEFINE_integer("noise_steps", None, "Mk_n iterations (paper: 1000)")
+    flags.DEFINE_integer("fillings", None, "number of fillings (filling 0 from w̄, the others from U[-0.4, 0.4])",
+                         lower_bound=1)
+    flags.DEFINE_integer("w_steps", None, "W_l iterations (paper: 200)", lower_bound=0)
+    flags.DEFINE_integer("noise_steps", None, "Mk_n iterations (paper: 1000)", lower_bound=0)
     flags.DEFINE_bool("compare", None, "also run W+ without the layer mask (all layers) as a baseline")
 
 

@@ -32,6 +32,20 @@ def resolve(preset: Optional[str], generator: str, resolution: int, *, w_steps: 
     return preset, w, n, r
 
 
+# VGG16's conv3_3 (the deepest layer the losses read) sees the input at a quarter of its side.
+MIN_RESIZE_TO = 16
+
+
+def finite_floats(names) -> None:
+    """Refuses nan / inf for these float flags (absl's bounds let nan through)."""
+    import math
+
+    from absl import flags
+
+    for name in names:
+        flags.register_validator(name, lambda v: v is None or math.isfinite(v), f"--{name} must be a finite number")
+
+
 def define_flags(defaults, *, schedule_help: str = "phase order") -> None:
     """The flags of an embedding command that pick its preset and its phases (--paper, --smoke,
     --schedule, --w_steps, --noise_steps, --w_lr, --w_optimizer, --noise_lr, --percept,
@@ -45,12 +59,13 @@ def define_flags(defaults, *, schedule_help: str = "phase order") -> None:
     flags.DEFINE_enum("schedule", defaults.schedule, list(embed.SCHEDULES), schedule_help)
     flags.DEFINE_integer("w_steps", None, "W+ iterations (overrides the preset)", lower_bound=0)
     flags.DEFINE_integer("noise_steps", None, "noise iterations (overrides the preset)", lower_bound=0)
-    flags.DEFINE_float("w_lr", defaults.w_lr, "learning rate for W+")
+    flags.DEFINE_float("w_lr", defaults.w_lr, "learning rate for W+", lower_bound=0.0)
     flags.DEFINE_enum("w_optimizer", defaults.w_optimizer, ["adam", "sgd"],
                       "optimiser for W+ (paper: Adam 0.01 or SGD 0.8)")
-    flags.DEFINE_float("noise_lr", defaults.noise_lr, "Adam learning rate for the noise maps")
-    flags.DEFINE_float("percept", defaults.percept, "λ_p of the W+ phase (0 = MSE only)")
-    flags.DEFINE_integer("resize_to", None, "VGG input resolution (default: 256 paper, 64 on the demo generator)")
+    flags.DEFINE_float("noise_lr", defaults.noise_lr, "Adam learning rate for the noise maps", lower_bound=0.0)
+    flags.DEFINE_float("percept", defaults.percept, "λ_p of the W+ phase (0 = MSE only)", lower_bound=0.0)
+    flags.DEFINE_integer("resize_to", None, "VGG input resolution (default: 256 paper, 64 on the demo generator)",
+                         lower_bound=MIN_RESIZE_TO)
     flags.DEFINE_string("vgg", defaults.vgg, "'imagenet', 'random', or a VGG16 weights path")
     flags.DEFINE_enum("noise_init", defaults.noise_init, ["normal", "const"], "initial noise maps")
     flags.DEFINE_enum("compute_dtype", defaults.compute_dtype, ["float32", "bfloat16"],
@@ -61,6 +76,7 @@ def define_flags(defaults, *, schedule_help: str = "phase order") -> None:
     flags.DEFINE_float("float32_head", defaults.float32_head, "with --compute_dtype=bfloat16: the fraction of each "
                        "phase's iterations, at its start, that runs in float32 (at most what --float32_tail leaves)", lower_bound=0.0,
                        upper_bound=1.0)
+    finite_floats(["w_lr", "noise_lr", "percept", "float32_tail", "float32_head"])
     flags.DEFINE_string("float32_above_db", str(defaults.float32_above_db).lower(), "with --compute_dtype=bfloat16: "
                         "once an image reaches this PSNR (dB), the rest of the phase runs in float32, as bf16's "
                         "gradients stall near its rounding floor; auto = 10 dB under that floor; none = never")

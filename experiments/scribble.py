@@ -25,9 +25,10 @@ FLAGS = flags.FLAGS
 
 
 def extra_flags():
-    flags.DEFINE_integer("w_steps", None, "W_l iterations of the edit (paper: 1000)")
-    flags.DEFINE_integer("noise_steps", None, "Mk_n iterations of the edit (paper: 1000)")
-    flags.DEFINE_integer("embed_w_steps", None, "W+ iterations of the original's embedding (paper: 5000)")
+    flags.DEFINE_integer("w_steps", None, "W_l iterations of the edit (paper: 1000)", lower_bound=0)
+    flags.DEFINE_integer("noise_steps", None, "Mk_n iterations of the edit (paper: 1000)", lower_bound=0)
+    flags.DEFINE_integer("embed_w_steps", None, "W+ iterations of the original's embedding (paper: 5000)",
+                         lower_bound=0)
 
 
 def settings():

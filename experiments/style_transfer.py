@@ -24,10 +24,11 @@ DEMO_MASK = "half:top"
 
 
 def extra_flags():
-    flags.DEFINE_integer("st_steps", None, "M_st iterations (paper: 1000)")
-    flags.DEFINE_integer("noise_steps", None, "Mk_n iterations (paper: 1000)")
-    flags.DEFINE_integer("embed_w_steps", None, "W+ iterations of the content's embedding (paper: 5000)")
-    flags.DEFINE_float("style_weight", None, "λ_s (paper: 5e-7)")
+    flags.DEFINE_integer("st_steps", None, "M_st iterations (paper: 1000)", lower_bound=0)
+    flags.DEFINE_integer("noise_steps", None, "Mk_n iterations (paper: 1000)", lower_bound=0)
+    flags.DEFINE_integer("embed_w_steps", None, "W+ iterations of the content's embedding (paper: 5000)",
+                         lower_bound=0)
+    flags.DEFINE_float("style_weight", None, "λ_s (paper: 5e-7)", lower_bound=0.0)
 
 
 def settings():

@@ -200,6 +200,10 @@ def _mistakes(tmp_path):
         (["--no_such_flag"], ["no_such_flag"]),
         (["--paper"], ["exclude"]),
         (["--compute_dtype=bfloat16", "--float32_above_db=high"], ["--float32_above_db=high", "auto, none"]),
+        (["--resize_to=0"], ["--resize_to=0", ">= 16"]),  # was a ZeroDivisionError after the folder was made
+        (["--w_lr=-1"], ["--w_lr=-1", "non-negative"]),  # was accepted
+        (["--percept=nan"], ["--percept must be a finite number"]),  # was a NaN loss blamed on the learning rate
+        ([f"--image={tmp_path}"], ["is a folder, not an image"]),
     ]
 
 
@@ -368,3 +372,22 @@ def test_help_lists_the_shared_flags_a_command_takes(command, listed):
     p, _ = run_cli(command, "--help")
     for flag in listed:
         assert f"\n  {flag}:" in p.stdout or f"\n  --[no]{flag[2:]}:" in p.stdout, (flag, p.stdout[-3000:])
+
+
+def test_an_application_that_refuses_its_inputs_leaves_no_run_behind(tmp_path):
+    """A scribbled image equal to the original is refused inside the application, after the run folder
+    was made; the corrected command was then refused as "another run" (found by an audit)."""
+    src = checkpoint.heldout_images()[0]
+    original, scribbled = tmp_path / "o.png", tmp_path / "s.png"
+    Image.open(src).convert("RGB").save(original)
+    Image.open(src).convert("RGB").save(scribbled)
+    out = tmp_path / "run"
+    base = ["experiments.scribble", "--smoke", f"--original={original}", f"--scribbled={scribbled}", f"--out={out}"]
+    p, _ = run_cli(*base)
+    assert_one_line_error(p, "no scribbles")
+    assert not out.exists()
+    a = np.asarray(Image.open(scribbled)).copy()
+    a[8:16, 8:16] = 255
+    Image.fromarray(a).save(scribbled)
+    p, _ = run_cli(*base)
+    assert p.returncode == 0, p.stderr[-2000:]
