@@ -105,6 +105,7 @@ def read_user_inputs(edit: Edit, config) -> Optional[dict]:
     out = {}
     for f in edit.image_flags:
         out[f] = cli.load_image(getattr(FLAGS, f), config)
+    _check_mask_shapes(edit)
     for f in edit.mask_flags:
         v = getattr(FLAGS, f)
         if config is not None:
@@ -113,6 +114,34 @@ def read_user_inputs(edit: Edit, config) -> Optional[dict]:
             _read_mask(f, v, 64)
             out[f] = None
     return out
+
+
+def _file_size(path: str) -> Optional[tuple[int, int]]:
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:  # as displayed: EXIF orientations 5-8 turn the picture
+            return im.size[::-1] if im.getexif().get(0x0112) in (5, 6, 7, 8) else im.size
+    except Exception:  # unreadable: the image or mask reader names the cause
+        return None
+
+
+def _check_mask_shapes(edit: Edit) -> None:
+    """A mask file is drawn on the image it goes with: it is cropped and resized exactly as the image
+    is, so another aspect ratio (a mask of another picture, or turned) is refused, and another size said."""
+    image = getattr(FLAGS, edit.image_flags[0])
+    image_size = _file_size(image)
+    for f in edit.mask_flags:
+        v = getattr(FLAGS, f)
+        size = _file_size(v) if os.path.isfile(v) else None
+        if image_size is None or size is None or size == image_size:
+            continue
+        (w, h), (W, H) = size, image_size
+        if abs(w / h - W / H) > 0.02 * W / H:
+            raise cli.UserError(f"--{f}={v} is {w}x{h} but --{edit.image_flags[0]}={image} is {W}x{H}: another "
+                                "aspect ratio; draw the mask on (a copy of) the image, or give a shape such as "
+                                "rect:0.25,0.25,0.5,0.5")
+        cli.log(f"--{f}={v}: {w}x{h}, scaled as --{edit.image_flags[0]} ({W}x{H}) is")
 
 
 def _user_inputs(edit: Edit, G, read: dict) -> Inputs:

@@ -391,3 +391,22 @@ def test_an_application_that_refuses_its_inputs_leaves_no_run_behind(tmp_path):
     Image.fromarray(a).save(scribbled)
     p, _ = run_cli(*base)
     assert p.returncode == 0, p.stderr[-2000:]
+
+
+def test_a_mask_file_of_another_aspect_ratio_is_refused(tmp_path):
+    """The mask is cropped and resized as its image is; a turned or foreign mask was used silently."""
+    Image.new("RGB", (50, 30), (90, 90, 90)).save(tmp_path / "wide.png")
+    turned = Image.new("L", (30, 50), 0)
+    turned.paste(255, (0, 0, 30, 25))
+    turned.save(tmp_path / "turned.png")
+    p, _ = run_cli("experiments.inpaint", "--smoke", f"--image={tmp_path}/wide.png", f"--hole={tmp_path}/turned.png",
+                   f"--out={tmp_path}/o")
+    assert_one_line_error(p, "is 30x50 but --image=", "is 50x30: another aspect ratio")
+    assert not (tmp_path / "o").exists()
+    # the same picture turned by its EXIF tag is 30x50 as displayed: the turned mask fits it
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.new("RGB", (50, 30), (90, 90, 90)).save(tmp_path / "photo.jpg", exif=exif)
+    from experiments import edit_cli
+
+    assert edit_cli._file_size(str(tmp_path / "photo.jpg")) == (30, 50)
