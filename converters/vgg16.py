@@ -13,9 +13,10 @@ from i2spp_jax.vgg import load_vgg16, save_vgg16
 
 
 def main(argv):
-    from absl import flags
+    from absl import flags, logging
 
     del argv
+    logging.set_verbosity(logging.WARNING)  # orbax logs every file operation at INFO
     src, dst = flags.FLAGS.src, flags.FLAGS.dst
     vgg = load_vgg16(src)  # a file is converted, not cached
     errors = relative_errors(vgg, src)

@@ -423,9 +423,32 @@ def _differences(theirs: dict, mine: dict, array_sections: Collection[str], deri
     return " and ".join(parts)
 
 
+LOCK_FILE = ".lock"
+_held_locks: dict = {}  # out -> its open lock file, held until the process ends
+
+
+def lock_out(out: str) -> None:
+    """Holds an exclusive lock on out/.lock for the rest of this process: a second command started
+    into the same folder is refused (UserError) instead of writing beside the first. The operating
+    system drops the lock when the process ends, however it ends."""
+    import fcntl
+
+    key = os.path.abspath(out)
+    if key in _held_locks:
+        return
+    f = open(os.path.join(out, LOCK_FILE), "a+")
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        f.close()
+        raise UserError(f"another command is running in {out} now; wait for it to end (rerun the same command "
+                        "afterwards to resume or finish), or choose another --out") from None
+    _held_locks[key] = f
+
+
 def prepare_out(out: str, fingerprint: Mapping[str, Any], *, fresh: bool,
                 arrays: Optional[Mapping[str, Mapping[str, Any]]] = None, derived: Collection[str] = (),
-                log: Callable[[str], None] = log) -> bool:
+                log: Callable[[str], None] = log, lock: bool = False) -> bool:
     """Makes `out` the folder of this run; returns True when it already holds this run (resume it).
 
     The run is `fingerprint` (JSON-able sections, e.g. {"settings": {flag: value}}) plus the
@@ -437,6 +460,7 @@ def prepare_out(out: str, fingerprint: Mapping[str, Any], *, fresh: bool,
     Args:
       derived: sections that follow from the others (e.g. the phases, from the step counts):
         named in the refusal only when nothing else differs.
+      lock: hold out/.lock (`lock_out`) from before run.json is read until the process ends.
     Returns:
       Whether `out` already held this run (False for a new or a --fresh one).
     """
@@ -444,11 +468,18 @@ def prepare_out(out: str, fingerprint: Mapping[str, Any], *, fresh: bool,
     mine = _jsonable({**fingerprint, **{k: hash_arrays(v) for k, v in arrays.items()}})
     if os.path.exists(out) and not os.path.isdir(out):
         raise UserError(f"--out={out} is a file, not a folder; choose another --out")
-    if fresh and os.path.isdir(out) and os.listdir(out):
+    if lock and os.path.isdir(out):
+        lock_out(out)  # before --fresh moves anything: never a folder another command is writing
+    if fresh and os.path.isdir(out) and set(os.listdir(out)) - {LOCK_FILE}:
         log(f"--fresh: moved the old {out} aside to {move_aside(out)}")
+        old_lock = _held_locks.pop(os.path.abspath(out), None)  # it went with the old folder
+        if old_lock is not None:
+            old_lock.close()
     fix = (f"rerun with --fresh to move it aside to {os.path.normpath(out)}.old-<time> and start over, "
            "or choose another --out")
     path = os.path.join(out, RUN_FILE)
+    if lock and os.path.isdir(out):
+        lock_out(out)
     if os.path.exists(path):
         try:
             with open(path) as f:
@@ -465,10 +496,12 @@ def prepare_out(out: str, fingerprint: Mapping[str, Any], *, fresh: bool,
             return True
         what = _differences(theirs if isinstance(theirs, dict) else {}, mine, set(arrays), set(derived))
         raise UserError(f"{out} holds a run with {what}; {fix}")
-    if os.path.isdir(out) and os.listdir(out):
+    if os.path.isdir(out) and set(os.listdir(out)) - {LOCK_FILE}:
         raise UserError(f"{out} holds files but no run ({RUN_FILE} is missing); {fix}")
     try:
         os.makedirs(out, exist_ok=True)
+        if lock:
+            lock_out(out)
         _write_json(path, mine)
     except OSError as e:
         why = "a file is in the way" if isinstance(e, (FileExistsError, NotADirectoryError)) else e.strerror

@@ -202,7 +202,7 @@ def main(edit: Edit) -> None:
     vgg_name = "random" if FLAGS.smoke and FLAGS.vgg == "imagenet" else FLAGS.vgg
     fingerprint = {"command": edit.name, "preset": preset, "generator": FLAGS.generator, "vgg": vgg_name,
                    "settings": settings, "generator_digest": cli.generator_digest(G)}
-    resuming = cli.prepare_out(FLAGS.out, fingerprint, fresh=FLAGS.fresh,
+    resuming = cli.prepare_out(FLAGS.out, fingerprint, fresh=FLAGS.fresh, lock=True,
                                arrays={"images": inputs.images, "masks": inputs.masks})
     if resuming and cli.is_finished(FLAGS.out):
         cli.log(f"{FLAGS.out} holds this run, finished: nothing to do (metrics.json and grid.png are there; "

@@ -225,7 +225,7 @@ def reconstruct(cfg: ReconstructConfig, *, fresh: bool = False, log=logging.info
     preset, phases, resize_to = inputs.plan or _plan(cfg, G)
     targets = _targets(cfg, G, inputs, log)
     fingerprint = dict(_run_fingerprint(cfg, phases), generator_digest=cli.generator_digest(G))
-    resuming = cli.prepare_out(cfg.out, fingerprint, fresh=fresh, log=log,
+    resuming = cli.prepare_out(cfg.out, fingerprint, fresh=fresh, log=log, lock=True,
                                arrays={"targets": {t.name: t.image for t in targets}}, derived=("phases",))
     done = _finished_metrics(cfg.out) if resuming else None
     if done is not None:

@@ -410,3 +410,18 @@ def test_a_mask_file_of_another_aspect_ratio_is_refused(tmp_path):
     from experiments import edit_cli
 
     assert edit_cli._file_size(str(tmp_path / "photo.jpg")) == (30, 50)
+
+
+def test_a_second_command_into_a_running_folder_is_refused(tmp_path):
+    """Two commands into one --out at once wrote beside each other (an orbax traceback for the second)."""
+    out = str(tmp_path / "run")
+    fp = {"settings": {"w_steps": 1}}
+    assert cli.prepare_out(out, fp, fresh=False, lock=True, log=print) is False  # this process holds the lock
+    other = ("from experiments import cli\n"
+             "try:\n"
+             f"    cli.prepare_out({out!r}, {fp!r}, fresh=True, lock=True)\n"
+             "except cli.UserError as e:\n"
+             "    print(e)\n")
+    p = subprocess.run([sys.executable, "-c", other], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert f"another command is running in {out} now" in p.stdout, p.stdout + p.stderr[-2000:]
+    assert os.listdir(tmp_path) == ["run"]  # --fresh did not move the running folder aside
