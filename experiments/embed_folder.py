@@ -429,7 +429,12 @@ def _join_hosts() -> Hosts:
             raise cli.UserError(f"--process_id={FLAGS.process_id} must be below --num_processes={FLAGS.num_processes}")
         jax.distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
     elif FLAGS.distributed:
-        jax.distributed.initialize()
+        try:
+            jax.distributed.initialize()
+        except ValueError as e:  # no cluster found around this process ("coordinator_address should be defined")
+            raise cli.UserError(f"--distributed found no cluster to join ({e}): it works under SLURM, Open MPI or "
+                                "on a TPU pod slice; elsewhere give --coordinator_address, --num_processes and "
+                                "--process_id, or leave the flag out on one machine") from None
     if jax.process_count() == 1:
         return Hosts()
     from jax.experimental import multihost_utils

@@ -207,7 +207,8 @@ def test_changed_settings_and_bad_flags_end_in_one_line(env, reference):
     for args, words in [(cmd, "holds a run with other settings (seed); rerun with --fresh"),
                         (cmd[:3] + [f"--images={env['base']}/none"] + cmd[4:], "no such folder"),
                         (cmd + ["--devices=5"], "--devices=5, but this host has 4 cpu device(s)"),
-                        (cmd + ["--num_processes=2"], "need --coordinator_address, --num_processes and --process_id")]:
+                        (cmd + ["--num_processes=2"], "need --coordinator_address, --num_processes and --process_id"),
+                        (cmd + ["--distributed"], "--distributed found no cluster to join")]:  # was a traceback
         p = subprocess.run(args, cwd=ROOT, env=penv, capture_output=True, text=True, timeout=300)
         lines = [line for line in p.stderr.splitlines() if line.startswith("error: ")]
         assert p.returncode == 2 and len(lines) == 1 and words in lines[0], p.stderr[-2000:]
