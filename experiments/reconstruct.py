@@ -133,6 +133,9 @@ def _read_inputs(cfg: ReconstructConfig, log) -> _Inputs:
     """Reads every input that the user names (images, --w_init, --vgg, the generator's config) and
     refuses a bad one in one line, in about a second: before anything slow is built."""
     config = cli.generator_config(cfg.generator)
+    if cfg.image is not None and not cfg.image.strip():
+        raise cli.UserError("--image is empty: give an image file (or several, comma-separated), or leave the flag "
+                            "out for the demo")
     paths = cfg.image.split(",") if cfg.image else []
     images = {path: cli.load_image(path, config, log) for path in paths}
     real = None

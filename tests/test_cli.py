@@ -204,6 +204,7 @@ def _mistakes(tmp_path):
         (["--w_lr=-1"], ["--w_lr=-1", "non-negative"]),  # was accepted
         (["--percept=nan"], ["--percept must be a finite number"]),  # was a NaN loss blamed on the learning rate
         ([f"--image={tmp_path}"], ["is a folder, not an image"]),
+        (["--image="], ["--image is empty"]),  # ran the demo
     ]
 
 
