@@ -134,3 +134,16 @@ def test_a_users_images_need_no_mask_for_the_channel_copy(tmp_path):
     m = json.loads((out / "metrics.json").read_text())
     assert set(m["measured"]) == WHOLE and m["app_settings"]["channels_from_a"] == 16
     assert "--mask" not in m["inputs"]
+
+
+def test_an_unknown_point_is_refused_before_the_embedding(G, pair, monkeypatch):
+    """--point=b999.x was refused only after the embedding had run (found by an audit)."""
+    ft = sys.modules["i2spp_jax.apps.feature_transfer"]  # the module (apps.feature_transfer is the function)
+
+    def no_embedding(*a, **k):
+        raise AssertionError("embedded before checking the point")
+
+    monkeypatch.setattr(ft, "reconstruct_w", no_embedding)
+    _, _, ra, rb = pair
+    with pytest.raises(ValueError, match="activation point 'b999.x': use one of"):
+        apps.feature_transfer(G, ra, rb, np.ones((32, 32)), vgg=None, point="b999.x", run=QUIET)

@@ -140,6 +140,8 @@ def feature_transfer(G, a, b, mask, *, vgg, layer: int = layer_map.FEATURE_TRANS
     point = point or layer_map.activation_point(G, layer)
     if op not in OPS:
         raise ValueError(f"op {op!r}: use one of {sorted(OPS)}")
+    if point not in G.config.activation_names:  # before the embedding, as the operands below
+        raise ValueError(f"activation point {point!r}: use one of {G.config.activation_names}")
     if op == "spatial":
         mask = mask_of(mask, G, "mask")
     else:  # before the embedding: a wrong λ or bit count ends here, not after minutes of optimisation
