@@ -283,20 +283,23 @@ def test_store_counts_only_whole_results_and_retries_changed_files(tmp_path):
     assert third.pending() == [keys[1]]
 
 
+class _Stream:
+    """A log file's stream for Progress: collects what it writes; not a terminal."""
+
+    text = ""
+
+    def write(self, s):
+        self.text += s
+
+    def flush(self):
+        pass
+
+    def isatty(self):
+        return False
+
+
 def test_progress_line():
-    class Stream:
-        text = ""
-
-        def write(self, s):
-            self.text += s
-
-        def flush(self):
-            pass
-
-        def isatty(self):
-            return False
-
-    s = Stream()
+    s = _Stream()
     p = Progress(10, done_before=2, failed_before=1, stream=s)
     p.iteration(4, 0, 100)  # the first iteration (compiled now) of a batch of 4: the clock starts
     assert "3/10 images (1 failed) | 0 images/s | ETA --:--" in s.text
@@ -493,19 +496,7 @@ def test_another_generator_at_the_same_path_is_refused(tmp_path):
 
 
 def test_progress_ends_on_the_final_counts():
-    class Stream:
-        text = ""
-
-        def write(self, s):
-            self.text += s
-
-        def flush(self):
-            pass
-
-        def isatty(self):
-            return False
-
-    s = Stream()
+    s = _Stream()
     p = Progress(3, done_before=0, failed_before=0, stream=s)
     p.finished(done=1)
     p.finished(failed=1)
