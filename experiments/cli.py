@@ -478,8 +478,6 @@ def prepare_out(out: str, fingerprint: Mapping[str, Any], *, fresh: bool,
     fix = (f"rerun with --fresh to move it aside to {os.path.normpath(out)}.old-<time> and start over, "
            "or choose another --out")
     path = os.path.join(out, RUN_FILE)
-    if lock and os.path.isdir(out):
-        lock_out(out)
     if os.path.exists(path):
         try:
             with open(path) as f:
@@ -488,11 +486,10 @@ def prepare_out(out: str, fingerprint: Mapping[str, Any], *, fresh: bool,
             raise UserError(f"{path} is damaged ({e}); {fix}") from e
         if theirs == mine:
             return True
-        if isinstance(theirs, dict) and {k: v for k, v in mine.items() if k not in theirs} and \
-                set(mine) - set(theirs) <= set(ADOPTED_SECTIONS) and all(theirs[k] == mine[k] for k in theirs):
+        missing = set(mine) - set(theirs) if isinstance(theirs, dict) else set()
+        if missing and missing <= set(ADOPTED_SECTIONS) and all(theirs[k] == mine.get(k) for k in theirs):
             _write_json(path, mine)  # a run of an earlier version: resumed, its run.json completed
-            log(f"{path}: written by an earlier version; now also records "
-                + ", ".join(sorted(set(mine) - set(theirs))))
+            log(f"{path}: written by an earlier version; now also records {', '.join(sorted(missing))}")
             return True
         what = _differences(theirs if isinstance(theirs, dict) else {}, mine, set(arrays), set(derived))
         raise UserError(f"{out} holds a run with {what}; {fix}")

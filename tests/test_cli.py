@@ -426,3 +426,10 @@ def test_a_second_command_into_a_running_folder_is_refused(tmp_path):
     p = subprocess.run([sys.executable, "-c", other], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert f"another command is running in {out} now" in p.stdout, p.stdout + p.stderr[-2000:]
     assert os.listdir(tmp_path) == ["run"]  # --fresh did not move the running folder aside
+
+
+def test_an_older_run_json_with_a_section_this_version_lacks_is_refused_not_a_crash(tmp_path):
+    out = str(tmp_path / "x")
+    cli.prepare_out(out, {"settings": {"a": 1}, "gone": 1}, fresh=False, log=print)
+    with pytest.raises(cli.UserError, match=r"other settings \(gone\)"):  # was a KeyError
+        cli.prepare_out(out, {"settings": {"a": 1}, "generator_digest": "abc"}, fresh=False)
