@@ -157,12 +157,12 @@ class Hosts:
 
 
 def _prepare(cfg, fingerprint, fresh, log, hosts: Hosts):
-    """Process 0 makes (or checks, or with --fresh moves aside) the run folder, and tells the others
-    whether it could; they then check that it holds their run. A refusal stops every host."""
+    """Process 0 makes (or checks, or with --fresh moves aside) the run folder and locks it, and tells
+    the others whether it could; they then check that it holds their run. A refusal stops every host."""
     refused = None
     if hosts.index == 0:
-        try:
-            cli.prepare_out(cfg.out, fingerprint, fresh=fresh, log=log, derived=("phases",))
+        try:  # process 0 holds OUT/.lock: a second run into the folder is refused (the other hosts share it)
+            cli.prepare_out(cfg.out, fingerprint, fresh=fresh, log=log, derived=("phases",), lock=True)
         except cli.UserError as e:
             refused = e
     if hosts.broadcast(refused is not None):

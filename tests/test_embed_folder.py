@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from experiments import folder_store
+from experiments import cli, folder_store
 from experiments.progress import Progress
 from i2spp_jax import checkpoint, io, metrics
 
@@ -473,7 +473,6 @@ def test_another_generator_at_the_same_path_is_refused(tmp_path):
 
     import jax
 
-    from experiments import cli
     from experiments import embed_folder as ef
 
     G = checkpoint.load_generator("demo")
@@ -520,3 +519,16 @@ def test_a_run_in_which_every_image_fails_is_an_error_in_one_line(env):
     bars = [line for line in p.stdout.splitlines() if "images/s | ETA" in line]
     assert bars[-1].endswith("2/2 images (2 failed) | 0 images/s | ETA --:--"), p.stdout
     assert sorted(os.listdir(os.path.join(out, "failed"))) == ["big_png.json", "fake_jpg.json"]
+
+
+def test_a_second_run_into_a_folder_in_use_is_refused(env, tmp_path):
+    """Process 0 holds OUT/.lock: a second embed_folder into the same --out (here, while this test holds
+    the lock) is refused in one line before it reads or writes anything there."""
+    out = str(tmp_path / "out")
+    cli.prepare_out(out, {"settings": {}}, fresh=False, lock=True, log=lambda _: None)
+    cmd, penv = command(env["images"], out, cache=env["cache"])
+    p = subprocess.run(cmd, cwd=ROOT, env=penv, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 2 and p.stderr.splitlines() == [
+        f"error: another command is running in {out} now; wait for it to end (rerun the same command afterwards "
+        "to resume or finish), or choose another --out"], p.stderr[-2000:]
+    assert sorted(os.listdir(out)) == [cli.LOCK_FILE, cli.RUN_FILE]
