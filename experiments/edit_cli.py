@@ -117,12 +117,9 @@ def read_user_inputs(edit: Edit, config) -> Optional[dict]:
 
 
 def _file_size(path: str) -> Optional[tuple[int, int]]:
-    from PIL import Image
-
     try:
-        with Image.open(path) as im:  # as displayed: EXIF orientations 5-8 turn the picture
-            return im.size[::-1] if im.getexif().get(0x0112) in (5, 6, 7, 8) else im.size
-    except Exception:  # unreadable: the image or mask reader names the cause
+        return io.image_size(path)
+    except (io.ImageError, OSError):  # unreadable: the image or mask reader names the cause
         return None
 
 

@@ -14,11 +14,9 @@ import re
 import shutil
 import time
 import traceback
-import warnings
 from typing import Callable, Optional
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
 
 from i2spp_jax import io
 
@@ -92,22 +90,11 @@ def read_image(path: str, resolution: int, channels: int, resize: bool) -> tuple
     """
     with open(path, "rb") as f:
         sha = hashlib.sha256(f.read()).hexdigest()
-    try:
-        with warnings.catch_warnings():  # pillow's warning for a large image is 2 lines on stderr
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(path) as im:
-                size = im.size
-    except Image.DecompressionBombError as e:
-        raise io.ImageError(f"too large to decode safely ({str(e).split(',')[0]}); shrink it first (the generator "
-                            f"needs {resolution}x{resolution})") from None
-    except UnidentifiedImageError as e:
-        raise io.ImageError("not an image pillow can read (corrupt file or unknown format)") from e
+    size = io.image_size(path)
     if not resize and size != (resolution, resolution):
         raise io.ImageError(f"{size[0]}x{size[1]}, the generator needs {resolution}x{resolution}: give aligned "
                             "crops at that size, or pass --resize to centre-crop and resize")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-        img, notes = io.load_image(path, resolution, channels)
+    img, notes = io.load_image(path, resolution, channels)
     return img, notes, sha
 
 

@@ -54,6 +54,12 @@ def write_params_dir(directory: str, params: Any, meta: dict, meta_file: str) ->
         raise
 
 
+def _first_line(e: BaseException) -> str:
+    """An exception's message cut to its first line (at most 300 characters), or its type's name."""
+    text = str(e).strip()
+    return text.splitlines()[0][:300] if text else type(e).__name__
+
+
 def read_params_dir(directory: str, meta_file: str, what: str, how: str) -> tuple[Any, dict]:
     """Reads what `write_params_dir` wrote: (params as jax arrays, meta)."""
     meta_path = os.path.join(directory, meta_file)
@@ -65,8 +71,7 @@ def read_params_dir(directory: str, meta_file: str, what: str, how: str) -> tupl
         with ocp.StandardCheckpointer() as ckptr:
             params = ckptr.restore(os.path.join(os.path.abspath(directory), PARAMS_DIR))
     except (ValueError, OSError, KeyError) as e:  # tensorstore reports a damaged file as a ValueError
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise CheckpointError(f"{directory}: its {PARAMS_DIR}/ cannot be read ({first[:300]}); the checkpoint is "
+        raise CheckpointError(f"{directory}: its {PARAMS_DIR}/ cannot be read ({_first_line(e)}); the checkpoint is "
                               f"damaged: write it again with {how}") from None
     # One transfer of the whole tree: jnp.asarray per leaf compiled a small program per shape
     # (jax 0.10's "jit(stage)"), 26 of them for the demo generator (issue 9).
@@ -104,8 +109,7 @@ def _load_dir(directory: str) -> generators.AnyGenerator:
         ws = jax.eval_shape(G.mapping, jax.ShapeDtypeStruct((1, config.z_dim), np.float32))
         jax.eval_shape(lambda w: G.synthesis(w, noise="const"), ws)
     except (ValueError, TypeError, KeyError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise CheckpointError(f"{directory}/{CONFIG_FILE} does not fit its {PARAMS_DIR}/ ({first[:300]}); the "
+        raise CheckpointError(f"{directory}/{CONFIG_FILE} does not fit its {PARAMS_DIR}/ ({_first_line(e)}); the "
                               f"checkpoint is damaged: write it again with {how}") from None
     return G
 

@@ -19,6 +19,38 @@ class ImageError(ValueError):
     """An image file that cannot be used, with the reason."""
 
 
+def _open(path: str, decode: bool) -> Image.Image:
+    """The file opened by pillow (and decoded, with `decode`, so that a truncated file fails here);
+    a missing, empty, foreign, corrupt or over-large file is refused naming the cause."""
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"no image at {path!r}")
+    if os.path.isdir(path):
+        raise ImageError(f"{path} is a folder, not an image (embed_folder takes a folder of images)")
+    if os.path.getsize(path) == 0:
+        raise ImageError(f"{path} is empty (0 bytes): the copy or download did not finish")
+    try:
+        with warnings.catch_warnings():  # up to pillow's error limit (179 Mpx) a photo is decoded, quietly
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            im = Image.open(path)
+            if decode:
+                im.load()
+            return im
+    except Image.DecompressionBombError as e:
+        raise ImageError(f"{path}: too large to decode safely ({str(e).split(',')[0]}); shrink it first (the "
+                         "generator needs at most its own resolution)") from None
+    except UnidentifiedImageError as e:
+        raise ImageError(f"{path}: not an image pillow can read (corrupt file or unknown format)") from e
+    except (OSError, SyntaxError, ValueError) as e:
+        raise ImageError(f"{path}: the image data is corrupt or truncated ({e})") from e
+
+
+def image_size(path: str) -> tuple[int, int]:
+    """(width, height) as the image is displayed (EXIF orientations 5-8 turn it), read from its header
+    alone; refused as `load_image` refuses."""
+    with _open(path, decode=False) as im:
+        return im.size[::-1] if im.getexif().get(0x0112) in (5, 6, 7, 8) else im.size
+
+
 def load_image(path: str, resolution: int, channels: int = 3) -> tuple[np.ndarray, list[str]]:
     """Reads an image for embedding into a `resolution`x`resolution` generator with `channels` channels.
 
@@ -30,24 +62,7 @@ def load_image(path: str, resolution: int, channels: int = 3) -> tuple[np.ndarra
     Returns:
       (image [resolution, resolution, channels] float32 in [-1, 1], notes: list of what was changed)
     """
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"no image at {path!r}")
-    if os.path.isdir(path):
-        raise ImageError(f"{path} is a folder, not an image (embed_folder takes a folder of images)")
-    if os.path.getsize(path) == 0:
-        raise ImageError(f"{path} is empty (0 bytes): the copy or download did not finish")
-    try:
-        with warnings.catch_warnings():  # up to pillow's error limit (179 Mpx) a photo is decoded, quietly
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            im = Image.open(path)
-            im.load()  # decode now, so that a truncated file fails here
-    except Image.DecompressionBombError as e:
-        raise ImageError(f"{path}: too large to decode safely ({str(e).split(',')[0]}); shrink it first (the "
-                         "generator needs at most its own resolution)") from None
-    except UnidentifiedImageError as e:
-        raise ImageError(f"{path}: not an image pillow can read (corrupt file or unknown format)") from e
-    except (OSError, SyntaxError, ValueError) as e:
-        raise ImageError(f"{path}: the image data is corrupt or truncated ({e})") from e
+    im = _open(path, decode=True)
     notes = []
     if getattr(im, "n_frames", 1) > 1:
         notes.append(f"{im.n_frames} frames: using the first")
