@@ -43,6 +43,7 @@ import hashlib
 import json
 import os
 import pickle
+import signal
 import sys
 import time
 from typing import Any, Callable, Collection, Iterator, Mapping, Optional, Sequence
@@ -67,6 +68,14 @@ TIMING_FILE = "timing.json"
 
 class UserError(ValueError):
     """A mistake in the command line or its inputs; the message names the cause and the fix."""
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a scheduler's preemption, `timeout`, `kill`): the command stops as on Ctrl-C."""
+
+
+def _raise_terminated(signum, frame):
+    raise Terminated()
 
 
 USER_ERRORS = (UserError, DatasetError, ImageError, FileNotFoundError, FileExistsError, FloatingPointError)
@@ -142,8 +151,10 @@ def _parse_flags(argv: list[str]) -> list[str]:
 def run(main: Callable[[list[str]], Any], *, persistent_cache: bool = True, keep_host_memory: bool = True) -> None:
     """absl's app.run(main), with a persistent compilation cache (a rerun or a resume skips most
     compiling; off for a command that measures compile time), and flag errors and USER_ERRORS
-    reported in one line (exit status 2). On the CPU backend, freed host memory is kept for the
-    next step (`host_memory.keep_freed_memory`: each step's temporaries otherwise page-fault afresh)."""
+    reported in one line (exit status 2); Ctrl-C and SIGTERM in one line too (exit status 130 and
+    143; a run that checkpoints writes a checkpoint where it stops, `i2spp_jax.engine.interrupts`).
+    On the CPU backend, freed host memory is kept for the next step (`host_memory.keep_freed_memory`:
+    each step's temporaries otherwise page-fault afresh)."""
     if keep_host_memory:
         host_memory.keep_freed_memory()
 
@@ -154,14 +165,16 @@ def run(main: Callable[[list[str]], Any], *, persistent_cache: bool = True, keep
         sys.unraisablehook = _quiet_closed_loops
         if persistent_cache:
             use_compilation_cache(compilation_cache_dir())
+        if signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
+            signal.signal(signal.SIGTERM, _raise_terminated)  # the engine then stops at a checkpoint
         try:
             return main(argv)
         except USER_ERRORS as e:
             _fail(str(e))
-        except KeyboardInterrupt:
-            print("\ninterrupted: rerun the same command to resume from its last checkpoint", file=sys.stderr,
-                  flush=True)
-            sys.exit(130)
+        except KeyboardInterrupt as e:
+            what = "terminated (SIGTERM)" if isinstance(e, Terminated) else "interrupted"
+            print(f"\n{what}: rerun the same command to resume from its last checkpoint", file=sys.stderr, flush=True)
+            sys.exit(143 if isinstance(e, Terminated) else 130)
         except Exception as e:  # a full or read-only disk, wherever the write was (orbax wraps its OSError)
             cause = _write_failure(e)
             if cause is None:

@@ -3,6 +3,7 @@ and the run's time kept across sessions."""
 
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -304,9 +305,26 @@ def test_an_unwritable_out_and_ctrl_c_end_in_one_line(tmp_path):
         if "[W_l" in line:
             break
     proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=120)
+    rest, err = proc.communicate(timeout=120)
     assert proc.returncode == 130 and "Traceback" not in err, err[-2000:]
     assert err.strip().splitlines()[-1] == "interrupted: rerun the same command to resume from its last checkpoint"
+    # The run stopped at a checkpoint of its own, not the last periodic one (the default is every 500).
+    stopped = re.search(r"stopping at iteration (\d+)/\d+ on SIGINT: checkpoint written", rest)
+    assert stopped and int(stopped[1]) % 500, rest[-2000:]
+    # SIGTERM (a scheduler's preemption) likewise, in one line, and the rerun resumes where it stopped.
+    proc = subprocess.Popen(proc.args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    resumed = False
+    for line in proc.stdout:
+        if "[W_l" in line:
+            break
+        if "resumed" in line:
+            assert f"at iteration {stopped[1]}/" in line, line
+            resumed = True
+    proc.send_signal(signal.SIGTERM)
+    rest, err = proc.communicate(timeout=120)
+    assert resumed and proc.returncode == 143 and "Traceback" not in err, err[-2000:]
+    assert err.strip().splitlines()[-1] == "terminated (SIGTERM): rerun the same command to resume from its last checkpoint"
+    assert re.search(r"stopping at iteration \d+/\d+ on SIGTERM: checkpoint written", rest), rest[-2000:]
 
 
 def test_a_write_failure_is_found_behind_orbax_s_wrapping():

@@ -659,6 +659,79 @@ def test_resume_bit_identical_with_multi_step_calls(tmp_path):
         np.testing.assert_array_equal(resumed.history[k], full.history[k])
 
 
+@pytest.mark.parametrize("steps_per_call,sig", [(1, "SIGINT"), (3, "SIGTERM")])
+def test_a_stop_signal_writes_a_checkpoint_where_it_stops(tmp_path, steps_per_call, sig):
+    """Ctrl-C or SIGTERM (a scheduler's preemption) during a run with checkpoints: the run stops at the
+    end of the running dispatch with a checkpoint there (not at the last periodic one), then the
+    signal acts as it would have; the resumed run equals the uninterrupted one bit for bit. (Before,
+    Ctrl-C lost every iteration since the last checkpoint and SIGTERM ended the process at once.)"""
+    import signal
+
+    G = tiny_generator()
+    x = targets(G, 2)
+    v0 = embed.initial_variables(G, 2, w_init="uniform", seed=1)
+    phases = mse_schedule(w_steps=10, noise_steps=6)
+    kw = dict(init_vars=v0, log_every=0, seed=1, checkpoint_every=100, steps_per_call=steps_per_call)
+    full = embed.embed(G, x, phases=phases, checkpoint_dir=str(tmp_path / "full"), **kw)
+    signum = getattr(signal, sig)
+    raised = []
+
+    def their_handler(n, frame):  # a program's own SIGTERM handler (the command lines raise)
+        raised.append(n)
+        raise Kill()
+
+    def send(t, m):
+        if t == 4:  # inside the second dispatch of three steps: it finishes first
+            signal.raise_signal(signum)
+
+    before = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    if sig == "SIGTERM":
+        signal.signal(signal.SIGTERM, their_handler)
+    lines = []
+    ckpt = str(tmp_path / "ckpt")
+    try:
+        with pytest.raises(KeyboardInterrupt if sig == "SIGINT" else Kill):
+            embed.embed(G, x, phases=phases, checkpoint_dir=ckpt, callback=send, log=lines.append, **kw)
+        assert signal.getsignal(signal.SIGTERM) is (their_handler if sig == "SIGTERM" else before[signal.SIGTERM])
+    finally:
+        signal.signal(signal.SIGTERM, before[signal.SIGTERM])
+    assert signal.getsignal(signal.SIGINT) is before[signal.SIGINT]
+    stopped = 4 if steps_per_call == 1 else 6
+    assert lines[-1].startswith(f"stopping at iteration {stopped}/16 on {sig}: checkpoint written to {ckpt}")
+    assert raised == ([signum] if sig == "SIGTERM" else [])
+    assert checkpoints.open_store(ckpt).latest_step() == stopped  # checkpoint_every=100: no other was due
+    lines = []
+    resumed = embed.embed(G, x, phases=phases, checkpoint_dir=ckpt, log=lines.append, **kw)
+    assert f"iteration {stopped}/16" in lines[0]
+    assert_trees_equal(resumed.vars, full.vars)
+    assert_trees_equal(resumed.phase_vars, full.phase_vars)
+    for k in embed.HISTORY_KEYS:
+        np.testing.assert_array_equal(resumed.history[k], full.history[k])
+
+
+def test_a_second_stop_signal_acts_at_once(tmp_path):
+    """A second Ctrl-C does not wait for the dispatch or the checkpoint."""
+    import signal
+
+    G = tiny_generator()
+    x = targets(G, 1)
+    v0 = embed.initial_variables(G, 1, w_init="uniform", seed=1)
+    after = []
+
+    def twice(t, m):
+        if t == 2:
+            signal.raise_signal(signal.SIGINT)
+            signal.raise_signal(signal.SIGINT)  # raises here
+            after.append(t)
+
+    ckpt = str(tmp_path / "ckpt")
+    with pytest.raises(KeyboardInterrupt):
+        embed.embed(G, x, phases=(w_mse(6),), init_vars=v0, log_every=0, checkpoint_dir=ckpt,
+                    checkpoint_every=100, callback=twice)
+    assert after == [] and checkpoints.open_store(ckpt).latest_step() is None
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
 def test_multi_step_calls_equal_single_steps():
     """The scan path (k steps per dispatch, metrics on the device) runs the same optimisation as one
     step per call: W+ to float32 rounding, the history to 1e-5; the caller's init_vars survive the

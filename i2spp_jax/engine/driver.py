@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from i2spp_jax.engine import checkpoints, sharding
+from i2spp_jax.engine import checkpoints, interrupts, sharding
 from i2spp_jax.engine import step as step_lib
 from i2spp_jax.engine.phases import Phase, in_compute_dtype, modconv_for, phase_key
 from i2spp_jax.engine.step import LOSS_TERMS
@@ -200,7 +200,9 @@ def embed(G: Generator, target_x, *, phases: Sequence[Phase], init_vars: Vars, t
       log: where progress lines go (default: print; None = nowhere).
       checkpoint_dir: orbax checkpoints (variables, optimiser state, step, seed, history) go here
         every `checkpoint_every` iterations and at each phase end; a run finding one there resumes
-        from the latest and ends bit-identical to an uninterrupted run.
+        from the latest and ends bit-identical to an uninterrupted run. While such a run runs (in the
+        main thread), Ctrl-C or SIGTERM stops it at the end of the running dispatch, with a
+        checkpoint written there, and then acts as it would have (`interrupts`; a second one acts at once).
       on_phase_end: called with (phase index, batched vars) when a phase finishes.
       callback: called with (iteration, metrics of that iteration as numpy) after every iteration
         (after each dispatch, for every iteration it ran).
@@ -273,15 +275,20 @@ def embed(G: Generator, target_x, *, phases: Sequence[Phase], init_vars: Vars, t
             log(f"resumed from {checkpoint_dir} at iteration {t}/{total}")
     t_first = t
 
+    saved = [t]  # the iteration of the newest checkpoint (the resumed one; a new run has none at 0)
+
     def save(t_now, pi):
         if mgr is None:
             return
         state = {"vars": vars, "opt_state": opt_state, "phase_vars": phase_vars,
                  "history": {k: history[k] for k in HISTORY_KEYS}}
         mgr.save(t_now, state, {"step": int(t_now), "phase": int(pi), "seed": seed, "fingerprint": fingerprint})
+        saved[0] = t_now
 
     t_start = time.perf_counter()
     low_runs = [0] * len(phases)
+    # A run that checkpoints stops on SIGINT/SIGTERM at the end of its dispatch, with a checkpoint there.
+    stop = interrupts.hold(mgr is not None)
     try:
         for pi, phase in enumerate(phases):
             if t >= starts[pi + 1] and len(phase_vars) > pi:
@@ -358,6 +365,13 @@ def embed(G: Generator, target_x, *, phases: Sequence[Phase], init_vars: Vars, t
                 if callback is not None:  # after the dispatch's checkpoint, as with one step per call
                     for j, m_j in enumerate(per_iteration):
                         callback(t - k + 1 + j, m_j)
+                if stop.pending is not None:  # Ctrl-C or SIGTERM: checkpoint here, then stop as asked
+                    if saved[0] != t:
+                        save(t, pi)
+                    mgr.wait_until_finished()
+                    log(f"stopping at iteration {t}/{total} on {stop.name}: checkpoint written to {checkpoint_dir}; "
+                        "the same call resumes from it")
+                    stop.deliver()
             if phase.num_steps == 0:
                 phase_vars.append(_copy(vars))
                 if on_phase_end is not None:
@@ -367,6 +381,7 @@ def embed(G: Generator, target_x, *, phases: Sequence[Phase], init_vars: Vars, t
         if mgr is not None:
             mgr.wait_until_finished()
             mgr.close()
+        stop.release()  # a signal held after the last dispatch acts now
     return EmbedResult(vars=vars, phase_vars=phase_vars, history=history, phases=phases,
                        seconds=time.perf_counter() - t_start, iterations_run=t - t_first,
                        low_dtype_iterations=tuple(low_runs))
