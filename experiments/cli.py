@@ -78,7 +78,8 @@ def _raise_terminated(signum, frame):
     raise Terminated()
 
 
-USER_ERRORS = (UserError, DatasetError, ImageError, FileNotFoundError, FileExistsError, FloatingPointError)
+USER_ERRORS = (UserError, DatasetError, ImageError, FileNotFoundError, FileExistsError, NotADirectoryError,
+               IsADirectoryError, FloatingPointError)
 
 
 def log(msg: str) -> None:

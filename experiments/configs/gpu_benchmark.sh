@@ -27,15 +27,39 @@
 # Config-f sizes (1024x1024, w 512, up to 512 channels), VGG16 at 256. Each benchmark writes its
 # table into the log and OUT/NAME.json; the generator's weights (about 130 MB) stay in $BENCH_WORK.
 # Every step has its own time limit, so that one failing or slow step leaves the others' numbers.
+# Before anything runs, it refuses (one line, exit status 2) an unknown PART, a missing .official/, and a
+# machine without a GPU (unless BENCH_FLAGS is set: a dry run at small sizes). An OUT that holds files of an
+# earlier run is moved aside to OUT.old-<time> (nothing is deleted), so every file in OUT is this run's.
+# It ends with exit status 1 when a step failed or ran out of its time (the others' numbers are kept).
 OUT=${1:-runs/bench_gpu}
 PART=${2:-all}
 WORK=${BENCH_WORK:-/tmp/i2spp_bench}
+PARTS="base more levers parts all b16 w8 levers3 levers4 alg2_levers levers2 alg2_diag compile_diag w8_par16 accuracy alg2 alg2_tf32 probe"
+fail() { echo "error: $*" >&2; exit 2; }
+[[ " $PARTS " == *" $PART "* ]] || fail "unknown PART '$PART'; usage: bash experiments/configs/gpu_benchmark.sh OUT [PART], PART one of: $PARTS"
+[ -f .official/stylegan2-ada-pytorch/training/networks.py ] && [ -d .official/stylegan2-ada-pytorch/torch_utils ] \
+  && [ -d .official/stylegan2-ada-pytorch/dnnlib ] \
+  || fail "no .official/stylegan2-ada-pytorch (dnnlib/, torch_utils/, training/) here: run from the repository root, and carry it (see this script's header)"
+[ -f .official/vgg16_trunk.npz ] || fail "no .official/vgg16_trunk.npz: write it with any CPU run of experiments.benchmark (its --out) and carry it"
+if [ -z "$BENCH_FLAGS$PROFILE_FLAGS$ALG2_FLAGS$CS_FLAGS$ACC_FLAGS" ] && ! command -v nvidia-smi > /dev/null; then
+  fail "no GPU here (nvidia-smi not found): the parts measure config-f sizes on a GPU; set BENCH_FLAGS (and PROFILE_FLAGS, ALG2_FLAGS, CS_FLAGS, ACC_FLAGS) to small sizes for a dry run"
+fi
+if [ -e "$OUT" ] && [ -n "$(ls -A "$OUT" 2>/dev/null)" ]; then
+  old="$OUT.old-$(date +%Y%m%d-%H%M%S)"
+  mv "$OUT" "$old" && echo "$OUT held an earlier run's files: moved to $old"
+fi
 export XLA_PYTHON_CLIENT_PREALLOCATE=false  # both sides' processes share the GPU during a measurement
 export PYTHONUNBUFFERED=1
-mkdir -p "$OUT" "$WORK/shared"
+mkdir -p "$OUT" "$WORK/shared" || fail "cannot make $OUT or $WORK"
+rm -rf "$WORK/probe_files"  # pack() gathers this run's files there (an earlier run's would ride along)
+FAILED=""
 P="python3 -m experiments.profile_step --vgg=.official/vgg16_trunk.npz --top=60"
 B="python3 -m experiments.benchmark --torch_repo=.official/stylegan2-ada-pytorch --vgg=.official/vgg16_trunk.npz $BENCH_FLAGS"  # BENCH_FLAGS: e.g. smaller sizes for a dry run
 
+ended() {  # NAME STATUS T0: the step's line, and a failed step remembered for the exit status
+  echo "=== $1: exit $2 after $((SECONDS - $3)) s"
+  [ "$2" = 0 ] || FAILED="$FAILED $1"
+}
 step() {  # NAME SECONDS FLAGS...
   local name=$1 limit=$2 t0=$SECONDS
   shift 2
@@ -43,8 +67,8 @@ step() {  # NAME SECONDS FLAGS...
   cp -n "$WORK"/shared/* "$WORK/$name/" 2>/dev/null  # the generator made by an earlier step
   echo "=== $name (limit $limit s): $*"
   timeout -k 10 "$limit" env $STEP_ENV $B --out="$WORK/$name" "$@"  # STEP_ENV: VAR=VALUE pairs for this step
-  echo "=== $name: exit $? after $((SECONDS - t0)) s"
-  pkill -f "experiments.benchmark .*--role=" 2>/dev/null  # a timed-out step's side processes
+  ended $name $? $t0
+  pkill -f -- "--out=$WORK/$name .*--role=" 2>/dev/null  # a timed-out step's side processes (this step's only)
   cp "$WORK/$name/benchmark.json" "$OUT/$name.json" 2>/dev/null
   for e in "$WORK/$name"/*_stderr.txt; do [ -f "$e" ] && gzip -c "$e" > "$OUT/${name}_$(basename "$e").gz"; done  # the sides' warnings
   cp -n "$WORK/$name"/g*_s0.weights.npz "$WORK/$name"/g*_s0.json "$WORK/shared/" 2>/dev/null
@@ -55,12 +79,12 @@ profile() {  # NAME SECONDS FLAGS... (the kernels' HLO instruction is known only
   shift 2
   echo "=== $name (limit $limit s): $*"
   XLA_FLAGS="${XLA_FLAGS:+$XLA_FLAGS }--xla_gpu_enable_command_buffer=" timeout -k 10 "$limit" $P --out="$WORK/$name" "$@" $PROFILE_FLAGS  # PROFILE_FLAGS (last, so they win): e.g. a dry run at --preset=cpu
-  echo "=== $name: exit $? after $((SECONDS - t0)) s"
+  ended $name $? $t0
   cp "$WORK/$name/profile.json" "$OUT/$name.json" 2>/dev/null
   cp "$WORK/$name/hlo.txt.gz" "$OUT/${name}_hlo.txt.gz" 2>/dev/null
 }
 
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+command -v nvidia-smi > /dev/null && nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 python3 -c "import sys, jax, flax, optax, orbax.checkpoint, torch; print('python', sys.version.split()[0], \
 'jax', jax.__version__, jax.devices(), 'flax', flax.__version__, 'optax', optax.__version__, 'torch', torch.__version__)"
 
@@ -146,10 +170,11 @@ if [ "$PART" = levers4 ]; then
   else echo "=== prof_bf16: skipped, $left s left"; fi
 fi
 alg2() {  # NAME SECONDS DTYPE: Algorithm 2 timed end to end at batch 8
+  local t0=$SECONDS
   echo "=== $1 (limit $2 s)"
   timeout -k 10 "$2" python3 -m experiments.time_algorithm2 --preset=ffhq --batch=8 --compute_dtype=$3 \
     --vgg=.official/vgg16_trunk.npz --out="$WORK/$1" $ALG2_FLAGS  # ALG2_FLAGS: e.g. small sizes for a dry run
-  echo "=== $1: exit $?"
+  ended $1 $? $t0
   cp "$WORK/$1/algorithm2.json" "$OUT/$1.json" 2>/dev/null
 }
 # "alg2_levers" then "levers2": what the fifth lease ran (two calls; records docs/bench_h200/call9_* and
@@ -221,7 +246,7 @@ if [ "$PART" = compile_diag ]; then
     echo "=== $name (limit $limit s): XLA_FLAGS=${XLA_FLAGS:-} $*"
     timeout -k 10 "$limit" python3 -m experiments.compile_split --preset=ffhq --batch=8 \
       --vgg=.official/vgg16_trunk.npz --out="$WORK/$name" "$@" $CS_FLAGS  # CS_FLAGS (last): e.g. a dry run's sizes
-    echo "=== $name: exit $? after $((SECONDS - t0)) s"
+    ended $name $? $t0
     cp "$WORK/$name/compile_split.json" "$OUT/$name.json" 2>/dev/null
   }
   knows() { XLA_FLAGS="$1" python3 -c "import jax.numpy as jnp; jnp.ones(1).block_until_ready()" >/dev/null 2>&1; }
@@ -254,10 +279,11 @@ fi
 # seeds 0-2, every variant, against TF32 (--precision=default, what users run) and then full float32.
 if [ "$PART" = accuracy ]; then
   for pr in default highest; do
+    t0=$SECONDS
     echo "=== acc_$pr (limit ${ACC_LIMIT:-240} s)"
     timeout -k 10 "${ACC_LIMIT:-240}" python3 -m experiments.bf16_accuracy --precision=$pr \
       --vgg=.official/vgg16_trunk.npz --out="$WORK/acc_$pr" $ACC_FLAGS  # ACC_FLAGS: e.g. --w_steps=20 for a dry run
-    echo "=== acc_$pr: exit $?"
+    ended acc_$pr $? $t0
     cp "$WORK/acc_$pr/summary.json" "$OUT/acc_$pr.json" 2>/dev/null
     (cd "$WORK" && tar czf "$OUT/acc_$pr.tar.gz" acc_$pr/runs/*/result.json 2>/dev/null)
   done
@@ -276,10 +302,12 @@ if [ "$PART" = probe ]; then
 fi
 if [ "$PART" = parts ] || [ "$PART" = all ]; then
   for nm in tf32 bf16; do
+    t0=$SECONDS
     echo "=== parts_$nm"
     timeout -k 10 200 python3 -m experiments.step_parts --preset=ffhq --batch=8 --numerics=$nm \
       --vgg=.official/vgg16_trunk.npz --out="$WORK/parts_$nm"
-    echo "=== parts_$nm: exit $?"
+    ended parts_$nm $? $t0
     cp "$WORK/parts_$nm/step_parts.json" "$OUT/parts_$nm.json" 2>/dev/null
   done
 fi
+if [ -n "$FAILED" ]; then echo "=== did not finish:$FAILED (their logs above; the others' records are in $OUT)"; exit 1; fi
