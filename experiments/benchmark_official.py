@@ -37,6 +37,21 @@ class OfficialCodeError(RuntimeError):
     """The checkout cannot be imported or used; the message names the fix."""
 
 
+# What the official generator imports from its checkout: its own packages, beside training/.
+CHECKOUT_PARTS = ("dnnlib/util.py", "torch_utils/custom_ops.py", "torch_utils/persistence.py", "training/networks.py")
+
+
+def checkout_problem(repo: str):
+    """None when `repo` holds the parts of a stylegan2-ada-pytorch checkout the generator imports; else
+    the one-line reason (which parts are missing, and the fix)."""
+    missing = [p for p in CHECKOUT_PARTS if not os.path.isfile(os.path.join(repo, p))]
+    if not missing:
+        return None
+    return (f"--torch_repo={repo} lacks {', '.join(missing)}: give the whole checkout of "
+            "NVlabs/stylegan2-ada-pytorch (dnnlib/, torch_utils/ and training/), or leave --torch_repo out to time "
+            "this project alone")
+
+
 def import_official(repo: str):
     """Imports `training.networks` from a stylegan2-ada-pytorch checkout, patched for current PyTorch.
 
@@ -47,9 +62,9 @@ def import_official(repo: str):
         and then re-imports the module by name, which current PyTorch no longer allows: the
         patched version returns the module that `load` itself returns.
     """
-    if not os.path.isfile(os.path.join(repo, "training", "networks.py")):
-        raise OfficialCodeError(f"--torch_repo={repo} has no training/networks.py; give a checkout of "
-                                "NVlabs/stylegan2-ada-pytorch")
+    problem = checkout_problem(repo)
+    if problem:
+        raise OfficialCodeError(problem)
     import torch.utils.cpp_extension
 
     sys.path.insert(0, os.path.abspath(repo))

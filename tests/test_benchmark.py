@@ -258,3 +258,84 @@ def test_xla_memory_summary_names_the_largest_module_first(tmp_path):
     assert "2.00GiB f32[8,1024,1024,64] | 512.0MiB bf16[8,1024,1024,32]" in lines[0] and "f32[25600]" not in lines[0]
     assert lines[1].split()[2] == "module_0001.jit_small.sm_9.0_gpu_after_optimizations"
     assert os.path.exists(tmp_path / (lines[0].split()[2] + ".txt"))  # the stem the script gzips
+
+
+# ----------------------------------------------------------------------------------------------
+# Bad flags and inputs: one line at start-up, and nothing left in --out (audit C2, findings 4, 7, 8, 13, 16).
+
+SMALL = [a for a in TINY if not a.startswith("--vgg")] + ["--batches=1", "--sides=jax"]
+
+
+@pytest.mark.parametrize("arg, words", [
+    ("--batches=abc", ["--batches=abc", "whole numbers"]),
+    ("--batches=", ["--batches=", "whole numbers"]),
+    ("--rounds=-1", ["--rounds=-1"]),
+    ("--iters=-3", ["--iters=-3"]),
+    ("--warmup=-2", ["--warmup=-2"]),
+    ("--resize_to=0", ["--resize_to=0", ">= 16"]),
+    ("--resolution=100", ["--resolution=100", "power of two"]),
+    ("--resolution=-32", ["--resolution=-32"]),
+    ("--channel_max=-1", ["--channel_max=-1"]),
+    ("--steps_per_call=0", ["--steps_per_call=0"]),
+])
+def test_numeric_flags_are_bounded(tmp_path, arg, words):
+    out = tmp_path / "bench"
+    p, _ = run_cli("experiments.benchmark", f"--out={out}", *SMALL, "--vgg=random", arg)
+    assert_one_line_error(p, *words)
+    assert not out.exists()
+
+
+def test_out_with_a_file_in_the_way_is_refused_before_any_work(tmp_path):
+    (tmp_path / "afile").write_text("")
+    for out in (tmp_path / "afile", tmp_path / "afile" / "sub"):
+        p, _ = run_cli("experiments.benchmark", f"--out={out}", *SMALL, "--vgg=random")
+        assert_one_line_error(p, f"--out={out}", "a file is in the way")
+
+
+@pytest.mark.parametrize("vgg", ["/nonexistent.npz", "/nonexistent.onnx"])
+def test_a_bad_vgg_names_the_flag_and_the_trunk_and_leaves_no_out(tmp_path, vgg):
+    out = tmp_path / "bench"
+    p, _ = run_cli("experiments.benchmark", f"--out={out}", *SMALL, f"--vgg={vgg}")
+    assert_one_line_error(p, f"--vgg={vgg}", "vgg16_trunk.npz")
+    assert not out.exists()
+    (tmp_path / "foreign.npz").write_bytes(b"not an npz")
+    p, _ = run_cli("experiments.benchmark", f"--out={out}", *SMALL, f"--vgg={tmp_path / 'foreign.npz'}")
+    assert_one_line_error(p, "--vgg=", "not a VGG16 trunk")
+    assert not out.exists()
+
+
+def _checkout(root, custom_ops="", without=()):
+    """A stand-in for a stylegan2-ada-pytorch checkout: the files the official side imports."""
+    for part in benchmark_official.CHECKOUT_PARTS:
+        if not part.startswith(without):
+            os.makedirs(root / os.path.dirname(part), exist_ok=True)
+            (root / part).write_text(custom_ops if part.endswith("custom_ops.py") else "")
+    return root
+
+
+def test_torch_repo_must_be_the_whole_checkout(tmp_path):
+    repo = _checkout(tmp_path / "repo", without=("dnnlib", "torch_utils"))  # training/ copied alone
+    p, _ = run_cli("experiments.benchmark", f"--out={tmp_path / 'o'}", *SMALL, "--vgg=random", f"--torch_repo={repo}",
+                   "--sides=jax,official")
+    assert_one_line_error(p, f"--torch_repo={repo}", "torch_utils/custom_ops.py", "dnnlib/util.py", "whole checkout")
+    assert "training/networks.py" not in p.stderr and not (tmp_path / "o").exists()
+
+
+def test_a_failed_child_process_is_one_line_with_its_error_first(tmp_path):
+    pytest.importorskip("torch")
+    repo = _checkout(tmp_path / "repo", custom_ops='raise ImportError("a broken checkout")\n')
+    out = tmp_path / "o"
+    p, _ = run_cli("experiments.benchmark", f"--out={out}", *SMALL, "--vgg=random", f"--torch_repo={repo}",
+                   "--sides=jax,official")
+    log = out / "weights_stderr.txt"
+    assert_one_line_error(p, "making the official generator failed: ImportError: a broken checkout",
+                          f"(its whole log: {log})")
+    assert "Traceback" in log.read_text()  # the whole traceback is kept there
+
+
+def test_child_failure_puts_the_last_error_line_first():
+    log = "Traceback (most recent call last):\n  File \"x.py\", line 1\n    ^^^^\nValueError: num_steps must be >= 0\n"
+    e = benchmark.child_failure("the jax process (batch 1)", log, "/o/jax_b1_stderr.txt")
+    assert str(e) == "the jax process (batch 1) failed: ValueError: num_steps must be >= 0 (its whole log: " \
+                     "/o/jax_b1_stderr.txt)"
+    assert "failed: bad flag (" in str(benchmark.child_failure("x", "noise\nerror: bad flag\n", "p"))
