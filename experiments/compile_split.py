@@ -29,9 +29,11 @@ from experiments import benchmark, cli, step_parts
 
 def define_flags() -> None:
     flags.DEFINE_enum("preset", "auto", ["auto", "cpu", "ffhq"], "sizes: the benchmark's presets (auto = ffhq on a GPU)")
-    flags.DEFINE_integer("resolution", 0, "generator output side (0 = the preset's)", lower_bound=0)
+    flags.DEFINE_integer("resolution", 0, "generator output side, a power of two >= 4 (0 = the preset's)",
+                         lower_bound=0)
+    benchmark.power_of_two_flag("resolution")
     flags.DEFINE_integer("batch", 1, "images per step", lower_bound=1)
-    flags.DEFINE_integer("resize_to", 256, "the side VGG16 sees")
+    benchmark.define_resize_to_flag()
     flags.DEFINE_enum("numerics", "fp32", ["fp32", "tf32", "bf16"], "as experiments.benchmark's --numerics")
     flags.DEFINE_integer("steps_per_call", 0, "iterations per dispatch (0 = the engine's default: 25 on a GPU, as "
                          "in the benchmark's GPU runs, 1 elsewhere)", lower_bound=0)
@@ -96,6 +98,7 @@ def measure(F) -> dict:
     preset = F.preset if F.preset != "auto" else ("ffhq" if jax.default_backend() == "gpu" else "cpu")
     su = step_parts.setup(preset, F.batch, F.resize_to, F.numerics, F.vgg, resolution=F.resolution,
                           **benchmark.method_kwargs(F))
+    benchmark.make_out(F.out)  # --vgg read: a refused one leaves no folder
     _, args = step_parts.engine_step(su, "w")
     phase = dataclasses.replace(embed.W_l(0, resize_to=F.resize_to), compute_dtype=su["dtype"])
     k = F.steps_per_call or driver.default_steps_per_call()
@@ -153,7 +156,7 @@ def main(argv):
 
     logging.set_verbosity(logging.WARNING)
     F = flags.FLAGS
-    os.makedirs(F.out, exist_ok=True)
+    benchmark.check_out(F.out)
     rec = measure(F)
     cli.keep_earlier(F.out, ["compile_split.json"])
     with open(os.path.join(F.out, "compile_split.json"), "w") as f:

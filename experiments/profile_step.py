@@ -32,7 +32,7 @@ from experiments import benchmark, cli, step_parts
 def define_flags() -> None:
     flags.DEFINE_enum("preset", "auto", ["auto", "cpu", "ffhq"], "sizes: the benchmark's presets (auto = ffhq on a GPU)")
     flags.DEFINE_integer("batch", 1, "images per step", lower_bound=1)
-    flags.DEFINE_integer("resize_to", 256, "the side VGG16 sees")
+    benchmark.define_resize_to_flag()
     flags.DEFINE_enum("numerics", "fp32", ["fp32", "tf32", "bf16"], "as experiments.benchmark's --numerics")
     flags.DEFINE_enum("step", "w", ["w", "noise"], "the W+ step or the noise step")
     flags.DEFINE_enum("modconv", "activations", ["activations", "grouped"], "the modulated convolution's form")
@@ -250,8 +250,9 @@ def main(argv):
     logging.set_verbosity(logging.WARNING)
     F = flags.FLAGS
     preset = F.preset if F.preset != "auto" else ("ffhq" if jax.default_backend() == "gpu" else "cpu")
-    os.makedirs(F.out, exist_ok=True)
+    benchmark.check_out(F.out)
     su = step_parts.setup(preset, F.batch, F.resize_to, F.numerics, F.vgg, **benchmark.method_kwargs(F))
+    benchmark.make_out(F.out)  # --vgg read: a refused one leaves no folder
     step, args = step_parts.engine_step(su, F.step, fused_modconv=F.modconv == "grouped")
     with jax.default_matmul_precision(su["precision"]):
         t0 = time.perf_counter()

@@ -29,7 +29,7 @@ from experiments import benchmark, cli
 def define_flags() -> None:
     flags.DEFINE_enum("preset", "auto", ["auto", "cpu", "ffhq"], "sizes: the benchmark's presets (auto = ffhq on a GPU)")
     flags.DEFINE_integer("batch", 1, "images per step", lower_bound=1)
-    flags.DEFINE_integer("resize_to", 256, "the side VGG16 sees")
+    benchmark.define_resize_to_flag()
     flags.DEFINE_enum("numerics", "fp32", ["fp32", "tf32", "bf16"], "as experiments.benchmark's --numerics")
     flags.DEFINE_integer("rounds", 5, "timed calls per part (the table shows their median)", lower_bound=1)
     flags.DEFINE_string("vgg", "auto", "auto (ImageNet if installed, else random), random, or a vgg16_trunk.npz")
@@ -79,11 +79,11 @@ def setup(preset: str, batch: int, resize_to: int, numerics: str, vgg_spec: str,
     from i2spp_jax.generator import Generator, random_params
     from i2spp_jax.vgg import VGG16
 
+    params, source = benchmark.vgg_trunk(vgg_spec)  # first: a refused --vgg costs no generator
     config = preset_config(preset, resolution)
     res = config.img_resolution
     G = Generator(params=random_params(config, jax.random.PRNGKey(0)), config=config,  # noise strengths > 0
                   up_method=up_method, torgb_method=torgb_method, epilogue_grad=epilogue_grad)
-    params, source = benchmark.vgg_trunk(vgg_spec)
     dtype = "bfloat16" if numerics == "bf16" else "float32"
     vgg = VGG16(params=jax.tree.map(jnp.asarray, params), preprocessing="keras", compute_dtype=dtype)
     w = G.w_avg + 0.1 * jax.random.normal(jax.random.PRNGKey(1), (batch, G.num_ws, G.w_dim))
@@ -122,14 +122,29 @@ def step_state(G, batch: int, phase) -> tuple:
     return init, opt, masks
 
 
+def step_rows(su: dict, rounds: int, memory_only: bool = False) -> tuple[dict, dict]:
+    """({name: (first call s, median s)}, {name: memory MB}) of the engine's W+ and noise steps. Each
+    is timed before `_memory` compiles it, so that its first call includes the compile, as the other
+    parts' first calls do (XLA's cache would otherwise hand the call the program `_memory` built)."""
+    parts, memory = {}, {}
+    for name, kind in (("W+ step", "w"), ("noise step", "noise")):
+        step, args = engine_step(su, kind)
+        if not memory_only:
+            parts[name] = time_calls(step, args, rounds)
+        memory[name] = _memory(step, args)
+    return parts, memory
+
+
 def measure(preset: str, batch: int, resize_to: int, numerics: str, rounds: int, vgg_spec: str,
-            memory_only: bool = False) -> dict:
+            memory_only: bool = False, on_setup=lambda: None) -> dict:
+    """The parts' records; `on_setup` runs once the inputs (--vgg) are read, before anything is timed."""
     import jax
     import jax.numpy as jnp
 
     from i2spp_jax import losses
 
     su = setup(preset, batch, resize_to, numerics, vgg_spec)
+    on_setup()
     G, vgg, w, target, dtype = su["G"], su["vgg"], su["w"], su["target"], su["dtype"]
     r = jax.random.normal(jax.random.PRNGKey(2), target.shape)
     noise = [jnp.broadcast_to(m, (batch,) + m.shape) for m in G.noise_const]
@@ -150,17 +165,14 @@ def measure(preset: str, batch: int, resize_to: int, numerics: str, rounds: int,
         return total[0]
 
     v_bwd = jax.jit(jax.vmap(jax.grad(percept)))
-    parts, memory = {}, {}
+    parts = {}
     with jax.default_matmul_precision(su["precision"]):
         if not memory_only:
             parts["G forward"] = time_calls(g_fwd, (w, noise), rounds)
             parts["G forward + backward"] = time_calls(g_bwd, (w, noise, r), rounds)
             parts["VGG forward + backward"] = time_calls(v_bwd, (target, feats), rounds)
-        for name, kind in (("W+ step", "w"), ("noise step", "noise")):
-            step, args = engine_step(su, kind)
-            memory[name] = _memory(step, args)
-            if not memory_only:
-                parts[name] = time_calls(step, args, rounds)
+        steps, memory = step_rows(su, rounds, memory_only)
+        parts.update(steps)
     return {"preset": preset, "resolution": su["resolution"], "batch": batch, "resize_to": resize_to,
             "numerics": numerics, "vgg": su["vgg_source"], "device": str(jax.devices()[0].device_kind),
             "backend": jax.default_backend(), "jax": jax.__version__, "rounds": rounds, "memory_mb": memory,
@@ -170,7 +182,8 @@ def measure(preset: str, batch: int, resize_to: int, numerics: str, rounds: int,
 
 def table(rec: dict) -> str:
     step = rec["parts"]["W+ step"]["ms_per_iteration"]
-    lines = ["| part | ms per iteration | per image | share of the W+ step | first call s |", "|" + " --- |" * 5]
+    lines = ["| part | ms per iteration | per image | share of the W+ step | first call s (compile + one call) |",
+             "|" + " --- |" * 5]
     for name, p in rec["parts"].items():
         ms = p["ms_per_iteration"]
         lines.append(f"| {name} | {ms:.1f} | {ms / rec['batch']:.1f} | {ms / step:.0%} | {p['first_call_s']:.1f} |")
@@ -186,8 +199,9 @@ def main(argv):
 
     F = flags.FLAGS
     preset = F.preset if F.preset != "auto" else ("ffhq" if jax.default_backend() == "gpu" else "cpu")
-    rec = measure(preset, F.batch, F.resize_to, F.numerics, F.rounds, F.vgg, F.memory_only)
-    os.makedirs(F.out, exist_ok=True)
+    benchmark.check_out(F.out)  # before the minutes of measuring
+    rec = measure(preset, F.batch, F.resize_to, F.numerics, F.rounds, F.vgg, F.memory_only,
+                  on_setup=lambda: benchmark.make_out(F.out))
     cli.keep_earlier(F.out, ["step_parts.json"])
     with open(os.path.join(F.out, "step_parts.json"), "w") as f:
         json.dump(rec, f, indent=1)

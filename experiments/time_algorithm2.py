@@ -25,17 +25,22 @@ from experiments import benchmark, cli, presets, step_parts
 
 def define_flags() -> None:
     flags.DEFINE_enum("preset", "auto", ["auto", "cpu", "ffhq"], "sizes: the benchmark's presets (auto = ffhq on a GPU)")
-    flags.DEFINE_integer("resolution", 0, "generator output side (0 = the preset's)", lower_bound=0)
+    flags.DEFINE_integer("resolution", 0, "generator output side, a power of two >= 4 (0 = the preset's)",
+                         lower_bound=0)
+    benchmark.power_of_two_flag("resolution")
     flags.DEFINE_integer("batch", 1, "images per embed() call", lower_bound=1)
     flags.DEFINE_integer("w_steps", 5000, "iterations of the W+ phase", lower_bound=1)
     flags.DEFINE_integer("noise_steps", 3000, "iterations of the noise phase", lower_bound=1)
     flags.DEFINE_integer("warmup_steps", 250, "iterations per phase of the untimed first call (compiles every "
                          "program the timed call runs: keep it at least 10x --steps_per_call)", lower_bound=1)
-    flags.DEFINE_integer("resize_to", 256, "the side VGG16 sees")
+    benchmark.define_resize_to_flag()
     flags.DEFINE_enum("numerics", "tf32", ["fp32", "tf32"], "matrix precision of the float32 parts (fp32 = highest)")
     flags.DEFINE_enum("compute_dtype", "float32", ["float32", "bfloat16"], "the bf16 mode or float32")
-    flags.DEFINE_float("float32_tail", 0.1, "the bf16 mode's float32 share of each phase, at its end")
-    flags.DEFINE_float("float32_head", 0.1, "the bf16 mode's float32 share of each phase, at its start")
+    flags.DEFINE_float("float32_tail", 0.1, "the bf16 mode's float32 share of each phase, at its end",
+                       lower_bound=0.0, upper_bound=1.0)
+    flags.DEFINE_float("float32_head", 0.1, "the bf16 mode's float32 share of each phase, at its start",
+                       lower_bound=0.0, upper_bound=1.0)
+    presets.finite_floats(["float32_tail", "float32_head"])
     flags.DEFINE_string("float32_above_db", "auto", "the bf16 mode: float32 once an image reaches this PSNR (dB); "
                         "auto = 10 dB under bf16's rounding floor; none = never")
     flags.DEFINE_integer("steps_per_call", 0, "iterations per dispatch (0 = the engine's default)", lower_bound=0)
@@ -80,11 +85,13 @@ def main(argv):
     logging.set_verbosity(logging.WARNING)
     F = flags.FLAGS
     above_db = presets.parse_above_db(F.float32_above_db)  # a bad value refused before anything slow
+    benchmark.check_out(F.out)
     preset = F.preset if F.preset != "auto" else ("ffhq" if jax.default_backend() == "gpu" else "cpu")
     numerics = "bf16" if F.compute_dtype == "bfloat16" else F.numerics
     su = step_parts.setup(preset, F.batch, F.resize_to, numerics, F.vgg, resolution=F.resolution,
                           **benchmark.method_kwargs(F))
     su["precision"] = "highest" if F.numerics == "fp32" else "tensorfloat32"
+    benchmark.make_out(F.out)  # --vgg read: a refused one leaves no folder
     _say(f"{jax.devices()[0].device_kind}: the untimed first call ({F.warmup_steps} + {F.warmup_steps} iterations, "
          f"compiling every program)")
     _, warm_s = _run(su, F.warmup_steps, F.warmup_steps, F, above_db)
@@ -103,7 +110,6 @@ def main(argv):
            "warmup_steps": F.warmup_steps, "compile_and_warmup_s": warm_s, "wall_s": wall,
            "seconds_per_image": wall / F.batch, "iterations_run": res.iterations_run,
            "psnr_db": {"W+ phase": psnr[0].tolist(), "noise phase": psnr[1].tolist()}}
-    os.makedirs(F.out, exist_ok=True)
     cli.keep_earlier(F.out, ["algorithm2.json"])
     with open(os.path.join(F.out, "algorithm2.json"), "w") as f:
         json.dump(rec, f, indent=1)

@@ -60,3 +60,28 @@ def test_the_command_splits_the_first_call_of_the_engines_step(tmp_path):
     compile_ms = {r["name"]: r["ms"] for r in rec["spans"]}["backend_compile_and_load"]
     assert 0 < compile_ms <= 1e3 * s["xla_compile"]
     assert "| XLA span" in p.stdout and "XLA compile" in p.stdout
+
+
+@pytest.mark.parametrize("args, words", [
+    (["--resolution=48"], ["--resolution=48", "power of two"]),
+    (["--resize_to=-4"], ["--resize_to=-4", ">= 16"]),
+    (["--vgg=/nonexistent.npz"], ["--vgg=/nonexistent.npz", "vgg16_trunk.npz"]),
+])
+def test_bad_flags_and_inputs_are_one_line_and_leave_no_out(tmp_path, args, words):
+    """Audit C2, findings 7 and 16: refused at start-up, in one line, with no --out made."""
+    from test_cli import assert_one_line_error
+
+    out = tmp_path / "cs"
+    p, _ = run_cli("experiments.compile_split", f"--out={out}", "--resolution=32", "--resize_to=32", "--vgg=random",
+                   *args)
+    assert_one_line_error(p, *words)
+    assert not out.exists()
+
+
+def test_a_file_in_the_way_of_out_is_refused_before_compiling(tmp_path):
+    from test_cli import assert_one_line_error
+
+    (tmp_path / "afile").write_text("")
+    p, _ = run_cli("experiments.compile_split", f"--out={tmp_path / 'afile' / 'sub'}", "--resolution=32",
+                   "--resize_to=32", "--vgg=random")
+    assert_one_line_error(p, "a file is in the way")

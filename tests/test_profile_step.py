@@ -87,3 +87,19 @@ def test_a_traced_programs_time_is_charged_to_its_instructions(tmp_path):
     assert {r["direction"] for r in convs if r["source"] == here} == {"forward", "backward"}
     assert {r["source"] for r in convs} <= {here, ""}  # an instruction XLA made itself may carry no stack
     assert s["tables"]["kind"]["convolution"] > 0  # (which kind is largest depends on the machine's load)
+
+
+def test_bad_flags_and_inputs_are_one_line_and_leave_no_out(tmp_path):
+    """Audit C2, findings 7, 8 and 16: --resize_to is bounded; a file in the way of --out and a missing
+    --vgg are refused before any work, and the refused --vgg leaves no empty --out behind."""
+    from test_cli import assert_one_line_error, run_cli
+
+    out = tmp_path / "prof"
+    p, _ = run_cli("experiments.profile_step", f"--out={out}", "--resize_to=0", "--vgg=random")
+    assert_one_line_error(p, "--resize_to=0", ">= 16")
+    p, _ = run_cli("experiments.profile_step", f"--out={out}", "--vgg=/nonexistent.npz")
+    assert_one_line_error(p, "--vgg=/nonexistent.npz", "vgg16_trunk.npz")
+    assert not out.exists()
+    (tmp_path / "afile").write_text("")
+    p, _ = run_cli("experiments.profile_step", f"--out={tmp_path / 'afile' / 'sub'}", "--vgg=random")
+    assert_one_line_error(p, "a file is in the way")
