@@ -16,6 +16,7 @@ the call of its library function, its measurements and its grid. `main(edit)` do
 
 import dataclasses
 import json
+import math
 import os
 import shutil
 import time
@@ -171,7 +172,8 @@ def as_image(mask: np.ndarray) -> np.ndarray:
 
 
 def region_psnr(a, b, mask) -> float:
-    """PSNR (dB) of [H, W, C] images in [-1, 1] over the pixels where mask [H, W] > 0.5."""
+    """PSNR (dB) of [H, W, C] images in [-1, 1] over the pixels where mask [H, W] > 0.5 (NaN for a
+    region with no pixel; metrics.json then holds null)."""
     m = (np.asarray(mask) > 0.5).astype(np.float32)[None, :, :, None]
     return float(metrics.psnr(jnp.clip(jnp.asarray(a)[None], -1, 1), jnp.clip(jnp.asarray(b)[None], -1, 1),
                               mask=m)[0])
@@ -255,7 +257,9 @@ def _jsonable(x: Any) -> Any:
     if isinstance(x, (list, tuple)):
         return [_jsonable(v) for v in x]
     if isinstance(x, (np.floating, np.integer)):
-        return x.item()
+        x = x.item()
+    if isinstance(x, float) and not math.isfinite(x):
+        return None  # strict JSON (a region with no pixel measures NaN)
     if isinstance(x, (np.ndarray, jax.Array)):
         return np.asarray(x).tolist()
     return x
@@ -281,10 +285,10 @@ def _write_outputs(out, edit, G, inputs, result, measured, settings, preset, fin
                             "num_ws": G.num_ws}, "vgg": fingerprint["vgg"]}
     tmp = os.path.join(out, "metrics.tmp.json")
     with open(tmp, "w") as f:
-        json.dump(_jsonable(report), f, indent=1)
+        json.dump(_jsonable(report), f, indent=1, allow_nan=False)
     os.replace(tmp, os.path.join(out, "metrics.json"))
     for k, v in measured.items():
         if isinstance(v, (float, int)):
-            cli.log(f"{k}: {v:.4g}")
+            cli.log(f"{k}: {v:.4g}" if math.isfinite(v) else f"{k}: n/a (no pixel in that region)")
     cli.log(f"done in {timing['seconds']:.0f} s of optimisation. Outputs in {out} (grid.png, metrics.json, "
             "inputs/, outputs/)")

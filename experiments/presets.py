@@ -74,7 +74,7 @@ def define_flags(defaults, *, schedule_help: str = "phase order") -> None:
     flags.DEFINE_float("float32_tail", defaults.float32_tail, "with --compute_dtype=bfloat16: the fraction of each "
                        "phase's iterations, at its end, that runs in float32", lower_bound=0.0, upper_bound=1.0)
     flags.DEFINE_float("float32_head", defaults.float32_head, "with --compute_dtype=bfloat16: the fraction of each "
-                       "phase's iterations, at its start, that runs in float32 (at most what --float32_tail leaves)", lower_bound=0.0,
+                       "phase's iterations, at its start, that runs in float32 (with --float32_tail at most 1)", lower_bound=0.0,
                        upper_bound=1.0)
     finite_floats(["w_lr", "noise_lr", "percept", "float32_tail", "float32_head"])
     flags.DEFINE_string("float32_above_db", str(defaults.float32_above_db).lower(), "with --compute_dtype=bfloat16: "
@@ -89,6 +89,9 @@ def from_flags(FLAGS, defaults) -> dict:
 
     if FLAGS.paper and FLAGS.smoke:
         raise cli.UserError("--paper and --smoke exclude each other: give one")
+    if FLAGS.float32_head + FLAGS.float32_tail > 1:
+        raise cli.UserError(f"--float32_head={FLAGS.float32_head} and --float32_tail={FLAGS.float32_tail} add up to "
+                            "more than 1 (the fractions of each phase in float32 at its start and end): lower one")
     return dict(preset="paper" if FLAGS.paper else "smoke" if FLAGS.smoke else None, schedule=FLAGS.schedule,
                 w_steps=FLAGS.w_steps, noise_steps=FLAGS.noise_steps, w_lr=FLAGS.w_lr, w_optimizer=FLAGS.w_optimizer,
                 noise_lr=FLAGS.noise_lr, percept=FLAGS.percept, resize_to=FLAGS.resize_to,

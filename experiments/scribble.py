@@ -84,6 +84,9 @@ def measure(G, inputs, result, vgg, s):
            "edit_reach_after_w_phase": towards(w_res),
            "note": "edit_reach = 1 - mean|result - scribbled| / mean|original - scribbled| over the scribbled "
                    "pixels (1 = the scribbles' colours reached exactly, 0 = unchanged)"}
+    if not (near < 0.5).any():
+        out["note_away"] = ("the scribbles grown by 3 px cover the whole image, so nothing is measured away from "
+                            "them (null); scribble a smaller part of the image")
     if "edited" in inputs.truth:  # the demo: the region the true edit changes, against the true edit
         changed = inputs.truth["changed"][..., 0] > 0
         truth = inputs.truth["edited"]

@@ -69,3 +69,19 @@ def test_smoke_runs(command, tmp_path):
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["command"] == command and metrics["measured"]
     assert (out / "grid.png").exists() and os.listdir(out / "outputs")
+
+
+def test_a_region_without_pixels_is_null_in_metrics_json_not_nan():
+    """The scribble command on a generator whose layers 4-6 change every pixel (the StyleGAN v1 fixture)
+    has no region away from the scribbles: its PSNR there is NaN, which metrics.json held as the
+    non-JSON token NaN (found by an audit); it is null now, and the log says n/a."""
+    import json
+
+    import numpy as np
+
+    from experiments import edit_cli
+
+    img = np.zeros((8, 8, 3), np.float32)
+    assert np.isnan(edit_cli.region_psnr(img, img + 0.1, np.zeros((8, 8))))
+    report = edit_cli._jsonable({"away": np.float32("nan"), "x": float("inf"), "ok": [np.float32(1.5)]})
+    assert json.loads(json.dumps(report, allow_nan=False)) == {"away": None, "x": None, "ok": [1.5]}

@@ -204,6 +204,8 @@ def _mistakes(tmp_path):
         (["--resize_to=0"], ["--resize_to=0", ">= 16"]),  # was a ZeroDivisionError after the folder was made
         (["--w_lr=-1"], ["--w_lr=-1", "non-negative"]),  # was accepted
         (["--percept=nan"], ["--percept must be a finite number"]),  # was a NaN loss blamed on the learning rate
+        (["--compute_dtype=bfloat16", "--float32_head=0.8", "--float32_tail=0.8"],
+         ["--float32_head=0.8 and --float32_tail=0.8 add up to more than 1"]),  # was accepted, a phase all float32
         ([f"--image={tmp_path}"], ["is a folder, not an image"]),
         (["--image="], ["--image is empty"]),  # ran the demo
     ]
