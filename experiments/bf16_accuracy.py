@@ -30,7 +30,9 @@ the float32 row does.
 
 Each run checkpoints into OUT/runs/VARIANT_sS/ and writes its result.json there; the same command
 resumes, skips finished runs, and may add seeds or variants. OUT holding runs of other settings is
-refused (--fresh moves it aside). It prints the table and writes OUT/summary.json.
+refused (--fresh moves it aside); the generator and VGG16 are read before OUT is touched. It prints the
+table of every finished run in OUT (this command's and earlier ones') and writes it to OUT/summary.json.
+A StyleGAN (v1) generator runs every variant but float32_rounding (it has one up-sampling form).
 """
 
 import dataclasses
@@ -45,7 +47,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import flags, logging
 
-from experiments import cli
+from experiments import benchmark, cli
 from experiments.presets import hidden_target
 from i2spp_jax import checkpoint, embed, metrics, networks
 from i2spp_jax.engine import driver
@@ -146,9 +148,10 @@ def run_one(out: str, variant: str, seed: int, s: Settings, G, vgg, log) -> dict
     psnr = np.asarray(metrics.psnr(jnp.clip(imgs, -1, 1), stack))
     every = 500
     curve = result.history["psnr"][every::every]  # [., B]: after every-th, 2*every-th, ... update
+    v2 = G_run.generation != 1  # a StyleGAN (v1) generator has one up-sampling and one ToRGB form: null
     res = {"variant": variant, "seed": seed, "truth_seed": TRUTH_SEED_BASE + seed,
-           "phase": embed.phase_key(phase), "up_method": networks.resolve_up_method(G_run.up_method),
-           "torgb_method": G_run.torgb_method,
+           "phase": embed.phase_key(phase), "up_method": networks.resolve_up_method(G_run.up_method) if v2 else None,
+           "torgb_method": G_run.torgb_method if v2 else None,
            "psnr": {name: float(psnr[b]) for b, name in enumerate(ts)},
            "bf16_iterations": _bf16_iterations(phase, result.history["psnr"]),
            f"psnr_every_{every}": {name: [float(v) for v in curve[:, b]] for b, name in enumerate(ts)},
@@ -173,6 +176,9 @@ def table(results: dict, variants, seeds) -> tuple[str, dict]:
             ref = results[("float32", seed)]["psnr"][n]
             cells = []
             for v in variants:
+                if (v, seed) not in results:  # a variant another command ran at other seeds
+                    cells.append("–")
+                    continue
                 p = results[(v, seed)]["psnr"][n]
                 if v == "float32":
                     cells.append(f"{p:.2f}")
@@ -181,44 +187,80 @@ def table(results: dict, variants, seeds) -> tuple[str, dict]:
                     cells.append(f"{p:.2f} ({p - ref:+.2f})")
             rows.append(f"| {seed} | {n} | " + " | ".join(cells) + " |")
     out = {n: {v: {"deltas": d, "mean_delta": float(np.mean(d)), "worst_delta": float(np.min(d))}
-               for v, d in per.items()} for n, per in summary.items()}
+               for v, d in per.items() if d} for n, per in summary.items()}
     for n in names:
         rows.append(f"| mean / worst | {n} | – | " + " | ".join(
-            f"{out[n][v]['mean_delta']:+.2f} / {out[n][v]['worst_delta']:+.2f}" for v in variants if v != "float32") + " |")
+            f"{out[n][v]['mean_delta']:+.2f} / {out[n][v]['worst_delta']:+.2f}" if v in out[n] else "–"
+            for v in variants if v != "float32") + " |")
     return "\n".join(rows), out
+
+
+def load_generator(s: Settings, variants, log=cli.log):
+    """(the generator of every variant, the variants it can run). A StyleGAN (v1) generator has one
+    ToRGB form and one up-sampling form: --torgb_method other than conv is refused (cli.UserError),
+    and the float32_rounding control (another up-sampling form) is left out with a note."""
+    G = cli.load_generator(s.generator)
+    if G.generation != 1:
+        return G.replace(torgb_method=s.torgb_method), variants
+    if s.torgb_method != Settings.torgb_method:
+        raise cli.UserError(f"--torgb_method={s.torgb_method}: {s.generator} is a StyleGAN (v1) generator, whose "
+                            "ToRGB layer has one form; drop --torgb_method")
+    if "float32_rounding" in variants:
+        log("float32_rounding left out: a StyleGAN (v1) generator has one up-sampling form, so the rounding "
+            "control has no other form to run")
+    return G, [v for v in variants if v != "float32_rounding"]
+
+
+def finished_runs(out: str) -> dict:
+    """{(variant, seed): result} of every run in out/runs that finished (its result.json written)."""
+    results = {}
+    runs = os.path.join(out, "runs")
+    for name in sorted(os.listdir(runs)) if os.path.isdir(runs) else []:
+        path = os.path.join(runs, name, "result.json")
+        if os.path.exists(path):
+            with open(path) as f:
+                r = json.load(f)
+            results[(r["variant"], r["seed"])] = r
+    return results
 
 
 def sweep(out: str, s: Settings, seeds, variants, vgg: str = "imagenet", *, fresh: bool = False,
           log=cli.log) -> tuple[str, dict]:
-    """Runs (or resumes) every variant at every seed into `out`; returns the table and the summary
-    (also written to out/summary.json). float32 always runs: every other variant is read against it.
-    An `out` holding runs of other settings is refused (cli.UserError), or with `fresh` moved aside."""
+    """Runs (or resumes) every variant at every seed into `out`; returns the table and the summary of
+    every finished run in `out` (this call's and earlier ones', also written to out/summary.json).
+    float32 always runs: every other variant is read against it. The generator and VGG16 are read
+    before `out` is touched; an `out` holding runs of other settings is refused (cli.UserError), or
+    with `fresh` moved aside."""
     unknown = [v for v in variants if v not in VARIANTS]
     if unknown:
         raise cli.UserError(f"--variants: unknown {', '.join(unknown)}; choose from {', '.join(VARIANTS)}")
     if s.head + s.tail > 1:
         raise cli.UserError(f"--head={s.head} and --tail={s.tail} add up to more than 1; lower one")
-    variants = ["float32"] + [v for v in VARIANTS if v in variants and v != "float32"]
+    benchmark.check_out(out)
+    G, variants = load_generator(s, ["float32"] + [v for v in VARIANTS if v in variants and v != "float32"], log)
+    vgg_tree, _ = benchmark.load_vgg(vgg)
     settings = dataclasses.asdict(s) | {"vgg": vgg}
     # settings added later, left out at their defaults: an earlier sweep's folder keeps its settings
     for name, before in (("precision", "default"), ("switch_db", 36.0), ("torgb_method", "conv")):
         if settings[name] == before:
             settings.pop(name)
     cli.prepare_out(out, {"settings": settings}, fresh=fresh, log=log)
-    G = cli.load_generator(s.generator).replace(torgb_method=s.torgb_method)
-    with cli.user_input(f"--vgg={vgg}", "give 'imagenet', 'random', or VGG16 weights"):
-        vgg_tree = cli.load_vgg(vgg)
-    results = {}
     with jax.default_matmul_precision(s.precision):
         for seed in seeds:
             for v in variants:
-                results[(v, seed)] = run_one(out, v, seed, s, G, vgg_tree, log)
-    text, summary = table(results, variants, seeds)
+                run_one(out, v, seed, s, G, vgg_tree, log)
+    results = finished_runs(out)
+    all_seeds = sorted({seed for v, seed in results if ("float32", seed) in results})
+    all_variants = [v for v in VARIANTS if any(v == rv for rv, _ in results)]
+    text, summary = table(results, all_variants, all_seeds)
     with open(os.path.join(out, "summary.json"), "w") as f:
-        json.dump({"settings": dataclasses.asdict(s), "seeds": list(seeds), "summary": summary,
+        json.dump({"settings": dataclasses.asdict(s), "seeds": all_seeds, "variants": all_variants,
+                   "summary": summary,
                    "machine": f"{jax.devices()[0].device_kind} ({jax.default_backend()}, {os.cpu_count()} cores)",
-                   "runs": [results[(v, seed)] for seed in seeds for v in variants]}, f, indent=1)
-    return f"W+ phase, {s.w_steps} iterations, PSNR in dB after it (difference to float32):\n{text}", summary
+                   "runs": [results[(v, seed)] for seed in all_seeds for v in all_variants if (v, seed) in results]},
+                  f, indent=1)
+    return (f"W+ phase, {s.w_steps} iterations, PSNR in dB after it (difference to float32), every finished run "
+            f"in {out}:\n{text}"), summary
 
 
 FLAGS = flags.FLAGS
@@ -231,12 +273,14 @@ def define_flags() -> None:
     flags.DEFINE_list("seeds", ["0", "1", "2"], "seeds: each its own initialisation and hidden latent (123 + seed)")
     flags.DEFINE_list("variants", list(VARIANTS), f"from {', '.join(VARIANTS)}; float32 is always run")
     flags.DEFINE_integer("w_steps", d.w_steps, "W+ iterations (Algorithm 2: 5000)", lower_bound=1)
-    flags.DEFINE_float("percept", d.percept, "λ_p of the W+ phase")
+    flags.DEFINE_float("percept", d.percept, "λ_p of the W+ phase", lower_bound=0.0)
     flags.DEFINE_integer("resize_to", d.resize_to, "VGG input size", lower_bound=16)
     flags.DEFINE_float("head", d.head, "bfloat16_head: the float32 fraction at the start", lower_bound=0, upper_bound=0.9)
     flags.DEFINE_float("tail", d.tail, "bf16 variants: the float32 fraction at the end", lower_bound=0, upper_bound=0.9)
     flags.DEFINE_string("vgg", "imagenet", "'imagenet', 'random', or VGG16 weights (e.g. a vgg16_trunk.npz)")
     flags.DEFINE_float("switch_db", d.switch_db, "bfloat16_switch: float32 once an image reaches this PSNR (dB)")
+    flags.register_validator("percept", np.isfinite, "--percept must be a finite number")
+    flags.register_validator("switch_db", np.isfinite, "--switch_db must be a finite number")
     flags.DEFINE_enum("precision", d.precision, ["default", "highest"], "float32 products: default (TF32 on an "
                       "NVIDIA GPU) or highest (full float32)")
     flags.DEFINE_enum("torgb_method", d.torgb_method, list(networks.TORGB_METHODS),
@@ -250,7 +294,9 @@ def main(argv):
     try:
         seeds = [int(x) for x in FLAGS.seeds]
     except ValueError:
-        raise cli.UserError(f"--seeds={','.join(FLAGS.seeds)}: give integers, comma-separated") from None
+        seeds = [-1]
+    if not seeds or min(seeds) < 0:
+        raise cli.UserError(f"--seeds={','.join(FLAGS.seeds)}: give whole numbers >= 0, comma-separated")
     s = Settings(generator=FLAGS.generator, w_steps=FLAGS.w_steps, percept=FLAGS.percept,
                  resize_to=FLAGS.resize_to, head=FLAGS.head, tail=FLAGS.tail, precision=FLAGS.precision,
                  switch_db=FLAGS.switch_db, torgb_method=FLAGS.torgb_method)

@@ -53,3 +53,50 @@ def test_sweep_rows_resume_and_refusal(tmp_path):
     assert {r["torgb_method"] for r in runs.values()} == {"conv"}
     with pytest.raises(cli.UserError, match="unknown bf16"):
         A.sweep(out, SETTINGS, [0], ["bf16"], vgg="random")
+
+
+def test_summary_holds_every_finished_run_of_the_folder(tmp_path):
+    """Audit C2, finding 14: a later command with fewer variants rewrote summary.json with its own runs only."""
+    out = str(tmp_path / "acc")
+    s = A.Settings(w_steps=2, resize_to=32)
+    A.sweep(out, s, [0], ["bfloat16"], vgg="random", log=lambda _: None)
+    text, summary = A.sweep(out, s, [0], ["float32"], vgg="random", log=lambda _: None)
+    saved = json.load(open(os.path.join(out, "summary.json")))
+    assert [r["variant"] for r in saved["runs"]] == ["float32", "bfloat16"] and saved["variants"] == ["float32", "bfloat16"]
+    assert "bfloat16" in summary["rendered"] and "| bfloat16 |" in text.splitlines()[1]
+
+
+def test_a_refused_input_leaves_no_folder(tmp_path):
+    """Audit C2, finding 14: a missing --vgg (or generator) left run.json behind, and the corrected command
+    was then refused as "a run with other settings"."""
+    out = tmp_path / "acc"
+    with pytest.raises(cli.UserError, match="--vgg=/nonexistent.npz.*vgg16_trunk.npz"):
+        A.sweep(str(out), A.Settings(w_steps=2, resize_to=32), [0], ["float32"], vgg="/nonexistent.npz")
+    with pytest.raises(FileNotFoundError, match="no generator"):
+        A.sweep(str(out), A.Settings(generator="/nonexistent", w_steps=2, resize_to=32), [0], ["float32"],
+                vgg="random")
+    assert not out.exists()
+
+
+def test_a_stylegan1_generator_runs_every_variant_but_the_rounding_control(tf_dir, tmp_path):
+    """Audit C2, finding 9: it crashed on Generator-only settings (torgb_method, up_method)."""
+    pkl = os.path.join(tf_dir, "sg1_r32.pkl")
+    notes = []
+    G, variants = A.load_generator(A.Settings(generator=pkl), ["float32", "float32_rounding", "bfloat16"], notes.append)
+    assert G.generation == 1 and variants == ["float32", "bfloat16"] and "float32_rounding left out" in notes[0]
+    with pytest.raises(cli.UserError, match="--torgb_method=matmul.*StyleGAN \\(v1\\)"):
+        A.load_generator(A.Settings(generator=pkl, torgb_method="matmul"), ["float32"])
+    out = str(tmp_path / "acc")
+    _, summary = A.sweep(out, A.Settings(generator=pkl, w_steps=2, resize_to=32), [0], ["float32_rounding"],
+                         vgg="random", log=notes.append)
+    assert summary == {"rendered": {}}  # float32 alone (a rendered target; no photograph off the demo)
+    assert os.path.exists(os.path.join(out, "runs", "float32_s0", "result.json"))
+
+
+@pytest.mark.parametrize("arg", ["--seeds=-1", "--seeds=abc", "--percept=nan", "--percept=-1"])
+def test_bad_flags_are_one_line(tmp_path, arg):
+    from test_cli import assert_one_line_error, run_cli
+
+    p, _ = run_cli("experiments.bf16_accuracy", f"--out={tmp_path / 'acc'}", "--vgg=random", "--w_steps=2", arg)
+    assert_one_line_error(p, arg.split("=")[0])
+    assert not (tmp_path / "acc").exists()
