@@ -142,6 +142,20 @@ class _QuietWriteFailures:
         return not any(f"[os_error_code='{c}']" in record.getMessage() for c in _WRITE_ERRNOS)
 
 
+class _PlainUnfinishedCheckpoint:
+    """A logging filter: orbax's warning on finding a checkpoint that a stop during its write left
+    unfinished ("Attempted to create temporary directory ... Removing existing directory since it is
+    not finalized.") is said plainly: nothing finished is lost, the run resumed from its last whole one."""
+
+    PREFIX = "Attempted to create temporary directory"
+
+    def filter(self, record) -> bool:
+        if isinstance(record.msg, str) and record.msg.startswith(self.PREFIX) and "not finalized" in record.msg:
+            record.msg = ("removed %s: a checkpoint left half-written when an earlier run of this command stopped "
+                          "while saving it (the run resumed from its last whole checkpoint; nothing finished is lost)")
+        return True
+
+
 def _parse_flags(argv: list[str]) -> list[str]:
     try:
         return flags.FLAGS(argv)
@@ -163,6 +177,7 @@ def run(main: Callable[[list[str]], Any], *, persistent_cache: bool = True, keep
         import logging as std_logging
 
         std_logging.getLogger("absl").addFilter(_QuietWriteFailures())
+        std_logging.getLogger("absl").addFilter(_PlainUnfinishedCheckpoint())
         sys.unraisablehook = _quiet_closed_loops
         if persistent_cache:
             use_compilation_cache(compilation_cache_dir())

@@ -344,6 +344,42 @@ def test_a_write_failure_is_found_behind_orbax_s_wrapping():
     assert cli._write_failure(ValueError("a bug")) is None
 
 
+def test_a_checkpoint_left_half_written_is_reported_plainly_and_replaced(tmp_path):
+    """Audit A: a rerun after a kill during a save printed orbax's "Attempted to create temporary
+    directory ... Removing existing directory since it is not finalized."; it is said plainly now."""
+    import logging
+
+    from i2spp_jax.engine import checkpoints
+
+    seen = []
+
+    class Keep(logging.Handler):
+        def emit(self, record):
+            seen.append(record.getMessage())
+
+    absl_logger = logging.getLogger("absl")
+    plain, keep = cli._PlainUnfinishedCheckpoint(), Keep(logging.WARNING)
+    absl_logger.addFilter(plain)
+    absl_logger.addHandler(keep)
+    try:
+        store = checkpoints.open_store(str(tmp_path / "ckpt"), local=False)
+        store.save(1, [np.ones(3)], {"t": 1})
+        store.wait_until_finished()
+        half = tmp_path / "ckpt" / "2.orbax-checkpoint-tmp"  # orbax's name for step 2 while it is written
+        half.mkdir()
+        (half / "junk").write_text("a save cut off")
+        store.save(2, [np.full(3, 2.0)], {"t": 2})
+        store.wait_until_finished()
+        state, meta = store.restore(2, [np.zeros(3)])
+        store.close()
+    finally:
+        absl_logger.removeFilter(plain)
+        absl_logger.removeHandler(keep)
+    assert meta == {"t": 2} and np.array_equal(state[0], np.full(3, 2.0)) and not half.exists()
+    (note,) = [m for m in seen if str(half) in m]
+    assert note.startswith(f"removed {half}: a checkpoint left half-written") and "not finalized" not in note
+
+
 def test_a_target_named_like_the_run_s_own_files_gets_its_own_folder(tmp_path):
     """history.npz.png's folder was history.npz (the run's history file: a crash at the end) and
     ckpt.png's was ckpt/ (its results inside the checkpoints); found by an audit."""
