@@ -161,6 +161,8 @@ def _parse_flags(argv: list[str]) -> list[str]:
         return flags.FLAGS(argv)
     except flags.Error as e:  # an unknown flag, a bad value, a bound broken
         _fail(f"{e} (see --helpshort)")
+    except SystemExit as e:  # absl's --help, --helpshort, --helpfull, --helpxml: printed, then exit status 1
+        sys.exit(0 if e.code == 1 else e.code)  # help asked for and given is a success
 
 
 def run(main: Callable[[list[str]], Any], *, persistent_cache: bool = True, keep_host_memory: bool = True) -> None:

@@ -60,6 +60,7 @@ class Edit:
     grid: Callable  # (inputs, result, measured) -> (rows, titles, row labels)
     extra_flags: Callable = lambda: None  # defines the command's own flags
     settings: Callable = lambda: {}  # the command's own flags' values
+    check: Callable = lambda G, settings: None  # refuses settings this generator cannot take (cli.UserError)
 
 
 def define_flags(edit: Edit) -> None:
@@ -188,6 +189,7 @@ def main(edit: Edit) -> None:
     config = cli.generator_config(FLAGS.generator)
     read = read_user_inputs(edit, config)  # before anything slow
     G = cli.load_generator(FLAGS.generator)
+    edit.check(G, settings)  # before the run folder is made
     # VGG's input side: the paper's 256; the demo's 32x32 images at 64 (conv3_3 at 16x16); smoke runs
     # at the generator's own resolution.
     settings["resize_to"] = FLAGS.resize_to or {"paper": 256, "smoke": G.img_resolution}.get(

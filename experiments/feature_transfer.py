@@ -71,6 +71,18 @@ def edit_for_flags() -> edit_cli.Edit:
     return EDIT if op == "spatial" else dataclasses.replace(EDIT, mask_flags=())
 
 
+def check(G, s) -> None:
+    """--point, else --layer, names an activation point of G (cli.UserError in one line if not)."""
+    names = G.config.activation_names
+    if s.get("point"):
+        if s["point"] not in names:
+            raise cli.UserError(f"--point={s['point']}: not an activation point of this generator; give one of "
+                                f"{', '.join(names)}, or --layer=K (the paper's layer, 1..{layers.PAPER_NUM_WS})")
+        return
+    with cli.user_input(f"--layer={s['layer']}", f"give --layer between 1 and {layers.PAPER_NUM_WS} (or --point)"):
+        layers.activation_point(G, s["layer"])
+
+
 def demo(G, s):
     a, b = edit_cli.hidden_render(G, s["truth_seed"]), edit_cli.hidden_render(G, s["truth_seed"] + 30)
     spatial = s["op"] == "spatial"
@@ -205,7 +217,7 @@ EDIT = edit_cli.Edit(
              "paper": dict(layer=layers.FEATURE_TRANSFER_LAYER, op="spatial", lam=0.5, embed_w_steps=5000),
              "smoke": dict(layer=layers.FEATURE_TRANSFER_LAYER, op="spatial", lam=0.5, embed_w_steps=3)},
     image_flags=("a", "b"), mask_flags=("mask",), demo=demo, call=call, measure=measure, grid=grid,
-    extra_flags=extra_flags, settings=settings)
+    extra_flags=extra_flags, settings=settings, check=check)
 
 if __name__ == "__main__":
     edit_cli.define_flags(EDIT)

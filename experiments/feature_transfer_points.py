@@ -4,10 +4,8 @@ how much of each region comes from its source. Prints a table (BUILD_NOTES, issu
     python -m experiments.feature_transfer_points
 """
 
-from absl import app
-
 import i2spp_jax
-from experiments import edit_cli
+from experiments import cli, edit_cli
 from i2spp_jax import apps, masks
 
 
@@ -26,4 +24,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

@@ -427,6 +427,7 @@ def test_a_damaged_generator_checkpoint_is_named_in_one_line(tmp_path):
 def test_help_lists_the_shared_flags_a_command_takes(command, listed):
     """--help showed only the flags the command's own file defines (--fillings), not --smoke or --image."""
     p, _ = run_cli(command, "--help")
+    assert p.returncode == 0, p.stderr[-2000:]  # absl exits 1 after help (audit C2, finding 20)
     for flag in listed:
         assert f"\n  {flag}:" in p.stdout or f"\n  --[no]{flag[2:]}:" in p.stdout, (flag, p.stdout[-3000:])
 
@@ -489,3 +490,27 @@ def test_an_older_run_json_with_a_section_this_version_lacks_is_refused_not_a_cr
     cli.prepare_out(out, {"settings": {"a": 1}, "gone": 1}, fresh=False, log=print)
     with pytest.raises(cli.UserError, match=r"other settings \(gone\)"):  # was a KeyError
         cli.prepare_out(out, {"settings": {"a": 1}, "generator_digest": "abc"}, fresh=False)
+
+
+@pytest.mark.parametrize("help_flag", ["--help", "--helpfull"])
+def test_help_exits_zero(help_flag):
+    """Audit C2, finding 20: absl's help flags print the help and exit with status 1."""
+    p, _ = run_cli("experiments.evaluate_generator", help_flag)
+    assert p.returncode == 0 and "--n_nn" in p.stdout and not p.stderr.strip(), p.stderr[-2000:]
+
+
+@pytest.mark.parametrize("arg, words", [
+    ("--point=b16", ["--point=b16: not an activation point of this generator", "b16.img", "--layer"]),
+    ("--layer=0", ["--layer=0", "between 1 and 18"]),
+])
+def test_a_bad_feature_transfer_point_is_one_clear_line(tmp_path, arg, words):
+    """Audit C2, finding 20: it ended in "; check that the masks and images fit the generator", a fix
+    for another mistake, after the run folder had been made."""
+    p, _ = run_cli("experiments.feature_transfer", "--smoke", f"--out={tmp_path / 'ft'}", arg)
+    assert_one_line_error(p, *words)
+    assert "masks and images" not in p.stderr and not (tmp_path / "ft").exists()
+
+
+def test_feature_transfer_points_refuses_a_flag_in_one_line():
+    p, _ = run_cli("experiments.feature_transfer_points", "--point=b16")
+    assert_one_line_error(p, "Unknown command line flag 'point'")
