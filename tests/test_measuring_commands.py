@@ -64,3 +64,49 @@ def test_step_parts_times_each_step_before_anything_compiles_it(monkeypatch):
     assert parts == {} and events == [("compile", "w"), ("compile", "noise")]
     assert "first call s (compile + one call)" in step_parts.table(
         {"batch": 1, "parts": {"W+ step": {"ms_per_iteration": 2.0, "first_call_s": 1.0}}})
+
+
+def _user_image_run(out, G) -> None:
+    """A finished reconstruct.py run folder of one user's image ("photo": no hidden truth), as it writes it."""
+    from i2spp_jax import io
+
+    rng = np.random.default_rng(0)
+    d = out / "photo"
+    (d / "noise").mkdir(parents=True)
+    io.save_image(str(d / "target.png"), rng.uniform(-1, 1, (G.img_resolution, G.img_resolution, 3)))
+    np.save(d / "w_plus.npy", np.asarray(G.mapping(rng.normal(size=(1, G.z_dim)).astype(np.float32))[0]))
+    for name, shape in zip(G.noise_names, G.noise_shapes):
+        np.save(d / "noise" / f"noise_{name}.npy", np.ones(shape, np.float32))
+    phase = {"phase": "W_l", "iterations": 3, "psnr": 11.0, "ssim": 0.1}
+    metrics = {"config": {"generator": "demo-random", "image": "photo.png", "noise_init": "normal", "seed": 0,
+                          "truth_seed": 123, "truth_psi": 1.0},
+               "targets": {"photo": {"source": "image photo.png", "per_phase": [phase], "final": phase,
+                                     "final_w_plus_with_initial_noise": {"psnr": 9.5, "ssim": 0.05}}}}
+    (out / "metrics.json").write_text(json.dumps(metrics))
+
+
+def test_ablation_table_tabulates_a_user_image_run_without_ground_truth(tmp_path):
+    """Audit C2, finding 10: a run of a user's image (no rendered target, no truth) crashed the table."""
+    import i2spp_jax
+    from experiments import ablation_table
+
+    _user_image_run(tmp_path / "runs" / "mine", i2spp_jax.load_generator("demo-random"))
+    (tmp_path / "runs" / "unfinished").mkdir()  # no metrics.json: no row
+    lines = ablation_table.table(str(tmp_path / "runs")).splitlines()
+    assert len(lines) == 5 and lines[2].startswith("| mine | photo | W_l 3 | 11.00 | 11.00 | 0.1000 | 9.50 | ")
+    assert lines[2].endswith(" | – | 1.00 |") and "without ground truth" in lines[4]
+
+
+@pytest.mark.parametrize("make, words", [(None, ["is not a folder"]), ("mkdir", ["holds no finished reconstruct.py run"])])
+def test_ablation_table_refuses_a_folder_without_runs(tmp_path, make, words):
+    """Audit C2, finding 10: a missing folder printed an empty table with exit status 0."""
+    if make:
+        (tmp_path / "runs").mkdir()
+    p, _ = run_cli("experiments.ablation_table", str(tmp_path / "runs"))
+    assert_one_line_error(p, str(tmp_path / "runs"), *words)
+
+
+def test_ablation_table_help_is_help():
+    """Audit C2, finding 10: --help printed an empty table (of a folder named runs/ablation)."""
+    p, _ = run_cli("experiments.ablation_table", "--help")
+    assert p.returncode == 0 and "a row per run and target" in p.stdout and "| run |" not in p.stdout, p.stdout
