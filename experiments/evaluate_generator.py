@@ -26,7 +26,7 @@ from absl import flags, logging
 
 import i2spp_jax
 from experiments import cli
-from i2spp_jax import datasets, generator, losses, metrics, plots
+from i2spp_jax import datasets, generator, losses, metrics, plots, stylegan1
 
 
 def vgg_pooled_features(vgg, images: np.ndarray, resolution: int, chunk: int = 200) -> np.ndarray:
@@ -57,6 +57,13 @@ def generate(G, n: int, seed: int, chunk: int = 500) -> np.ndarray:
     return np.concatenate(out)
 
 
+def untrained_like(G, key: jax.Array):
+    """The same network at its initialisation: a StyleGAN2 `Generator` or a StyleGAN (v1) one."""
+    if G.generation == 1:
+        return stylegan1.StyleGAN1Generator(params=stylegan1.init_params_like(G.config, G.params, key), config=G.config)
+    return generator.Generator(params=generator.init_params(G.config, key), config=G.config)
+
+
 def _grey01(images: np.ndarray) -> np.ndarray:
     x = datasets.to_float(images) if images.dtype == np.uint8 else images
     return ((x.mean(axis=-1) + 1) / 2).reshape(len(x), -1)
@@ -70,8 +77,7 @@ def evaluate(G, *, n: int = 5000, n_nn: int = 1000, vgg_resolution: int = 64, se
     rng = np.random.default_rng(seed)
     train_sub = train[rng.choice(len(train), n, replace=False)]
     test_sub = test[rng.choice(len(test), n, replace=False)]
-    untrained = generator.Generator(params=generator.init_params(G.config, jax.random.PRNGKey(seed)),
-                                    config=G.config)
+    untrained = untrained_like(G, jax.random.PRNGKey(seed))
     fakes = generate(G, n, seed + 1)
     fakes_untrained = generate(untrained, n, seed + 1)
     vgg = i2spp_jax.load_vgg16()

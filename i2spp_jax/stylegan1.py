@@ -262,6 +262,32 @@ def synthesis(config: StyleGAN1Config, params: Params, ws: jax.Array, noise: Noi
     return (img, aux) if return_activations else img
 
 
+def init_params_like(config: StyleGAN1Config, params: Params, key: jax.Array) -> Params:
+    """Fresh params of `params`' shapes, drawn as the official G_style initialises them (the hidden width
+    of the mapping network is not in the config, hence a template): equalized-lr weights N(0, 1 / lr
+    multiplier) (mapping 0.01, the rest 1), stored noise maps N(0, 1), the constant input ones; biases,
+    noise strengths and w_avg zero.
+
+    Raises:
+      ValueError: a leaf whose initialisation is not known (so that a new parameter is never guessed).
+    """
+    fixed = {"bias": 0.0, "style_bias": 0.0, "noise_strength": 0.0, "w_avg": 0.0, "const": 1.0}
+    leaves = jax.tree_util.tree_flatten_with_path(params)[0]
+    keys = jax.random.split(key, len(leaves))
+
+    def init(path, leaf, k):
+        name, shape = path[-1].key, jnp.shape(leaf)
+        if name in fixed:
+            return jnp.full(shape, fixed[name], jnp.float32)
+        if name in ("weight", "style_weight", "noise_const"):
+            std = 1.0 / config.mapping_lr_multiplier if path[0].key == "mapping" else 1.0
+            return std * jax.random.normal(k, shape, jnp.float32)
+        raise ValueError(f"no initialisation known for StyleGAN (v1) parameter {jax.tree_util.keystr(path)}")
+
+    inits = [init(path, leaf, k) for (path, leaf), k in zip(leaves, keys)]
+    return jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(params), inits)
+
+
 @functools.partial(jax.jit, static_argnums=(0, 3, 4))
 def _mapping_jit(config, params, z, truncation_psi, truncation_cutoff):
     return mapping(config, params, z, truncation_psi=truncation_psi, truncation_cutoff=truncation_cutoff)

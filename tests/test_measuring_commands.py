@@ -110,3 +110,26 @@ def test_ablation_table_help_is_help():
     """Audit C2, finding 10: --help printed an empty table (of a folder named runs/ablation)."""
     p, _ = run_cli("experiments.ablation_table", "--help")
     assert p.returncode == 0 and "a row per run and target" in p.stdout and "| run |" not in p.stdout, p.stdout
+
+
+@pytest.mark.parametrize("which", ["v2", "v1"])
+def test_evaluate_generator_runs_on_either_generation(monkeypatch, request, which):
+    """Audit C2, finding 9: a StyleGAN (v1) generator crashed (its untrained ceiling was built with the
+    StyleGAN2 initialiser). Fashion-MNIST is replaced by random images, so this runs without it."""
+    import i2spp_jax
+    from experiments import evaluate_generator
+    from i2spp_jax import datasets
+
+    if which == "v1":
+        G = i2spp_jax.load_generator(os.path.join(request.getfixturevalue("tf_dir"), "sg1_r32.pkl"))
+    else:
+        G = i2spp_jax.load_generator("demo-random")
+    rng = np.random.default_rng(0)
+    fake = {split: rng.integers(0, 256, (n, G.img_resolution, G.img_resolution, 3), dtype=np.uint8)
+            for split, n in (("train", 48), ("test", 40))}
+    monkeypatch.setattr(datasets, "fashion_mnist", lambda split, resolution, channels: fake[split])
+    result = evaluate_generator.evaluate(G, n=24, n_nn=8, vgg_resolution=32, log=lambda m: None)
+    fd = result["frechet_distance"]
+    assert all(np.isfinite(v) and v > 0 for v in fd.values()), fd
+    assert fd["untrained_vs_real_test (ceiling)"] != fd["generated_vs_real_test"]  # a different network
+    assert result["nearest_training_image_distance"]["n"] == 8

@@ -202,3 +202,29 @@ def test_inside_a_callers_trace_synthesis_is_not_a_nested_jit(tf_dir):
     assert "_synthesis_jit" not in names and len(names) > 30, names[:10]
     inside = jax.jit(lambda G, w: G.synthesis(w))(G, ws)
     np.testing.assert_array_equal(np.asarray(inside), np.asarray(f(ws)))
+
+
+def test_init_params_like_draws_the_official_initialisation(tf_dir):
+    """A fresh G_style of the pickle's shapes (the untrained ceiling of evaluate_generator): N(0, 1 / lr
+    multiplier) equalized-lr weights, N(0, 1) stored noise, constant ones, zero biases, noise strengths
+    and w_avg; every leaf redrawn, none copied."""
+    G = _v1(tf_dir)
+    fresh = stylegan1.init_params_like(G.config, G.params, jax.random.PRNGKey(0))
+    flat = dict(jax.tree_util.tree_flatten_with_path(fresh)[0])
+    old = dict(jax.tree_util.tree_flatten_with_path(G.params)[0])
+    assert flat.keys() == old.keys()
+    for path, leaf in flat.items():
+        name = path[-1].key
+        assert leaf.shape == old[path].shape and not np.array_equal(leaf, old[path]), jax.tree_util.keystr(path)
+        if name in ("bias", "style_bias", "noise_strength", "w_avg"):
+            np.testing.assert_array_equal(leaf, 0)
+        elif name == "const":
+            np.testing.assert_array_equal(leaf, 1)
+    mapping_w = np.concatenate([np.ravel(fresh["mapping"][f"fc{i}"]["weight"]) for i in range(G.config.mapping_layers)])
+    synthesis_w = np.concatenate([np.ravel(leaf) for path, leaf in flat.items()
+                                  if path[0].key == "synthesis" and path[-1].key in ("weight", "style_weight")])
+    assert abs(mapping_w.std() * G.config.mapping_lr_multiplier - 1) < 0.05 and abs(synthesis_w.std() - 1) < 0.05
+    assert np.isfinite(np.asarray(stylegan1.StyleGAN1Generator(params=fresh, config=G.config).synthesis(
+        G.mapping(np.ones((1, G.z_dim), np.float32))))).all()
+    with pytest.raises(ValueError, match="no initialisation known"):
+        stylegan1.init_params_like(G.config, {**G.params, "extra": {"gain": np.ones(3)}}, jax.random.PRNGKey(0))
