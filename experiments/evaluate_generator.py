@@ -25,7 +25,7 @@ import numpy as np
 from absl import flags, logging
 
 import i2spp_jax
-from experiments import cli
+from experiments import benchmark, cli
 from i2spp_jax import datasets, generator, losses, metrics, plots, stylegan1
 
 
@@ -122,20 +122,24 @@ def define_flags() -> None:
     """The command line's flags (defined on demand, so that modules import side by side)."""
     flags.DEFINE_string("generator", "demo", "the generator to evaluate")
     flags.DEFINE_string("out", "runs/evaluate", "output directory")
-    flags.DEFINE_integer("n", 5000, "images per side of each Fréchet distance")
-    flags.DEFINE_integer("n_nn", 1000, "images in the copy check")
-    flags.DEFINE_integer("vgg_resolution", 64, "VGG input size")
+    flags.DEFINE_integer("n", 5000, "images per side of each Fréchet distance (2 to 10000, the test split's size)",
+                         lower_bound=2, upper_bound=10000)
+    flags.DEFINE_integer("n_nn", 1000, "images in the copy check (at most --n)", lower_bound=1)
+    flags.DEFINE_integer("vgg_resolution", 64, "VGG input size", lower_bound=8)
+    flags.register_multi_flags_validator(["n", "n_nn"], lambda f: f["n_nn"] <= f["n"],
+                                         "--n_nn must be at most --n (the copy check uses that many generated images)")
     flags.DEFINE_integer("seed", 0, "sampling seed")
 
 
 def main(argv):
     del argv
     logging.set_verbosity(logging.WARNING)
-    G = i2spp_jax.load_generator(FLAGS.generator)
+    benchmark.check_out(FLAGS.out)  # before the minutes of sampling and featurising
+    G = cli.load_generator(FLAGS.generator)
     result = evaluate(G, n=FLAGS.n, n_nn=FLAGS.n_nn, vgg_resolution=FLAGS.vgg_resolution, seed=FLAGS.seed,
                       log=cli.log)
     fakes, nearest, dist = result.pop("_pairs")
-    os.makedirs(FLAGS.out, exist_ok=True)
+    benchmark.make_out(FLAGS.out)
     cli.keep_earlier(FLAGS.out, ["evaluation.json", "nearest_neighbours.png"])
     titles = [[f"distance {d:.2f}" for d in dist], ["" for _ in dist]]
     plots.image_grid(os.path.join(FLAGS.out, "nearest_neighbours.png"), [list(fakes), list(nearest)], titles,

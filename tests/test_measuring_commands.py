@@ -133,3 +133,17 @@ def test_evaluate_generator_runs_on_either_generation(monkeypatch, request, whic
     assert all(np.isfinite(v) and v > 0 for v in fd.values()), fd
     assert fd["untrained_vs_real_test (ceiling)"] != fd["generated_vs_real_test"]  # a different network
     assert result["nearest_training_image_distance"]["n"] == 8
+
+
+@pytest.mark.parametrize("args, words", [
+    (["--n=0"], ["--n=0", "[2, 10000]"]),
+    (["--n=70000"], ["--n=70000", "[2, 10000]"]),  # more than the test split: numpy's traceback
+    (["--n=50"], ["--n_nn must be at most --n"]),
+    (["--out={tmp}/afile/sub", "--n=50", "--n_nn=10"], ["a file is in the way"]),  # refused after the whole run
+])
+def test_evaluate_generator_refuses_bad_flags_at_start_up(tmp_path, args, words):
+    (tmp_path / "afile").write_text("")
+    p, _ = run_cli("experiments.evaluate_generator", f"--out={tmp_path / 'ev'}",
+                   *[a.format(tmp=tmp_path) for a in args])
+    assert_one_line_error(p, *words)
+    assert "Fréchet" not in p.stdout + p.stderr and not (tmp_path / "ev").exists()
