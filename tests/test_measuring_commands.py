@@ -147,3 +147,40 @@ def test_evaluate_generator_refuses_bad_flags_at_start_up(tmp_path, args, words)
                    *[a.format(tmp=tmp_path) for a in args])
     assert_one_line_error(p, *words)
     assert "Fréchet" not in p.stdout + p.stderr and not (tmp_path / "ev").exists()
+
+
+def test_parity_report_reports_every_fixture_by_its_format(tmp_path, parity_dir):
+    """Audit C2, finding 11: the TensorFlow fixtures were not reported, and the fixtures were found by
+    their names (ada_tiny, ada_clamp, rosi_64): a renamed or new fixture was left out."""
+    from experiments import parity_report
+
+    d = tmp_path / "parity"
+    (d / "tf").mkdir(parents=True)
+    for src, dst in (("ada_tiny", "mine_a"), ("rosi_64", "mine_b")):
+        for ext in (".weights.npz", ".json", ".reference.npz"):
+            os.symlink(os.path.join(parity_dir, src + ext), d / (dst + ext))
+    for ext in (".pkl", ".reference.npz"):
+        os.symlink(os.path.join(parity_dir, "tf", "sg1_r32" + ext), d / "tf" / ("v1" + ext))
+    os.symlink(os.path.join(parity_dir, "tf", "sg2_r32.pkl"), d / "tf" / "no_reference.pkl")
+    found = parity_report.fixtures(str(d))
+    assert {k: v[0] for k, v in found.items()} == {"mine_a": "ada", "mine_b": "rosinality", "tf/v1": "tf"}
+    p, _ = run_cli("experiments.parity_report", f"--parity_dir={d}")
+    assert p.returncode == 0, p.stderr[-2000:]
+    worst = {line.split(" (")[0]: float(line.split("worst ")[1].split()[0])
+             for line in p.stdout.splitlines() if " worst " in line}
+    assert worst.keys() == {"mine_a", "mine_b", "tf/v1"} and worst["mine_b"] < 1e-5 and worst["tf/v1"] < 1e-5, p.stdout
+    assert "not computed here: D_on_img" in p.stdout
+
+
+@pytest.mark.parametrize("make, words", [(None, ["is not a folder", "I2SPP_PARITY_DIR"]),
+                                         ("mkdir", ["holds no fixture"]),
+                                         ("lone", ["lacks x.json or x.reference.npz"])])
+def test_parity_report_refuses_a_folder_without_fixtures(tmp_path, make, words):
+    """Audit C2, finding 11: a missing folder was a FileNotFoundError traceback."""
+    d = tmp_path / "parity"
+    if make:
+        d.mkdir()
+    if make == "lone":
+        (d / "x.weights.npz").write_bytes(b"")
+    p, _ = run_cli("experiments.parity_report", f"--parity_dir={d}")
+    assert_one_line_error(p, *words)
