@@ -147,3 +147,41 @@ def test_feature_transfer_copies_regions_from_each_image(G, vgg):
     avg = apps.combine(G, va, vb, 0.5, point=last, op="average")[0]
     raw = lambda v: np.asarray(G.synthesis(v["w_plus"], noise=list(v["noise"]))[0])  # noqa: E731  (unclipped)
     np.testing.assert_allclose(avg, np.clip(0.5 * (raw(va) + raw(vb)), -1, 1), atol=2e-5)
+
+
+def _bad_inputs(G):
+    """(name, call, words of its error): each mistake a notebook user makes, refused before any
+    optimisation with a message that names it (library audit: they were fitted as given, or ended in
+    numpy's broadcast error or another argument's message)."""
+    x, y = render(G, 0), render(G, 2)
+    m = np.zeros((R, R), np.float32)
+    m[4:12, 4:12] = 1
+    steps = dict(w_steps=2, noise_steps=2, run=QUIET)
+    return [
+        ("uint8", lambda v: apps.crossover(G, ((x + 1) * 127.5).astype(np.uint8), y, m, vgg=v, **steps),
+         ["x is an integer (uint8) image", "x / 127.5 - 1"]),
+        ("0..255", lambda v: apps.crossover(G, (x + 1) * 127.5, y, m, vgg=v, **steps), ["x has values in [", "[-1, 1]"]),
+        ("nan", lambda v: apps.inpaint(G, np.full_like(x, np.nan), m, vgg=v, **steps), ["image holds NaN"]),
+        ("2 vs 3", lambda v: apps.crossover(G, np.stack([x, y]), np.stack([y, x, y]), m, vgg=v, **steps),
+         ["batches of x 2, y 3 images"]),
+        ("3 masks for 2", lambda v: apps.crossover(G, np.stack([x, y]), y, np.stack([m] * 3), vgg=v, **steps),
+         ["mask is a batch of 3 masks for 2 images"]),
+        ("style 2 vs 3", lambda v: apps.style_transfer(G, np.stack([x, y]), np.stack([y] * 3), m, vgg=v, st_steps=2,
+                                                      noise_steps=2, embed_steps=2, run=QUIET),
+         ["batches of content 2, style 3 images"]),
+        ("no fillings", lambda v: apps.inpaint(G, x, m, vgg=v, num_fillings=0, **steps), ["num_fillings=0", "at least 1"]),
+    ]
+
+
+@pytest.mark.parametrize("case", range(7))
+def test_a_mistaken_input_is_refused_by_name(G, vgg, case):
+    name, call, words = _bad_inputs(G)[case]
+    with pytest.raises(ValueError) as e:
+        call(vgg)
+    assert all(w in str(e.value) for w in words), (name, str(e.value))
+
+
+def test_a_raw_render_slightly_past_one_is_a_fair_target(G):
+    """The range check refuses [0, 255] pixels, not a generator's unclipped render."""
+    x = np.clip(render(G, 0), -1, 1) * 1.2
+    assert apps.common.batch_of(x, G, "x").shape == (1, R, R, 3)

@@ -46,8 +46,17 @@ class RunOptions:
                             checkpoint_every=self.checkpoint_every, **kw)
 
 
+# How far past [-1, 1] an image may reach: a generator's raw (unclipped) render goes a little past and is
+# a fair target; [0, 255] pixels are far past.
+RANGE_SLACK = 1.0
+
+
 def batch_of(x, G, what: str) -> jax.Array:
-    """[H, W, C] or [B, H, W, C] in [-1, 1] -> [B, H, W, C] float32, checked against G."""
+    """[H, W, C] or [B, H, W, C] in [-1, 1] -> [B, H, W, C] float32, checked against G: its shape, and
+    that it is a float image in [-1, 1] (an 8-bit or [0, 255] image would be fitted as it is, silently)."""
+    if np.issubdtype(np.asarray(x).dtype, np.integer):
+        raise ValueError(f"{what} is an integer ({np.asarray(x).dtype}) image; give floats in [-1, 1] "
+                         "(x / 127.5 - 1 for 8-bit pixels, or i2spp_jax.io.load_image)")
     x = jnp.asarray(x, jnp.float32)
     one = (G.img_resolution, G.img_resolution, G.img_channels)
     if x.shape == one:
@@ -55,11 +64,27 @@ def batch_of(x, G, what: str) -> jax.Array:
     if x.ndim != 4 or x.shape[1:] != one:
         raise ValueError(f"{what} has shape {tuple(x.shape)}; expected {one} or [B, *{one}] "
                          "(NHWC in [-1, 1] at the generator's resolution)")
+    lo, hi = float(jnp.min(x)), float(jnp.max(x))
+    if not (np.isfinite(lo) and np.isfinite(hi)):
+        raise ValueError(f"{what} holds NaN or inf values")
+    if lo < -1 - RANGE_SLACK or hi > 1 + RANGE_SLACK:
+        raise ValueError(f"{what} has values in [{lo:.3g}, {hi:.3g}]; images are floats in [-1, 1] "
+                         "(x / 127.5 - 1 for [0, 255] pixels)")
     return x
 
 
-def mask_of(m, G, what: str) -> np.ndarray:
-    """[H, W] or [B, H, W] (or with a trailing 1) in [0, 1] -> float32 numpy, checked against G."""
+def batch_size(*images: jax.Array, names: tuple) -> int:
+    """The batch of images given as [B, ...] or [1, ...] each (a single one pairs with every other)."""
+    B = max(x.shape[0] for x in images)
+    if any(x.shape[0] not in (1, B) for x in images):
+        sizes = ", ".join(f"{n} {x.shape[0]}" for n, x in zip(names, images))
+        raise ValueError(f"batches of {sizes} images: give each the same number of images, or one image")
+    return B
+
+
+def mask_of(m, G, what: str, batch: Optional[int] = None) -> np.ndarray:
+    """[H, W] or [B, H, W] (or with a trailing 1) in [0, 1] -> float32 numpy, checked against G (and,
+    for a batch of masks, against the `batch` of images)."""
     m = np.asarray(m, np.float32)
     if m.ndim in (3, 4) and m.shape[-1] == 1 and m.shape[-2] == G.img_resolution:
         m = m[..., 0]
@@ -68,6 +93,8 @@ def mask_of(m, G, what: str) -> np.ndarray:
         raise ValueError(f"{what} has shape {m.shape}; expected [{r}, {r}] or [B, {r}, {r}] in [0, 1]")
     if not (np.isfinite(m).all() and m.min() >= 0 and m.max() <= 1):
         raise ValueError(f"{what} must lie in [0, 1]")
+    if batch is not None and m.ndim == 3 and m.shape[0] not in (1, batch):
+        raise ValueError(f"{what} is a batch of {m.shape[0]} masks for {batch} images; give one mask, or one per image")
     return m
 
 

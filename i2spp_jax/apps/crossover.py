@@ -14,7 +14,7 @@ import numpy as np
 
 from i2spp_jax import embed as engine
 from i2spp_jax import masks as mask_ops
-from i2spp_jax.apps.common import AppResult, RunOptions, Timer, batch_of, mask_of, per_image, render
+from i2spp_jax.apps.common import AppResult, RunOptions, Timer, batch_of, batch_size, mask_of, per_image, render
 
 
 def crossover(G, x, y, mask, *, vgg, w_steps: int = 1000, noise_steps: int = 1000, mse2: float = 1e-5,
@@ -32,8 +32,8 @@ def crossover(G, x, y, mask, *, vgg, w_steps: int = 1000, noise_steps: int = 100
       AppResult with images "crossover" and "w_result" [B, H, W, C]; masks "mask", "blur".
     """
     x, y = batch_of(x, G, "x"), batch_of(y, G, "y")
-    B = max(x.shape[0], y.shape[0])
-    mask = mask_of(mask, G, "mask")
+    B = batch_size(x, y, names=("x", "y"))
+    mask = mask_of(mask, G, "mask", B)
     blur = np.asarray(mask_ops.m_blur(mask, sigma))
     m = engine.make_masks(G, B, mask_mse=per_image(blur, B), mask_percept=per_image(blur, B))
     phases = (engine.W_l(w_steps, mse2=mse2, resize_to=resize_to),

@@ -143,7 +143,7 @@ def feature_transfer(G, a, b, mask, *, vgg, layer: int = layer_map.FEATURE_TRANS
     if point not in G.config.activation_names:  # before the embedding, as the operands below
         raise ValueError(f"activation point {point!r}: use one of {G.config.activation_names}")
     if op == "spatial":
-        mask = mask_of(mask, G, "mask")
+        mask = mask_of(mask, G, "mask", B)
     else:  # before the embedding: a wrong λ or bit count ends here, not after minutes of optimisation
         mask = checked_operand(op, mask, point=point, channels=channel_count(G, point), batch=B)
     timer = Timer()

@@ -43,6 +43,8 @@ def inpaint(G, image, hole, *, vgg, num_fillings: int = 4, w_steps: int = 200, n
       AppResult with images "filling" (the renders) and "composite" (known pixels put back), each
       [K, H, W, C]; masks "hole" and "known" (1 − M_blur+, the loss mask).
     """
+    if int(num_fillings) < 1:
+        raise ValueError(f"num_fillings={num_fillings}: give at least 1 (the paper shows 4)")
     x = batch_of(image, G, "image")
     if x.shape[0] != 1:
         raise ValueError("inpaint takes one image (its fillings form the batch)")

@@ -52,7 +52,7 @@ def scribble(G, original, scribbled, *, vgg, mask=None, embedding: Optional[dict
     if orig.shape != scr.shape:
         raise ValueError(f"original {tuple(orig.shape)} and scribbled {tuple(scr.shape)} differ in shape")
     B = orig.shape[0]
-    m = scribble_mask(orig, scr) if mask is None else per_image(mask_of(mask, G, "mask"), B)
+    m = scribble_mask(orig, scr) if mask is None else per_image(mask_of(mask, G, "mask", B), B)
     if not m.reshape(B, -1).max(axis=1).all():
         raise ValueError("an image has no scribbles: the scribbled image equals the original there")
     outside = 1.0 - np.asarray(mask_ops.m_blur_plus(m[..., None], dilate_px, sigma))[..., 0]

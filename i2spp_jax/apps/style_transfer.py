@@ -17,8 +17,8 @@ from typing import Optional
 import numpy as np
 
 from i2spp_jax import embed as engine
-from i2spp_jax.apps.common import (AppResult, RunOptions, Timer, batch_of, mask_of, per_image, reconstruct_w,
-                                   render)
+from i2spp_jax.apps.common import (AppResult, RunOptions, Timer, batch_of, batch_size, mask_of, per_image,
+                                   reconstruct_w, render)
 
 
 def style_transfer(G, content, style, mask, *, vgg, embedding: Optional[dict] = None, st_steps: int = 1000,
@@ -39,9 +39,9 @@ def style_transfer(G, content, style, mask, *, vgg, embedding: Optional[dict] = 
       AppResult with images "stylized", "st_result" (after M_st), "embedding"; masks "mask".
     """
     c, s = batch_of(content, G, "content"), batch_of(style, G, "style")
-    B = max(c.shape[0], s.shape[0])
+    B = batch_size(c, s, names=("content", "style"))
     c, s = np.broadcast_to(c, (B,) + c.shape[1:]), np.broadcast_to(s, (B,) + s.shape[1:])
-    m = per_image(mask_of(mask, G, "mask"), B)
+    m = per_image(mask_of(mask, G, "mask", B), B)
     timer = Timer()
     runs = {}
     if embedding is None:
