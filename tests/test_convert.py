@@ -520,3 +520,102 @@ def test_a_partial_rosinality_or_ada_state_dict_names_the_missing_key(tmp_path, 
                or k.endswith("torgb.weight"))}  # a cut file, not use_noise=False (which it was blamed on)
     with pytest.raises(stylegan2.ConversionError, match=r"missing key synthesis\.b16\."):
         _convert_dict(tmp_path, partial)
+
+
+# --- a file of another kind, a damaged one: one line naming the file (audit: findings 3, 5, 12) -------
+
+_READS = "the converter reads a stylegan2-ada-pytorch network pickle"
+
+
+def _pickle_of_a_class_from_an_unknown_module(path):
+    """Pickles an object of sklearn.linear_model.LinearRegression as sklearn would (a stand-in module,
+    gone once written): a module the reader has never heard of."""
+    saved = {k: sys.modules.get(k) for k in ("sklearn", "sklearn.linear_model")}
+    module = types.ModuleType("sklearn.linear_model")
+
+    class LinearRegression:
+        def __init__(self):
+            self.coef_ = [0.0, 1.0]
+
+    LinearRegression.__module__, LinearRegression.__qualname__ = "sklearn.linear_model", "LinearRegression"
+    module.LinearRegression = LinearRegression
+    sys.modules.update({"sklearn": types.ModuleType("sklearn"), "sklearn.linear_model": module})
+    try:
+        path.write_bytes(pickle.dumps(LinearRegression()))
+    finally:
+        for k, v in saved.items():
+            sys.modules.pop(k) if v is None else sys.modules.__setitem__(k, v)
+
+
+@pytest.mark.parametrize("what, words", [
+    ("numpy_dict", "multiarray._reconstruct"),
+    ("numpy_array", "multiarray._reconstruct"),
+    ("list", "holds a list, not a network"),
+    ("plain_dict", "is not a state dict of tensors"),
+    ("unknown_class", "sklearn.linear_model.LinearRegression"),
+    ("tensor", "holds a ndarray, not a network"),
+    ("other_state_dict", "unknown checkpoint format (keys like encoder.weight)"),
+])  # fmt: skip
+def test_a_pickle_of_something_else_names_the_formats_the_converter_reads(tmp_path, what, words):
+    """Was: 'refusing to load global numpy...: not one of the 24 data-only globals', or 'holds a list',
+    without the file of a pickle of numpy arrays or saying which files the converter reads."""
+    path = tmp_path / f"{what}.pkl"
+    if what == "unknown_class":
+        _pickle_of_a_class_from_an_unknown_module(path)
+    elif what in ("tensor", "other_state_dict"):
+        torch.save(torch.zeros(3) if what == "tensor" else {"encoder.weight": torch.zeros(3)}, path)
+    else:
+        path.write_bytes(pickle.dumps({"numpy_dict": {"a": np.zeros(3)}, "numpy_array": np.zeros(3), "list": [1, 2],
+                                       "plain_dict": {"x": 1}}[what]))
+    with pytest.raises((stylegan2.UnknownFormatError, torch_pickle.UnsafePickleError)) as e:
+        stylegan2.convert_file(str(path))
+    message = str(e.value)
+    assert message.startswith(str(path)) and words in message and _READS in message and "TensorFlow" in message
+
+
+def test_the_converter_command_names_a_foreign_or_damaged_file_in_one_line(parity_dir, tmp_path):
+    from test_cli import assert_one_line_error, run_cli
+
+    _pickle_of_a_class_from_an_unknown_module(tmp_path / "model.pkl")
+    p, _ = run_cli("converters.stylegan2", f"--src={tmp_path}/model.pkl", f"--dst={tmp_path}/out")
+    assert_one_line_error(p, "model.pkl: not a generator file the converter reads", "sklearn.linear_model", _READS)
+    w = {k: torch.from_numpy(v) for k, v in np.load(os.path.join(parity_dir, "rosi_64.weights.npz")).items()}
+    legacy = tmp_path / "rosi.pt"
+    torch.save({"g_ema": w, "latent_avg": torch.zeros(1, 64)}, legacy, _use_new_zipfile_serialization=False)
+    data = legacy.read_bytes()
+    (tmp_path / "cut.pt").write_bytes(data[: len(data) // 2])
+    p, _ = run_cli("converters.stylegan2", f"--src={tmp_path}/cut.pt", f"--dst={tmp_path}/out")
+    assert_one_line_error(p, f"{tmp_path}/cut.pt: file ends inside storage", "fetch the file again")  # was: no file
+    assert not (tmp_path / "out").exists() and not [n for n in os.listdir(tmp_path) if n.startswith(".out")]
+
+
+def test_nan_or_infinite_weights_are_named(parity_dir, tmp_path, tiny_weights):
+    """Was: converted, and the self-check printed nan."""
+    weights = dict(tiny_weights[0])
+    weights["synthesis.b8.conv1.weight"] = np.where(np.arange(weights["synthesis.b8.conv1.weight"].size).reshape(
+        weights["synthesis.b8.conv1.weight"].shape) == 5, np.inf, weights["synthesis.b8.conv1.weight"]).astype(np.float32)
+    with pytest.raises(stylegan2.ConversionError, match=r"sd\.npz: synthesis\.b8\.conv1\.weight holds 1 NaN or inf"):
+        _convert_dict(tmp_path, weights)
+    w = {k: torch.from_numpy(v) for k, v in np.load(os.path.join(parity_dir, "rosi_64.weights.npz")).items()}
+    torch.save({"g_ema": w, "latent_avg": torch.full((1, 64), float("nan"))}, tmp_path / "rosi.pt")
+    with pytest.raises(stylegan2.ConversionError, match=r"rosi\.pt: latent_avg holds 64 NaN or infinite value\(s\)"):
+        stylegan2.convert_file(str(tmp_path / "rosi.pt"))
+
+
+def test_network_g_on_a_file_with_one_generator_is_refused(parity_dir, tmp_path):
+    """Was: an ada pickle of a lone Generator converted it with --network=G without a word."""
+    weights, _, meta = _ada_files(parity_dir, "ada_tiny")
+    path = tmp_path / "G_ema.pkl"
+    with _FakeModules() as fake:
+        path.write_bytes(pickle.dumps(_module_tree(fake, weights, meta["init_kwargs"], "")))
+    stylegan2.convert_file(str(path))
+    with pytest.raises(stylegan2.ConversionError, match="holds a single Generator: drop the flag"):
+        stylegan2.convert_file(str(path), tf_network="G")
+
+
+def test_a_damaged_persistent_object_is_named(tmp_path):
+    with _FakeModules() as fake:
+        data = pickle.dumps({"G_ema": _Persistent(fake.reconstruct, "Generator", None, "")})
+    (tmp_path / "damaged.pkl").write_bytes(data)
+    with pytest.raises(pickle.UnpicklingError, match="without its class_name and state: the file is damaged"):
+        stylegan2.convert_file(str(tmp_path / "damaged.pkl"))

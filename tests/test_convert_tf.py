@@ -82,9 +82,9 @@ def _fake_dnnlib(mp: pytest.MonkeyPatch):
     return Network
 
 
-def _rewrite(tf_dir, tmp_path, edit, name="edited.pkl", source="sg2_r32"):
+def _rewrite(tf_dir, tmp_path, edit, name="edited.pkl", source="sg2_r32", pack=lambda G, D, Gs: (G, D, Gs)):
     """The fixture read with the project's reader, `edit(state of Gs)` applied, pickled again as the
-    official code does."""
+    official code does (`pack` says what the file holds: the official (G, D, Gs) by default)."""
     G, D, Gs = tf_pickle.load_file(os.path.join(tf_dir, f"{source}.pkl"))
     with pytest.MonkeyPatch.context() as mp:
         Network = _fake_dnnlib(mp)
@@ -97,7 +97,7 @@ def _rewrite(tf_dir, tmp_path, edit, name="edited.pkl", source="sg2_r32"):
         G2, D2, Gs2 = convert(G), convert(D), convert(Gs)
         edit(Gs2.state)
         path = tmp_path / name
-        path.write_bytes(pickle.dumps((G2, D2, Gs2), protocol=3))
+        path.write_bytes(pickle.dumps(pack(G2, D2, Gs2), protocol=3))
     return str(path)
 
 
@@ -216,3 +216,101 @@ def test_a_pytorch_only_flag_on_a_tensorflow_pickle_is_refused(tf_dir, flag, val
     for name in ("sg2_r32.pkl", "sg1_r32.pkl"):
         with pytest.raises(stylegan2.ConversionError, match=f"official TensorFlow pickle.*drop --{flag}"):
             generators.convert_file(os.path.join(tf_dir, name), **{flag: value})
+
+
+# --- a damaged file, a lone network, a failed self-check: one line, and nothing at --dst -------------
+
+
+def _variable(component, name, change):
+    """An edit of Gs's state: `change(array)` for the variable `name` of `component` (None: Gs's own);
+    a change that returns None removes the variable."""
+
+    def edit(state):
+        s = state if component is None else state["components"][component].state
+        changed = [(n, change(v) if n == name else v) for n, v in s["variables"]]
+        s["variables"] = [(n, v) for n, v in changed if v is not None]
+
+    return edit
+
+
+def _nan_at_3(v):
+    v = np.array(v)
+    v.reshape(-1)[3] = np.nan
+    return v
+
+
+def _convert_any(path, **kw):
+    from i2spp_jax.formats import generators
+
+    return generators.convert_file(path, **kw)
+
+
+@pytest.mark.parametrize("source", ["sg1_r32", "sg2_r32"])
+@pytest.mark.parametrize("component, name, change, words", [
+    ("synthesis", "8x8/Conv1/weight", lambda v: v[:, :, :16],
+     "variable synthesis/8x8/Conv1/weight has shape (3, 3, 16, 32), expected (3, 3, 32, 32)"),
+    ("mapping", "Dense1/weight", lambda v: v[:32], "variable mapping/Dense1/weight has shape (32, 64), expected (64, 64)"),
+    (None, "dlatent_avg", lambda v: v[:3], "variable dlatent_avg has shape (3,), expected (64,)"),
+    ("synthesis", "8x8/Conv1/bias", _nan_at_3, "variable synthesis/8x8/Conv1/bias holds 1 NaN or infinite value(s) of 32"),
+    ("mapping", "Dense1/weight", lambda v: np.full_like(v, np.inf), "mapping/Dense1/weight holds 4096 NaN or infinite"),
+    ("synthesis", "8x8/Conv1/bias", lambda v: None, "missing variable synthesis/8x8/Conv1/bias (of shape (32,))"),
+])  # fmt: skip
+def test_a_variable_of_another_shape_not_finite_or_missing_is_named(tf_dir, tmp_path, source, component, name, change,
+                                                                    words):
+    """Was: StyleGAN (v1) converted any shape (a traceback when rendering) and both accepted NaN/inf."""
+    path = _rewrite(tf_dir, tmp_path, _variable(component, name, change), source=source)
+    with pytest.raises(stylegan2.ConversionError) as e:
+        _convert_any(path)
+    assert str(e.value).startswith(path) and words in str(e.value), str(e.value)
+
+
+def _drop(key):
+    return lambda s: s.pop(key)
+
+
+@pytest.mark.parametrize("source", ["sg1_r32", "sg2_r32"])
+@pytest.mark.parametrize("edit, error, words", [
+    (_drop("build_func_name"), tf_pickle.DamagedNetworkError, "network 'Gs' has no 'build_func_name' in its state"),
+    (lambda s: s["components"]["synthesis"].state.pop("variables"), tf_pickle.DamagedNetworkError,
+     "network 'G_synthesis' has no 'variables'"),
+    (lambda s: s["components"].update(synthesis={"a": 1}), tf_pickle.DamagedNetworkError,
+     "its component 'synthesis' is a dict, not a Network"),
+    (lambda s: s.update(components=[1]), tf_pickle.DamagedNetworkError, "its components is a list, not a dict"),
+    (lambda s: s["variables"].append(("x",)), tf_pickle.DamagedNetworkError, "is not a (name, array) pair"),
+    (lambda s: s.update(variables=[(n, "text") for n, _ in s["variables"]]), tf_pickle.DamagedNetworkError,
+     "holds <U4 values, not numbers"),
+    (lambda s: s.update(version="x"), tf_pickle.DamagedNetworkError, "its version is 'x'"),
+    (lambda s: s["static_kwargs"].update(resolution="abc"), stylegan2.ConversionError,
+     "network setting resolution='abc': not a whole number"),
+    (lambda s: s["static_kwargs"].update(latent_size=32), stylegan2.ConversionError,
+     "variable mapping/Dense0/weight has shape (64, 64), expected (32, 64)"),
+])  # fmt: skip
+def test_a_damaged_network_state_is_named_with_the_file(tf_dir, tmp_path, source, edit, error, words):
+    """Was: KeyError, AttributeError, TypeError or ValueError tracebacks (or a silent conversion)."""
+    path = _rewrite(tf_dir, tmp_path, edit, source=source)
+    with pytest.raises(error) as e:
+        _convert_any(path)
+    assert str(e.value).startswith(path) and words in str(e.value), str(e.value)
+
+
+@pytest.mark.parametrize("source", ["sg1_r32", "sg2_r32"])
+def test_a_file_with_one_network_converts_it_or_names_the_flag(tf_dir, tmp_path, source):
+    """Was: --network=G on a file holding only Gs converted that Gs without a word."""
+    ref = np.load(os.path.join(tf_dir, f"{source}.reference.npz"))
+    lone = _rewrite(tf_dir, tmp_path, lambda s: None, name="lone.pkl", source=source, pack=lambda G, D, Gs: Gs)
+    notes = []
+    G = _convert_any(lone, notes=notes)
+    assert _rel(_nchw(G.synthesis(ref["w_plus"], noise="const")), ref["img_synth_wplus"]) < RTOL
+    assert notes == [f"{lone} holds a single network, Gs ({'G_style' if source == 'sg1_r32' else 'G_main'}), not "
+                     "(G, D, Gs): converting it"]
+    with pytest.raises(stylegan2.ConversionError, match="it has no G; drop --network=G to convert it"):
+        _convert_any(lone, tf_network="G")
+    lone_g = _rewrite(tf_dir, tmp_path, lambda s: s.update(name="G"), name="lone_g.pkl", source=source,
+                      pack=lambda G, D, Gs: Gs)
+    with pytest.raises(stylegan2.ConversionError, match="it has no Gs; pass --network=G to convert it"):
+        _convert_any(lone_g)
+    as_dict = _rewrite(tf_dir, tmp_path, lambda s: None, name="dict.pkl", source=source,
+                       pack=lambda G, D, Gs: {"G": G, "Gs": Gs})
+    with pytest.raises(stylegan2.UnknownFormatError, match=r"holding a dict of 2 items, not the official \(G, D, Gs\) "
+                                                           "or one Network; the converter reads"):
+        _convert_any(as_dict)

@@ -34,10 +34,15 @@ def convert_file(path: str, *, tf_network: str = "Gs", **stylegan2_kwargs: Any) 
         if stylegan2_kwargs.get(name, unset) not in (unset, None):
             raise stylegan2.ConversionError(f"{path} is an official TensorFlow pickle: it gives its own settings; "
                                             f"drop --{name} (it is for PyTorch state dicts and checkpoints)")
-    net = stylegan2._tf_network(tf_pickle.load_file(path), path, tf_network)
+    net, picked = tf_pickle.pick_network(tf_pickle.load_file(path), path, tf_network)
+    notes = stylegan2_kwargs.get("notes")
+    if notes is not None:
+        notes.append(picked)
     if net.build_func_name == "G_style":
         config, params = v1_format.convert(net, path)
         return StyleGAN1Generator(params=jax.tree_util.tree_map(np.asarray, params), config=config)
     sd, init_kwargs = stylegan2.tf_stylegan2_state_dict(net, path)
-    config = stylegan2.ada_config(sd, init_kwargs=init_kwargs)
-    return Generator(params=jax.tree_util.tree_map(np.asarray, stylegan2.ada_params(sd, config)), config=config)
+    with stylegan2.naming_the_file(path):
+        config = stylegan2.ada_config(sd, init_kwargs=init_kwargs)
+        params = stylegan2.ada_params(sd, config)
+    return Generator(params=jax.tree_util.tree_map(np.asarray, params), config=config)

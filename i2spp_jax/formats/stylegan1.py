@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from i2spp_jax.formats import tf_pickle
-from i2spp_jax.formats.stylegan2 import ConversionError, UnknownFormatError
+from i2spp_jax.formats.errors import ConversionError
 from i2spp_jax.stylegan1 import StyleGAN1Config
 
 # settings the port implements only at the official defaults: {name: allowed values}
@@ -25,21 +25,68 @@ _HARMLESS = {"num_channels", "resolution", "fmap_base", "fmap_max", "latent_size
 
 
 def read_file(path: str, network: str = "Gs") -> tuple[StyleGAN1Config, dict]:
-    obj = tf_pickle.load_file(path)
-    names = ("G", "D", "Gs")
-    if isinstance(obj, tuple) and len(obj) == 3 and all(isinstance(n, tf_pickle.TFNetwork) for n in obj):
-        obj = dict(zip(names, obj))[network]
-    if not isinstance(obj, tf_pickle.TFNetwork):
-        raise UnknownFormatError(f"{path}: not an official TensorFlow network pickle")
-    return convert(obj, path)
+    net, _ = tf_pickle.pick_network(tf_pickle.load_file(path), path, network)
+    return convert(net, path)
+
+
+def expected_shapes(config: StyleGAN1Config, mapping_fmaps: int) -> dict[str, tuple]:
+    """{variable name: shape} of every variable a G_style of `config` reads (TF layouts: conv
+    [k, k, in, out], dense [in, out]); the hidden width of the mapping network is `mapping_fmaps`."""
+    ch, w = config.channels, config.w_dim
+    shapes: dict[str, tuple] = {"dlatent_avg": (w,)}
+    for i in range(config.mapping_layers):
+        fan_in = config.z_dim if i == 0 else mapping_fmaps
+        fan_out = w if i == config.mapping_layers - 1 else mapping_fmaps
+        shapes.update({f"mapping/Dense{i}/weight": (fan_in, fan_out), f"mapping/Dense{i}/bias": (fan_out,)})
+
+    def layer(prefix: str, fan_in: int, c: int, with_weight: bool = True) -> None:
+        shapes.update({f"{prefix}/bias": (c,), f"{prefix}/Noise/weight": (c,), f"{prefix}/StyleMod/weight": (w, 2 * c),
+                       f"{prefix}/StyleMod/bias": (2 * c,)})
+        if with_weight:
+            shapes[f"{prefix}/weight"] = (3, 3, fan_in, c)
+
+    s = "synthesis/"
+    shapes[s + "4x4/Const/const"] = (1, ch[0], 4, 4)
+    layer(s + "4x4/Const", ch[0], ch[0], with_weight=False)
+    layer(s + "4x4/Conv", ch[0], ch[0])
+    for i, r in enumerate(config.block_resolutions[1:], start=1):
+        layer(f"{s}{r}x{r}/Conv0_up", ch[i - 1], ch[i])  # the fused transposed conv stores [k, k, in, out] too
+        layer(f"{s}{r}x{r}/Conv1", ch[i], ch[i])
+    for i, (h, w_) in enumerate(config.noise_shapes):
+        shapes[f"{s}noise{i}"] = (1, 1, h, w_)
+    shapes.update({s + "ToRGB_lod0/weight": (1, 1, ch[-1], config.img_channels),
+                   s + "ToRGB_lod0/bias": (config.img_channels,)})
+    return shapes
+
+
+def _config(kw: dict, where: str) -> StyleGAN1Config:
+    """The topology from the network's settings (the official defaults where a setting is absent)."""
+    res = tf_pickle.resolution_setting(kw, where)
+    fmap_base = tf_pickle.int_setting(kw, "fmap_base", 8192, where)
+    fmap_max = tf_pickle.int_setting(kw, "fmap_max", 512, where)
+    lrmul = tf_pickle.float_setting(kw, "mapping_lrmul", 0.01, where)
+    cutoff = kw.get("truncation_cutoff", 8)
+    if cutoff is not None:
+        cutoff = tf_pickle.int_setting(kw, "truncation_cutoff", 8, where, lowest=0)
+    return StyleGAN1Config(
+        z_dim=tf_pickle.int_setting(kw, "latent_size", 512, where),
+        w_dim=tf_pickle.int_setting(kw, "dlatent_size", 512, where), img_resolution=res,
+        img_channels=tf_pickle.int_setting(kw, "num_channels", 3, where),
+        # nf(stage) of the official G_synthesis (fmap_decay 1), for the blocks 4x4 (stage 1) up to res
+        channels=tuple(min(int(fmap_base / 2.0 ** stage), fmap_max) for stage in range(1, int(np.log2(res)))),
+        mapping_layers=tf_pickle.int_setting(kw, "mapping_layers", 8, where), mapping_lr_multiplier=float(lrmul),
+        truncation_cutoff=cutoff, fused_scale_from={"auto": 128, True: 8, False: 2 * res}[kw.get("fused_scale", "auto")])
 
 
 def convert(net: tf_pickle.TFNetwork, path: str = "") -> tuple[StyleGAN1Config, dict]:
-    """(config, params) of a G_style network; what the port does not implement is refused by name."""
+    """(config, params) of a G_style network; what the port does not implement is refused by name, and
+    a variable that is missing, of another shape than the settings give, or not finite, is named."""
     where = f"{path}: " if path else ""
     synthesis = net.components.get("synthesis")
     if net.build_func_name != "G_style" or synthesis is None or synthesis.build_func_name != "G_synthesis":
         raise ConversionError(f"{where}{net.name} is {net.build_func_name}, not StyleGAN (v1)'s G_style")
+    if "mapping" not in net.components:
+        raise ConversionError(f"{where}{net.name} has no mapping component: the file is damaged: fetch it again")
     parts = [*net.components.values(), net]
     for part in parts:
         kw = part.static_kwargs
@@ -50,26 +97,21 @@ def convert(net: tf_pickle.TFNetwork, path: str = "") -> tuple[StyleGAN1Config, 
         if unknown:
             raise ConversionError(f"{where}unknown network setting(s) {unknown}: not a G_style this port implements")
     kw = {k: v for part in parts for k, v in part.static_kwargs.items()}
-    v = {k: np.asarray(a, np.float32) for k, a in tf_pickle.tf_variables(net).items()}
+    v = tf_pickle.tf_variables(net)
+    for name in ("lod", "synthesis/lod"):  # progressive growing's counters: a scalar, 0 when finished
+        if name in v and v[name].shape != ():
+            raise ConversionError(f"{where}variable {name} has shape {v[name].shape}, expected (): the file is damaged")
     lod = float(v.get("synthesis/lod", 0.0))
     if lod != 0.0:
         raise ConversionError(f"{where}lod={lod}: a network in the middle of progressive growing (its output blends "
                               "two resolutions); convert a finished one (lod 0)")
-    res = int(kw.get("resolution", 1024))
-    fused = kw.get("fused_scale", "auto")
-    config = StyleGAN1Config(
-        z_dim=int(kw.get("latent_size", 512)), w_dim=int(kw.get("dlatent_size", 512)), img_resolution=res,
-        img_channels=int(kw.get("num_channels", 3)),
-        channels=tuple(int(v[f"synthesis/{r}x{r}/Conv1/weight" if r > 4 else "synthesis/4x4/Conv/weight"].shape[-1])
-                       for r in [2 ** i for i in range(2, int(np.log2(res)) + 1)]),
-        mapping_layers=int(kw.get("mapping_layers", 8)), mapping_lr_multiplier=float(kw.get("mapping_lrmul", 0.01)),
-        truncation_cutoff=kw.get("truncation_cutoff", 8),
-        fused_scale_from={"auto": 128, True: 8, False: 2 * res}[fused])
+    config = _config(kw, where)
+    tf_pickle.check_variables(v, expected_shapes(config, tf_pickle.int_setting(kw, "mapping_fmaps", 512, where)),
+                              where)
+    v = {k: np.asarray(a, np.float32) for k, a in v.items()}
     used = set()
 
     def take(name):
-        if name not in v:
-            raise ConversionError(f"{where}missing variable {name}")
         used.add(name)
         return v[name]
 

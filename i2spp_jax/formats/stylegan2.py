@@ -10,32 +10,29 @@ Sources (format detected from the content, not the name):
   * official TensorFlow StyleGAN2 pickles (.pkl, `(G, D, Gs)` of dnnlib Networks; Gs unless asked
     for G), read without TensorFlow by i2spp_jax.formats.tf_pickle and renamed to ada's keys.
 Every target parameter must be matched by exactly one source key: a missing key, an unused key or
-a shape mismatch is an error that names the key. After converting, the CLI reloads the checkpoint,
-renders fixed latents and prints the largest difference (and, with --reference, the difference from
-the official network's outputs).
+a shape mismatch is an error that names the key, and so is a NaN or infinite weight; every message
+names the file. A TensorFlow pickle's variables are checked, in its own names and layouts, against
+the shapes its settings give (`tf_expected_shapes`). After converting, the CLI reloads the checkpoint,
+renders fixed latents and compares (with the official network's outputs where it has them), and
+writes --dst only if they agree.
 """
 
+import contextlib
 import json
 import os
+import pickle
 import re
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Iterator, Optional
 
 import jax
 import numpy as np
 
 from i2spp_jax.formats import tf_pickle, torch_pickle
+from i2spp_jax.formats.errors import FORMATS, ConversionError, UnknownFormatError
 from i2spp_jax import ops
 from i2spp_jax.generator import Generator, GeneratorConfig, init_params
 
 StateDict = dict[str, np.ndarray]
-
-
-class ConversionError(ValueError):
-    """A source file that cannot be converted; the message names the cause."""
-
-
-class UnknownFormatError(ConversionError):
-    pass
 
 
 # ---------------------------------------------------------------------------------------------
@@ -60,7 +57,7 @@ def _module_state_dict(obj: torch_pickle.PersistentObject, prefix: str = "") -> 
 
 def _flat_arrays(d: Any, what: str) -> StateDict:
     if not isinstance(d, dict) or not all(isinstance(v, np.ndarray) for v in d.values()):
-        raise UnknownFormatError(f"{what} is not a state dict of tensors")
+        raise UnknownFormatError(f"{what} is not a state dict of tensors; {FORMATS}")
     return {str(k): np.asarray(v) for k, v in d.items()}
 
 
@@ -105,12 +102,20 @@ def read_source(path: str, *, tf_network: str = "Gs") -> tuple[str, StateDict, d
         except Exception as e:  # zipfile/ValueError/EOF: all mean the same to a user
             raise torch_pickle.TruncatedFileError(f"{path}: unreadable .npz ({type(e).__name__}: {e})") from None
     elif tf_pickle.is_tf_pickle(path):
-        net = _tf_network(tf_pickle.load_file(path), path, tf_network)
+        net, extras["picked"] = tf_pickle.pick_network(tf_pickle.load_file(path), path, tf_network)
         sd, extras["init_kwargs"] = tf_stylegan2_state_dict(net, path)
         extras["network"] = tf_network
         return "tf-stylegan2", sd, extras
     else:
-        obj = torch_pickle.load_file(path)
+        try:
+            obj = torch_pickle.load_file(path)
+        except torch_pickle.UnsafePickleError as e:  # a pickle of something else (nothing of it was run)
+            raise torch_pickle.UnsafePickleError(f"{path}: not a generator file the converter reads: {e}; "
+                                                 f"{FORMATS}") from None
+        except (torch_pickle.TruncatedFileError, pickle.UnpicklingError) as e:
+            if str(e).startswith(path):
+                raise
+            raise type(e)(f"{path}: {e}; fetch the file again") from None
         nets = [k for k in ("G", "D", "G_ema") if isinstance(obj, dict)
                 and isinstance(obj.get(k), torch_pickle.PersistentObject)]
         if nets:  # a stylegan2-ada-pytorch snapshot: G_ema (the moving average) unless asked for G
@@ -128,6 +133,9 @@ def read_source(path: str, *, tf_network: str = "Gs") -> tuple[str, StateDict, d
             if "class SynthesisInput" in str(obj.get("module_src", "")):
                 raise ConversionError(f"{path}: a StyleGAN3 generator (stylegan3's networks_stylegan3): not "
                                       "supported; the port implements StyleGAN2 and StyleGAN (v1)")
+            if tf_network == "G" and "network" not in extras:
+                raise ConversionError(f"{path}: --network=G picks the non-averaged G of a snapshot that holds G and "
+                                      "G_ema; this file holds a single Generator: drop the flag to convert it")
             extras["init_kwargs"] = dict(obj.state.get("_init_kwargs") or {})
             return "ada-pkl", _module_state_dict(obj), extras
         if isinstance(obj, dict) and "g_ema" in obj:  # rosinality: g_ema unless asked for g (its train.py's)
@@ -143,7 +151,8 @@ def read_source(path: str, *, tf_network: str = "Gs") -> tuple[str, StateDict, d
         if isinstance(obj, dict) and isinstance(obj.get("G_ema"), dict):
             obj = obj["G_ema"]
         if not isinstance(obj, dict):
-            raise UnknownFormatError(f"{path}: holds a {type(obj).__name__}, not a network, checkpoint or state dict")
+            raise UnknownFormatError(f"{path}: holds a {type(obj).__name__}, not a network, checkpoint or state dict; "
+                                     f"{FORMATS}")
         sd = _flat_arrays(obj, path)
     if tf_network == "G":
         raise ConversionError(f"{path}: --network=G picks the non-averaged G of a snapshot that holds both; this "
@@ -155,8 +164,7 @@ def read_source(path: str, *, tf_network: str = "Gs") -> tuple[str, StateDict, d
             extras["latent_avg"] = sd.pop("latent_avg")
         return "rosinality", sd, extras
     sample = ", ".join(sorted(sd)[:5])
-    raise UnknownFormatError(f"{path}: unknown checkpoint format (keys like {sample}); expected a "
-                             "stylegan2-ada-pytorch .pkl or state dict, or a rosinality checkpoint")
+    raise UnknownFormatError(f"{path}: unknown checkpoint format (keys like {sample}); {FORMATS}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -175,16 +183,45 @@ _TF_FIXED = {"architecture": "skip", "resample_kernel": [1, 3, 3, 1], "nonlinear
              "normalize_latents": True, "use_noise": True}
 
 
-def _tf_network(obj: Any, path: str, which: str) -> tf_pickle.TFNetwork:
-    """G, D or Gs of an official training pickle `(G, D, Gs)` (or the Network itself)."""
-    names = ("G", "D", "Gs")
-    if which not in names:
-        raise ConversionError(f"network {which!r}: a TensorFlow pickle holds G, D and Gs")
-    if isinstance(obj, tuple) and len(obj) == 3 and all(isinstance(n, tf_pickle.TFNetwork) for n in obj):
-        return dict(zip(names, obj))[which]
-    if isinstance(obj, tf_pickle.TFNetwork):
-        return obj
-    raise UnknownFormatError(f"{path}: a TensorFlow pickle holding a {type(obj).__name__}, not (G, D, Gs)")
+def tf_expected_shapes(kw: dict, where: str = "") -> dict[str, tuple]:
+    """{variable name: shape} of every variable a G_main of these settings (`kw`: its static_kwargs and
+    its components', the official defaults where one is absent) reads, in TF layouts."""
+    res = tf_pickle.resolution_setting(kw, where)
+    z_dim, w = (tf_pickle.int_setting(kw, k, 512, where) for k in ("latent_size", "dlatent_size"))
+    layers, fmaps = (tf_pickle.int_setting(kw, k, 512 if k == "mapping_fmaps" else 8, where)
+                     for k in ("mapping_layers", "mapping_fmaps"))
+    fmap_base = tf_pickle.int_setting(kw, "fmap_base", 16 << 10, where)
+    fmap_max = tf_pickle.int_setting(kw, "fmap_max", 512, where)
+    img_channels = tf_pickle.int_setting(kw, "num_channels", 3, where)
+    shapes: dict[str, tuple] = {"dlatent_avg": (w,)}
+    for i in range(layers):
+        fan_in, fan_out = z_dim if i == 0 else fmaps, w if i == layers - 1 else fmaps
+        shapes.update({f"mapping/Dense{i}/weight": (fan_in, fan_out), f"mapping/Dense{i}/bias": (fan_out,)})
+
+    def nf(r: int) -> int:  # the official nf(log2(r) - 1), fmap_decay 1 and fmap_min 1
+        return max(min(int(fmap_base / 2.0 ** (np.log2(r) - 1)), fmap_max), 1)
+
+    def layer(prefix: str, fan_in: int, fan_out: int, kernel: int = 3, noise: bool = True) -> None:
+        shapes.update({f"{prefix}/weight": (kernel, kernel, fan_in, fan_out), f"{prefix}/mod_weight": (w, fan_in),
+                       f"{prefix}/mod_bias": (fan_in,), f"{prefix}/bias": (fan_out,)})
+        if noise:
+            shapes[f"{prefix}/noise_strength"] = ()
+
+    s = "synthesis/"
+    shapes[s + "4x4/Const/const"] = (1, nf(4), 4, 4)
+    resolutions = [2 ** i for i in range(2, int(np.log2(res)) + 1)]
+    noise = 0
+    for r in resolutions:
+        if r == 4:
+            layer(s + "4x4/Conv", nf(4), nf(4))
+        else:
+            layer(f"{s}{r}x{r}/Conv0_up", nf(r // 2), nf(r))
+            layer(f"{s}{r}x{r}/Conv1", nf(r), nf(r))
+        layer(f"{s}{r}x{r}/ToRGB", nf(r), img_channels, kernel=1, noise=False)
+        for _ in range(1 if r == 4 else 2):
+            shapes[f"{s}noise{noise}"] = (1, 1, r, r)
+            noise += 1
+    return shapes
 
 
 def tf_stylegan2_state_dict(net: tf_pickle.TFNetwork, path: str = "") -> tuple[StateDict, dict]:
@@ -219,6 +256,10 @@ def tf_stylegan2_state_dict(net: tf_pickle.TFNetwork, path: str = "") -> tuple[S
                                   "implements")
     kw = {k: v for part in parts for k, v in part.static_kwargs.items()}  # G_main's own settings last
     tf = tf_pickle.tf_variables(net)
+    tf_pickle.check_variables(tf, tf_expected_shapes(kw, where), where)
+    for name in ("lod", "synthesis/lod"):
+        if name in tf:
+            tf_pickle.check_variables(tf, {name: ()}, where)
     res = int(kw.get("resolution", 1024))
     sd: StateDict = {"mapping.w_avg": tf["dlatent_avg"]}
     for name, value in tf.items():
@@ -250,10 +291,10 @@ def tf_stylegan2_state_dict(net: tf_pickle.TFNetwork, path: str = "") -> tuple[S
             raise ConversionError(f"{where}unknown variable {name} in a StyleGAN2 generator")
     init_kwargs = {"z_dim": int(kw.get("latent_size", 512)), "w_dim": int(kw.get("dlatent_size", 512)),
                    "img_resolution": res, "c_dim": 0,
-                   "mapping_kwargs": {"lr_multiplier": float(kw.get("mapping_lrmul", 0.01))},
+                   "mapping_kwargs": {"lr_multiplier": tf_pickle.float_setting(kw, "mapping_lrmul", 0.01, where)},
                    "synthesis_kwargs": {"channel_base": int(kw.get("fmap_base", 16384)) * 2,
                                         "channel_max": int(kw.get("fmap_max", 512)), "architecture": "skip",
-                                        "conv_clamp": kw.get("conv_clamp")}}
+                                        "conv_clamp": tf_pickle.float_setting(kw, "conv_clamp", None, where)}}
     return sd, init_kwargs
 
 
@@ -497,6 +538,10 @@ def map_params(sd: StateDict, config: GeneratorConfig, source: Callable[[str], t
         if value is None or value.shape != shape_dtype.shape:
             raise ConversionError(f"shape mismatch for {key}: source {tuple(sd[key].shape)} cannot become "
                                   f"{p} {tuple(shape_dtype.shape)}")
+        bad = int(value.size - np.count_nonzero(np.isfinite(value)))
+        if bad:
+            raise ConversionError(f"{key} holds {bad} NaN or infinite value(s) of {value.size}: the file is damaged or "
+                                  "its training diverged; convert another snapshot")
         used.add(key)
         out.append(np.array(value, np.float32, order="C"))
     unused = sorted(k for k in sd if k not in used and not ignored(k, sd[k]))
@@ -540,6 +585,17 @@ def _parse_clamp(value: Any) -> Any:
         raise ConversionError(f"--conv_clamp={value}: give 'none' (no clamp) or a number, e.g. 256") from None
 
 
+@contextlib.contextmanager
+def naming_the_file(path: str) -> Iterator[None]:
+    """A ConversionError inside whose message does not name `path` gets it in front."""
+    try:
+        yield
+    except ConversionError as e:
+        if str(e).startswith((path, "--")):  # it names the file, or the flag that is wrong
+            raise
+        raise type(e)(f"{path}: {e}") from None
+
+
 def check_source_path(path: str) -> None:
     """A missing path, a folder or an empty file, named before anything reads it."""
     if os.path.isdir(path):
@@ -574,38 +630,41 @@ def convert_file(path: str, *, conv_clamp: Any = "unset", mapping_lr_multiplier:
     check_source_path(path)
     notes = [] if notes is None else notes
     fmt, sd, extras = read_source(path, tf_network=tf_network)
-    if fmt in ("ada-pkl", "ada-state-dict", "tf-stylegan2"):
-        init_kwargs = extras.get("init_kwargs") or (extras.get("json") or {}).get("init_kwargs")
-        config = ada_config(sd, init_kwargs=init_kwargs, conv_clamp=_parse_clamp(conv_clamp),
-                            mapping_lr_multiplier=mapping_lr_multiplier)
-        params = ada_params(sd, config)
-        if extras.get("network") == "G":
-            notes.append("converted the snapshot's non-averaged G (--network=G), not G_ema")
-        fp16 = int(((init_kwargs or {}).get("synthesis_kwargs") or {}).get("num_fp16_res") or 0)
-        if fp16:
-            notes.append(f"num_fp16_res={fp16}: the official network runs its {fp16} highest resolutions in float16 "
-                         "on a GPU; this port computes in float32 and equals the official network run with "
-                         "force_fp32=True (the official float16 output differs from that by about 1e-3 relative)")
-        if mean_latent_samples:
-            notes.append("--mean_latent_samples: ignored, the file holds its mean latent (w_avg)")
-    else:
-        if extras.get("network") == "G":
-            notes.append("converted the checkpoint's non-averaged g (--network=G), not g_ema")
-        try:
-            config = rosinality_config(sd, mapping_lr_multiplier=mapping_lr_multiplier)
-        except KeyError as e:
-            raise ConversionError(f"{path}: missing key {e.args[0]}: not a whole rosinality Generator "
-                                  "state dict") from None
-        if "latent_avg" in extras:
-            params = rosinality_params(sd, extras["latent_avg"], config)
-        elif mean_latent_samples:
-            params = rosinality_params(sd, np.zeros(config.w_dim, np.float32), config)
-            w_avg = mean_latent(Generator(params=params, config=config), int(mean_latent_samples))
-            params["mapping"]["w_avg"] = w_avg
-            notes.append(f"latent_avg estimated as the mean of {int(mean_latent_samples)} mapped z (seed 0), as "
-                         "rosinality's generate.py does; truncation and the embeddings' start use it")
+    if "picked" in extras:
+        notes.append(extras["picked"])
+    with naming_the_file(path):
+        if fmt in ("ada-pkl", "ada-state-dict", "tf-stylegan2"):
+            init_kwargs = extras.get("init_kwargs") or (extras.get("json") or {}).get("init_kwargs")
+            config = ada_config(sd, init_kwargs=init_kwargs, conv_clamp=_parse_clamp(conv_clamp),
+                                mapping_lr_multiplier=mapping_lr_multiplier)
+            params = ada_params(sd, config)
+            if extras.get("network") == "G":
+                notes.append("converted the snapshot's non-averaged G (--network=G), not G_ema")
+            fp16 = int(((init_kwargs or {}).get("synthesis_kwargs") or {}).get("num_fp16_res") or 0)
+            if fp16:
+                notes.append(f"num_fp16_res={fp16}: the official network runs its {fp16} highest resolutions in float16 "
+                             "on a GPU; this port computes in float32 and equals the official network run with "
+                             "force_fp32=True (the official float16 output differs from that by about 1e-3 relative)")
+            if mean_latent_samples:
+                notes.append("--mean_latent_samples: ignored, the file holds its mean latent (w_avg)")
         else:
-            raise ConversionError(f"{path}: rosinality checkpoint without 'latent_avg' (the mean w needed for "
-                                  "truncation and for initialising embeddings; its train.py does not save it): "
-                                  "pass --mean_latent_samples=4096 to estimate it as rosinality's generate.py does")
+            if extras.get("network") == "G":
+                notes.append("converted the checkpoint's non-averaged g (--network=G), not g_ema")
+            try:
+                config = rosinality_config(sd, mapping_lr_multiplier=mapping_lr_multiplier)
+            except KeyError as e:
+                raise ConversionError(f"{path}: missing key {e.args[0]}: not a whole rosinality Generator "
+                                      "state dict") from None
+            if "latent_avg" in extras:
+                params = rosinality_params(sd, extras["latent_avg"], config)
+            elif mean_latent_samples:
+                params = rosinality_params(sd, np.zeros(config.w_dim, np.float32), config)
+                w_avg = mean_latent(Generator(params=params, config=config), int(mean_latent_samples))
+                params["mapping"]["w_avg"] = w_avg
+                notes.append(f"latent_avg estimated as the mean of {int(mean_latent_samples)} mapped z (seed 0), as "
+                             "rosinality's generate.py does; truncation and the embeddings' start use it")
+            else:
+                raise ConversionError(f"{path}: rosinality checkpoint without 'latent_avg' (the mean w needed for "
+                                      "truncation and for initialising embeddings; its train.py does not save it): "
+                                      "pass --mean_latent_samples=4096 to estimate it as rosinality's generate.py does")
     return Generator(params=jax.tree_util.tree_map(np.asarray, params), config=config)

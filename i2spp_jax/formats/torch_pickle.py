@@ -38,6 +38,10 @@ class TruncatedFileError(ValueError):
     """The file ends before its data does."""
 
 
+class DamagedFileError(pickle.UnpicklingError):
+    """A whole pickle whose objects lack what every file of its kind holds."""
+
+
 class PersistentObject(dict):
     """What `torch_utils.persistence._reconstruct_persistent_obj(meta)` would have built, as data:
     the class name and the instance's state. Its embedded source code is kept as text, never run."""
@@ -106,6 +110,9 @@ def _rebuild_parameter(data, requires_grad=False, backward_hooks=None, state=Non
 
 
 def _reconstruct_persistent_obj(meta):
+    if not (isinstance(meta, dict) and isinstance(meta.get("class_name"), str) and isinstance(meta.get("state"), dict)):
+        raise DamagedFileError("a stylegan2-ada-pytorch persistent object without its class_name and state: the file "
+                               "is damaged")
     return PersistentObject(meta)
 
 
@@ -299,7 +306,7 @@ def load_file(path: str) -> Any:
             first = RestrictedUnpickler(f).load()
         except EOFError:
             raise TruncatedFileError(f"{path} ends inside its first pickle") from None
-        except UnsafePickleError:
+        except (UnsafePickleError, DamagedFileError):
             raise
         except (pickle.UnpicklingError, ValueError, KeyError, IndexError, TypeError, UnicodeDecodeError) as e:
             if "truncated" in str(e):
