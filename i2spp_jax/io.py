@@ -144,3 +144,27 @@ def save_noise(directory: str, maps: Sequence[np.ndarray], names: Sequence[str])
         save_npy(p, m)
         paths.append(p)
     return paths
+
+
+# How far past [-1, 1] an image may reach: a generator's raw (unclipped) render goes a little past and is
+# a fair target; [0, 255] pixels are far past.
+RANGE_SLACK = 1.0
+
+
+def check_pixels(x, what: str, *, in_range: bool = True) -> None:
+    """Refuses (ValueError, naming `what`) what is not a float image in [-1, 1]: integer pixels, NaN or
+    inf, and (`in_range`) values far outside (an 8-bit or [0, 255] image would otherwise be fitted as it
+    is, silently). The engine checks without the range: its targets may be any render, a random-weight
+    generator's reaching well past [-1, 1]; the applications, which take images, check it."""
+    x = np.asarray(x)
+    if np.issubdtype(x.dtype, np.integer):
+        raise ValueError(f"{what} is an integer ({x.dtype}) image; give floats in [-1, 1] "
+                         "(x / 127.5 - 1 for 8-bit pixels, or i2spp_jax.io.load_image)")
+    if x.size == 0:
+        return
+    lo, hi = float(np.min(x)), float(np.max(x))
+    if not (np.isfinite(lo) and np.isfinite(hi)):
+        raise ValueError(f"{what} holds NaN or inf values")
+    if in_range and (lo < -1 - RANGE_SLACK or hi > 1 + RANGE_SLACK):
+        raise ValueError(f"{what} has values in [{lo:.3g}, {hi:.3g}]; images are floats in [-1, 1] "
+                         "(x / 127.5 - 1 for [0, 255] pixels)")

@@ -185,3 +185,16 @@ def test_a_raw_render_slightly_past_one_is_a_fair_target(G):
     """The range check refuses [0, 255] pixels, not a generator's unclipped render."""
     x = np.clip(render(G, 0), -1, 1) * 1.2
     assert apps.common.batch_of(x, G, "x").shape == (1, R, R, 3)
+
+
+def test_the_engine_refuses_integer_pixels_but_takes_any_float_render(G, vgg):
+    """embed() takes any float target (a random-weight generator's raw render reaches well past [-1, 1])
+    but not 8-bit pixels, which it fitted as they were."""
+    from i2spp_jax import embed
+
+    x = render(G, 0)
+    init = embed.initial_variables(G, 1, seed=0)
+    phases = (embed.Mk_n(1),)
+    with pytest.raises(ValueError, match="target_x is an integer \\(uint8\\) image"):
+        embed.embed(G, ((x + 1) * 127.5).astype(np.uint8), phases=phases, init_vars=init, vgg=vgg, log=None)
+    embed.embed(G, 3 * x, phases=phases, init_vars=init, vgg=vgg, log=None)

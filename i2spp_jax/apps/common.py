@@ -17,6 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from i2spp_jax import embed as engine
+from i2spp_jax import io
 
 
 @dataclasses.dataclass
@@ -46,17 +47,10 @@ class RunOptions:
                             checkpoint_every=self.checkpoint_every, **kw)
 
 
-# How far past [-1, 1] an image may reach: a generator's raw (unclipped) render goes a little past and is
-# a fair target; [0, 255] pixels are far past.
-RANGE_SLACK = 1.0
-
-
 def batch_of(x, G, what: str) -> jax.Array:
     """[H, W, C] or [B, H, W, C] in [-1, 1] -> [B, H, W, C] float32, checked against G: its shape, and
     that it is a float image in [-1, 1] (an 8-bit or [0, 255] image would be fitted as it is, silently)."""
-    if np.issubdtype(np.asarray(x).dtype, np.integer):
-        raise ValueError(f"{what} is an integer ({np.asarray(x).dtype}) image; give floats in [-1, 1] "
-                         "(x / 127.5 - 1 for 8-bit pixels, or i2spp_jax.io.load_image)")
+    io.check_pixels(x, what)
     x = jnp.asarray(x, jnp.float32)
     one = (G.img_resolution, G.img_resolution, G.img_channels)
     if x.shape == one:
@@ -64,12 +58,6 @@ def batch_of(x, G, what: str) -> jax.Array:
     if x.ndim != 4 or x.shape[1:] != one:
         raise ValueError(f"{what} has shape {tuple(x.shape)}; expected {one} or [B, *{one}] "
                          "(NHWC in [-1, 1] at the generator's resolution)")
-    lo, hi = float(jnp.min(x)), float(jnp.max(x))
-    if not (np.isfinite(lo) and np.isfinite(hi)):
-        raise ValueError(f"{what} holds NaN or inf values")
-    if lo < -1 - RANGE_SLACK or hi > 1 + RANGE_SLACK:
-        raise ValueError(f"{what} has values in [{lo:.3g}, {hi:.3g}]; images are floats in [-1, 1] "
-                         "(x / 127.5 - 1 for [0, 255] pixels)")
     return x
 
 

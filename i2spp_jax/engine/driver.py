@@ -22,6 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from i2spp_jax import io
 from i2spp_jax.engine import checkpoints, interrupts, sharding
 from i2spp_jax.engine import step as step_lib
 from i2spp_jax.engine.phases import Phase, in_compute_dtype, modconv_for, phase_key
@@ -125,8 +126,7 @@ def _check_targets(G, target, name, batch):
     if t.shape != want:
         raise ValueError(f"{name} has shape {t.shape}; expected {want} or {one} (NHWC at the generator's "
                          "resolution)")
-    if not np.isfinite(t).all():
-        raise ValueError(f"{name} contains NaN or inf values")
+    io.check_pixels(t, name, in_range=False)
     return device_array(t)
 
 
