@@ -506,9 +506,13 @@ def test_converter_cli_refuses_bad_paths_in_one_line_before_converting(parity_di
     assert "is empty (0 bytes)" in run(f"--src={tmp_path}/empty.pkl", f"--dst={tmp_path}/o2")
     assert "--conv_clamp=abc: give 'none'" in run(f"--src={good}", f"--dst={tmp_path}/o3", "--conv_clamp=abc")
     assert "a file is in the way" in run(f"--src={good}", f"--dst={tmp_path}/a_file/sub", "--conv_clamp=none")
-    # an existing --dst is refused before the source is read (a corrupt source would fail later)
-    assert "already exists" in run(f"--src={tmp_path}/corrupt.pkl", f"--dst={tmp_path}/folder")
+    # an existing --dst that holds files is refused before the source is read (a corrupt source would fail later)
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "mine.txt").write_text("precious")
+    assert "already exists and holds files" in run(f"--src={tmp_path}/corrupt.pkl", f"--dst={tmp_path}/full")
+    assert "a file, not a folder" in run(f"--src={tmp_path}/corrupt.pkl", f"--dst={tmp_path}/a_file")
     assert (tmp_path / "a_file").read_text() == "precious" and not list(tmp_path.glob("o[123]*"))
+    assert os.listdir(tmp_path / "full") == ["mine.txt"]
 
 
 def test_a_partial_rosinality_or_ada_state_dict_names_the_missing_key(tmp_path, tiny_weights):

@@ -314,3 +314,60 @@ def test_a_file_with_one_network_converts_it_or_names_the_flag(tf_dir, tmp_path,
     with pytest.raises(stylegan2.UnknownFormatError, match=r"holding a dict of 2 items, not the official \(G, D, Gs\) "
                                                            "or one Network; the converter reads"):
         _convert_any(as_dict)
+
+
+def _cli(*args):
+    return subprocess.run([sys.executable, "-m", "converters.stylegan2", *args], cwd=ROOT, capture_output=True,
+                          text=True, timeout=300)
+
+
+def _one_line(p, *words):
+    from test_cli import assert_one_line_error
+
+    assert_one_line_error(p, *words)
+
+
+def test_the_converter_command_refuses_damaged_pickles_in_one_line_and_writes_nothing(tf_dir, tmp_path):
+    """Was: a v1 variable of another shape wrote --dst, then failed in the self-check with a traceback;
+    NaN weights wrote a checkpoint whose self-check printed nan; --network=G on a lone Gs converted it."""
+    src = tmp_path / "src"
+    src.mkdir()
+    shape = _rewrite(tf_dir, src, _variable("synthesis", "8x8/Conv1/weight", lambda v: v[:, :, :16]), "shape.pkl",
+                     source="sg1_r32")
+    nan = _rewrite(tf_dir, src, _variable("synthesis", "8x8/Conv1/bias", _nan_at_3), "nan.pkl")
+    lone = _rewrite(tf_dir, src, lambda s: None, "lone.pkl", source="sg1_r32", pack=lambda G, D, Gs: Gs)
+    removed = _rewrite(tf_dir, src, lambda s: s["components"]["synthesis"].state.pop("components"), "removed.pkl",
+                       source="sg1_r32")
+    data = open(os.path.join(tf_dir, "sg1_r32.pkl"), "rb").read()
+    (src / "cut.pkl").write_bytes(data[: len(data) // 2])
+    out = tmp_path / "out"
+    _one_line(_cli(f"--src={shape}", f"--dst={out}/a"), shape, "8x8/Conv1/weight has shape (3, 3, 16, 32), expected")
+    _one_line(_cli(f"--src={nan}", f"--dst={out}/b"), "synthesis/8x8/Conv1/bias holds 1 NaN or infinite")
+    _one_line(_cli(f"--src={lone}", f"--dst={out}/c", "--network=G"), "holds a single network, Gs", "drop --network=G")
+    _one_line(_cli(f"--src={removed}", f"--dst={out}/d"), removed, "'G_synthesis' has no 'components'")
+    _one_line(_cli(f"--src={src}/cut.pkl", f"--dst={out}/e"), f"{src}/cut.pkl", "truncated or corrupt")
+    assert not out.exists()  # not even the parent folder --dst would have been made in
+
+
+def test_a_failed_self_check_exits_non_zero_and_leaves_no_checkpoint(tf_dir, tmp_path):
+    """Was: the self-check printed reference_rel_error 1.49, exited 0 and left the checkpoint at --dst."""
+    src, other = os.path.join(tf_dir, "sg2_r32.pkl"), os.path.join(tf_dir, "sg1_r32.reference.npz")
+    dst = tmp_path / "new" / "ckpt"
+    p = _cli(f"--src={src}", f"--dst={dst}", f"--reference={other}")
+    _one_line(p, "self-check failed", "img_synth_wplus", "by 1.49 relative", "nothing was written to --dst")
+    assert "self-check reference_rel_error: 1.49" in p.stdout
+    assert os.listdir(tmp_path) == []  # no checkpoint, no hidden staging folder, no parent made for it
+    # a reference that cannot be used is refused before converting; one for another topology once converted
+    _one_line(_cli(f"--src={src}", f"--dst={dst}", f"--reference={tmp_path}/none.npz"), "no such file")
+    _one_line(_cli(f"--src={src}", f"--dst={dst}", f"--reference={src}"), "not a readable .npz")
+    torch_fixture = os.path.join(os.path.dirname(tf_dir), "ada_tiny.reference.npz")  # ws_plus -> img_const: a G_ema's
+    _one_line(_cli(f"--src={src}", f"--dst={dst}", "--network=G", f"--reference={torch_fixture}"), "z + img_G_psi1")
+    _one_line(_cli(f"--src={src}", f"--dst={dst}", f"--reference={tf_dir}/sg1_r128.reference.npz"),
+              "do not fit this generator", "belongs to another network")
+    assert os.listdir(tmp_path) == []
+    # the same with the right reference and an empty folder as --dst: written there
+    (tmp_path / "empty").mkdir()
+    p = _cli(f"--src={src}", f"--dst={tmp_path}/empty", "--network=G")
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert float(p.stdout.split("self-check reference_rel_error: ")[1].split()[0]) < RTOL
+    assert sorted(os.listdir(tmp_path / "empty")) == ["config.json", "params"] and os.listdir(tmp_path) == ["empty"]
