@@ -6,9 +6,16 @@
 `noise_const`) and says their shapes; each adds its own `mapping` and `synthesis`.
 """
 
+import hashlib
+import weakref
 from typing import Optional
 
 import jax
+import numpy as np
+
+# digest() of generators whose params are all jax.Arrays (immutable): {leaf ids: (weak refs, digest)}, so
+# that a run calling embed() many times (a folder, in chunks) hashes a 1024x1024 generator's 120 MB once.
+_DIGESTS: dict = {}
 
 
 class GeneratorFace:
@@ -57,6 +64,24 @@ class GeneratorFace:
         """The stored noise maps, [R, R] each, synthesis order (not scaled by the noise strengths)."""
         syn = self.params["synthesis"]
         return [syn[b][c]["noise_const"] for b, c in (n.split(".") for n in self.noise_names)]
+
+    def digest(self) -> str:
+        """The first 16 hex digits of sha256 over the config and every parameter's float32 bytes: what a
+        checkpoint records, so that another generator (same shapes, other weights) never resumes it."""
+        leaves = sorted(jax.tree_util.tree_flatten_with_path(self.params)[0], key=lambda t: jax.tree_util.keystr(t[0]))
+        key = tuple(id(leaf) for _, leaf in leaves)
+        hit = _DIGESTS.get(key)
+        if hit is not None and all(ref() is leaf for ref, (_, leaf) in zip(hit[0], leaves)):
+            return hit[1]
+        h = hashlib.sha256(self.config.to_json().encode())
+        for path, leaf in leaves:
+            h.update(jax.tree_util.keystr(path).encode())
+            h.update(np.ascontiguousarray(np.asarray(leaf, np.float32)).tobytes())
+        digest = h.hexdigest()[:16]
+        if all(isinstance(leaf, jax.Array) for _, leaf in leaves):  # a numpy leaf could change in place
+            _DIGESTS.clear()  # one generator at a time is the common case; never a growing cache
+            _DIGESTS[key] = ([weakref.ref(leaf) for _, leaf in leaves], digest)
+        return digest
 
     def make_noise(self, key: jax.Array, batch: Optional[int] = None) -> list[jax.Array]:
         """N(0, I) noise maps, one per layer, from an explicit key (fold_in(key, layer index));

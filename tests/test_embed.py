@@ -2,6 +2,7 @@
 
 import dataclasses
 import functools
+import json
 import os
 
 import chex
@@ -459,6 +460,32 @@ def test_resume_refuses_a_checkpoint_of_other_data(tmp_path):
     a = {"t": np.zeros(3, np.float32)}
     b = {"t": np.array([0, np.nextafter(np.float32(0), np.float32(1)), 0], np.float32)}
     assert driver.data_hash(a) == embed.data_hash({"t": np.zeros(3)}) != embed.data_hash(b)
+
+
+def test_resume_refuses_a_checkpoint_of_another_generators_weights(tmp_path, monkeypatch):
+    """Library audit: the fingerprint held the generator's shapes only, so a checkpoint folder written
+    with one generator resumed silently under another of the same shapes (a finished run returned the
+    old result). It now holds G.digest(); a checkpoint written before that is adopted when all else agrees."""
+    G = tiny_generator()
+    other = G.replace(params=jax.tree_util.tree_map(lambda a: a * 1.01, G.params))
+    x = targets(G, 1)
+    run = dict(init_vars=embed.initial_variables(G, 1, seed=2), phases=(w_mse(2),), log_every=0)
+    assert G.digest() == G.digest() != other.digest()
+    ckpt = str(tmp_path / "ckpt")
+    embed.embed(G, x, **run, checkpoint_dir=ckpt)
+    with pytest.raises(ValueError, match="belongs to a different run .* generator or weights"):
+        embed.embed(other, x, **run, checkpoint_dir=ckpt)
+    # a checkpoint of an earlier version: its fingerprint without the digest
+    new_fingerprint = driver._fingerprint
+    old_ckpt = str(tmp_path / "old")
+    monkeypatch.setattr(driver, "_fingerprint", lambda *a: json.dumps(
+        {k: v for k, v in json.loads(new_fingerprint(*a)).items() if k != "generator_digest"}))
+    first = embed.embed(G, x, **run, checkpoint_dir=old_ckpt)
+    monkeypatch.setattr(driver, "_fingerprint", new_fingerprint)
+    lines = []
+    again = embed.embed(G, x, **dict(run, log=lines.append), checkpoint_dir=old_ckpt)
+    assert "resumed" in lines[0]
+    assert_trees_equal(again.vars, first.vars)
 
 
 def test_only_a_checkpointing_run_hashes_its_data(tmp_path, monkeypatch):

@@ -6,8 +6,8 @@
 
 One call runs a whole algorithm: each phase picks its mask set and its y; a single target, mask or
 edit (leading axis 1 or none) is broadcast to the batch. The resume fingerprint covers everything
-that makes a run: the phases, the shapes, the seed, the generator, and a hash of the targets,
-masks, edits and initial variables.
+that makes a run: the phases, the shapes, the seed, the generator (a digest of its weights), and a
+hash of the targets, masks, edits and initial variables.
 """
 
 import dataclasses
@@ -99,7 +99,20 @@ def data_hash(*trees) -> str:
 def _fingerprint(G, phases, vars, seed, data):
     shapes = [list(np.shape(x)) for x in jax.tree.leaves(vars)]
     return json.dumps({"phases": [phase_key(p) for p in phases], "shapes": shapes, "seed": seed,
-                       "generator": [G.img_resolution, G.num_ws, G.w_dim], "data": data})
+                       "generator": [G.img_resolution, G.num_ws, G.w_dim], "data": data,
+                       "generator_digest": G.digest()})
+
+
+def _same_run(theirs: Optional[str], mine: str) -> bool:
+    """Whether a checkpoint's fingerprint is this run's; one written before fingerprints held the
+    generator's digest is this run's when all else agrees (it is then adopted: saved with the digest)."""
+    if theirs == mine:
+        return True
+    try:
+        theirs_d, mine_d = json.loads(theirs), json.loads(mine)
+    except (TypeError, ValueError):
+        return False
+    return "generator_digest" not in theirs_d and theirs_d == {k: v for k, v in mine_d.items() if k != "generator_digest"}
 
 
 def _check_vars(G, vars) -> int:
@@ -424,9 +437,9 @@ def _phase_y(phase, G, target_x, target_y, start_vars, edits):
 
 def _resume(mgr, latest, phases, starts, vars, history, fingerprint, directory):
     meta = mgr.meta(latest)
-    if meta.get("fingerprint") != fingerprint:
+    if not _same_run(meta.get("fingerprint"), fingerprint):
         raise CheckpointMismatchError(f"the checkpoint in {directory} belongs to a different run (other phases, shapes, "
-                         f"seed or generator); use a new checkpoint directory or delete it.\n"
+                         f"seed, generator or weights); use a new checkpoint directory or delete it.\n"
                          f" checkpoint: {meta.get('fingerprint')}\n this run:   {fingerprint}")
     t = int(meta["step"])
     pi = int(meta["phase"])
