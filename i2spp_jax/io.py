@@ -116,6 +116,10 @@ def to_pil(img: np.ndarray) -> Image.Image:
 
 def save_image(path: str, img: np.ndarray) -> None:
     """Writes [H, W, C] in [-1, 1] as PNG (atomically: a temporary file, then renamed)."""
+    check_pixels(img, f"the image for {path}", in_range=False)  # 8-bit pixels would clip to white
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise FileNotFoundError(f"cannot write {path}: no folder {folder}")
     tmp = path + ".tmp.png"
     to_pil(img).save(tmp)
     os.replace(tmp, path)

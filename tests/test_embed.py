@@ -4,6 +4,7 @@ import dataclasses
 import functools
 import json
 import os
+import re
 
 import chex
 import flax.traverse_util
@@ -486,6 +487,26 @@ def test_resume_refuses_a_checkpoint_of_another_generators_weights(tmp_path, mon
     again = embed.embed(G, x, **dict(run, log=lines.append), checkpoint_dir=old_ckpt)
     assert "resumed" in lines[0]
     assert_trees_equal(again.vars, first.vars)
+
+
+@pytest.mark.parametrize("make, words", [
+    (lambda: embed.W_l(3, lr=-1), "w_lr must be a finite rate >= 0, got -1"),
+    (lambda: embed.Mk_n(3, lr=float("nan")), "noise_lr must be a finite rate >= 0, got nan"),
+    (lambda: embed.Mk_n(3, mse2=-1e-5), "λ mse2 must be a finite weight >= 0, got -1e-05"),
+    (lambda: embed.W_l(3, percept=float("inf")), "λ percept must be a finite weight >= 0, got inf"),
+])
+def test_a_phase_refuses_a_negative_rate_or_weight(make, words):
+    """Library audit: a negative learning rate or λ was accepted (the loss was then maximised)."""
+    with pytest.raises(ValueError, match=re.escape(words)):
+        make()
+    assert embed.W_l(3, lr=np.float32(0.1)).w_lr == np.float32(0.1)  # numpy scalars are rates too
+
+
+def test_embed_names_a_vgg_that_is_not_one():
+    """Library audit: vgg="..." ended in a JAX TypeError about abstract arrays."""
+    G = tiny_generator()
+    with pytest.raises(TypeError, match="vgg is a str; give an i2spp_jax.VGG16"):
+        embed.embed(G, targets(G, 1), phases=(w_mse(1),), init_vars=embed.initial_variables(G, 1), vgg="vgg16")
 
 
 def test_only_a_checkpointing_run_hashes_its_data(tmp_path, monkeypatch):

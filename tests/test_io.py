@@ -89,3 +89,15 @@ def test_a_folder_an_empty_file_and_a_decompression_bomb_are_named(tmp_path, mon
         assert io.load_image(str(tmp_path / "large.png"), 16)[0].shape == (16, 16, 3)
     with pytest.raises(io.ImageError, match=r"too large to decode safely \(Image size \(3600 pixels\)"):
         io.load_image(str(tmp_path / "bomb.png"), 16)
+
+
+def test_save_image_refuses_integer_pixels_and_a_missing_folder(tmp_path):
+    """Library audit: uint8 pixels were written clipped to white, and a missing folder was reported
+    as the temporary file's (PATH.tmp.png)."""
+    img = np.zeros((4, 4, 3), np.float32)
+    with pytest.raises(ValueError, match="is an integer \\(uint8\\) image"):
+        io.save_image(str(tmp_path / "a.png"), (img + 128).astype(np.uint8))
+    with pytest.raises(FileNotFoundError, match=f"cannot write {tmp_path}/no/a.png: no folder {tmp_path}/no$"):
+        io.save_image(str(tmp_path / "no" / "a.png"), img)
+    io.save_image(str(tmp_path / "a.png"), img)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.png"]

@@ -29,6 +29,7 @@ from i2spp_jax.engine.phases import Phase, in_compute_dtype, modconv_for, phase_
 from i2spp_jax.engine.step import LOSS_TERMS
 from i2spp_jax.engine.variables import Vars, device_array, make_masks
 from i2spp_jax.generator import Generator
+from i2spp_jax.vgg import VGG16
 
 logger = logging.getLogger(__name__)
 
@@ -247,6 +248,8 @@ def embed(G: Generator, target_x, *, phases: Sequence[Phase], init_vars: Vars, t
             raise ValueError(f"float32_above_db must be 'auto', None or a PSNR in dB, got {float32_above_db!r}")
         phases = tuple(in_compute_dtype(p, compute_dtype, tail=float32_tail, head=float32_head,
                                         above_db=float32_above_db) for p in phases)
+    if vgg is not None and not isinstance(vgg, VGG16):
+        raise TypeError(f"vgg is a {type(vgg).__name__}; give an i2spp_jax.VGG16 (i2spp_jax.load_vgg16()) or None")
     target_x = _check_targets(G, target_x, "target_x", B)
     target_y = target_x if target_y is None else _check_targets(G, target_y, "target_y", B)
     mask_sets = _mask_sets(G, masks, phases, B)

@@ -14,6 +14,7 @@ render of the variables this phase starts from, i.e. the previous phase's result
 import dataclasses
 import functools
 import math
+import numbers
 from typing import Any, Optional
 
 from i2spp_jax.losses import LossWeights
@@ -86,6 +87,12 @@ class Phase:
         if self.vgg_dtype not in (None,) + COMPUTE_DTYPES:
             raise ValueError(f"phase {self.name}: vgg_dtype must be None or one of {COMPUTE_DTYPES}, "
                              f"got {self.vgg_dtype!r}")
+        for name, lr, used in (("w_lr", self.w_lr, self.update_w), ("noise_lr", self.noise_lr, self.update_noise)):
+            if used and not (isinstance(lr, numbers.Real) and math.isfinite(lr) and lr >= 0):
+                raise ValueError(f"phase {self.name}: {name} must be a finite rate >= 0, got {lr!r}")
+        for name, value in dataclasses.asdict(self.weights).items():
+            if not (isinstance(value, numbers.Real) and math.isfinite(value) and value >= 0):
+                raise ValueError(f"phase {self.name}: λ {name} must be a finite weight >= 0, got {value!r}")
         if not (self.update_w or self.update_noise):
             raise ValueError(f"phase {self.name} updates nothing: set update_w and/or update_noise")
 
