@@ -48,7 +48,11 @@ def image_size(path: str) -> tuple[int, int]:
     """(width, height) as the image is displayed (EXIF orientations 5-8 turn it), read from its header
     alone; refused as `load_image` refuses."""
     with _open(path, decode=False) as im:
-        return im.size[::-1] if im.getexif().get(0x0112) in (5, 6, 7, 8) else im.size
+        try:  # pillow reads a PNG's EXIF chunk by decoding the image: a truncated file fails here
+            orientation = im.getexif().get(0x0112)
+        except (OSError, SyntaxError, ValueError) as e:
+            raise ImageError(f"{path}: the image data is corrupt or truncated ({e})") from e
+        return im.size[::-1] if orientation in (5, 6, 7, 8) else im.size
 
 
 def load_image(path: str, resolution: int, channels: int = 3) -> tuple[np.ndarray, list[str]]:

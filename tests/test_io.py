@@ -101,3 +101,13 @@ def test_save_image_refuses_integer_pixels_and_a_missing_folder(tmp_path):
         io.save_image(str(tmp_path / "no" / "a.png"), img)
     io.save_image(str(tmp_path / "a.png"), img)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.png"]
+
+
+def test_image_size_names_a_truncated_png(tmp_path):
+    """pillow 13 decodes a PNG to read its EXIF chunk: a file cut short raised a bare OSError from
+    image_size (embed_folder recorded 'image file is truncated', without the file's name or cause)."""
+    path = tmp_path / "a.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(path)
+    path.write_bytes(path.read_bytes()[:300])
+    with pytest.raises(io.ImageError, match="a.png: the image data is corrupt or truncated"):
+        io.image_size(str(path))
