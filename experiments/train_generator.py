@@ -21,6 +21,7 @@ generator/ (the EMA generator, loadable with i2spp_jax.load_generator).
 
 import dataclasses
 import json
+import math
 import os
 import shutil
 import time
@@ -215,30 +216,53 @@ def define_flags() -> None:
     """The command line's flags (defined on demand, so that modules import side by side)."""
     flags.DEFINE_string("data", "fashion-mnist", "'fashion-mnist' (apt-get install dataset-fashion-mnist), or a folder")
     flags.DEFINE_string("out", "runs/train", "output directory (rerun to resume)")
-    flags.DEFINE_integer("resolution", 32, "image resolution (power of two)")
+    flags.DEFINE_integer("resolution", 32, "image resolution (power of two >= 4)")
     flags.DEFINE_integer("img_channels", None, "image channels; default 1 for Fashion-MNIST (grey: shipped as "
-                         "RGB by replicate_channels), 3 for a folder")
+                         "RGB by replicate_channels), 3 for a folder", lower_bound=1)
     flags.DEFINE_list("channels", ["128", "64", "32", "16"], "G feature maps per block, 4x4 .. resolution")
     flags.DEFINE_list("d_channels", ["16", "32", "64", "128"], "D feature maps per block, resolution .. 4x4")
-    flags.DEFINE_integer("z_dim", 128, "latent (Z) size")
-    flags.DEFINE_integer("w_dim", 128, "intermediate latent (W) size")
-    flags.DEFINE_integer("mapping_layers", 4, "mapping network depth")
-    flags.DEFINE_float("mapping_lr_multiplier", 0.01, "mapping network lr multiplier")
-    flags.DEFINE_integer("batch", 32, "images per step")
-    flags.DEFINE_float("lr", 0.0025, "Adam learning rate")
-    flags.DEFINE_float("r1_gamma", 0.01, "R1 weight (0.01: the official 32x32 CIFAR value)")
-    flags.DEFINE_integer("r1_interval", 16, "lazy R1 interval")
-    flags.DEFINE_float("style_mixing_prob", 0.9, "style mixing probability")
-    flags.DEFINE_float("ema_kimg", None, "G EMA half-life (kimg); default batch * 10 / 32 (official 'auto')")
+    flags.DEFINE_integer("z_dim", 128, "latent (Z) size", lower_bound=1)
+    flags.DEFINE_integer("w_dim", 128, "intermediate latent (W) size", lower_bound=1)
+    flags.DEFINE_integer("mapping_layers", 4, "mapping network depth", lower_bound=1)
+    flags.DEFINE_float("mapping_lr_multiplier", 0.01, "mapping network lr multiplier (> 0)")
+    flags.DEFINE_integer("batch", 32, "images per step", lower_bound=1)
+    flags.DEFINE_float("lr", 0.0025, "Adam learning rate (> 0)")
+    flags.DEFINE_float("r1_gamma", 0.01, "R1 weight (0.01: the official 32x32 CIFAR value)", lower_bound=0)
+    flags.DEFINE_integer("r1_interval", 16, "lazy R1 interval", lower_bound=1)
+    flags.DEFINE_float("style_mixing_prob", 0.9, "style mixing probability", lower_bound=0, upper_bound=1)
+    flags.DEFINE_float("ema_kimg", None, "G EMA half-life (kimg, > 0); default batch * 10 / 32 (official 'auto')")
     flags.DEFINE_boolean("mirror", True, "random horizontal flips")
-    flags.DEFINE_float("kimg", 300, "training length in thousands of images")
+    flags.DEFINE_float("kimg", 300, "training length in thousands of images", lower_bound=0)
     flags.DEFINE_integer("seed", 0, "initialisation and PRNG seed")
-    flags.DEFINE_integer("log_every", 50, "progress line interval (steps)")
-    flags.DEFINE_integer("sample_every", 500, "sample grid interval (steps)")
-    flags.DEFINE_integer("checkpoint_every", 500, "checkpoint interval (steps)")
+    flags.DEFINE_integer("log_every", 50, "progress line interval (steps)", lower_bound=1)
+    flags.DEFINE_integer("sample_every", 500, "sample grid interval (steps)", lower_bound=1)
+    flags.DEFINE_integer("checkpoint_every", 500, "checkpoint interval (steps)", lower_bound=1)
     flags.DEFINE_boolean("smoke", False, "tiny network on the toy set, a few steps")
     flags.DEFINE_boolean("fresh", False, "if --out holds a run, move it aside to OUT.old-<time> (nothing is "
                          "deleted) and start over; without it the same settings resume")
+    for name in ("lr", "mapping_lr_multiplier", "ema_kimg"):
+        flags.register_validator(name, lambda v: v is None or (math.isfinite(v) and v > 0),
+                                 f"--{name} must be a finite number > 0")
+    flags.register_validator("kimg", math.isfinite, "--kimg must be a finite number of thousands of images")
+    flags.register_validator("resolution", lambda r: r >= 4 and r & (r - 1) == 0,
+                             "--resolution must be a power of two >= 4, such as 32 or 64")
+    for name in ("channels", "d_channels"):
+        flags.register_validator(name, lambda v: all(x.isdigit() and int(x) > 0 for x in v),
+                                 f"--{name} must be positive integers separated by commas, such as 128,64,32,16")
+    flags.register_multi_flags_validator(["resolution", "channels", "d_channels", "smoke"], _blocks_fit)
+
+
+def _blocks_fit(f: dict) -> bool:
+    """--channels and --d_channels give one width per block (4x4 .. resolution), unless --smoke sets them."""
+    r = f["resolution"]
+    if f["smoke"] or r < 4 or r & (r - 1):  # a wrong --resolution has its own message
+        return True
+    blocks = int(math.log2(r)) - 1
+    if len(f["channels"]) != blocks or len(f["d_channels"]) != blocks:
+        raise flags.ValidationError(
+            f"a {r}x{r} generator has {blocks} blocks ({', '.join(str(2 ** i) for i in range(2, blocks + 2))}): give "
+            f"--channels and --d_channels {blocks} widths each (got {len(f['channels'])} and {len(f['d_channels'])})")
+    return True
 
 
 def config_from_flags() -> RunConfig:

@@ -163,3 +163,22 @@ def test_image_folder_crops_resizes_and_names_a_bad_file(tmp_path):
 def test_train_refuses_images_of_the_wrong_size(tmp_path):
     with pytest.raises(cli.UserError, match="the generator makes"):
         T.train(_run(tmp_path), images=datasets.toy_set(16, 32), log=lambda m: None)
+
+
+@pytest.mark.parametrize("args, words", [
+    (["--resolution=48"], ["--resolution=48", "power of two"]),  # a ValueError traceback
+    (["--resolution=64"], ["a 64x64 generator has 5 blocks", "(got 4 and 4)"]),  # a ValueError traceback
+    (["--channels=a,b,c,d"], ["--channels", "positive integers"]),  # int()'s traceback
+    (["--batch=0"], ["--batch=0"]),  # ZeroDivisionError
+    (["--r1_interval=0"], ["--r1_interval=0"]),  # ZeroDivisionError
+    (["--lr=-1"], ["--lr=-1", "> 0"]),  # trained until the loss was NaN
+    (["--ema_kimg=-1"], ["--ema_kimg=-1", "> 0"]),  # trained on
+    (["--style_mixing_prob=2"], ["--style_mixing_prob=2", "[0, 1]"]),  # trained on
+])
+def test_train_generator_refuses_bad_settings_at_start_up(tmp_path, args, words):
+    """Audit (train_generator): each of these was a traceback, or a run that trained on to a NaN or forever."""
+    from test_cli import assert_one_line_error, run_cli
+
+    p, _ = run_cli("experiments.train_generator", f"--out={tmp_path / 'o'}", *args)
+    assert_one_line_error(p, *words)
+    assert not (tmp_path / "o").exists()
