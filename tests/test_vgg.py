@@ -3,6 +3,7 @@ preprocessing by hand, caching, and errors."""
 
 import importlib.util
 import os
+import re
 import subprocess
 import sys
 
@@ -246,3 +247,37 @@ def test_trunk_gradient_is_nn_relus_bit_for_bit(monkeypatch):
     want = jax.jit(jax.grad(loss))(img)
     assert float(jnp.abs(want).max()) > 0
     np.testing.assert_array_equal(got, want)
+
+
+def test_damaged_weight_files_are_named(tmp_path):
+    """Audit: a cut-short .onnx or .pth, or a state dict of another network, ended in protobuf's
+    DecodeError, torch's RuntimeError or a KeyError traceback from --vgg and the converter."""
+    torch = pytest.importorskip("torch")
+    good = tmp_path / "vgg16.pth"
+    torch.save(_torch_state_dict(), str(good))
+    (tmp_path / "cut.pth").write_bytes(good.read_bytes()[:5000])
+    (tmp_path / "cut.onnx").write_bytes(b"\x08\x07\x12\x0bgarbage" * 100)
+    torch.save({"x": torch.zeros(3)}, str(tmp_path / "other.pth"))
+    cases = {"cut.pth": "cannot be read as a torch state dict", "cut.onnx": "cannot be read as an ONNX model",
+             "other.pth": "missing key 'features.0.weight'"}
+    for name, words in cases.items():
+        with pytest.raises(convert.VGGWeightsError, match=f"{tmp_path / name}: .*{re.escape(words)}"):
+            convert.read_weights(str(tmp_path / name))
+
+
+def test_converter_cli_refuses_in_one_line_before_converting(tmp_path):
+    torch = pytest.importorskip("torch")
+    src = tmp_path / "vgg16.pth"
+    torch.save(_torch_state_dict(), str(src))
+    (tmp_path / "cut.pth").write_bytes(src.read_bytes()[:5000])
+    (tmp_path / "taken").mkdir()
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    for args, words in [([f"--src={tmp_path}/cut.pth", f"--dst={tmp_path}/a"], "cannot be read as a torch state dict"),
+                        ([f"--src={src}", f"--dst={tmp_path}/taken"], "already exists"),
+                        ([f"--src={src}", f"--dst={tmp_path}/no/a"], "no folder")]:
+        run = subprocess.run([sys.executable, "-m", "converters.vgg16", *args], cwd=root, capture_output=True,
+                             text=True, timeout=300)
+        lines = run.stderr.strip().splitlines()
+        assert run.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: ") and words in lines[0], run.stderr
+        assert "relative error" not in run.stdout  # refused before converting
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cut.pth", "taken", "vgg16.pth"]

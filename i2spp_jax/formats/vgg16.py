@@ -36,6 +36,10 @@ ONNX_CONV = re.compile(r"block(\d)_conv(\d)(?:_\d+)?/")
 ONNX_HEAD = re.compile(r"dense|batch_normalization|flatten|^const|^Const")  # classifier head: not ours
 
 
+class VGGWeightsError(ValueError):
+    """A VGG16 weights file that cannot be read: damaged, cut short, or holding another network."""
+
+
 def _expected_shapes() -> dict[str, tuple[int, int]]:
     shapes, cin = {}, 3
     for name, cout in CONV_LAYERS:
@@ -140,13 +144,13 @@ def params_from_state_dict(state_dict: dict) -> dict:
         w_key, b_key = f"features.{TORCH_INDEX[name]}.weight", f"features.{TORCH_INDEX[name]}.bias"
         for key in (w_key, b_key):
             if key not in state_dict:
-                raise KeyError(f"missing key {key!r} ({name}) in the torchvision vgg16 state dict")
+                raise VGGWeightsError(f"missing key {key!r} ({name}) in the torchvision vgg16 state dict")
         w, b = (np.asarray(_to_numpy(state_dict[k])) for k in (w_key, b_key))
         params[name] = _oihw_to_hwio(name, w_key, w, b)
         used |= {w_key, b_key}
     unused = sorted(k for k in state_dict if k not in used and not k.startswith("classifier."))
     if unused:
-        raise KeyError(f"unused keys in the torchvision vgg16 state dict: {unused}")
+        raise VGGWeightsError(f"unused keys in the torchvision vgg16 state dict: {unused}")
     return params
 
 
@@ -189,11 +193,22 @@ def read_weights(path: str) -> tuple[dict, str]:
     """A .onnx (Keras weights, "keras" preprocessing) or .pth/.pt (torchvision) file ->
     (Flax params as numpy, the preprocessing that belongs to them)."""
     ext = os.path.splitext(path)[1].lower()
-    if ext == ".onnx":
-        return params_from_onnx(path), "keras"
-    if ext in (".pth", ".pt"):
-        return params_from_torchvision(path), "torchvision"
-    raise ValueError(f"don't know how to read {path!r}: expected .onnx (Keras VGG16) or .pth (torchvision)")
+    readers = {".onnx": (params_from_onnx, "keras", "an ONNX model"),
+               ".pth": (params_from_torchvision, "torchvision", "a torch state dict"),
+               ".pt": (params_from_torchvision, "torchvision", "a torch state dict")}
+    if ext not in readers:
+        raise VGGWeightsError(f"don't know how to read {path!r}: expected .onnx (Keras VGG16) or .pth (torchvision)")
+    read, preprocessing, kind = readers[ext]
+    try:
+        return read(path), preprocessing
+    except ImportError:
+        raise
+    except (ValueError, KeyError) as e:  # the file read, but is not VGG16 as expected (VGGWeightsError included)
+        raise VGGWeightsError(f"{path}: {str(e).strip(chr(34))}") from e
+    except Exception as e:  # protobuf's DecodeError, torch's RuntimeError / UnpicklingError, EOFError: damaged
+        why = (str(e).splitlines() or [""])[0] or type(e).__name__
+        raise VGGWeightsError(f"{path}: cannot be read as {kind} ({type(e).__name__}: {why}); the file is damaged or "
+                              "cut short: export or copy it again") from e
 
 
 # ---------------------------------------------------------------------------------------------
