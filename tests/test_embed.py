@@ -489,6 +489,24 @@ def test_resume_refuses_a_checkpoint_of_another_generators_weights(tmp_path, mon
     assert_trees_equal(again.vars, first.vars)
 
 
+def test_the_generator_digest_is_hashed_once_for_immutable_params(monkeypatch):
+    """G.digest() reads 120 MB back for a 1024x1024 generator: cached for jax.Array params (immutable),
+    never for numpy ones (a user could change them in place)."""
+    from i2spp_jax import face
+
+    G = tiny_generator()
+    G_jax = G.replace(params=jax.tree_util.tree_map(jnp.asarray, G.params))
+    G_np = G.replace(params=jax.tree_util.tree_map(np.array, G.params))
+    monkeypatch.setattr(face, "_DIGESTS", {})  # another test may have hashed these very arrays
+    hashed = []
+    real = face.hashlib.sha256
+    monkeypatch.setattr(face.hashlib, "sha256", lambda *a: hashed.append(1) or real(*a))
+    assert G_jax.digest() == G_jax.digest() == G_np.digest() == G_np.digest()
+    assert len(hashed) == 3  # G_jax once, G_np twice
+    G_np.params["mapping"]["w_avg"][0] += 1.0
+    assert G_np.digest() != G_jax.digest()
+
+
 @pytest.mark.parametrize("make, words", [
     (lambda: embed.W_l(3, lr=-1), "w_lr must be a finite rate >= 0, got -1"),
     (lambda: embed.Mk_n(3, lr=float("nan")), "noise_lr must be a finite rate >= 0, got nan"),
