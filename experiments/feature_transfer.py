@@ -28,7 +28,7 @@ from absl import flags
 from experiments import cli, edit_cli
 from i2spp_jax import apps, layers
 from i2spp_jax import masks as mask_ops
-from i2spp_jax.apps.feature_transfer import channel_count
+from i2spp_jax.apps.feature_transfer import carries_skip, channel_count
 
 FLAGS = flags.FLAGS
 DEMO_MASK = "half:left"
@@ -135,7 +135,7 @@ def measure(G, inputs, result, vgg, s):
                 "psnr_rest_vs_b_rendering": edit_cli.region_psnr(out, rb, 1 - m),
                 "psnr_embedding_a": edit_cli.region_psnr(ra, inputs.images["a"], np.ones_like(m)),
                 "psnr_embedding_b": edit_cli.region_psnr(rb, inputs.images["b"], np.ones_like(m))}
-    if s["op"] == "spatial":  # the same copy of the features alone, the skip image left as a's
+    if carries_skip(G, point):  # the same copy of the features alone, the skip image left as a's
         x_only = apps.combine(G, *_embeddings(result), m, point=point, carry_skip=False)[0]
         measured["features_only_psnr_mask_region_vs_a"] = edit_cli.region_psnr(x_only, ra, m)
         measured["features_only_psnr_rest_vs_b"] = edit_cli.region_psnr(x_only, rb, 1 - m)

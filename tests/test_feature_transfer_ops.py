@@ -97,6 +97,20 @@ def test_channel_count_on_both_generator_kinds(G, tf_dir):
         channel_count(G1, "b8.img")
 
 
+def test_carries_skip_says_where_a_skip_image_comes_with_the_tensor(G, tf_dir):
+    """The command's "features only (no skip image)" comparison is drawn only where there is a skip
+    image to leave out: on a StyleGAN (v1) it repeated the I_att column (audit)."""
+    from i2spp_jax import activations
+    from i2spp_jax.apps.feature_transfer import carries_skip
+
+    G1 = i2spp_jax.load_generator(os.path.join(tf_dir, "sg1_r32.pkl"))
+    for g in (G, G1):
+        _, acts = g.synthesis(variables(g, 0)["w_plus"], return_activations=True)
+        for point in g.config.activation_names:
+            assert carries_skip(g, point) == (activations.capture(acts, point)["img"] is not None), point
+    assert carries_skip(G, "b8.x") and not carries_skip(G1, "b8.x")
+
+
 def run(*args):
     return subprocess.run([sys.executable, "-m", "experiments.feature_transfer", "--smoke", *args], cwd=ROOT,
                           capture_output=True, text=True, timeout=120)

@@ -71,6 +71,15 @@ def checked_operand(op: str, value, *, point: str, channels: int, batch: int) ->
     return m
 
 
+def carries_skip(G, point: str) -> bool:
+    """Whether the tensor at `point` comes with an RGB skip image (`activations.capture`): on a StyleGAN2
+    past the 4x4 block, or at a b{R}.img point; never on a StyleGAN (v1), which has none."""
+    if G.generation != 2:
+        return False
+    block, _, where = point.partition(".")
+    return where == "img" or int(block[1:]) > 4
+
+
 def combine(G, vars_a: dict, vars_b: dict, mask, *, point: str, op: str = "spatial",
             mix_noise: bool = True, carry_skip: bool = True) -> np.ndarray:
     """I_att on embedded images: batched vars of a and b -> [B, H, W, C] in [-1, 1].
