@@ -41,7 +41,11 @@ def _open(path: str, decode: bool) -> Image.Image:
     except UnidentifiedImageError as e:
         raise ImageError(f"{path}: not an image pillow can read (corrupt file or unknown format)") from e
     except (OSError, SyntaxError, ValueError) as e:
-        raise ImageError(f"{path}: the image data is corrupt or truncated ({e})") from e
+        raise _corrupt(path, e) from e
+
+
+def _corrupt(path: str, e: Exception) -> ImageError:
+    return ImageError(f"{path}: the image data is corrupt or truncated ({e})")
 
 
 def image_size(path: str) -> tuple[int, int]:
@@ -51,7 +55,7 @@ def image_size(path: str) -> tuple[int, int]:
         try:  # pillow reads a PNG's EXIF chunk by decoding the image: a truncated file fails here
             orientation = im.getexif().get(0x0112)
         except (OSError, SyntaxError, ValueError) as e:
-            raise ImageError(f"{path}: the image data is corrupt or truncated ({e})") from e
+            raise _corrupt(path, e) from e
         return im.size[::-1] if orientation in (5, 6, 7, 8) else im.size
 
 
@@ -120,7 +124,8 @@ def to_pil(img: np.ndarray) -> Image.Image:
 
 def save_image(path: str, img: np.ndarray) -> None:
     """Writes [H, W, C] in [-1, 1] as PNG (atomically: a temporary file, then renamed)."""
-    check_pixels(img, f"the image for {path}", in_range=False)  # 8-bit pixels would clip to white
+    # 8-bit pixels would clip to white; a NaN render (a diverged run's) is still written, as before
+    _refuse_integer_pixels(np.asarray(img), f"the image for {path}")
     folder = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(folder):
         raise FileNotFoundError(f"cannot write {path}: no folder {folder}")
@@ -159,15 +164,19 @@ def save_noise(directory: str, maps: Sequence[np.ndarray], names: Sequence[str])
 RANGE_SLACK = 1.0
 
 
+def _refuse_integer_pixels(x: np.ndarray, what: str) -> None:
+    if np.issubdtype(x.dtype, np.integer):
+        raise ValueError(f"{what} is an integer ({x.dtype}) image; give floats in [-1, 1] "
+                         "(x / 127.5 - 1 for 8-bit pixels, or i2spp_jax.io.load_image)")
+
+
 def check_pixels(x, what: str, *, in_range: bool = True) -> None:
     """Refuses (ValueError, naming `what`) what is not a float image in [-1, 1]: integer pixels, NaN or
     inf, and (`in_range`) values far outside (an 8-bit or [0, 255] image would otherwise be fitted as it
     is, silently). The engine checks without the range: its targets may be any render, a random-weight
     generator's reaching well past [-1, 1]; the applications, which take images, check it."""
     x = np.asarray(x)
-    if np.issubdtype(x.dtype, np.integer):
-        raise ValueError(f"{what} is an integer ({x.dtype}) image; give floats in [-1, 1] "
-                         "(x / 127.5 - 1 for 8-bit pixels, or i2spp_jax.io.load_image)")
+    _refuse_integer_pixels(x, what)
     if x.size == 0:
         return
     lo, hi = float(np.min(x)), float(np.max(x))
