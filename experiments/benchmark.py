@@ -55,7 +55,7 @@ PROTOCOL = "@@bench "  # marks the lines a side's process answers with on stdout
 # (test_benchmark holds the two equal)
 UP_METHODS = ("auto", "transposed", "polyphase", "polyphase_last", "polyphase_last2", "transposed_dw",
               "polyphase_last_dw", "transposed_pl", "polyphase_last_pl")
-TORGB_METHODS = ("conv", "matmul", "reduce")  # i2spp_jax.networks.TORGB_METHODS
+TORGB_METHODS = ("auto", "conv", "matmul", "reduce")  # i2spp_jax.networks.TORGB_METHODS
 EPILOGUE_GRADS = ("recompute", "autodiff")  # i2spp_jax.ops.EPILOGUE_GRADS
 
 
@@ -68,9 +68,10 @@ def define_method_flags() -> None:
                       "FIR, or the FIR folded into one convolution per output phase in every block, in the last "
                       "block only, or in the last two; the _dw forms run the FIR after a transposed convolution as "
                       "one depthwise convolution, the _pl forms as one Pallas kernel (interpreted, so slow, off a GPU)")
-    flags.DEFINE_enum("torgb_method", "conv", list(TORGB_METHODS),
-                      "this project's ToRGB layers (Generator.torgb_method): the modulated 1x1 convolution, one "
-                      "matrix product per image with modulated weights, or products summed over the channels")
+    flags.DEFINE_enum("torgb_method", "auto", list(TORGB_METHODS),
+                      "this project's ToRGB layers (Generator.torgb_method): auto (the library's default: reduce "
+                      "in bf16 on a GPU, conv elsewhere), the modulated 1x1 convolution, one matrix product per "
+                      "image with modulated weights, or products summed over the channels")
     flags.DEFINE_enum("epilogue_grad", "recompute", list(EPILOGUE_GRADS),
                       "how this project's synthesis layers' backward finds where each leaky ReLU was negative "
                       "(Generator.epilogue_grad): recomputed from the convolution's output, or JAX's autodiff, "
@@ -82,11 +83,14 @@ def method_kwargs(F) -> dict:
     return {"up_method": F.up_method, "torgb_method": F.torgb_method, "epilogue_grad": F.epilogue_grad}
 
 
-def method_record(F) -> dict:
-    """`method_kwargs` as a record states them: up_method as "auto" resolved on JAX's default backend."""
+def method_record(F, dtype: str = "float32") -> dict:
+    """`method_kwargs` as a record states them: "auto" resolved on JAX's default backend, torgb_method
+    for feature maps of `dtype` ("bfloat16": the bf16 mode's iterations; its float32 ones, where a
+    phase has them, use `resolve_torgb_method(F.torgb_method)`)."""
     from i2spp_jax import networks
 
-    return {**method_kwargs(F), "up_method": networks.resolve_up_method(F.up_method)}
+    return {**method_kwargs(F), "up_method": networks.resolve_up_method(F.up_method),
+            "torgb_method": networks.resolve_torgb_method(F.torgb_method, dtype)}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -385,7 +389,8 @@ class JaxSide:
                      "jax": jax.__version__, "numerics": f"{s['numerics']} (jax_default_matmul_precision="
                      f"{self.precision}, compute_dtype={self.compute_dtype})", "modconv": s["modconv"],
                      "up_method": networks.resolve_up_method(G.up_method),
-                     "torgb_method": G.torgb_method, "epilogue_grad": G.epilogue_grad,
+                     "torgb_method": networks.resolve_torgb_method(G.torgb_method, self.compute_dtype),
+                     "epilogue_grad": G.epilogue_grad,
                      "steps_per_call": s["steps_per_call"], "batch": batch,
                      "xla_flags": os.environ.get("XLA_FLAGS", ""), "host_memory": host_memory.describe()}
 
@@ -616,9 +621,10 @@ def main(argv):
     host = {side: r.get("host_memory", "?").split(" (")[0] for recs in records.values() for side, r in recs.items()}
     # the method --up_method resolved to on the project's side (auto: per backend)
     up = next((r["jax"]["up_method"] for r in records.values() if "jax" in r), s["up_method"])
+    torgb = next((r["jax"]["torgb_method"] for r in records.values() if "jax" in r), s["torgb_method"])
     print(f"\n{machine['processor']} ({machine['cpus']} CPUs); devices: {devices}; host memory: {host}; "
           f"numerics {s['numerics']}; up-sampling {up}{' (auto)' if s['up_method'] == 'auto' else ''}; "
-          f"ToRGB {s['torgb_method']}; epilogue gradient {s['epilogue_grad']}; "
+          f"ToRGB {torgb}{' (auto)' if s['torgb_method'] == 'auto' else ''}; epilogue gradient {s['epilogue_grad']}; "
           f"img-it/s = median of {s['rounds']} rounds of {s['iters']} iterations\n")
     print(text)
     print(f"\nwrote {os.path.join(F.out, 'benchmark.json')} ({result['seconds']:.0f} s in all)")

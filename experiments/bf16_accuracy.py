@@ -72,7 +72,7 @@ class Settings:
     # GPU (what users run), "highest" full float32. The same on the CPU.
     precision: str = "default"
     switch_db: float = 36.0  # bfloat16_switch: float32 once an image reaches this PSNR
-    torgb_method: str = "conv"  # the generator's ToRGB layers in every variant (networks.TORGB_METHODS)
+    torgb_method: str = "auto"  # the generator's ToRGB layers in every variant (networks.TORGB_METHODS)
 
 
 def phase_for(variant: str, s: Settings, floor_db: Optional[float] = None) -> embed.Phase:
@@ -151,7 +151,8 @@ def run_one(out: str, variant: str, seed: int, s: Settings, G, vgg, log) -> dict
     v2 = G_run.generation != 1  # a StyleGAN (v1) generator has one up-sampling and one ToRGB form: null
     res = {"variant": variant, "seed": seed, "truth_seed": TRUTH_SEED_BASE + seed,
            "phase": embed.phase_key(phase), "up_method": networks.resolve_up_method(G_run.up_method) if v2 else None,
-           "torgb_method": G_run.torgb_method if v2 else None,
+           # the form the variant's bf16 iterations ran (its float32 ones: resolve_torgb_method(G_run.torgb_method))
+           "torgb_method": networks.resolve_torgb_method(G_run.torgb_method, phase.compute_dtype) if v2 else None,
            "psnr": {name: float(psnr[b]) for b, name in enumerate(ts)},
            "bf16_iterations": _bf16_iterations(phase, result.history["psnr"]),
            f"psnr_every_{every}": {name: [float(v) for v in curve[:, b]] for b, name in enumerate(ts)},
@@ -197,12 +198,12 @@ def table(results: dict, variants, seeds) -> tuple[str, dict]:
 
 def load_generator(s: Settings, variants, log=cli.log):
     """(the generator of every variant, the variants it can run). A StyleGAN (v1) generator has one
-    ToRGB form and one up-sampling form: --torgb_method other than conv is refused (cli.UserError),
+    ToRGB form and one up-sampling form: --torgb_method other than auto or conv is refused (cli.UserError),
     and the float32_rounding control (another up-sampling form) is left out with a note."""
     G = cli.load_generator(s.generator)
     if G.generation != 1:
         return G.replace(torgb_method=s.torgb_method), variants
-    if s.torgb_method != Settings.torgb_method:
+    if s.torgb_method not in ("auto", "conv"):
         raise cli.UserError(f"--torgb_method={s.torgb_method}: {s.generator} is a StyleGAN (v1) generator, whose "
                             "ToRGB layer has one form; drop --torgb_method")
     if "float32_rounding" in variants:
@@ -240,6 +241,10 @@ def sweep(out: str, s: Settings, seeds, variants, vgg: str = "imagenet", *, fres
     G, variants = load_generator(s, ["float32"] + [v for v in VARIANTS if v in variants and v != "float32"], log)
     vgg_tree, _ = benchmark.load_vgg(vgg)
     settings = dataclasses.asdict(s) | {"vgg": vgg}
+    # "auto" is recorded as "conv" where it means conv for every variant (off a GPU), so that an earlier
+    # sweep's folder (made when conv was the default) is resumed there, and refused on a GPU
+    if s.torgb_method == "auto" and networks.resolve_torgb_method("auto", "bfloat16") == "conv":
+        settings["torgb_method"] = "conv"
     # settings added later, left out at their defaults: an earlier sweep's folder keeps its settings
     for name, before in (("precision", "default"), ("switch_db", 36.0), ("torgb_method", "conv")):
         if settings[name] == before:

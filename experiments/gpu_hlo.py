@@ -102,10 +102,11 @@ def program(F, sharding):
     from experiments import step_parts
 
     config = step_parts.preset_config(F.preset, F.resolution)
-    G = Generator(params=random_params(config, jax.random.PRNGKey(0)), config=config,
-                  up_method=networks.resolve_up_method(F.up_method, backend="gpu"), torgb_method=F.torgb_method,
-                  epilogue_grad=F.epilogue_grad)
     dtype = "bfloat16" if F.numerics == "bf16" else "float32"
+    G = Generator(params=random_params(config, jax.random.PRNGKey(0)), config=config,  # "auto" as on a GPU
+                  up_method=networks.resolve_up_method(F.up_method, backend="gpu"),
+                  torgb_method=networks.resolve_torgb_method(F.torgb_method, dtype, backend="gpu"),
+                  epilogue_grad=F.epilogue_grad)
     trunk, _ = benchmark.vgg_trunk("random")  # the shapes are what count
     vgg = VGG16(params=jax.tree.map(jnp.asarray, trunk), preprocessing="keras", compute_dtype=dtype)
     batch = F.batch
@@ -272,7 +273,8 @@ def main(argv):
         rec["what"] = (f"{rec['device_kind']} ({F.target}, compile-only): {F.step} step, {F.preset} preset"
                        f"{f' at {F.resolution}' if F.resolution else ''}, batch {F.batch}, {F.numerics}, "
                        f"{F.steps_per_call} per dispatch, up-sampling {networks.resolve_up_method(F.up_method, 'gpu')}, "
-                       f"ToRGB {F.torgb_method}, epilogue gradient {F.epilogue_grad}, "
+                       f"ToRGB {networks.resolve_torgb_method(F.torgb_method, 'bfloat16' if F.numerics == 'bf16' else None, 'gpu')}, "
+                       f"epilogue gradient {F.epilogue_grad}, "
                        f"XLA_FLAGS={rec['xla_flags'] or '(none)'}")
     with cli.user_input(F.hlo or "the compiled module", "give the optimised module's text"):
         ks = hlo_traffic.kernels(text)

@@ -69,7 +69,7 @@ def preset_config(preset: str, resolution: int = 0):
 
 
 def setup(preset: str, batch: int, resize_to: int, numerics: str, vgg_spec: str, resolution: int = 0,
-          up_method: str = "auto", torgb_method: str = "conv", epilogue_grad: str = "recompute") -> dict:
+          up_method: str = "auto", torgb_method: str = "auto", epilogue_grad: str = "recompute") -> dict:
     """The benchmark's random generator and VGG16 at `preset`'s sizes (`resolution` > 0: another output
     side, the preset's widths; `up_method`, `torgb_method`, `epilogue_grad`: the Generator's), a batch of
     targets rendered from hidden latents, and the numerics' settings: what every part below is built from."""

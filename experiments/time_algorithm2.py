@@ -100,7 +100,7 @@ def main(argv):
     psnr = [np.asarray(embed.evaluate(v, su["G"], su["target"])[1]) for v in res.phase_vars]
     rec = {"preset": preset, "resolution": su["resolution"], "batch": F.batch, "w_steps": F.w_steps,
            "noise_steps": F.noise_steps, "resize_to": F.resize_to, "numerics": F.numerics,
-           "compute_dtype": F.compute_dtype, **benchmark.method_record(F),
+           "compute_dtype": F.compute_dtype, **benchmark.method_record(F, F.compute_dtype),
            "float32_tail": F.float32_tail if F.compute_dtype != "float32" else 0.0,
            "float32_head": F.float32_head if F.compute_dtype != "float32" else 0.0,
            "float32_above_db": [p.float32_above_db for p in res.phases],  # as resolved ("auto": the floor's)

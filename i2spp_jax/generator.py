@@ -121,7 +121,7 @@ class GeneratorConfig:
             layer_features=self.mapping_layer_features, lr_multiplier=self.mapping_lr_multiplier,
         )
 
-    def synthesis_module(self, up_method: str = "auto", torgb_method: str = "conv",
+    def synthesis_module(self, up_method: str = "auto", torgb_method: str = "auto",
                          epilogue_grad: str = "recompute") -> networks.SynthesisNetwork:
         """The synthesis network; up_method, torgb_method and epilogue_grad are how its up-sampling
         convolutions (`ops.conv2d_up2`), its ToRGB layers and its layers' backward (`ops.layer_epilogue`)
@@ -178,7 +178,7 @@ def noise_list(config: GeneratorConfig, noise: NoiseSpec) -> list[NoiseInput]:
 def synthesis(config: GeneratorConfig, params: Params, ws: jax.Array, *, noise: NoiseSpec = "const",
               fused_modconv: bool = True, edits: Optional[Edits] = None,
               return_activations: bool = False, dtype: Optional[str] = None, up_method: str = "auto",
-              torgb_method: str = "conv", epilogue_grad: str = "recompute"):
+              torgb_method: str = "auto", epilogue_grad: str = "recompute"):
     """ws [N, num_ws, w_dim] -> image [N, R, R, C] (about [-1, 1]).
 
     Args:
@@ -199,8 +199,9 @@ def synthesis(config: GeneratorConfig, params: Params, ws: jax.Array, *, noise: 
         "polyphase_last" (in the last block only), "polyphase_last2" (the last two) or "auto" (the
         fastest measured on the backend: `networks.resolve_up_method`). Same numbers up to rounding.
       torgb_method: how the ToRGB layers are computed (`networks.TORGB_METHODS`): "conv" (the
-        reference's modulated 1x1 convolution), "matmul" (`ops.modulated_matmul`) or "reduce"
-        (`ops.modulated_reduce`). Same numbers up to rounding.
+        reference's modulated 1x1 convolution), "matmul" (`ops.modulated_matmul`), "reduce"
+        (`ops.modulated_reduce`) or "auto" (the fastest measured for the backend and `dtype`:
+        `networks.resolve_torgb_method`, "reduce" in bfloat16 on a GPU). Same numbers up to rounding.
       epilogue_grad: how reverse mode gets through the layers' activations (`ops.EPILOGUE_GRADS`):
         "recompute" (the default: no stored mask) or "autodiff" (JAX's own). The same numbers, the
         gradients bit for bit.
@@ -250,7 +251,8 @@ class Generator(GeneratorFace):
     default: the fastest measured on the backend, `networks.resolve_up_method`: "polyphase_last" on a
     GPU, "transposed" elsewhere), "transposed" (the reference's order), "polyphase", "polyphase_last"
     or "polyphase_last2" (`G.replace(up_method="transposed")`). `torgb_method` is how the ToRGB layers
-    are computed (`networks.TORGB_METHODS`): "conv" (the default, the reference's), "matmul" or "reduce".
+    are computed (`networks.TORGB_METHODS`): "auto" (the default: `networks.resolve_torgb_method`, "reduce"
+    in the bf16 mode on a GPU, "conv" elsewhere), "conv" (the reference's), "matmul" or "reduce".
     `epilogue_grad` is how the layers' backward finds where each leaky ReLU was negative
     (`ops.EPILOGUE_GRADS`): "recompute" (the default) or "autodiff". Each is the same function up to
     float rounding; static, so every program compiled for G keys on it. Not part of a checkpoint.
@@ -259,7 +261,7 @@ class Generator(GeneratorFace):
     params: Params
     config: GeneratorConfig = flax.struct.field(pytree_node=False)
     up_method: str = flax.struct.field(pytree_node=False, default="auto")
-    torgb_method: str = flax.struct.field(pytree_node=False, default="conv")
+    torgb_method: str = flax.struct.field(pytree_node=False, default="auto")
     epilogue_grad: str = flax.struct.field(pytree_node=False, default="recompute")
 
     def mapping(self, z: jax.Array, truncation_psi: float = 1.0, truncation_cutoff: Optional[int] = None):

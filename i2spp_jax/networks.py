@@ -253,7 +253,9 @@ class SynthesisBlock(nn.Module):
 # (`ops.fir2d_depthwise`: no fused pad, so no scalar loads in XLA's GPU code; but on an H200 cuDNN's
 # depthwise kernels made the W+ step 2.4-2.7x slower: 163 against 447 img-it/s in bf16; BUILD_NOTES.md).
 # "transposed_pl" and "polyphase_last_pl": the same with that FIR as one Pallas kernel (`ops.fir2d_pallas`:
-# vector loads, one pass each way; not yet timed on a GPU, and interpreted, so slow, elsewhere).
+# vector loads, one pass each way; interpreted, so slow, off a GPU). On an H200 in bf16 "polyphase_last_pl"
+# measured 472 against 455 img-it/s, 484-487 with the ToRGB sums; it is not what "auto" picks because a
+# Pallas kernel is one custom call, which jit's automatic partitioning cannot split over a batch mesh.
 UP_METHODS = ("auto", "transposed", "polyphase", "polyphase_last", "polyphase_last2", "transposed_dw",
               "polyphase_last_dw", "transposed_pl", "polyphase_last_pl")
 
@@ -284,12 +286,27 @@ def block_up_method(up_method: str, resolution: int, img_resolution: int) -> str
 
 # How the ToRGB layers (modulated 1x1 convolutions, 3 outputs) are computed, the same function (issue
 # 9's ToRGB levers): "conv" (the modulated convolution, as the reference), "matmul" (one matrix product
-# per sample with modulated weights and a hand-written gradient, `ops.modulated_matmul`) or "reduce"
-# (products summed over the input channels, no convolution and no matrix product, `ops.modulated_reduce`).
-# On an H200 in bf16 the ToRGB convolutions took about 1.9 ms of a 19.6 ms step at 0.85-1.1 TB/s; "matmul"
-# measured 0.6% slower there (its gradient transposed the activations); "reduce" is not yet timed on a
-# GPU, and on the CPU it was neutral (BUILD_NOTES.md, issue 9). So "conv" stays the default.
-TORGB_METHODS = ("conv", "matmul", "reduce")
+# per sample with modulated weights and a hand-written gradient, `ops.modulated_matmul`), "reduce"
+# (products summed over the input channels, no convolution and no matrix product, `ops.modulated_reduce`),
+# or "auto" (the default): the one measured fastest for the backend and the feature maps' dtype
+# (`resolve_torgb_method`).
+TORGB_METHODS = ("auto", "conv", "matmul", "reduce")
+
+
+def resolve_torgb_method(torgb_method: str, dtype: Any = None, backend: Optional[str] = None) -> str:
+    """The concrete method `torgb_method` stands for with feature maps of `dtype` (None: the
+    parameters', float32) on `backend` (None: JAX's default backend). "auto" is "reduce" on a GPU in
+    bfloat16 and "conv" everywhere else. Measured on an H200 (config-f, batch 8, the W+ step, 25
+    iterations per dispatch, each process compiling cold; BUILD_NOTES.md, issue 9): in bf16 "reduce"
+    469-471 img-it/s against 455 for "conv", its first call 26.5-30.1 s against 32.1 (18 fewer
+    convolutions to autotune); in TF32 283 against 288, so "conv" stays there; "matmul" lost in both
+    (0.6% in bf16). On the CPU "reduce" was neutral (2.43-2.69 against 2.54-2.77 img-it/s); TPUs are
+    not measured."""
+    check_torgb_method(torgb_method)
+    if torgb_method != "auto":
+        return torgb_method
+    low = dtype is not None and jnp.dtype(dtype) == jnp.bfloat16
+    return "reduce" if low and (backend or jax.default_backend()) == "gpu" else "conv"
 
 
 def check_torgb_method(torgb_method: str) -> str:
@@ -308,7 +325,7 @@ class SynthesisNetwork(nn.Module):
     conv_clamp: Optional[float] = None
     resample_filter: Sequence[float] = (1, 3, 3, 1)
     up_method: str = "auto"  # UP_METHODS: how the blocks' conv0 up-sample
-    torgb_method: str = "conv"  # TORGB_METHODS: how the blocks' ToRGB layers multiply
+    torgb_method: str = "auto"  # TORGB_METHODS: how the blocks' ToRGB layers multiply
     epilogue_grad: str = "recompute"  # ops.EPILOGUE_GRADS: how the layers' backward finds the activation's mask
 
     @nn.compact
@@ -328,7 +345,7 @@ class SynthesisNetwork(nn.Module):
         ws = ws.astype(_at_least_f32(ws))
         x = img = None
         w_idx = noise_idx = 0
-        torgb_method = check_torgb_method(self.torgb_method)
+        torgb_method = resolve_torgb_method(self.torgb_method, dtype)
         if self.epilogue_grad not in ops.EPILOGUE_GRADS:
             raise ValueError(f"epilogue_grad={self.epilogue_grad!r}: use one of {ops.EPILOGUE_GRADS}")
         for i, res in enumerate(resolutions):

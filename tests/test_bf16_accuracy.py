@@ -51,6 +51,12 @@ def test_sweep_rows_resume_and_refusal(tmp_path):
     with pytest.raises(cli.UserError, match="torgb_method"):  # another ToRGB form is another sweep
         A.sweep(out, A.Settings(**{**SETTINGS.__dict__, "torgb_method": "reduce"}), [0], [], vgg="random")
     assert {r["torgb_method"] for r in runs.values()} == {"conv"}
+    # the default "auto" is the convolution for every variant off a GPU: recorded as conv, so a sweep
+    # from before "auto" (conv the default, no torgb_method in run.json) and an explicit conv resume it
+    assert "torgb_method" not in json.load(open(os.path.join(out, "run.json")))["settings"]
+    lines.clear()
+    A.sweep(out, A.Settings(**{**SETTINGS.__dict__, "torgb_method": "conv"}), [0], [], vgg="random", log=lines.append)
+    assert not [line for line in lines if "seed 0:" in line]
     with pytest.raises(cli.UserError, match="unknown bf16"):
         A.sweep(out, SETTINGS, [0], ["bf16"], vgg="random")
 

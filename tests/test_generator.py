@@ -321,7 +321,7 @@ def test_generator_torgb_method_is_static_and_the_same_function(G, ws, method):
     matrix product either). Each is the same function: image and W+ gradient equal the reference's in
     both modulation forms; static (G's treedef), so compiled programs key on it."""
     Gm = G.replace(torgb_method=method)
-    assert G.torgb_method == "conv"
+    assert G.torgb_method == "auto"  # the default: the reference's convolution here (float32, a CPU)
     img = lambda g: (lambda w: g.synthesis(w, fused_modconv=False))  # noqa: E731
     n_torgb = len(TINY.block_resolutions)
     assert _convs(img(G), ws) - _convs(img(Gm), ws) == n_torgb  # every ToRGB, nothing else
@@ -330,7 +330,7 @@ def test_generator_torgb_method_is_static_and_the_same_function(G, ws, method):
             return str(jax.make_jaxpr(jax.grad(lambda w: jnp.sum(img(g)(w))))(ws)).count("dot_general")
         assert dots(Gm) == dots(G)
     _assert_same_function(G, Gm, ws)
-    with pytest.raises(ValueError, match=r"torgb_method='dense': use one of \('conv', 'matmul', 'reduce'\)"):
+    with pytest.raises(ValueError, match=r"torgb_method='dense': use one of \('auto', 'conv', 'matmul', 'reduce'\)"):
         G.replace(torgb_method="dense").synthesis(ws)
 
 
@@ -361,6 +361,34 @@ def test_torgb_reduce_gradients_are_the_convolutions():
     assert y.dtype == jnp.float32 and vjp(r)[0].dtype == jnp.bfloat16
     with pytest.raises(ValueError, match="a 1x1 kernel is needed"):
         ops.modulated_reduce(x, jnp.ones((3, 3, 7, 3)), styles)
+
+
+def test_torgb_method_auto_is_reduce_in_bf16_on_a_gpu_only(G, ws, monkeypatch):
+    """A Generator's default ToRGB form is "auto": products summed over the channels ("reduce") where
+    the feature maps are bfloat16 on a GPU (measured faster there, issue 9), the reference's modulated
+    convolution everywhere else (float32 on a GPU, where "reduce" was slower, and any dtype off one).
+    The network resolves it per call from the dtype it is given, so one G runs a bf16 mode's iterations
+    and its float32 head and tail each in its own form."""
+    from i2spp_jax import networks
+    assert Generator(params=G.params, config=G.config).torgb_method == "auto"
+    assert networks.resolve_torgb_method("auto", "bfloat16", "gpu") == "reduce"
+    assert networks.resolve_torgb_method("auto", jnp.bfloat16, "gpu") == "reduce"
+    assert [networks.resolve_torgb_method("auto", d, "gpu") for d in (None, "float32")] == ["conv", "conv"]
+    assert [networks.resolve_torgb_method("auto", "bfloat16", b) for b in ("cpu", "tpu")] == ["conv", "conv"]
+    assert [networks.resolve_torgb_method(m, "bfloat16", "gpu") for m in ("conv", "matmul")] == ["conv", "matmul"]
+    assert networks.resolve_torgb_method("reduce", None, "cpu") == "reduce"
+    with pytest.raises(ValueError, match="torgb_method='fast'"):
+        networks.resolve_torgb_method("fast")
+    n_torgb = len(TINY.block_resolutions)
+
+    def convs(dtype):
+        return _convs(lambda w: G.synthesis(w, fused_modconv=False, dtype=dtype), ws)
+
+    here = [convs(None), convs("bfloat16")]
+    assert here[0] == here[1]  # on the suite's CPU: the convolution in both dtypes
+    monkeypatch.setattr(networks.jax, "default_backend", lambda: "gpu")  # traced as for a GPU
+    assert convs(None) == here[0]  # float32: still the convolution
+    assert convs("bfloat16") == here[0] - n_torgb  # bf16: every ToRGB layer without one
 
 
 def test_up_method_auto_is_the_measured_fastest_per_backend(G, ws):
