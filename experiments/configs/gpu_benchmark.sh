@@ -159,6 +159,10 @@ fi
 #  - bf16 with the FIR after the transposed up-sampling convolutions as one Pallas kernel each way
 #    (--up_method=polyphase_last_pl: no scalar-load FIR passes), then with both levers;
 # then, while it leaves 110 s (CALL_LIMIT=600 and a quick start), a kernel profile of the bf16 step.
+# Run on the seventh lease (483 s; docs/bench_h200/call14_*): bf16 454.6, no hoisting 452.3, ToRGB reduce 470.7,
+# TF32 288.5, TF32 reduce 283.0, Pallas FIR 472.3, both 484.4 img-it/s. Since then "bf16" here is the ToRGB
+# reduce (torgb_method "auto"); pass --torgb_method=conv for the convolution. Do not tee into OUT: a file
+# there before the script starts is moved aside as an earlier run's.
 if [ "$PART" = levers4 ]; then
   w8_variants 540 "bf16" "bf16_nohoist I2SPP_LOOP_HOISTING=0" "bf16_reduce --torgb_method=reduce" \
     "tf32" "tf32_reduce --torgb_method=reduce" "bf16_pl --up_method=polyphase_last_pl" \
