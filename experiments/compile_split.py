@@ -124,7 +124,7 @@ def measure(F) -> dict:
     path = max(glob.glob(os.path.join(trace_dir, "**", "*.xplane.pb"), recursive=True), key=os.path.getmtime)
     spans, busy = host_spans(path)
     return {"preset": preset, "resolution": su["resolution"], "batch": F.batch, "numerics": F.numerics,
-            "steps_per_call": k, **benchmark.method_record(F, "bfloat16" if F.numerics == "bf16" else "float32"),
+            "steps_per_call": k, **benchmark.method_record(F, su["dtype"]),
             "device": str(jax.devices()[0].device_kind),
             "backend": jax.default_backend(), "jax": jax.__version__, "xla_flags": os.environ.get("XLA_FLAGS", ""),
             "seconds": {"trace": t1 - t0, "lower": t2 - t1, "xla_compile": t3 - t2, "first_execution": calls[0],

@@ -85,6 +85,15 @@ def compile_only_device(config_text: str):
     return topo.devices[0]
 
 
+def gpu_methods(F) -> dict:
+    """The Generator's up_method and torgb_method as "auto" resolves them on a GPU for F's numerics."""
+    from i2spp_jax import networks
+
+    dtype = "bfloat16" if F.numerics == "bf16" else "float32"
+    return {"up_method": networks.resolve_up_method(F.up_method, backend="gpu"),
+            "torgb_method": networks.resolve_torgb_method(F.torgb_method, dtype, backend="gpu")}
+
+
 def program(F, sharding):
     """(the compiled steps function, abstract arguments placed by `sharding`, matmul precision, the
     targets' features as a (function, arguments) pair or None): the benchmark's first-call program, as
@@ -94,7 +103,7 @@ def program(F, sharding):
     import jax
     import jax.numpy as jnp
 
-    from i2spp_jax import embed, networks
+    from i2spp_jax import embed
     from i2spp_jax.engine import phases
     from i2spp_jax.engine import step as step_lib
     from i2spp_jax.generator import Generator, random_params
@@ -103,9 +112,7 @@ def program(F, sharding):
 
     config = step_parts.preset_config(F.preset, F.resolution)
     dtype = "bfloat16" if F.numerics == "bf16" else "float32"
-    G = Generator(params=random_params(config, jax.random.PRNGKey(0)), config=config,  # "auto" as on a GPU
-                  up_method=networks.resolve_up_method(F.up_method, backend="gpu"),
-                  torgb_method=networks.resolve_torgb_method(F.torgb_method, dtype, backend="gpu"),
+    G = Generator(params=random_params(config, jax.random.PRNGKey(0)), config=config, **gpu_methods(F),
                   epilogue_grad=F.epilogue_grad)
     trunk, _ = benchmark.vgg_trunk("random")  # the shapes are what count
     vgg = VGG16(params=jax.tree.map(jnp.asarray, trunk), preprocessing="keras", compute_dtype=dtype)
@@ -269,12 +276,11 @@ def main(argv):
         text, rec = read_hlo(F.hlo), {"what": f"optimised HLO read from {F.hlo}", "hlo": F.hlo}
     else:
         text, rec = compile_for_gpu(F)
-        from i2spp_jax import networks
+        m = gpu_methods(F)
         rec["what"] = (f"{rec['device_kind']} ({F.target}, compile-only): {F.step} step, {F.preset} preset"
                        f"{f' at {F.resolution}' if F.resolution else ''}, batch {F.batch}, {F.numerics}, "
-                       f"{F.steps_per_call} per dispatch, up-sampling {networks.resolve_up_method(F.up_method, 'gpu')}, "
-                       f"ToRGB {networks.resolve_torgb_method(F.torgb_method, 'bfloat16' if F.numerics == 'bf16' else None, 'gpu')}, "
-                       f"epilogue gradient {F.epilogue_grad}, "
+                       f"{F.steps_per_call} per dispatch, up-sampling {m['up_method']}, "
+                       f"ToRGB {m['torgb_method']}, epilogue gradient {F.epilogue_grad}, "
                        f"XLA_FLAGS={rec['xla_flags'] or '(none)'}")
     with cli.user_input(F.hlo or "the compiled module", "give the optimised module's text"):
         ks = hlo_traffic.kernels(text)

@@ -278,7 +278,7 @@ def main(argv):
         raise cli.UserError(f"the trace {path} holds no device events with an HLO instruction: nothing to sum "
                             "(on a GPU, set XLA_FLAGS=--xla_gpu_enable_command_buffer= and run again)")
     rec = {"preset": preset, "resolution": su["resolution"], "batch": F.batch, "numerics": F.numerics, "step": F.step,
-           "modconv": F.modconv, **benchmark.method_record(F, "bfloat16" if F.numerics == "bf16" else "float32"),
+           "modconv": F.modconv, **benchmark.method_record(F, su["dtype"]),
            "device": str(jax.devices()[0].device_kind),
            "backend": jax.default_backend(),
            "jax": jax.__version__, "xla_flags": os.environ.get("XLA_FLAGS", ""), "compile_s": compile_s,
